@@ -1,0 +1,91 @@
+// swift-tools-version:6.1
+//
+// DPFS in Swift: a file-system virtualization engine. The module graph follows the request path
+// (../shared/ARCHITECTURE.md §2): transport → engine core → FUSE wire → backend. Each module has one
+// job, and everything that touches the operating system sits in `DPFSPosix`, never in the pure cores.
+import PackageDescription
+
+/// Settings every Swift target shares. Release builds also run full cross-module optimisation so the
+/// generic poller is specialised for its concrete transport and backend in the executables.
+let swiftSettings: [SwiftSetting] = [
+    .enableExperimentalFeature("Lifetimes"),
+    .unsafeFlags(["-cross-module-optimization"], .when(configuration: .release)),
+    // The performance annotations (@_noAllocation, @_noLocks) need every callee's body in view;
+    // debug builds compile file by file, so they are built whole-module too.
+    .unsafeFlags(["-wmo"], .when(configuration: .debug)),
+]
+
+let package = Package(
+    name: "dpfs",
+    products: [
+        .executable(name: "dpfs-bench", targets: ["dpfs-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        // One C target for every system header the engine needs; shims only for macros and
+        // constants the Swift importer drops.
+        .target(
+            name: "CDPFS",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [
+                .linkedLibrary("uring"), .linkedLibrary("ibverbs"),
+                .linkedLibrary("numa"), .linkedLibrary("nfs"),
+            ]
+        ),
+        // FUSE wire protocol: opcodes, layouts, decoding from scatter-gather segments, in-place replies.
+        .target(name: "FUSEWire", dependencies: ["CDPFS"], swiftSettings: swiftSettings),
+        // Engine core: slots, the transition table, rings, the poller, Backend/Transport protocols.
+        .target(name: "DPFSCore", dependencies: ["CDPFS", "FUSEWire"], swiftSettings: swiftSettings),
+        // Split virtqueues over a guest memory map: every guest address and length checked.
+        .target(name: "Virtio", dependencies: ["CDPFS", "DPFSCore"], swiftSettings: swiftSettings),
+        // Everything that touches the OS: hugepage/NUMA arena, threads and affinity, clocks.
+        .target(name: "DPFSPosix", dependencies: ["CDPFS", "DPFSCore"], swiftSettings: swiftSettings),
+        // In-process transport: a virtio 1.2 split-queue driver and the device side that serves it.
+        .target(
+            name: "LoopbackTransport",
+            dependencies: ["DPFSCore", "FUSEWire", "Virtio"],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "NullBackend", dependencies: ["DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "dpfs-bench",
+            dependencies: [
+                "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "LoopbackTransport", "NullBackend",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Test support: a request builder and a scripted backend shared by the test targets.
+        .target(
+            name: "DPFSTestSupport",
+            dependencies: ["DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "DPFSPosix"],
+            path: "Tests/DPFSTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "DPFSCoreTests",
+            dependencies: [
+                "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "DPFSPosix",
+                "DPFSTestSupport",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The zero-allocation gate runs in its own test binary, so no other suite's threads can
+        // allocate while the counters are hooked.
+        .testTarget(
+            name: "AllocationGateTests",
+            dependencies: [
+                "DPFSCore", "FUSEWire", "LoopbackTransport", "NullBackend", "DPFSPosix", "DPFSTestSupport",
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

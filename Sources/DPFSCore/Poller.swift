@@ -1,0 +1,316 @@
+import FUSEWire
+
+// The poller loop (ARCHITECTURE §5): one thread, bounded work per step:
+//   1. drain the completion ring (requests backend threads finished);
+//   2. fetch up to a batch of new requests → decode → dispatch;
+//   3. publish every completed reply in one go and notify at most once.
+// The poller is the only writer of slot state; backend threads only write replies and push tokens.
+
+public struct PollerConfiguration: Sendable {
+    /// Requests in flight at most (a power of two). The completion ring has as many cells.
+    public var slotCount: Int
+    /// Segments one request may span (header, args, and up to max_pages data pages, both directions).
+    public var segmentsPerSlot: Int
+    /// Requests fetched per step at most.
+    public var batchMax: Int
+    public var initPolicy: InitPolicy
+
+    public init(slotCount: Int = 256, segmentsPerSlot: Int = FUSELimits.pagesMax + 8, batchMax: Int = 32,
+                initPolicy: InitPolicy = InitPolicy()) {
+        precondition(slotCount >= 1 && slotCount <= 1 << 16 && slotCount & (slotCount - 1) == 0,
+                     "slotCount must be a power of two in 1...65536")
+        precondition(segmentsPerSlot >= 4 && segmentsPerSlot <= 4096)
+        precondition(batchMax >= 1 && batchMax <= slotCount)
+        self.slotCount = slotCount
+        self.segmentsPerSlot = segmentsPerSlot
+        self.batchMax = batchMax
+        self.initPolicy = initPolicy
+    }
+
+    /// Bytes of arena the poller's memory takes.
+    public var arenaBytes: Int {
+        var plan = ArenaPlan()
+        SlotTable.plan(&plan, count: slotCount, segmentsPerSlot: segmentsPerSlot)
+        CompletionRing.plan(&plan, capacity: max(2, slotCount))
+        plan.reserve(UInt32.self, count: slotCount)   // free list
+        plan.reserve(UInt32.self, count: slotCount)   // completed list
+        plan.reserve(PollerMetrics.self, count: 1)
+        plan.reserve(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
+        return plan.bytes
+    }
+}
+
+/// FUSE session state as the poller sees it.
+@frozen
+public struct SessionState: Sendable {
+    public var established: Bool = false
+    public var negotiated: NegotiatedSession? = nil
+    public var decoderOptions = DecoderOptions()
+
+    public init() {}
+}
+
+/// The engine loop for one request queue, generic over its transport and backend.
+public struct Poller<T: Transport, B: Backend> {
+    public var transport: T
+    public var backend: B
+    public let configuration: PollerConfiguration
+    public let slots: SlotTable
+    /// Backend threads push completion tokens here.
+    public let completions: CompletionRing
+    public let metrics: UnsafeMutablePointer<PollerMetrics>
+    /// Time spent in each state, in cycles (index = `SlotState.rawValue`).
+    public let stateHistograms: UnsafeMutablePointer<UInt64>
+    /// Time from fetch to publish of each request, in cycles: the engine's whole share of its latency.
+    public let residenceHistogram: LatencyHistogram
+    /// Written only by the poller itself (INIT, DESTROY).
+    public var session = SessionState()
+
+    @usableFromInline let freeList: UnsafeMutablePointer<UInt32>
+    @usableFromInline var freeCount: Int
+    @usableFromInline let completedList: UnsafeMutablePointer<UInt32>
+    @usableFromInline var completedCount: Int = 0
+
+    public init(configuration: PollerConfiguration, transport: T, backend: B, arena: inout ArenaAllocator) {
+        self.configuration = configuration
+        self.transport = transport
+        self.backend = backend
+        slots = SlotTable(count: configuration.slotCount, segmentsPerSlot: configuration.segmentsPerSlot, arena: &arena)
+        completions = CompletionRing(capacity: max(2, configuration.slotCount), arena: &arena)
+        freeList = arena.allocate(UInt32.self, count: configuration.slotCount)
+        completedList = arena.allocate(UInt32.self, count: configuration.slotCount)
+        metrics = arena.allocate(PollerMetrics.self, count: 1)
+        metrics.initialize(to: PollerMetrics())
+        stateHistograms = arena.allocate(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
+        residenceHistogram = LatencyHistogram(counts: stateHistograms + LatencyHistogram.bucketCount * SlotState.count)
+        // Lowest index on top, so a quiet engine reuses the same few (cache-hot) slots.
+        for index in 0..<configuration.slotCount {
+            freeList[index] = UInt32(configuration.slotCount - 1 - index)
+        }
+        freeCount = configuration.slotCount
+    }
+
+    /// Slots currently in use (fetched and not yet published).
+    @inlinable
+    public var slotsInUse: Int { configuration.slotCount - freeCount }
+
+    /// The histogram of time spent in `state`, in cycles.
+    public func histogram(for state: SlotState) -> LatencyHistogram {
+        LatencyHistogram(counts: stateHistograms + Int(state.rawValue) * LatencyHistogram.bucketCount)
+    }
+
+    /// Zeroes counters and histograms (after a warm-up, say). Only while the poller is not stepping.
+    public func resetMeasurements() {
+        metrics.pointee = PollerMetrics()
+        stateHistograms.update(repeating: 0, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
+    }
+
+    // MARK: - The loop
+
+    /// One bounded pass of the loop. Returns how many requests it moved (fetched + completed).
+    @inlinable
+    public mutating func step() -> Int {
+        metrics.pointee.steps &+= 1
+        var work = drainCompletions()
+        work &+= fetchAndDispatch()
+        work &+= publishCompleted()
+        return work
+    }
+
+    /// Moves every slot whose backend finished to `completed`. Bounded by the slot count: each
+    /// legitimate token frees up one awaiting slot, and the ring holds at most `slotCount` tokens.
+    @inlinable
+    mutating func drainCompletions() -> Int {
+        var drained = 0
+        while drained < configuration.slotCount, let token = completions.pop() {
+            drained &+= 1
+            let index = Int(token.slotIndex)
+            guard index < slots.count else {
+                metrics.pointee.staleCompletions &+= 1
+                continue
+            }
+            let record = slots.record(index)
+            guard record.pointee.generation == token.generation, record.pointee.state == .awaitingBackend else {
+                metrics.pointee.staleCompletions &+= 1
+                continue
+            }
+            finishHandler(index, now: cycleCounter())
+        }
+        return drained
+    }
+
+    @inlinable
+    mutating func fetchAndDispatch() -> Int {
+        var fetched = 0
+        while fetched < configuration.batchMax {
+            guard freeCount > 0 else {
+                metrics.pointee.slotsExhausted &+= 1
+                break
+            }
+            let index = Int(freeList[freeCount &- 1])
+            let result = transport.fetch(into: slots.segments(index), capacity: slots.segmentsPerSlot)
+            guard case .request(let request) = result else {
+                if result == .failed { metrics.pointee.transportFailures &+= 1 }
+                break
+            }
+            freeCount &-= 1
+            fetched &+= 1
+            metrics.pointee.requestsFetched &+= 1
+            let record = slots.record(index)
+            record.pointee.fetched = request
+            record.pointee.replyLength = 0
+            let now = cycleCounter()
+            transition(index, .fetch, now: now)
+            decodeAndDispatch(index, now: now)
+        }
+        return fetched
+    }
+
+    @inlinable
+    mutating func decodeAndDispatch(_ index: Int, now: UInt64) {
+        let record = slots.record(index)
+        let fetched = record.pointee.fetched
+        let status = decodeRequest(
+            readable: UnsafePointer(slots.segments(index)), readableCount: Int(fetched.readableCount),
+            readableBytes: Int(fetched.readableBytes), options: session.decoderOptions,
+            into: record.pointer(to: \.request)!, args: slots.args(index))
+        let opcodeRaw = record.pointee.request.opcodeRaw
+        let expectsReply = FUSEOpcode(rawValue: opcodeRaw)?.expectsReply ?? true
+
+        switch status {
+        case .unanswerable:
+            metrics.pointee.unanswerableRequests &+= 1
+            record.pointee.replyLength = 0
+            transition(index, .decodeFailed, now: now)
+            return
+        case .invalid(let errno):
+            metrics.pointee.decodeFailures &+= 1
+            if expectsReply && fetched.writableBytes >= UInt32(OutHeaderLayout.size) {
+                slots.reply(index).fail(errno)
+            } else {
+                if expectsReply { metrics.pointee.unanswerableRequests &+= 1 }
+                record.pointee.replyLength = 0
+            }
+            transition(index, .decodeFailed, now: now)
+            return
+        case .valid:
+            break
+        }
+        // The writable part must hold the opcode's reply: refuse before any work is done.
+        if expectsReply && Int(fetched.writableBytes) < OpcodeTable.replyBytesMin(of: opcodeRaw) {
+            metrics.pointee.decodeFailures &+= 1
+            if fetched.writableBytes >= UInt32(OutHeaderLayout.size) {
+                slots.reply(index).fail(.invalid)
+            } else {
+                metrics.pointee.unanswerableRequests &+= 1
+            }
+            transition(index, .decodeFailed, now: now)
+            return
+        }
+        transition(index, .decode, now: now)
+        transition(index, .dispatch, now: now)
+        dispatch(index, opcodeRaw: opcodeRaw, now: now)
+    }
+
+    @inlinable
+    mutating func dispatch(_ index: Int, opcodeRaw: UInt32, now: UInt64) {
+        let reply = slots.reply(index)
+        if opcodeRaw == FUSEOpcode.`init`.rawValue {
+            let outcome = negotiateInit(slots.request(index), policy: configuration.initPolicy, reply: reply)
+            if case .established(let negotiated) = outcome {
+                session.established = true
+                session.negotiated = negotiated
+                session.decoderOptions = negotiated.decoderOptions
+                backend.sessionStarted(negotiated)
+            }
+            finishHandler(index, now: now)
+            return
+        }
+        guard session.established else {
+            // Nothing but INIT is served before INIT (libfuse answers EIO the same way).
+            if FUSEOpcode(rawValue: opcodeRaw)?.expectsReply ?? true { reply.fail(.io) } else { reply.none() }
+            finishHandler(index, now: now)
+            return
+        }
+        if opcodeRaw == FUSEOpcode.destroy.rawValue {
+            backend.sessionEnded()
+            session = SessionState()
+            reply.send(bodyBytes: 0)
+            finishHandler(index, now: now)
+            return
+        }
+        let record = slots.record(index)
+        let token = CompletionToken(slotIndex: UInt32(index), generation: record.pointee.generation)
+        switch backend.handle(slots.request(index), reply: reply, token: token) {
+        case .done:
+            finishHandler(index, now: now)
+        case .pending:
+            metrics.pointee.pendingRequests &+= 1
+            transition(index, .backendPending, now: now)
+        }
+    }
+
+    /// `backendDone`: the handler (engine or backend) has written the reply.
+    @inlinable
+    mutating func finishHandler(_ index: Int, now: UInt64) {
+        let record = slots.record(index)
+        let opcodeRaw = record.pointee.request.opcodeRaw
+        let expectsReply = FUSEOpcode(rawValue: opcodeRaw)?.expectsReply ?? true
+        if expectsReply && record.pointee.replyLength == 0 {
+            // A handler that claims success without a reply would leave the guest waiting forever.
+            metrics.pointee.backendsWithoutReply &+= 1
+            slots.reply(index).fail(.io)
+        }
+        transition(index, .backendDone, now: now)
+    }
+
+    @inlinable
+    mutating func publishCompleted() -> Int {
+        let published = completedCount
+        guard published > 0 else { return 0 }
+        let now = cycleCounter()
+        for position in 0..<published {
+            let index = Int(completedList[position])
+            let record = slots.record(index)
+            let replyLength = record.pointee.replyLength
+            if replyLength == 0 {
+                metrics.pointee.oneWayRequests &+= 1
+            } else {
+                metrics.pointee.repliesSent &+= 1
+                if replyLength == UInt32(OutHeaderLayout.size) && slots.staging(index).load(fromByteOffset: OutHeaderLayout.error, as: Int32.self) != 0 {
+                    metrics.pointee.errorReplies &+= 1
+                }
+            }
+            transport.complete(handle: record.pointee.fetched.handle, replyBytes: replyLength)
+            residenceHistogram.record(now &- record.pointee.enteredCycles[Int(SlotState.fetched.rawValue)])
+            transition(index, .publish, now: now)
+            record.pointee.generation &+= 1
+            freeList[freeCount] = UInt32(index)
+            freeCount &+= 1
+        }
+        completedCount = 0
+        if transport.flush() { metrics.pointee.notifications &+= 1 }
+        return published
+    }
+
+    /// The only place slot state changes. Records the time spent in the state being left.
+    @inlinable
+    mutating func transition(_ index: Int, _ event: SlotEvent, now: UInt64) {
+        let record = slots.record(index)
+        let current = record.pointee.state
+        guard let next = SlotTransitions.next(from: current, on: event) else {
+            preconditionFailure("slot transition not in the protocol")
+        }
+        let entered = record.pointee.enteredCycles[Int(current.rawValue)]
+        if current != .free {
+            let histogram = stateHistograms + Int(current.rawValue) &* LatencyHistogram.bucketCount
+            histogram[LatencyHistogram.bucket(of: now &- entered)] &+= 1
+        }
+        record.pointee.enteredCycles[Int(next.rawValue)] = now
+        record.pointee.stateRaw = next.rawValue
+        if next == .completed {
+            completedList[completedCount] = UInt32(index)
+            completedCount &+= 1
+        }
+    }
+}

@@ -1,0 +1,28 @@
+// Plain counters in the poller's own memory: the poller is their only writer, so no atomics and no
+// shared cache lines on the data path. Readers look only after the poller stopped (or, later, at a
+// snapshot the poller publishes).
+
+@frozen
+public struct PollerMetrics {
+    public var steps: UInt64 = 0
+    public var requestsFetched: UInt64 = 0
+    public var repliesSent: UInt64 = 0
+    public var errorReplies: UInt64 = 0
+    /// One-way requests (FORGET, BATCH_FORGET, NOTIFY_REPLY) returned with no reply.
+    public var oneWayRequests: UInt64 = 0
+    /// Requests refused before dispatch (bad lengths, names, unknown opcodes).
+    public var decodeFailures: UInt64 = 0
+    /// Requests with no readable header or no room for even an error reply: returned unanswered.
+    public var unanswerableRequests: UInt64 = 0
+    public var pendingRequests: UInt64 = 0
+    /// Tokens whose slot had moved on (wrong generation or not awaiting the backend): ignored.
+    public var staleCompletions: UInt64 = 0
+    /// Fetch passes that stopped because every slot was busy.
+    public var slotsExhausted: UInt64 = 0
+    public var transportFailures: UInt64 = 0
+    public var notifications: UInt64 = 0
+    /// Backends that said `done` without writing a reply: answered with EIO (a backend bug).
+    public var backendsWithoutReply: UInt64 = 0
+
+    public init() {}
+}

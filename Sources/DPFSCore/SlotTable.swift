@@ -1,0 +1,97 @@
+import FUSEWire
+
+// The slot arena: fixed-size records, each with its segment table, argument copy and reply
+// staging, all carved from the arena at start-up.
+
+/// The engine-private record of one in-flight request.
+@frozen
+public struct SlotRecord {
+    public var stateRaw: UInt8 = SlotState.free.rawValue
+    public var generation: UInt32 = 0
+    public var fetched = FetchedRequest(handle: 0, readableCount: 0, writableCount: 0, readableBytes: 0, writableBytes: 0)
+    /// Bytes of reply written; 0 = no reply.
+    public var replyLength: UInt32 = 0
+    /// Cycle counter when the slot entered each state (index = `SlotState.rawValue`).
+    public var enteredCycles: InlineArray<6, UInt64> = .init(repeating: 0)
+    public var request = DecodedRequest()
+
+    @inlinable
+    public var state: SlotState { SlotState(rawValue: stateRaw)! }
+}
+
+/// Per-slot memory, addressed by slot index.
+@frozen
+public struct SlotTable: @unchecked Sendable {
+    public let count: Int
+    public let segmentsPerSlot: Int
+    public let records: UnsafeMutablePointer<SlotRecord>
+    @usableFromInline let segments: UnsafeMutablePointer<Segment>
+    @usableFromInline let args: UnsafeMutableRawPointer
+    @usableFromInline let staging: UnsafeMutableRawPointer
+
+    @usableFromInline static let argsStride = (FUSELimits.argsBytesMax + 63) & ~63
+    @usableFromInline static let stagingStride = (FUSELimits.replyStagingBytes + 63) & ~63
+
+    public static func plan(_ plan: inout ArenaPlan, count: Int, segmentsPerSlot: Int) {
+        plan.reserve(SlotRecord.self, count: count)
+        plan.reserve(Segment.self, count: count * segmentsPerSlot)
+        plan.reserve(byteCount: argsStride * count)
+        plan.reserve(byteCount: stagingStride * count)
+    }
+
+    public init(count: Int, segmentsPerSlot: Int, arena: inout ArenaAllocator) {
+        precondition(count > 0 && count <= 1 << 16, "slot count must be 1...65536")
+        precondition(segmentsPerSlot >= 2 && segmentsPerSlot <= Int(UInt16.max))
+        self.count = count
+        self.segmentsPerSlot = segmentsPerSlot
+        records = arena.allocate(SlotRecord.self, count: count)
+        records.initialize(repeating: SlotRecord(), count: count)
+        segments = arena.allocate(Segment.self, count: count * segmentsPerSlot)
+        args = arena.allocate(byteCount: Self.argsStride * count)
+        staging = arena.allocate(byteCount: Self.stagingStride * count)
+    }
+
+    @inlinable
+    public func record(_ index: Int) -> UnsafeMutablePointer<SlotRecord> {
+        precondition(index >= 0 && index < count)
+        return records + index
+    }
+
+    @inlinable
+    public func segments(_ index: Int) -> UnsafeMutablePointer<Segment> {
+        precondition(index >= 0 && index < count)
+        return segments + index &* segmentsPerSlot
+    }
+
+    @inlinable
+    public func args(_ index: Int) -> UnsafeMutableRawPointer {
+        precondition(index >= 0 && index < count)
+        return args + index &* Self.argsStride
+    }
+
+    @inlinable
+    public func staging(_ index: Int) -> UnsafeMutableRawPointer {
+        precondition(index >= 0 && index < count)
+        return staging + index &* Self.stagingStride
+    }
+
+    /// The decoded request in slot `index`, as a backend sees it.
+    @inlinable
+    public func request(_ index: Int) -> FUSERequest {
+        let record = record(index)
+        return FUSERequest(header: UnsafePointer(record.pointer(to: \.request)!), args: UnsafeRawPointer(args(index)),
+                           readable: UnsafePointer(segments(index)), readableCount: Int(record.pointee.fetched.readableCount))
+    }
+
+    /// The reply writer for slot `index`.
+    @inlinable
+    public func reply(_ index: Int) -> FUSEReply {
+        let record = record(index)
+        let fetched = record.pointee.fetched
+        return FUSEReply(
+            writable: UnsafePointer(segments(index) + Int(fetched.readableCount)),
+            writableCount: Int(fetched.writableCount), writableBytes: Int(fetched.writableBytes),
+            staging: staging(index), unique: record.pointee.request.unique,
+            replyLength: record.pointer(to: \.replyLength)!)
+    }
+}

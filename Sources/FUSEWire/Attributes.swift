@@ -1,0 +1,113 @@
+// Value types a backend fills in; the reply writer lays them out on the wire.
+
+/// A timestamp with nanoseconds kept (DPFS truncated them to seconds).
+@frozen
+public struct FUSETime: Equatable, Sendable {
+    public var seconds: UInt64
+    public var nanoseconds: UInt32
+
+    @inlinable
+    public init(seconds: UInt64, nanoseconds: UInt32 = 0) {
+        precondition(nanoseconds < 1_000_000_000)
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+    }
+}
+
+/// The attributes of an inode, as `fuse_attr` carries them.
+@frozen
+public struct FileAttributes: Equatable, Sendable {
+    public var inode: UInt64
+    public var sizeBytes: UInt64
+    public var blocks: UInt64
+    public var accessTime: FUSETime
+    public var modificationTime: FUSETime
+    public var changeTime: FUSETime
+    public var mode: UInt32
+    public var linkCount: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var rdev: UInt32
+    public var blockSizeBytes: UInt32
+
+    @inlinable
+    public init(inode: UInt64, sizeBytes: UInt64, blocks: UInt64, accessTime: FUSETime, modificationTime: FUSETime,
+                changeTime: FUSETime, mode: UInt32, linkCount: UInt32, uid: UInt32, gid: UInt32, rdev: UInt32,
+                blockSizeBytes: UInt32) {
+        self.inode = inode
+        self.sizeBytes = sizeBytes
+        self.blocks = blocks
+        self.accessTime = accessTime
+        self.modificationTime = modificationTime
+        self.changeTime = changeTime
+        self.mode = mode
+        self.linkCount = linkCount
+        self.uid = uid
+        self.gid = gid
+        self.rdev = rdev
+        self.blockSizeBytes = blockSizeBytes
+    }
+
+    /// Writes a 88-byte `fuse_attr` at `destination`.
+    @inlinable
+    @_noAllocation @_noLocks
+    public func store(to destination: UnsafeMutableRawPointer) {
+        let d = destination
+        d.storeBytes(of: inode.littleEndian, toByteOffset: AttrLayout.ino, as: UInt64.self)
+        d.storeBytes(of: sizeBytes.littleEndian, toByteOffset: AttrLayout.fileSize, as: UInt64.self)
+        d.storeBytes(of: blocks.littleEndian, toByteOffset: AttrLayout.blocks, as: UInt64.self)
+        d.storeBytes(of: accessTime.seconds.littleEndian, toByteOffset: AttrLayout.atime, as: UInt64.self)
+        d.storeBytes(of: modificationTime.seconds.littleEndian, toByteOffset: AttrLayout.mtime, as: UInt64.self)
+        d.storeBytes(of: changeTime.seconds.littleEndian, toByteOffset: AttrLayout.ctime, as: UInt64.self)
+        d.storeBytes(of: accessTime.nanoseconds.littleEndian, toByteOffset: AttrLayout.atimeNanos, as: UInt32.self)
+        d.storeBytes(of: modificationTime.nanoseconds.littleEndian, toByteOffset: AttrLayout.mtimeNanos, as: UInt32.self)
+        d.storeBytes(of: changeTime.nanoseconds.littleEndian, toByteOffset: AttrLayout.ctimeNanos, as: UInt32.self)
+        d.storeBytes(of: mode.littleEndian, toByteOffset: AttrLayout.mode, as: UInt32.self)
+        d.storeBytes(of: linkCount.littleEndian, toByteOffset: AttrLayout.nlink, as: UInt32.self)
+        d.storeBytes(of: uid.littleEndian, toByteOffset: AttrLayout.uid, as: UInt32.self)
+        d.storeBytes(of: gid.littleEndian, toByteOffset: AttrLayout.gid, as: UInt32.self)
+        d.storeBytes(of: rdev.littleEndian, toByteOffset: AttrLayout.rdev, as: UInt32.self)
+        d.storeBytes(of: blockSizeBytes.littleEndian, toByteOffset: AttrLayout.blockSize, as: UInt32.self)
+        d.storeBytes(of: UInt32(0), toByteOffset: AttrLayout.flags, as: UInt32.self)
+    }
+}
+
+/// How long the kernel may cache a name or attributes.
+@frozen
+public struct CacheValidity: Equatable, Sendable {
+    public var seconds: UInt64
+    public var nanoseconds: UInt32
+
+    @inlinable
+    public init(seconds: UInt64, nanoseconds: UInt32 = 0) {
+        precondition(nanoseconds < 1_000_000_000)
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+    }
+}
+
+/// File-system totals for STATFS.
+@frozen
+public struct FileSystemStatistics: Equatable, Sendable {
+    public var blocks: UInt64
+    public var blocksFree: UInt64
+    public var blocksAvailable: UInt64
+    public var files: UInt64
+    public var filesFree: UInt64
+    public var blockSizeBytes: UInt32
+    public var nameBytesMax: UInt32
+    public var fragmentSizeBytes: UInt32
+
+    @inlinable
+    public init(blocks: UInt64, blocksFree: UInt64, blocksAvailable: UInt64, files: UInt64, filesFree: UInt64,
+                blockSizeBytes: UInt32, nameBytesMax: UInt32, fragmentSizeBytes: UInt32) {
+        self.blocks = blocks
+        self.blocksFree = blocksFree
+        self.blocksAvailable = blocksAvailable
+        self.files = files
+        self.filesFree = filesFree
+        self.blockSizeBytes = blockSizeBytes
+        self.nameBytesMax = nameBytesMax
+        self.fragmentSizeBytes = fragmentSizeBytes
+    }
+}

@@ -1,0 +1,235 @@
+import Synchronization
+import DPFSCore
+import FUSEWire
+
+// A guest that never stops: keeps a fixed number of FUSE requests in flight through a loopback
+// driver, checks every reply it gets back, and records round-trip latency. Used by `dpfs-bench core`
+// and the allocation gate; after start-up it allocates nothing.
+
+/// The request classes the load generator can send, with what a null backend must answer.
+public enum LoadOperation: UInt8, CaseIterable, Sendable {
+    case read4KiB, write4KiB, getattr, lookup, statfs, statx, readdir, readdirplus, open, release, forget,
+         access, flush, fsync, lseek, getxattr, lyingLength
+
+    /// The mix `dpfs-bench core` measures.
+    public static let benchmarkMix: [LoadOperation] = [.read4KiB, .write4KiB, .getattr, .lookup]
+
+    /// Used length and `error` the reply must have (used length 0 = no reply expected).
+    public var expectedReply: (usedLength: UInt32, error: Int32) {
+        switch self {
+        case .read4KiB: return (16 + 4096, 0)
+        case .write4KiB: return (16 + 8, 0)
+        case .getattr: return (16 + 104, 0)
+        case .lookup: return (16 + 128, 0)
+        case .statfs: return (16 + 80, 0)
+        case .statx: return (16 + 288, 0)
+        case .readdir: return (16 + 3 * 32, 0)
+        case .readdirplus: return (16 + 3 * (128 + 32), 0)
+        case .open: return (16 + 16, 0)
+        case .release, .access, .flush, .fsync: return (16, 0)
+        case .forget: return (0, 0)
+        case .lseek: return (16 + 8, 0)
+        case .getxattr: return (16, -61)       // ENODATA
+        case .lyingLength: return (16, -22)    // EINVAL
+        }
+    }
+}
+
+public final class LoadGenerator: @unchecked Sendable {
+    public var driver: LoopbackDriver
+    public let depth: Int
+    let operations: UnsafeMutablePointer<LoadOperation>
+    let operationCount: Int
+    let submitCycles: UnsafeMutablePointer<UInt64>
+    let slotOperation: UnsafeMutablePointer<LoadOperation>
+    let histogramCounts: UnsafeMutablePointer<UInt64>
+    /// Submit-to-reap time of every request, in cycles.
+    public let roundTrip: LatencyHistogram
+    public private(set) var errorReplies = 0
+    public private(set) var unexpectedReplies = 0
+    public private(set) var completed = 0
+    var nextUnique: UInt64 = 1
+    var nextOperation = 0
+
+    /// - Parameters:
+    ///   - operations: the mix, sent round-robin.
+    public init(driver: LoopbackDriver, depth: Int, operations: [LoadOperation] = LoadOperation.benchmarkMix) {
+        precondition(depth >= 1 && depth <= driver.configuration.requestSlots)
+        precondition(!operations.isEmpty)
+        precondition(driver.configuration.readableBufferBytes >= 4096 + 80 && driver.configuration.writableBufferBytes >= 4096 + 16,
+                     "the load generator's 4 KiB requests need 4 KiB + headers of buffer per direction")
+        self.driver = driver
+        self.depth = depth
+        operationCount = operations.count
+        self.operations = .allocate(capacity: operations.count)
+        self.operations.initialize(from: operations, count: operations.count)
+        submitCycles = .allocate(capacity: driver.configuration.requestSlots)
+        submitCycles.initialize(repeating: 0, count: driver.configuration.requestSlots)
+        slotOperation = .allocate(capacity: driver.configuration.requestSlots)
+        slotOperation.initialize(repeating: .getattr, count: driver.configuration.requestSlots)
+        histogramCounts = .allocate(capacity: LatencyHistogram.bucketCount)
+        histogramCounts.initialize(repeating: 0, count: LatencyHistogram.bucketCount)
+        roundTrip = LatencyHistogram(counts: histogramCounts)
+    }
+
+    deinit {
+        operations.deallocate()
+        submitCycles.deallocate()
+        slotOperation.deallocate()
+        histogramCounts.deallocate()
+    }
+
+    public func resetMeasurements() {
+        roundTrip.reset()
+        errorReplies = 0
+        unexpectedReplies = 0
+        completed = 0
+    }
+
+    /// Sends FUSE_INIT and waits for its answer, calling `step` while waiting (inline pollers).
+    public func establishSession(step: () -> Void) {
+        guard let slot = driver.acquireSlot() else { preconditionFailure("no free slot for INIT") }
+        let length = RequestEncoder.initRequest(into: driver.readableBuffer(slot), unique: nextUnique)
+        nextUnique += 1
+        let submitted = driver.submit(slot: slot, readableBytes: length, writableBytes: 16 + 64,
+                                      segmentation: .linux(payloadOffset: length))
+        precondition(submitted)
+        while true {
+            step()
+            if let (reaped, usedLength) = driver.reap() {
+                let error = driver.writableBuffer(reaped).load(fromByteOffset: OutHeaderLayout.error, as: Int32.self)
+                precondition(usedLength == 16 + 64 && error == 0, "INIT was refused (error \(error), \(usedLength) bytes)")
+                driver.releaseSlot(reaped)
+                return
+            }
+            spinHint()
+        }
+    }
+
+    /// Completes `requests` more requests, keeping `depth` in flight; calls `step` once per pass
+    /// (an inline poller), or pass an empty closure when the poller has its own thread.
+    public func run(requests: Int, step: () -> Void) {
+        var submitted = 0
+        var done = 0
+        while done < requests {
+            while driver.inFlight < depth && submitted < requests {
+                guard let slot = driver.acquireSlot() else { break }
+                let operation = operations[nextOperation]
+                nextOperation = nextOperation + 1 == operationCount ? 0 : nextOperation + 1
+                guard submit(operation, slot: slot) else {
+                    driver.releaseSlot(slot)
+                    break
+                }
+                submitted += 1
+            }
+            _ = driver.kickNeeded()
+            step()
+            var reapedAny = false
+            while let (slot, usedLength) = driver.reap() {
+                reapedAny = true
+                check(slot: slot, usedLength: usedLength)
+                driver.releaseSlot(slot)
+                done += 1
+            }
+            if !reapedAny { spinHint() }
+        }
+        completed += done
+    }
+
+    @inline(__always)
+    func check(slot: Int, usedLength: UInt32) {
+        roundTrip.record(cycleCounter() &- submitCycles[slot])
+        let expected = slotOperation[slot].expectedReply
+        if usedLength == 0 {
+            if expected.usedLength != 0 { unexpectedReplies += 1 }
+            return
+        }
+        let reply = driver.writableBuffer(slot)
+        let length = UInt32(littleEndian: reply.load(fromByteOffset: OutHeaderLayout.len, as: UInt32.self))
+        let error = Int32(littleEndian: reply.load(fromByteOffset: OutHeaderLayout.error, as: Int32.self))
+        if error != 0 && expected.error == 0 { errorReplies += 1 }
+        if length != usedLength || usedLength != expected.usedLength || error != expected.error {
+            unexpectedReplies += 1
+        }
+    }
+
+    @inline(__always)
+    func submit(_ operation: LoadOperation, slot: Int) -> Bool {
+        let buffer = driver.readableBuffer(slot)
+        let unique = nextUnique
+        nextUnique &+= 1
+        let file = UInt64(2), root = UInt64(1)
+        var readable = 0
+        var writable = Int(operation.expectedReply.usedLength)
+        var payloadOffset = 0
+        switch operation {
+        case .read4KiB:
+            readable = RequestEncoder.read(into: buffer, unique: unique, nodeID: file, fileHandle: file, offset: 0, size: 4096)
+        case .write4KiB:
+            readable = RequestEncoder.write(into: buffer, unique: unique, nodeID: file, fileHandle: file, offset: 0, size: 4096)
+            payloadOffset = RequestEncoder.writePayloadOffset
+        case .getattr:
+            readable = RequestEncoder.getattr(into: buffer, unique: unique, nodeID: file)
+        case .lookup:
+            // "null" in the root directory.
+            let name: UInt32 = 0x6C6C_756E
+            readable = withUnsafeBytes(of: name.littleEndian) {
+                RequestEncoder.lookup(into: buffer, unique: unique, parent: root, name: $0)
+            }
+        case .statfs:
+            readable = RequestEncoder.statfs(into: buffer, unique: unique)
+        case .statx:
+            readable = fixed(.statx, into: buffer, unique: unique, nodeID: file, argsBytes: 24)
+        case .readdir, .readdirplus:
+            readable = RequestEncoder.read(into: buffer, opcode: operation == .readdir ? .readdir : .readdirplus,
+                                           unique: unique, nodeID: root, fileHandle: root, offset: 0, size: 4096)
+        case .open:
+            readable = fixed(.open, into: buffer, unique: unique, nodeID: file, argsBytes: 8)
+        case .release:
+            readable = fixed(.release, into: buffer, unique: unique, nodeID: file, argsBytes: 24)
+        case .forget:
+            readable = fixed(.forget, into: buffer, unique: unique, nodeID: file, argsBytes: 8)
+        case .access:
+            readable = fixed(.access, into: buffer, unique: unique, nodeID: file, argsBytes: 8)
+        case .flush:
+            readable = fixed(.flush, into: buffer, unique: unique, nodeID: file, argsBytes: 24)
+        case .fsync:
+            readable = fixed(.fsync, into: buffer, unique: unique, nodeID: file, argsBytes: 16)
+        case .lseek:
+            readable = fixed(.lseek, into: buffer, unique: unique, nodeID: file, argsBytes: 24)
+            (buffer + InHeaderLayout.size).storeBytes(of: UInt32(3).littleEndian, toByteOffset: 16, as: UInt32.self)  // SEEK_DATA
+        case .getxattr:
+            readable = fixedName(into: buffer, unique: unique)
+            writable = 16 + 8
+        case .lyingLength:
+            // A GETATTR whose header claims 8 bytes more than the chain carries.
+            readable = RequestEncoder.getattr(into: buffer, unique: unique, nodeID: file)
+            buffer.storeBytes(of: UInt32(readable + 8).littleEndian, toByteOffset: InHeaderLayout.len, as: UInt32.self)
+            writable = 16 + 104
+        }
+        if operation == .read4KiB || operation == .readdir || operation == .readdirplus { writable = 16 + 4096 }
+        slotOperation[slot] = operation
+        submitCycles[slot] = cycleCounter()
+        return driver.submit(slot: slot, readableBytes: readable, writableBytes: writable,
+                             segmentation: .linux(payloadOffset: payloadOffset == 0 ? readable : payloadOffset))
+    }
+
+    @inline(__always)
+    func fixed(_ opcode: FUSEOpcode, into buffer: UnsafeMutableRawPointer, unique: UInt64, nodeID: UInt64, argsBytes: Int) -> Int {
+        let length = InHeaderLayout.size + argsBytes
+        RequestEncoder.header(into: buffer, length: length, opcode: opcode, unique: unique, nodeID: nodeID)
+        (buffer + InHeaderLayout.size).initializeMemory(as: UInt8.self, repeating: 0, count: argsBytes)
+        return length
+    }
+
+    /// GETXATTR of "user.a" with a size-probe (size 0) `fuse_getxattr_in`.
+    @inline(__always)
+    func fixedName(into buffer: UnsafeMutableRawPointer, unique: UInt64) -> Int {
+        let name: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0x75, 0x73, 0x65, 0x72, 0x2E, 0x61, 0)
+        let length = InHeaderLayout.size + 8 + 7
+        RequestEncoder.header(into: buffer, length: length, opcode: .getxattr, unique: unique, nodeID: 2)
+        (buffer + InHeaderLayout.size).initializeMemory(as: UInt8.self, repeating: 0, count: 8)
+        withUnsafeBytes(of: name) { (buffer + InHeaderLayout.size + 8).copyMemory(from: $0.baseAddress!, byteCount: 7) }
+        return length
+    }
+}
