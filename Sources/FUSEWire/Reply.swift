@@ -27,7 +27,7 @@ extension OpcodeTable {
 
 /// The reply to one request, written into its device-writable segments.
 @frozen
-public struct FUSEReply {
+public struct FUSEReply: @unchecked Sendable {
     public let writable: UnsafePointer<Segment>
     public let writableCount: Int
     public let writableBytes: Int

@@ -71,7 +71,7 @@ public struct TestRequest: Sendable {
         case .link: return TestRequest(opcode, args: le(UInt64(2)) + name(entryName))
         case .open, .opendir: return TestRequest(opcode, args: zeros(8))
         case .read, .readdir, .readdirplus:
-            return TestRequest(opcode, nodeID: 2, args: le(UInt64(2)) + le(UInt64(4096)) + le(UInt32(4096)) + zeros(12))
+            return TestRequest(opcode, nodeID: 2, args: le(UInt64(2)) + le(UInt64(4096)) + le(UInt32(4096)) + zeros(20))
         case .write:
             return TestRequest(opcode, nodeID: 2, args: le(UInt64(2)) + le(UInt64(0)) + le(UInt32(writePayload.count)) + zeros(20) + writePayload)
         case .release, .releasedir, .flush: return TestRequest(opcode, args: zeros(24))
@@ -115,7 +115,7 @@ extension Array where Element == UInt8 {
     public func loadLE<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
         precondition(offset + MemoryLayout<T>.size <= count)
         var value: T = 0
-        withUnsafeMutableBytes(of: &value) { raw in
+        Swift.withUnsafeMutableBytes(of: &value) { raw in
             for index in 0..<MemoryLayout<T>.size { raw[index] = self[offset + index] }
         }
         return T(littleEndian: value)
