@@ -1,0 +1,102 @@
+import ArgumentParser
+import DPFSCore
+import DPFSPosix
+import FUSEWire
+import LoopbackTransport
+import MallocInterposerSwift
+import NullBackend
+import Synchronization
+
+/// `dpfs-bench alloc-gate`: counts mallocs over N requests of each request class after warm-up, in
+/// a process of its own (malloc counters are process-wide, so nothing else may run beside it).
+/// Prints one JSON object per class and exits non-zero if any class allocated or the canary saw
+/// nothing. The test suite's allocation gate runs this and checks the output.
+struct AllocationGateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "alloc-gate",
+        abstract: "Zero-allocation gate: mallocs per request class through loopback + null backend.")
+
+    @Option(help: "Requests per class after warm-up.")
+    var requests: Int = 100_000
+
+    @Option(help: "Warm-up requests per class.")
+    var warmup: Int = 2_000
+
+    func validate() throws {
+        guard requests > 0, warmup > 0 else { throw ValidationError("--requests and --warmup must be positive") }
+    }
+
+    func run() throws {
+        MallocInterposerSwift.initialize()
+        // Canary: something that must allocate, measured the same way, so a silently inactive
+        // interposer cannot make the gate pass.
+        MallocInterposerSwift.reset()
+        MallocInterposerSwift.hook()
+        var grown: [Int] = []
+        for index in 0..<100 { grown.append(index) }
+        MallocInterposerSwift.unhook()
+        let canary = MallocInterposerSwift.getStatistics().mallocCount
+        print("{\"class\":\"canary\",\"mallocs\":\(canary),\"elements\":\(grown.count)}")
+        var failed = canary == 0
+
+        for operation in LoadOperation.allCases {
+            let result = try measure(operations: [operation], threaded: false)
+            print(result.json(name: "\(operation)"))
+            failed = failed || !result.passed
+        }
+        let threaded = try measure(operations: LoadOperation.benchmarkMix, threaded: true)
+        print(threaded.json(name: "benchmarkMixThreaded"))
+        failed = failed || !threaded.passed
+        if failed { throw ExitCode.failure }
+    }
+
+    struct Result {
+        let requests: Int
+        let completed: Int
+        let mallocs: Int
+        let unexpectedReplies: Int
+
+        var passed: Bool { mallocs == 0 && unexpectedReplies == 0 && completed == requests }
+
+        func json(name: String) -> String {
+            "{\"class\":\"\(name)\",\"requests\":\(requests),\"completed\":\(completed),\"mallocs\":\(mallocs),"
+                + "\"mallocs_per_request\":\(Double(mallocs) / Double(requests)),\"unexpected_replies\":\(unexpectedReplies)}"
+        }
+    }
+
+    func measure(operations: [LoadOperation], threaded: Bool) throws -> Result {
+        let pollerConfiguration = PollerConfiguration(slotCount: 64, segmentsPerSlot: 16, batchMax: 16)
+        let driverConfiguration = LoopbackDriverConfiguration(queueSize: 128, requestSlots: 32, readableBufferBytes: 8192,
+                                                              writableBufferBytes: 8192, descriptorsPerRequestMax: 8)
+        let arena = try HugepageArena(bytes: LoopbackRig<NullBackend>.arenaBytes(poller: pollerConfiguration, driver: driverConfiguration))
+        var allocator = arena.allocator()
+        let rig = LoopbackRig(poller: pollerConfiguration, driver: driverConfiguration, backend: NullBackend(), arena: &allocator)
+        let load = LoadGenerator(driver: rig.driver, depth: 16, operations: operations)
+        let box = PollerBox(rig.poller)
+        if !threaded {
+            load.establishSession { _ = box.poller.step() }
+            load.run(requests: warmup) { _ = box.poller.step() }
+            load.resetMeasurements()
+            MallocInterposerSwift.reset()
+            MallocInterposerSwift.hook()
+            load.run(requests: requests) { _ = box.poller.step() }
+            MallocInterposerSwift.unhook()
+        } else {
+            let stop = StopFlag()
+            let poller = try PinnedThread(cpu: PinnedThread.onlineCPUs > 1 ? 1 : 0) {
+                while !stop.isSet { box.stepMeasured() }
+            }
+            load.establishSession {}
+            load.run(requests: warmup) {}
+            load.resetMeasurements()
+            MallocInterposerSwift.reset()
+            MallocInterposerSwift.hook()
+            load.run(requests: requests) {}
+            MallocInterposerSwift.unhook()
+            stop.set()
+            poller.join()
+        }
+        return Result(requests: requests, completed: load.completed,
+                      mallocs: MallocInterposerSwift.getStatistics().mallocCount, unexpectedReplies: load.unexpectedReplies)
+    }
+}

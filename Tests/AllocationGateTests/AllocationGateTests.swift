@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+
+/// The zero-allocation gate (ARCHITECTURE §4, §9.4). Malloc counters are process-wide, so the
+/// measurement runs in a process of its own — `dpfs-bench alloc-gate`, built with the tests — where
+/// no other suite can allocate beside it. After warm-up, 100 000 requests of each request class go
+/// through the loopback virtqueue, the poller and the null backend, inline and with the poller on
+/// its own thread; every class must make zero mallocs, and a canary must see its allocations.
+@Suite(.serialized) struct AllocationGateTests {
+    struct Line: Decodable {
+        let `class`: String
+        let mallocs: Int
+        let requests: Int?
+        let completed: Int?
+        let unexpected_replies: Int?
+    }
+
+    static func benchBinary() throws -> URL {
+        // The test bundle and the executables share one build directory.
+        let testBinary = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        let candidate = testBinary.deletingLastPathComponent().appendingPathComponent("dpfs-bench")
+        guard FileManager.default.isExecutableFile(atPath: candidate.path) else {
+            throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: candidate.path])
+        }
+        return candidate
+    }
+
+    @Test("zero mallocs per request for every request class, and a live canary")
+    func zeroAllocations() throws {
+        let process = Process()
+        process.executableURL = try Self.benchBinary()
+        process.arguments = ["alloc-gate", "--requests", "100000"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        let lines = try text.split(separator: "\n").map { try JSONDecoder().decode(Line.self, from: Data($0.utf8)) }
+
+        let canary = try #require(lines.first { $0.class == "canary" })
+        #expect(canary.mallocs > 0, "the malloc counter saw nothing: the gate would pass vacuously")
+        let classes = lines.filter { $0.class != "canary" }
+        #expect(classes.count >= 17, "every request class must be measured:\n\(text)")
+        for line in classes {
+            #expect(line.mallocs == 0, "\(line.class) allocated \(line.mallocs) times in \(line.requests ?? 0) requests")
+            #expect(line.completed == 100_000 && line.requests == 100_000, "\(line.class) did not complete every request")
+            #expect(line.unexpected_replies == 0, "\(line.class) got replies of the wrong shape")
+        }
+        #expect(process.terminationStatus == 0, "dpfs-bench alloc-gate failed:\n\(text)")
+    }
+}
