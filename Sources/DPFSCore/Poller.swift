@@ -59,8 +59,10 @@ public struct Poller<T: Transport, B: Backend> {
     /// Backend threads push completion tokens here.
     public let completions: CompletionRing
     public let metrics: UnsafeMutablePointer<PollerMetrics>
-    /// Time spent in each state, in cycles (index = `SlotState.rawValue`).
+    /// Time spent in each state, in cycles (index = `SlotState.rawValue`), for one request in
+    /// `stateSamplingInterval`: recording every transition of every request cost ~10 ns a request.
     public let stateHistograms: UnsafeMutablePointer<UInt64>
+    public static var stateSamplingInterval: UInt64 { 16 }
     /// Time from fetch to publish of each request, in cycles: the engine's whole share of its latency.
     public let residenceHistogram: LatencyHistogram
     /// Written only by the poller itself (INIT, DESTROY).
@@ -159,15 +161,16 @@ public struct Poller<T: Transport, B: Backend> {
             let record = slots.record(index)
             record.pointee.fetched = request
             record.pointee.replyLength = 0
+            record.pointee.sampled = metrics.pointee.requestsFetched & (Self.stateSamplingInterval &- 1) == 0
             let now = cycleCounter()
             transition(index, .fetch, now: now)
-            decodeAndDispatch(index, now: now)
+            decodeAndDispatch(index)
         }
         return fetched
     }
 
     @inlinable
-    mutating func decodeAndDispatch(_ index: Int, now: UInt64) {
+    mutating func decodeAndDispatch(_ index: Int) {
         let record = slots.record(index)
         let fetched = record.pointee.fetched
         let status = decodeRequest(
@@ -175,7 +178,9 @@ public struct Poller<T: Transport, B: Backend> {
             readableBytes: Int(fetched.readableBytes), options: session.decoderOptions,
             into: record.pointer(to: \.request)!, args: slots.args(index))
         let opcodeRaw = record.pointee.request.opcodeRaw
-        let expectsReply = FUSEOpcode(rawValue: opcodeRaw)?.expectsReply ?? true
+        let expectsReply = FUSEOpcode.expectsReply(raw: opcodeRaw)
+        // Time in `fetched` is decoding time; a second reading marks its end.
+        let now = cycleCounter()
 
         switch status {
         case .unanswerable:
@@ -228,7 +233,7 @@ public struct Poller<T: Transport, B: Backend> {
         }
         guard session.established else {
             // Nothing but INIT is served before INIT (libfuse answers EIO the same way).
-            if FUSEOpcode(rawValue: opcodeRaw)?.expectsReply ?? true { reply.fail(.io) } else { reply.none() }
+            if FUSEOpcode.expectsReply(raw: opcodeRaw) { reply.fail(.io) } else { reply.none() }
             finishHandler(index, now: now)
             return
         }
@@ -243,7 +248,7 @@ public struct Poller<T: Transport, B: Backend> {
         let token = CompletionToken(slotIndex: UInt32(index), generation: record.pointee.generation)
         switch backend.handle(slots.request(index), reply: reply, token: token) {
         case .done:
-            finishHandler(index, now: now)
+            finishHandler(index, now: cycleCounter())
         case .pending:
             metrics.pointee.pendingRequests &+= 1
             transition(index, .backendPending, now: now)
@@ -255,7 +260,7 @@ public struct Poller<T: Transport, B: Backend> {
     mutating func finishHandler(_ index: Int, now: UInt64) {
         let record = slots.record(index)
         let opcodeRaw = record.pointee.request.opcodeRaw
-        let expectsReply = FUSEOpcode(rawValue: opcodeRaw)?.expectsReply ?? true
+        let expectsReply = FUSEOpcode.expectsReply(raw: opcodeRaw)
         if expectsReply && record.pointee.replyLength == 0 {
             // A handler that claims success without a reply would leave the guest waiting forever.
             metrics.pointee.backendsWithoutReply &+= 1
@@ -301,8 +306,8 @@ public struct Poller<T: Transport, B: Backend> {
         guard let next = SlotTransitions.next(from: current, on: event) else {
             preconditionFailure("slot transition not in the protocol")
         }
-        let entered = record.pointee.enteredCycles[Int(current.rawValue)]
-        if current != .free {
+        if record.pointee.sampled && current != .free {
+            let entered = record.pointee.enteredCycles[Int(current.rawValue)]
             let histogram = stateHistograms + Int(current.rawValue) &* LatencyHistogram.bucketCount
             histogram[LatencyHistogram.bucket(of: now &- entered)] &+= 1
         }

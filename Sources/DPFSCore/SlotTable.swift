@@ -11,6 +11,8 @@ public struct SlotRecord {
     public var fetched = FetchedRequest(handle: 0, readableCount: 0, writableCount: 0, readableBytes: 0, writableBytes: 0)
     /// Bytes of reply written; 0 = no reply.
     public var replyLength: UInt32 = 0
+    /// Whether this request's time in each state goes into the per-state histograms (a sample).
+    public var sampled: Bool = false
     /// Cycle counter when the slot entered each state (index = `SlotState.rawValue`).
     public var enteredCycles: InlineArray<6, UInt64> = .init(repeating: 0)
     public var request = DecodedRequest()

@@ -84,19 +84,28 @@ public func decodeRequest(
 ) -> DecodeStatus {
     precondition(readableCount >= 0 && readableBytes >= 0)
     var cursor = SegmentCursor(segments: readable, count: readableCount)
-    // The header is copied through the args buffer, which is at least 40 bytes.
-    guard cursor.read(into: args, byteCount: InHeaderLayout.size) == InHeaderLayout.size else {
-        return .unanswerable
+    // Each header field is read from the request exactly once, into engine memory. Linux puts the
+    // whole header in the first descriptor, so it is read in place; a header split across
+    // segments is first gathered through the args buffer (at least 40 bytes).
+    let header: UnsafeRawPointer
+    if readableCount > 0 && readable[0].length >= UInt32(InHeaderLayout.size) {
+        header = UnsafeRawPointer(readable[0].base)
+        _ = cursor.skip(byteCount: InHeaderLayout.size)
+    } else {
+        guard cursor.read(into: args, byteCount: InHeaderLayout.size) == InHeaderLayout.size else {
+            return .unanswerable
+        }
+        header = UnsafeRawPointer(args)
     }
     var decoded = DecodedRequest()
-    decoded.length = UInt32(littleEndian: args.loadUnaligned(fromByteOffset: InHeaderLayout.len, as: UInt32.self))
-    decoded.opcodeRaw = UInt32(littleEndian: args.loadUnaligned(fromByteOffset: InHeaderLayout.opcode, as: UInt32.self))
-    decoded.unique = UInt64(littleEndian: args.loadUnaligned(fromByteOffset: InHeaderLayout.unique, as: UInt64.self))
-    decoded.nodeID = UInt64(littleEndian: args.loadUnaligned(fromByteOffset: InHeaderLayout.nodeID, as: UInt64.self))
-    decoded.uid = UInt32(littleEndian: args.loadUnaligned(fromByteOffset: InHeaderLayout.uid, as: UInt32.self))
-    decoded.gid = UInt32(littleEndian: args.loadUnaligned(fromByteOffset: InHeaderLayout.gid, as: UInt32.self))
-    decoded.pid = UInt32(littleEndian: args.loadUnaligned(fromByteOffset: InHeaderLayout.pid, as: UInt32.self))
-    let extensionBytes = Int(UInt16(littleEndian: args.loadUnaligned(fromByteOffset: InHeaderLayout.totalExtLen, as: UInt16.self))) * 8
+    decoded.length = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: InHeaderLayout.len, as: UInt32.self))
+    decoded.opcodeRaw = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: InHeaderLayout.opcode, as: UInt32.self))
+    decoded.unique = UInt64(littleEndian: header.loadUnaligned(fromByteOffset: InHeaderLayout.unique, as: UInt64.self))
+    decoded.nodeID = UInt64(littleEndian: header.loadUnaligned(fromByteOffset: InHeaderLayout.nodeID, as: UInt64.self))
+    decoded.uid = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: InHeaderLayout.uid, as: UInt32.self))
+    decoded.gid = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: InHeaderLayout.gid, as: UInt32.self))
+    decoded.pid = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: InHeaderLayout.pid, as: UInt32.self))
+    let extensionBytes = Int(UInt16(littleEndian: header.loadUnaligned(fromByteOffset: InHeaderLayout.totalExtLen, as: UInt16.self))) * 8
     request.pointee = decoded
 
     let length = Int(decoded.length)
@@ -143,12 +152,15 @@ public func decodeRequest(
         let status = copyArguments(&cursor, byteCount: fixedSize, request: request, args: args)
         guard case .valid = status else { return status }
         let payloadBytes = argsBytes - fixedSize
-        if decoded.opcodeRaw == FUSEOpcode.write.rawValue {
-            // fuse_write_in.size (offset 16) must be the payload that follows, within max_write.
-            let declared = Int(UInt32(littleEndian: args.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
-            guard declared == payloadBytes else { return .invalid(.invalid) }
-            guard declared <= Int(options.writeBytesMax) else { return .invalid(.fileTooLarge) }
+        // The payload's size is declared in the fixed struct and must be exactly what follows:
+        // fuse_write_in.size (WRITE, within max_write), fuse_notify_retrieve_in.size
+        // (NOTIFY_REPLY), fuse_ioctl_in.in_size (IOCTL).
+        let declaredOffset = decoded.opcodeRaw == FUSEOpcode.ioctl.rawValue ? 24 : 16
+        let declared = Int(UInt32(littleEndian: args.loadUnaligned(fromByteOffset: declaredOffset, as: UInt32.self)))
+        if decoded.opcodeRaw == FUSEOpcode.write.rawValue && declared > Int(options.writeBytesMax) {
+            return .invalid(.fileTooLarge)
         }
+        guard declared == payloadBytes else { return .invalid(.invalid) }
         request.pointee.payloadPosition = cursor.position
         request.pointee.payloadLength = UInt32(payloadBytes)
         return .valid

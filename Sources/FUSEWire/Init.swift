@@ -114,6 +114,10 @@ public func negotiateInit(_ request: FUSERequest, policy: InitPolicy, reply: FUS
 
     let body = reply.body
     if major > InitPolicy.major {
+        guard reply.bodyCapacity >= 8 else {
+            reply.fail(.range)
+            return .refused(.range)
+        }
         // Only major and minor are read by the kernel in this case; it retries with our major.
         body.initializeMemory(as: UInt8.self, repeating: 0, count: 8)
         body.storeBytes(of: InitPolicy.major.littleEndian, toByteOffset: InitLayout.major, as: UInt32.self)
@@ -126,7 +130,18 @@ public func negotiateInit(_ request: FUSERequest, policy: InitPolicy, reply: FUS
         return .refused(.protocolError)
     }
     let agreedMinor = min(minor, InitPolicy.minorSupported)
-    let agreedFlags = offered & policy.flagsWanted
+    var agreedFlags = offered & policy.flagsWanted
+    // flags2 bits exist only within an INIT_EXT exchange.
+    if agreedFlags & InitFlags.initExtended == 0 { agreedFlags &= 0xFFFF_FFFF }
+    // Kernels before 7.5 read 8 bytes, before 7.23 read 24; we refuse those minors anyway, but the
+    // size rule stays explicit.
+    let replyBytes = agreedMinor < 5 ? 8 : (agreedMinor < 23 ? 24 : InitLayout.outSize)
+    guard reply.bodyCapacity >= replyBytes else {
+        // No room for the answer (ERANGE, as for any reply that does not fit): the session cannot be
+        // established on a reply the kernel never sees.
+        reply.fail(.range)
+        return .refused(.range)
+    }
     let agreedReadahead = min(readahead, policy.readaheadBytesMax)
 
     body.initializeMemory(as: UInt8.self, repeating: 0, count: InitLayout.outSize)
@@ -145,9 +160,6 @@ public func negotiateInit(_ request: FUSERequest, policy: InitPolicy, reply: FUS
     if agreedFlags & InitFlags.initExtended != 0 {
         body.storeBytes(of: UInt32(truncatingIfNeeded: agreedFlags >> 32).littleEndian, toByteOffset: InitLayout.outFlags2, as: UInt32.self)
     }
-    // Kernels before 7.5 read 8 bytes, before 7.23 read 24; we refuse those minors anyway, but the
-    // size rule stays explicit.
-    let replyBytes = agreedMinor < 5 ? 8 : (agreedMinor < 23 ? 24 : InitLayout.outSize)
     reply.send(bodyBytes: replyBytes)
     return .established(NegotiatedSession(
         major: InitPolicy.major, minor: agreedMinor, flags: agreedFlags,

@@ -68,6 +68,14 @@ public enum FUSEOpcode: UInt32, CaseIterable, Sendable {
         }
     }
 
+    /// `expectsReply` for a raw opcode, unknown ones included (they get an ENOSYS reply), without
+    /// building the enum first.
+    @inlinable
+    @_noAllocation @_noLocks
+    public static func expectsReply(raw: UInt32) -> Bool {
+        raw != FUSEOpcode.forget.rawValue && raw != FUSEOpcode.batchForget.rawValue && raw != FUSEOpcode.notifyReply.rawValue
+    }
+
     /// The kernel's spelling, for logs and reports (never on the data path).
     public var wireName: String {
         switch self {

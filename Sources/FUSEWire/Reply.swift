@@ -9,7 +9,7 @@ extension OpcodeTable {
     @usableFromInline
     static let replyBodyBytesMin: InlineArray<54, UInt16> = [
         0, 128, 0, 104, 104, 0, 128, 0, 128, 128,
-        0, 0, 0, 128, 16, 0, 0, 8, 0, 0,
+        0, 0, 0, 128, 16, 0, 8, 80, 0, 0,
         0, 0, 0, 0, 0, 0, 0, 16, 0, 0,
         0, 24, 0, 0, 0, 144, 0, 8, 0, 0,
         8, 0, 0, 0, 0, 0, 8, 8, 0, 0,
@@ -237,8 +237,12 @@ public struct FUSEReply: @unchecked Sendable {
         storeStatxTime(s + StatxOutLayout.atime, a.accessTime)
         storeStatxTime(s + StatxOutLayout.ctime, a.changeTime)
         storeStatxTime(s + StatxOutLayout.mtime, a.modificationTime)
-        s.storeBytes(of: (a.rdev >> 8).littleEndian, toByteOffset: StatxOutLayout.rdevMajor, as: UInt32.self)
-        s.storeBytes(of: (a.rdev & 0xFF).littleEndian, toByteOffset: StatxOutLayout.rdevMinor, as: UInt32.self)
+        // fuse_attr.rdev uses the kernel's new_encode_dev format: 12-bit major in bits 8...19,
+        // 20-bit minor split over bits 0...7 and 20...31.
+        let rdevMajor = (a.rdev & 0xF_FF00) >> 8
+        let rdevMinor = (a.rdev & 0xFF) | ((a.rdev >> 12) & 0xF_FF00)
+        s.storeBytes(of: rdevMajor.littleEndian, toByteOffset: StatxOutLayout.rdevMajor, as: UInt32.self)
+        s.storeBytes(of: rdevMinor.littleEndian, toByteOffset: StatxOutLayout.rdevMinor, as: UInt32.self)
         send(bodyBytes: StatxOutLayout.size)
     }
 }

@@ -86,9 +86,9 @@ public struct TestRequest: Sendable {
         case .create, .tmpfile: return TestRequest(opcode, args: le(UInt32(0o100)) + le(UInt32(0o644)) + zeros(8) + name(entryName))
         case .interrupt: return TestRequest(opcode, args: le(UInt64(99)))
         case .bmap: return TestRequest(opcode, args: zeros(16))
-        case .ioctl: return TestRequest(opcode, args: zeros(32) + [1, 2, 3, 4])
+        case .ioctl: return TestRequest(opcode, args: zeros(24) + le(UInt32(4)) + zeros(4) + [1, 2, 3, 4])
         case .poll: return TestRequest(opcode, args: zeros(24))
-        case .notifyReply: return TestRequest(opcode, args: zeros(40) + [9, 9, 9])
+        case .notifyReply: return TestRequest(opcode, args: zeros(16) + le(UInt32(3)) + zeros(20) + [9, 9, 9])
         case .batchForget:
             return TestRequest(opcode, args: le(UInt32(2)) + zeros(4) + le(UInt64(5)) + le(UInt64(1)) + le(UInt64(6)) + le(UInt64(2)))
         case .fallocate: return TestRequest(opcode, args: zeros(32))
