@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the engine and its checks need. Safe to run again: apt-get skips
+# what is already installed. Needs root (the project's machines run as root).
+set -euo pipefail
+
+packages=(
+  liburing-dev libnuma-dev libnfs-dev libibverbs-dev   # the engine's C libraries (Sources/CDPFS)
+  spin gcc                                             # model checking Specs/slot-ring.pml
+)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q "${missing[@]}"
+fi

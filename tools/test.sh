@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (.ci/run) and what a developer runs before pushing.
+#   1. release build (it enforces @_noAllocation/@_noLocks on the hot path)
+#   2. every unit, model-based and end-to-end test (swift test), including the allocation gate
+#   3. the allocation gate again against the release build
+#   4. the multi-threaded completion path under ThreadSanitizer
+#   5. hostile-input tests under AddressSanitizer
+#   6. the spin model of the slot/completion-ring protocol
+#   7. a short dpfs-bench core run (it must work; its speed is reported, not gated)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+step() {
+  local name=$1
+  shift
+  echo "==> $name"
+  local started=$SECONDS
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "==> $name: ok ($((SECONDS - started)) s)"
+  else
+    failed=$((failed + 1))
+    echo "==> $name: FAILED ($((SECONDS - started)) s)"
+    echo "checks: $passed passed, $failed failed"
+    exit 1
+  fi
+}
+
+step "install dependencies" tools/install-dependencies.sh
+step "release build" swift build -c release
+step "swift test" swift test
+step "allocation gate (release)" .build/release/dpfs-bench alloc-gate --requests 100000
+step "ThreadSanitizer" swift test --sanitize=thread --scratch-path .build-tsan \
+  --filter "concurrentProducers|ModelTests|asynchronousCompletion"
+# Leak checking is off: the only leaks LeakSanitizer reports are XCTest's own runner objects, and
+# this step is about out-of-bounds access on hostile input.
+step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan \
+  --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests"
+step "spin model" tools/check-spin-model.sh
+step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
+echo "checks: $passed passed, $failed failed"
