@@ -19,9 +19,9 @@
  *   backend threads          -> proctype Backend (NBACKENDS instances)
  *
  * GHOST state (the "ghost state" block below: occupied[], replyWritten[],
- * completedGen[], ghost*, dupsPushed, tokensIssued, ...) does not exist in the Swift
- * code; it records history so that assertions and the LTL formula can talk
- * about it.
+ * completedGen[], ghost*, dupsPushed, tokensIssued, ...) does not exist in
+ * the Swift code.  It records history so that assertions and the LTL formula
+ * can talk about it.
  *
  * Memory model: spin explores interleavings, i.e. sequential consistency.
  * That is sound for this protocol because every cross-thread hand-off of
@@ -56,8 +56,8 @@
 #endif
 #define NBACKENDS  2      /* backend threads                                   */
 #ifndef C
-#define C          4      /* CompletionRing.capacity: power of two; the engine */
-#endif                    /* guarantees C >= slotCount                         */
+#define C          4      /* CompletionRing.capacity: a power of two.  The     */
+#endif                    /* engine uses max(2, slotCount), so C >= slotCount  */
 #ifndef MAXREQ
 #define MAXREQ     5      /* requests fetched in total: keeps the run finite   */
 #endif
@@ -106,7 +106,7 @@ byte dequeuePosition;     /* written by the single consumer (the poller) only */
 
 /* ------------------------------------------------------------ ghost state -- */
 bool occupied[C];             /* the cell holds a value not yet popped        */
-bool pushFoundFull;           /* some push returned FULL (false in Swift)     */
+bool pushFoundFull;           /* a legitimate push returned false (FULL)      */
 bool illegalTransition;       /* slotEvent() got an event illegal in a state  */
 bool replyWritten[NSLOTS];    /* the reply of the slot's CURRENT generation
                                  has been written                            */

@@ -1,3 +1,4 @@
+import Synchronization
 import FUSEWire
 
 // The poller loop (ARCHITECTURE §5): one thread, bounded work per step:
@@ -7,7 +8,7 @@ import FUSEWire
 // The poller is the only writer of slot state; backend threads only write replies and push tokens.
 
 public struct PollerConfiguration: Sendable {
-    /// Requests in flight at most (a power of two). The completion ring has as many cells.
+    /// Requests in flight at most (a power of two).
     public var slotCount: Int
     /// Segments one request may span (header, args, and up to max_pages data pages, both directions).
     public var segmentsPerSlot: Int
@@ -27,27 +28,73 @@ public struct PollerConfiguration: Sendable {
         self.initPolicy = initPolicy
     }
 
+    /// Twice the slots: legitimate completions (one per pending slot) can never fill it, and room
+    /// remains for as many doubled tokens from a buggy backend, which the poller then discards
+    /// (spin found that with exactly `slotCount` cells a duplicate can make a legitimate push fail).
+    public var completionRingCapacity: Int { max(2, 2 * slotCount) }
+
     /// Bytes of arena the poller's memory takes.
     public var arenaBytes: Int {
         var plan = ArenaPlan()
         SlotTable.plan(&plan, count: slotCount, segmentsPerSlot: segmentsPerSlot)
-        CompletionRing.plan(&plan, capacity: max(2, slotCount))
+        CompletionRing.plan(&plan, capacity: completionRingCapacity)
         plan.reserve(UInt32.self, count: slotCount)   // free list
         plan.reserve(UInt32.self, count: slotCount)   // completed list
         plan.reserve(PollerMetrics.self, count: 1)
         plan.reserve(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
+        SharedSession.plan(&plan)
         return plan.bytes
     }
 }
 
-/// FUSE session state as the poller sees it.
+/// The FUSE session of one device, shared by the pollers of all its request queues: INIT arrives
+/// on one queue and every queue's requests are served under it. Lives in the arena; a copy of this
+/// value is a handle to the same state.
 @frozen
-public struct SessionState: Sendable {
-    public var established: Bool = false
-    public var negotiated: NegotiatedSession? = nil
-    public var decoderOptions = DecoderOptions()
+public struct SharedSession: @unchecked Sendable {
+    @usableFromInline let establishedFlag: UnsafeMutablePointer<Atomic<Bool>>
+    /// Valid while established; written before the flag is set (release), read after it (acquire).
+    @usableFromInline let state: UnsafeMutablePointer<NegotiatedSession>
 
-    public init() {}
+    public static func plan(_ plan: inout ArenaPlan) {
+        plan.reserve(byteCount: 64)
+        plan.reserve(NegotiatedSession.self, count: 1)
+    }
+
+    public init(arena: inout ArenaAllocator) {
+        establishedFlag = arena.allocate(byteCount: 64).bindMemory(to: Atomic<Bool>.self, capacity: 1)
+        establishedFlag.initialize(to: Atomic(false))
+        state = arena.allocate(NegotiatedSession.self, count: 1)
+        state.initialize(to: NegotiatedSession(major: 0, minor: 0, flags: 0, writeBytesMax: UInt32(FUSELimits.writeBytesMax),
+                                               readaheadBytesMax: 0))
+    }
+
+    /// The negotiated session, or nil before INIT (and after DESTROY).
+    @inlinable
+    public var negotiated: NegotiatedSession? {
+        establishedFlag.pointee.load(ordering: .acquiring) ? state.pointee : nil
+    }
+
+    @inlinable
+    public var established: Bool { establishedFlag.pointee.load(ordering: .acquiring) }
+
+    /// The decoder options in force (defaults before INIT).
+    @inlinable
+    public var decoderOptions: DecoderOptions {
+        established ? state.pointee.decoderOptions : DecoderOptions()
+    }
+
+    public func establish(_ negotiated: NegotiatedSession) {
+        // Not atomic with respect to a second INIT racing on another queue: the kernel sends INIT
+        // once and waits for its answer before sending anything else.
+        establishedFlag.pointee.store(false, ordering: .releasing)
+        state.pointee = negotiated
+        establishedFlag.pointee.store(true, ordering: .releasing)
+    }
+
+    public func end() {
+        establishedFlag.pointee.store(false, ordering: .releasing)
+    }
 }
 
 /// The engine loop for one request queue, generic over its transport and backend.
@@ -65,22 +112,25 @@ public struct Poller<T: Transport, B: Backend> {
     public static var stateSamplingInterval: UInt64 { 16 }
     /// Time from fetch to publish of each request, in cycles: the engine's whole share of its latency.
     public let residenceHistogram: LatencyHistogram
-    /// Written only by the poller itself (INIT, DESTROY).
-    public var session = SessionState()
+    /// The device's FUSE session, shared with the pollers of its other queues.
+    public let session: SharedSession
 
     @usableFromInline let freeList: UnsafeMutablePointer<UInt32>
     @usableFromInline var freeCount: Int
     @usableFromInline let completedList: UnsafeMutablePointer<UInt32>
     @usableFromInline var completedCount: Int = 0
 
-    public init(configuration: PollerConfiguration, transport: T, backend: B, arena: inout ArenaAllocator) {
+    /// - Parameter session: the device's shared session; nil gives this poller a session of its own.
+    public init(configuration: PollerConfiguration, transport: T, backend: B, session: SharedSession? = nil,
+                arena: inout ArenaAllocator) {
         self.configuration = configuration
         self.transport = transport
         self.backend = backend
         slots = SlotTable(count: configuration.slotCount, segmentsPerSlot: configuration.segmentsPerSlot, arena: &arena)
-        completions = CompletionRing(capacity: max(2, configuration.slotCount), arena: &arena)
+        completions = CompletionRing(capacity: configuration.completionRingCapacity, arena: &arena)
         freeList = arena.allocate(UInt32.self, count: configuration.slotCount)
         completedList = arena.allocate(UInt32.self, count: configuration.slotCount)
+        self.session = session ?? SharedSession(arena: &arena)
         metrics = arena.allocate(PollerMetrics.self, count: 1)
         metrics.initialize(to: PollerMetrics())
         stateHistograms = arena.allocate(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
@@ -223,9 +273,7 @@ public struct Poller<T: Transport, B: Backend> {
         if opcodeRaw == FUSEOpcode.`init`.rawValue {
             let outcome = negotiateInit(slots.request(index), policy: configuration.initPolicy, reply: reply)
             if case .established(let negotiated) = outcome {
-                session.established = true
-                session.negotiated = negotiated
-                session.decoderOptions = negotiated.decoderOptions
+                session.establish(negotiated)
                 backend.sessionStarted(negotiated)
             }
             finishHandler(index, now: now)
@@ -239,7 +287,7 @@ public struct Poller<T: Transport, B: Backend> {
         }
         if opcodeRaw == FUSEOpcode.destroy.rawValue {
             backend.sessionEnded()
-            session = SessionState()
+            session.end()
             reply.send(bodyBytes: 0)
             finishHandler(index, now: now)
             return
