@@ -23,6 +23,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
@@ -52,6 +53,13 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "NullBackend", dependencies: ["DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
+        // The vhost-user control plane (socket, messages, memory regions, vring setup) and the
+        // poller threads of each device's queues.
+        .target(
+            name: "VhostUser",
+            dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "dpfs-bench",
             dependencies: [

@@ -1,5 +1,42 @@
-// Out-of-line shims live here; today every shim is static inline in include/CDPFS.h, and this file
-// only keeps the C target non-empty.
+// Out-of-line shims: only what C must evaluate (macro-heavy control-message handling).
 #include "CDPFS.h"
+#include <string.h>
+#include <sys/socket.h>
 
-int CDPFS_shims_present(void) { return 1; }
+ssize_t CDPFS_recv_with_fds(int socket, void *buffer, size_t length, int *fds, int *fd_count, int *fds_truncated) {
+    // Room for 32 descriptors, the most rust-vmm accepts in one vhost-user message.
+    union {
+        char bytes[CMSG_SPACE(sizeof(int) * 32)];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = { .iov_base = buffer, .iov_len = length };
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.bytes;
+    message.msg_controllen = sizeof(control.bytes);
+    int room = *fd_count;
+    *fd_count = 0;
+    *fds_truncated = 0;
+    ssize_t received;
+    do {
+        received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+    } while (received < 0 && errno == EINTR);
+    if (received < 0) return received;
+    if (message.msg_flags & MSG_CTRUNC) *fds_truncated = 1;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *received_fds = (int *)CMSG_DATA(header);
+        for (size_t index = 0; index < count; index++) {
+            if (*fd_count < room) {
+                fds[(*fd_count)++] = received_fds[index];
+            } else {
+                close(received_fds[index]);
+                *fds_truncated = 1;
+            }
+        }
+    }
+    return received;
+}

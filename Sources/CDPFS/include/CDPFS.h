@@ -61,5 +61,11 @@ static inline int CDPFS_map_huge_2mb(void) {
     return MAP_HUGETLB | (21 << MAP_HUGE_SHIFT);
 }
 
+/// Receives one message and up to `*fd_count` SCM_RIGHTS file descriptors (vhost-user passes
+/// memory regions and eventfds this way). CMSG_* are macros, so the walk over control messages
+/// lives in C. On return `*fd_count` holds the number of descriptors received; descriptors beyond
+/// the caller's room are closed and reported through `*fds_truncated`. Returns recvmsg's result.
+ssize_t CDPFS_recv_with_fds(int socket, void *buffer, size_t length, int *fds, int *fd_count, int *fds_truncated);
+
 #endif // __linux__
 #endif // CDPFS_H
