@@ -19,6 +19,7 @@ let swiftSettings: [SwiftSetting] = [
 let package = Package(
     name: "dpfs",
     products: [
+        .executable(name: "dpfs-engine", targets: ["dpfs-engine"]),
         .executable(name: "dpfs-bench", targets: ["dpfs-bench"]),
     ],
     dependencies: [
@@ -58,6 +59,17 @@ let package = Package(
         .target(
             name: "VhostUser",
             dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        // Configuration: the engine's TOML subset and its validation (pure, tested on its own).
+        .target(name: "DPFSConfiguration", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "dpfs-engine",
+            dependencies: [
+                "DPFSCore", "FUSEWire", "DPFSPosix", "NullBackend", "VhostUser", "DPFSConfiguration", "CDPFS",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

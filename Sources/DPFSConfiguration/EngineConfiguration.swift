@@ -1,0 +1,142 @@
+// The engine's configuration: one [[device]] table per tenant (one vhost-user socket and backend
+// each), read once at start-up, every value checked against its limit with a clear message.
+
+public enum BackendKind: String, Sendable, CaseIterable {
+    case null
+}
+
+public struct DeviceConfiguration: Equatable, Sendable {
+    public var name: String
+    public var socketPath: String
+    public var backend: BackendKind
+    public var requestQueues: Int
+    public var slotsPerQueue: Int
+    public var batchMax: Int
+    public var busyPollMicroseconds: Int
+    public var nullFileSizeBytes: UInt64
+    public var cpus: [Int]
+
+    public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
+                slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
+                nullFileSizeBytes: UInt64 = 1 << 30, cpus: [Int] = []) {
+        self.name = name
+        self.socketPath = socketPath
+        self.backend = backend
+        self.requestQueues = requestQueues
+        self.slotsPerQueue = slotsPerQueue
+        self.batchMax = batchMax
+        self.busyPollMicroseconds = busyPollMicroseconds
+        self.nullFileSizeBytes = nullFileSizeBytes
+        self.cpus = cpus
+    }
+
+    /// Checks every value against its limit.
+    public func validate() throws(ConfigurationError) {
+        guard !name.isEmpty, name.utf8.count <= 64 else { throw ConfigurationError(line: 0, "device name must be 1...64 bytes") }
+        guard !socketPath.isEmpty, socketPath.utf8.count < 108 else {
+            throw ConfigurationError(line: 0, "device \(name): socket path must be 1...107 bytes (sun_path)")
+        }
+        guard (1...64).contains(requestQueues) else { throw ConfigurationError(line: 0, "device \(name): request_queues must be 1...64") }
+        guard (1...65536).contains(slotsPerQueue), slotsPerQueue & (slotsPerQueue - 1) == 0 else {
+            throw ConfigurationError(line: 0, "device \(name): slots must be a power of two in 1...65536")
+        }
+        guard (1...slotsPerQueue).contains(batchMax) else { throw ConfigurationError(line: 0, "device \(name): batch must be 1...slots") }
+        guard (0...1_000_000).contains(busyPollMicroseconds) else {
+            throw ConfigurationError(line: 0, "device \(name): busy_poll_us must be 0...1000000")
+        }
+        guard nullFileSizeBytes <= 1 << 50 else { throw ConfigurationError(line: 0, "device \(name): null_file_size must be ≤ 1 PiB") }
+    }
+}
+
+public struct EngineConfiguration: Equatable, Sendable {
+    public var logLevel: String
+    public var devices: [DeviceConfiguration]
+
+    public init(logLevel: String = "info", devices: [DeviceConfiguration]) {
+        self.logLevel = logLevel
+        self.devices = devices
+    }
+
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// Reads a configuration file's text.
+    public static func parse(_ text: String) throws(ConfigurationError) -> EngineConfiguration {
+        let document = try TOMLSubset.parse(text)
+        for name in document.tables.keys where name != "" && name != "engine" {
+            throw ConfigurationError(line: 0, "unknown table [\(name)] (known: [engine], [[device]])")
+        }
+        for name in document.tableArrays.keys where name != "device" {
+            throw ConfigurationError(line: 0, "unknown table array [[\(name)]] (known: [[device]])")
+        }
+        if let stray = document.tables[""]!.entries.first {
+            throw ConfigurationError(line: stray.line, "key '\(stray.key)' outside any table")
+        }
+        var logLevel = "info"
+        if let engine = document.tables["engine"] {
+            for entry in engine.entries {
+                switch entry.key {
+                case "log_level":
+                    logLevel = try string(entry)
+                    guard logLevels.contains(logLevel) else {
+                        throw ConfigurationError(line: entry.line, "log_level must be one of \(logLevels.joined(separator: ", "))")
+                    }
+                default: throw ConfigurationError(line: entry.line, "unknown key '\(entry.key)' in [engine]")
+                }
+            }
+        }
+        var devices: [DeviceConfiguration] = []
+        for table in document.tableArrays["device"] ?? [] {
+            var device = DeviceConfiguration(name: "dpfs\(devices.count)", socketPath: "")
+            for entry in table.entries {
+                switch entry.key {
+                case "name": device.name = try string(entry)
+                case "socket": device.socketPath = try string(entry)
+                case "backend":
+                    let text = try string(entry)
+                    guard let kind = BackendKind(rawValue: text) else {
+                        throw ConfigurationError(line: entry.line, "unknown backend '\(text)' (known: \(BackendKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+                    }
+                    device.backend = kind
+                case "request_queues": device.requestQueues = try integer(entry)
+                case "slots": device.slotsPerQueue = try integer(entry)
+                case "batch": device.batchMax = try integer(entry)
+                case "busy_poll_us": device.busyPollMicroseconds = try integer(entry)
+                case "null_file_size": device.nullFileSizeBytes = UInt64(try integer(entry, minimum: 0))
+                case "cpus":
+                    let text = try string(entry)
+                    device.cpus = []
+                    for part in text.split(separator: ",") {
+                        guard let cpu = Int(String(part).trimmingWhitespace()), cpu >= 0, cpu < 4096 else {
+                            throw ConfigurationError(line: entry.line, "cpus must be a comma-separated list of CPU numbers")
+                        }
+                        device.cpus.append(cpu)
+                    }
+                default: throw ConfigurationError(line: entry.line, "unknown key '\(entry.key)' in [[device]]")
+                }
+            }
+            guard !device.socketPath.isEmpty else {
+                throw ConfigurationError(line: table.entries.first?.line ?? 0, "device \(device.name) has no socket")
+            }
+            try device.validate()
+            devices.append(device)
+        }
+        guard !devices.isEmpty else { throw ConfigurationError(line: 0, "no [[device]] configured") }
+        var seenSockets = Set<String>(), seenNames = Set<String>()
+        for device in devices {
+            guard seenSockets.insert(device.socketPath).inserted else { throw ConfigurationError(line: 0, "two devices share socket \(device.socketPath)") }
+            guard seenNames.insert(device.name).inserted else { throw ConfigurationError(line: 0, "two devices are named \(device.name)") }
+        }
+        return EngineConfiguration(logLevel: logLevel, devices: devices)
+    }
+
+    static func string(_ entry: (key: String, value: TOMLValue, line: Int)) throws(ConfigurationError) -> String {
+        guard case .string(let text) = entry.value else { throw ConfigurationError(line: entry.line, "'\(entry.key)' must be a string") }
+        return text
+    }
+
+    static func integer(_ entry: (key: String, value: TOMLValue, line: Int), minimum: Int64 = Int64.min) throws(ConfigurationError) -> Int {
+        guard case .integer(let number) = entry.value else { throw ConfigurationError(line: entry.line, "'\(entry.key)' must be an integer") }
+        guard number >= minimum, number <= Int64(Int.max) else { throw ConfigurationError(line: entry.line, "'\(entry.key)' is out of range") }
+        return Int(number)
+    }
+}
