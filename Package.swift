@@ -61,6 +61,12 @@ let package = Package(
             dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        // The front-end side of vhost-user (QEMU's part): for the load generator and hostile tests.
+        .target(
+            name: "VhostUserFrontend",
+            dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "LoopbackTransport", "Virtio", "VhostUser"],
+            swiftSettings: swiftSettings
+        ),
         // Configuration: the engine's TOML subset and its validation (pure, tested on its own).
         .target(name: "DPFSConfiguration", swiftSettings: swiftSettings),
         .executableTarget(
@@ -75,8 +81,10 @@ let package = Package(
         .executableTarget(
             name: "dpfs-bench",
             dependencies: [
-                "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "LoopbackTransport", "NullBackend",
+                "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "LoopbackTransport", "NullBackend", "VhostUser",
+                "VhostUserFrontend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             swiftSettings: swiftSettings

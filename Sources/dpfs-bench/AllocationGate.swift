@@ -69,6 +69,8 @@ struct AllocationGateCommand: ParsableCommand {
         let driverConfiguration = LoopbackDriverConfiguration(queueSize: 128, requestSlots: 32, readableBufferBytes: 8192,
                                                               writableBufferBytes: 8192, descriptorsPerRequestMax: 8)
         let arena = try HugepageArena(bytes: LoopbackRig<NullBackend>.arenaBytes(poller: pollerConfiguration, driver: driverConfiguration))
+        // The rig points into the arena: keep the mapping alive to the end of the run.
+        defer { withExtendedLifetime(arena) {} }
         var allocator = arena.allocator()
         let rig = LoopbackRig(poller: pollerConfiguration, driver: driverConfiguration, backend: NullBackend(), arena: &allocator)
         let load = LoadGenerator(driver: rig.driver, depth: 16, operations: operations)

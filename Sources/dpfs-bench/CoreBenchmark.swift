@@ -83,6 +83,8 @@ struct CoreBenchmark: ParsableCommand {
         // The arena is mapped on the poller's CPU, so its memory is on the poller's NUMA node.
         _ = PinnedThread.pinCurrent(to: pollerCPU)
         let arena = try HugepageArena(bytes: LoopbackRig<NullBackend>.arenaBytes(poller: pollerConfiguration, driver: driverConfiguration))
+        // The rig points into the arena: keep the mapping alive to the end of the run.
+        defer { withExtendedLifetime(arena) {} }
         report(arena.report)
         var allocator = arena.allocator()
         let rig = LoopbackRig(poller: pollerConfiguration, driver: driverConfiguration, backend: NullBackend(), arena: &allocator)

@@ -67,5 +67,9 @@ static inline int CDPFS_map_huge_2mb(void) {
 /// the caller's room are closed and reported through `*fds_truncated`. Returns recvmsg's result.
 ssize_t CDPFS_recv_with_fds(int socket, void *buffer, size_t length, int *fds, int *fd_count, int *fds_truncated);
 
+/// Sends `length` bytes with `fd_count` file descriptors attached as SCM_RIGHTS (the front-end
+/// side of vhost-user, used by the load generator and tests). Returns sendmsg's result.
+ssize_t CDPFS_send_with_fds(int socket, const void *buffer, size_t length, const int *fds, int fd_count);
+
 #endif // __linux__
 #endif // CDPFS_H

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Side-by-side vhost-user benchmark, measured in one run on the same machine: dpfs-engine (null
+# backend) and the C virtiofsd shipped with Debian's QEMU (serving a tmpfs directory), each driven by
+# the same load generator (dpfs-bench vhost-user plays QEMU and the guest). Extra arguments go to
+# dpfs-bench, e.g. `--operations getattr statfs --depths 1 16 --requests 50000 --json`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/install-dependencies.sh
+if [ ! -x /usr/lib/qemu/virtiofsd ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 >/dev/null
+fi
+swift build -c release --product dpfs-engine >/dev/null
+swift build -c release --product dpfs-bench >/dev/null
+
+work=$(mktemp -d)
+engine_pid=""
+virtiofsd_pid=""
+cleanup() {
+  [ -n "$engine_pid" ] && kill "$engine_pid" 2>/dev/null || true
+  [ -n "$virtiofsd_pid" ] && kill "$virtiofsd_pid" 2>/dev/null || true
+  umount "$work/share" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+.build/release/dpfs-engine --vhost-user-socket "$work/engine.sock" --log-level warning &
+engine_pid=$!
+.build/release/dpfs-bench vhost-user --socket "$work/engine.sock" --label dpfs-engine "$@"
+# Each back-end runs alone, so neither competes with the other for the CPUs.
+kill "$engine_pid"; wait "$engine_pid" 2>/dev/null || true; engine_pid=""
+
+mkdir -p "$work/share"
+mount -t tmpfs -o size=64m tmpfs "$work/share"
+/usr/lib/qemu/virtiofsd --socket-path="$work/virtiofsd.sock" -o source="$work/share" -o cache=none >"$work/virtiofsd.log" 2>&1 &
+virtiofsd_pid=$!
+.build/release/dpfs-bench vhost-user --socket "$work/virtiofsd.sock" --label virtiofsd "$@"
