@@ -100,8 +100,9 @@ let package = Package(
             name: "DPFSCoreTests",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "DPFSPosix",
-                "DPFSTestSupport",
+                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -37,7 +37,7 @@ step "ThreadSanitizer" swift test --sanitize=thread --scratch-path .build-tsan \
 # Leak checking is off: the only leaks LeakSanitizer reports are XCTest's own runner objects, and
 # this step is about out-of-bounds access on hostile input.
 step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan \
-  --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests"
+  --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests"
 step "spin model" tools/check-spin-model.sh
 step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
 echo "checks: $passed passed, $failed failed"

@@ -169,12 +169,12 @@ public struct Poller<T: Transport, B: Backend> {
         return work
     }
 
-    /// Moves every slot whose backend finished to `completed`. Bounded by the slot count: each
-    /// legitimate token frees up one awaiting slot, and the ring holds at most `slotCount` tokens.
+    /// Moves every slot whose backend finished to `completed`. Bounded by the ring's capacity, so
+    /// one step drains everything that can be in the ring (legitimate tokens and duplicates alike).
     @inlinable
     mutating func drainCompletions() -> Int {
         var drained = 0
-        while drained < configuration.slotCount, let token = completions.pop() {
+        while drained < completions.capacity, let token = completions.pop() {
             drained &+= 1
             let index = Int(token.slotIndex)
             guard index < slots.count else {

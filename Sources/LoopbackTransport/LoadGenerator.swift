@@ -56,6 +56,11 @@ public final class LoadGenerator: @unchecked Sendable {
     /// The back-end's kick eventfd, written when the device asks for kicks (-1: a polling device).
     public var kickFD: Int32 = -1
     public private(set) var kicks: UInt64 = 0
+    /// How long the generator waits without any reply before it gives up with a clear message:
+    /// a back-end that stopped answering must fail a test, not hang it.
+    public var stallLimitNanoseconds: UInt64 = 20_000_000_000
+    var idleSpins: UInt64 = 0
+    var idleSince: UInt64 = 0
 
     /// - Parameters:
     ///   - operations: the mix, sent round-robin.
@@ -110,7 +115,7 @@ public final class LoadGenerator: @unchecked Sendable {
                 driver.releaseSlot(reaped)
                 return
             }
-            spinHint()
+            noteIdle()
         }
     }
 
@@ -139,9 +144,23 @@ public final class LoadGenerator: @unchecked Sendable {
                 driver.releaseSlot(slot)
                 done += 1
             }
-            if !reapedAny { spinHint() }
+            if reapedAny { idleSpins = 0 } else { noteIdle() }
         }
         completed += done
+    }
+
+    /// Called while no reply arrives; every 64k spins, checks the clock against the stall limit.
+    @inline(__always)
+    func noteIdle() {
+        spinHint()
+        idleSpins &+= 1
+        guard idleSpins & 0xFFFF == 0 else { return }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let nanoseconds = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+        if idleSpins == 0x10000 { idleSince = nanoseconds; return }
+        precondition(nanoseconds &- idleSince < stallLimitNanoseconds,
+                     "no reply from the device for \(stallLimitNanoseconds / 1_000_000_000) s: it stopped serving the queue")
     }
 
     @inline(__always)

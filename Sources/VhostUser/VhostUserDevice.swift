@@ -289,18 +289,23 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
             descriptions.append(VhostUserMemoryRegion(message, at: 8 + index * VhostUserWire.memoryRegionBytes)!)
         }
         try validateNoOverlap(descriptions)
-        let running = stopAllQueues()
-        unmapAll()
-        for (description, fd) in zip(descriptions, fds) {
+        // Map the whole new table before touching the old one: a table that cannot be mapped is
+        // refused and the memory the queues use stays as it was.
+        var mapped: [MappedRegion] = []
+        let descriptors = fds
+        fds.removeAll()
+        for (position, (description, fd)) in zip(descriptions, descriptors).enumerated() {
             do throws(VhostUserError) {
-                regions.append(try map(description, fd: fd))
+                mapped.append(try map(description, fd: fd))
             } catch {
-                unmapAll()
-                fds.removeAll { _ in true }
+                for region in mapped { munmap(region.mapping, region.mappingBytes) }
+                for unused in descriptors[(position + 1)...] { _ = Glibc.close(unused) }
                 throw error
             }
         }
-        fds.removeAll()
+        let running = stopAllQueues()
+        unmapAll()
+        regions = mapped
         rebuildQueues(restarting: running)
     }
 
