@@ -6,7 +6,9 @@
 #   4. the multi-threaded completion path under ThreadSanitizer
 #   5. hostile-input tests under AddressSanitizer
 #   6. the spin model of the slot/completion-ring protocol
-#   7. a short dpfs-bench core run (it must work; its speed is reported, not gated)
+#   7. real Linux guests (QEMU) mounting dpfs-engine over virtio-fs, and the same harness against
+#      the C virtiofsd (so a harness bug cannot pass as an engine success)
+#   8. a short dpfs-bench core run and a vhost-user run (they must work; speed is reported, not gated)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,5 +41,9 @@ step "ThreadSanitizer" swift test --sanitize=thread --scratch-path .build-tsan \
 step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan \
   --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests"
 step "spin model" tools/check-spin-model.sh
+step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
+step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
 step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
+step "dpfs-bench vhost-user smoke run (in-process engine)" .build/release/dpfs-bench vhost-user --in-process-engine \
+  --requests 20000 --warmup 2000 --operations getattr statfs read write --depths 1 16
 echo "checks: $passed passed, $failed failed"

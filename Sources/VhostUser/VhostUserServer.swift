@@ -62,6 +62,9 @@ public final class VhostUserServer<B: Backend>: @unchecked Sendable {
             logger.info("front-end connected to \(socketPath) (connection \(connectionsServed))")
             serve(VhostUserConnection(fd: fd), until: stop)
             device.reset()
+            // Cumulative per-queue traffic: shows which queues carried requests (multi-queue guests).
+            let perQueue = (0..<device.configuration.queueCount).map { "queue \($0): \(device.metrics(queue: $0).requestsFetched)" }
+            logger.info("requests so far: \(perQueue.joined(separator: ", "))")
             logger.info("front-end of \(socketPath) gone: device reset, waiting for the next one")
         }
     }

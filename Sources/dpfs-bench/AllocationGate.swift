@@ -47,6 +47,19 @@ struct AllocationGateCommand: ParsableCommand {
         let threaded = try measure(operations: LoadOperation.benchmarkMix, threaded: true)
         print(threaded.json(name: "benchmarkMixThreaded"))
         failed = failed || !threaded.passed
+
+        // The vhost-user data path: an in-process dpfs-engine device (poller threads, call eventfd,
+        // split queues in memfd guest memory) driven through a real vhost-user socket.
+        var vhostUser = try VhostUserBenchmark.parse(["--in-process-engine", "--requests", String(requests),
+                                                      "--warmup", String(warmup), "--operations", "getattr", "statfs", "read",
+                                                      "write", "--depths", "1", "16"])
+        vhostUser.json = true
+        for point in try vhostUser.measure(report: { _, _ in }) {
+            let result = Result(requests: point.requests, completed: point.completed, mallocs: point.mallocs,
+                                unexpectedReplies: point.unexpectedReplies)
+            print(result.json(name: "vhostUser-\(point.operation)-depth\(point.depth)"))
+            failed = failed || !result.passed
+        }
         if failed { throw ExitCode.failure }
     }
 

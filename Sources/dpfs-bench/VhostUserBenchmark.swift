@@ -64,7 +64,46 @@ struct VhostUserBenchmark: ParsableCommand {
         }
     }
 
+    /// One measured point.
+    struct Measurement {
+        let operation: String
+        let depth: Int
+        let requests: Int
+        let completed: Int
+        let opsPerSecond: Double
+        let p50: Double, p99: Double, p999: Double
+        let mallocs: Int
+        let kicksPerOp: Double
+        let unexpectedReplies: Int
+    }
+
     func run() throws {
+        var printedHeader = false
+        _ = try measure { description, measurement in
+            if !json && !printedHeader {
+                print(description)
+                print("operation     depth  ops/s        p50 ns    p99 ns    p99.9 ns  mallocs/op  kicks/op")
+                printedHeader = true
+            }
+            let m = measurement
+            if json {
+                print("{\"benchmark\":\"vhost-user\",\"backend\":\"\(label)\",\"operation\":\"\(m.operation)\",\"queue_depth\":\(m.depth),"
+                      + "\"requests\":\(m.requests),\"ops_per_second\":\(Int(m.opsPerSecond)),\"p50_ns\":\(Int(m.p50)),\"p99_ns\":\(Int(m.p99)),"
+                      + "\"p999_ns\":\(Int(m.p999)),\"mallocs_per_request\":\(Double(m.mallocs) / Double(m.requests)),"
+                      + "\"kicks_per_request\":\(m.kicksPerOp),\"unexpected_replies\":\(m.unexpectedReplies)}")
+            } else {
+                print(m.operation.padding(13) + " " + String(m.depth).padding(6) + " " + String(Int(m.opsPerSecond)).padding(12) + " "
+                      + String(Int(m.p50)).padding(9) + " " + String(Int(m.p99)).padding(9) + " " + String(Int(m.p999)).padding(9) + " "
+                      + String(Double(m.mallocs) / Double(m.requests)).prefix(6).description.padding(11) + " "
+                      + String(m.kicksPerOp).prefix(6).description)
+            }
+        }
+    }
+
+    /// Connects (or starts the in-process engine), sets the queues up and measures every operation
+    /// at every depth, handing each point to `report` as it is measured.
+    func measure(report: (String, Measurement) -> Void) throws -> [Measurement] {
+        var measurements: [Measurement] = []
         let clock = CycleClock.calibrate()
         var engine: (server: VhostUserServer<NullBackend>, thread: PinnedThread, stop: StopFlagBox)? = nil
         var socketPath = socket ?? ""
@@ -109,11 +148,8 @@ struct VhostUserBenchmark: ParsableCommand {
         try frontend.startQueue(0, driver: hiprio, kickFD: kicks[0].fd, callFD: calls[0].fd)
         try frontend.startQueue(1, driver: requestDriver, kickFD: kicks[1].fd, callFD: calls[1].fd)
 
-        if !json {
-            print("dpfs-bench vhost-user: \(label) at \(inProcessEngine ? "(in-process dpfs-engine)" : socketPath); "
-                  + "features 0x\(String(frontend.features, radix: 16)), \(requests) requests per point after \(warmup) warm-up")
-            print("operation     depth  ops/s        p50 ns    p99 ns    p99.9 ns  mallocs/op  kicks/op")
-        }
+        let description = "dpfs-bench vhost-user: \(label) at \(inProcessEngine ? "(in-process dpfs-engine)" : socketPath); "
+            + "features 0x\(String(frontend.features, radix: 16)), \(requests) requests per point after \(warmup) warm-up"
         var failures = 0
         // The driver's ring indexes live in the struct: each generator continues where the last left off.
         var driverState = requestDriver
@@ -133,27 +169,22 @@ struct VhostUserBenchmark: ParsableCommand {
                 MallocInterposerSwift.unhook()
                 let wall = monotonicNanoseconds() - start
                 let mallocs = MallocInterposerSwift.getStatistics().mallocCount
-                let opsPerSecond = Double(requests) / (Double(wall) / 1e9)
-                let p50 = clock.nanoseconds(cycles: load.roundTrip.percentile(0.5))
-                let p99 = clock.nanoseconds(cycles: load.roundTrip.percentile(0.99))
-                let p999 = clock.nanoseconds(cycles: load.roundTrip.percentile(0.999))
-                let kicksPerOp = Double(load.kicks - kicksBefore) / Double(requests)
+                let measurement = Measurement(
+                    operation: name, depth: depth, requests: requests, completed: load.completed,
+                    opsPerSecond: Double(requests) / (Double(wall) / 1e9),
+                    p50: clock.nanoseconds(cycles: load.roundTrip.percentile(0.5)),
+                    p99: clock.nanoseconds(cycles: load.roundTrip.percentile(0.99)),
+                    p999: clock.nanoseconds(cycles: load.roundTrip.percentile(0.999)),
+                    mallocs: mallocs, kicksPerOp: Double(load.kicks - kicksBefore) / Double(requests),
+                    unexpectedReplies: load.unexpectedReplies)
                 failures += load.unexpectedReplies
-                if json {
-                    print("{\"benchmark\":\"vhost-user\",\"backend\":\"\(label)\",\"operation\":\"\(name)\",\"queue_depth\":\(depth),"
-                          + "\"requests\":\(requests),\"ops_per_second\":\(Int(opsPerSecond)),\"p50_ns\":\(Int(p50)),\"p99_ns\":\(Int(p99)),"
-                          + "\"p999_ns\":\(Int(p999)),\"mallocs_per_request\":\(Double(mallocs) / Double(requests)),"
-                          + "\"kicks_per_request\":\(kicksPerOp),\"unexpected_replies\":\(load.unexpectedReplies)}")
-                } else {
-                    print(name.padding(13) + " " + String(depth).padding(6) + " " + String(Int(opsPerSecond)).padding(12) + " "
-                          + String(Int(p50)).padding(9) + " " + String(Int(p99)).padding(9) + " " + String(Int(p999)).padding(9) + " "
-                          + String(Double(mallocs) / Double(requests)).prefix(6).description.padding(11) + " "
-                          + String(kicksPerOp).prefix(6).description)
-                }
+                measurements.append(measurement)
+                report(description, measurement)
             }
         }
         for index in 0..<2 { _ = try frontend.stopQueue(index) }
         if failures > 0 { throw ValidationError("\(failures) replies had an unexpected shape or error") }
+        return measurements
     }
 }
 

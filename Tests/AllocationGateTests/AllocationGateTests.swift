@@ -5,7 +5,9 @@ import Testing
 /// measurement runs in a process of its own — `dpfs-bench alloc-gate`, built with the tests — where
 /// no other suite can allocate beside it. After warm-up, 100 000 requests of each request class go
 /// through the loopback virtqueue, the poller and the null backend, inline and with the poller on
-/// its own thread; every class must make zero mallocs, and a canary must see its allocations.
+/// its own thread, and then through an in-process vhost-user device driven over a real socket
+/// (poller threads, call eventfd, split queues in memfd guest memory); every class must make zero
+/// mallocs, and a canary must see its allocations.
 @Suite(.serialized) struct AllocationGateTests {
     struct Line: Decodable {
         let `class`: String
@@ -41,7 +43,8 @@ import Testing
         let canary = try #require(lines.first { $0.class == "canary" })
         #expect(canary.mallocs > 0, "the malloc counter saw nothing: the gate would pass vacuously")
         let classes = lines.filter { $0.class != "canary" }
-        #expect(classes.count >= 17, "every request class must be measured:\n\(text)")
+        #expect(classes.count >= 18, "every loopback request class must be measured:\n\(text)")
+        #expect(classes.filter { $0.class.hasPrefix("vhostUser-") }.count == 8, "the vhost-user data path must be measured:\n\(text)")
         for line in classes {
             #expect(line.mallocs == 0, "\(line.class) allocated \(line.mallocs) times in \(line.requests ?? 0) requests")
             #expect(line.completed == 100_000 && line.requests == 100_000, "\(line.class) did not complete every request")
