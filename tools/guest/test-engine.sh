@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # test-engine.sh — end-to-end: real Linux guests mount dpfs-engine (null backend) over virtio-fs.
 #
-# Why: the project's central promise, checked the way a tenant meets it. Three runs against ONE
-# long-lived engine process per device:
+# Why: the project's central promise, checked the way a tenant meets it. Runs against long-lived
+# engine processes:
 #   1. Debian's 6.1 kernel, one request queue: list, stat, dd read/write, clean unmount.
 #   2. The same engine again, the guest rebooting once (--boots 2): a second front-end connection
 #      and a guest reboot (new rings, new INIT) without restarting the engine.
-#   3. bookworm-backports' 6.12 kernel (multi-queue virtio-fs built in) with two request queues and
+#   3. Two devices from one TOML file: a guest on one, a load generator on the other.
+#   4. bookworm-backports' 6.12 kernel (multi-queue virtio-fs built in) with two request queues and
 #      two vCPUs: the engine's log must show requests on both request queues.
 # Usage: tools/guest/test-engine.sh [--quick]   (--quick: skip the 6.12 run)
 # Needs: root, qemu-system-x86, busybox-static, cpio (installed here if missing); network to the
@@ -71,6 +72,31 @@ check "6.1 guest rebooting once, same engine" guest --kernel 6.1 --boots 2
 check "engine stops cleanly on SIGTERM" stop_engine
 echo "engine log (one queue):"; cat "$work/engine-1.log"
 check "engine saw two connections" grep -q "connection 2)" "$work/engine-1.log"
+
+# Two tenants from one TOML file: a guest on the second device while a load generator drives the
+# first; both are served by the same engine process.
+cat >"$work/two-devices.toml" <<TOML
+[engine]
+log_level = "info"
+
+[[device]]
+name = "tenant-a"
+socket = "$work/a.sock"
+
+[[device]]
+name = "tenant-b"
+socket = "$work/engine.sock"
+request_queues = 1
+TOML
+"$engine_binary" --config "$work/two-devices.toml" >"$work/engine-config.log" 2>&1 &
+engine_pid=$!
+for _ in $(seq 50); do [ -S "$work/engine.sock" ] && [ -S "$work/a.sock" ] && break; sleep 0.1; done
+swift build -c release --product dpfs-bench >/dev/null
+check "config file: guest on device b" guest --kernel 6.1
+check "config file: device a serves a load generator" \
+  .build/release/dpfs-bench vhost-user --socket "$work/a.sock" --label tenant-a --requests 2000 --warmup 200 --depths 1 4
+check "engine with two devices stops cleanly on SIGTERM" stop_engine
+grep -E "device tenant-(a|b)" "$work/engine-config.log" || true
 
 if [ $quick = 0 ]; then
   start_engine 2

@@ -1,0 +1,69 @@
+import DPFSConfiguration
+import Testing
+
+@Suite struct ConfigurationTests {
+    static let twoDevices = """
+        # Two tenants, one socket each.
+        [engine]
+        log_level = "debug"
+
+        [[device]]
+        name = "tenant-a"
+        socket = "/run/dpfs/a.sock"   # the front-end connects here
+        backend = "null"
+        request_queues = 2
+        slots = 128
+        batch = 16
+        busy_poll_us = 0
+        null_file_size = 1_048_576
+        cpus = "0, 1"
+
+        [[device]]
+        name = "tenant-b"
+        socket = "/run/dpfs/b.sock"
+        """
+
+    @Test("a two-device file is read with every value and default")
+    func twoDevices() throws {
+        let configuration = try EngineConfiguration.parse(Self.twoDevices)
+        #expect(configuration.logLevel == "debug")
+        #expect(configuration.devices.count == 2)
+        let a = configuration.devices[0]
+        #expect(a == DeviceConfiguration(name: "tenant-a", socketPath: "/run/dpfs/a.sock", backend: .null, requestQueues: 2,
+                                         slotsPerQueue: 128, batchMax: 16, busyPollMicroseconds: 0,
+                                         nullFileSizeBytes: 1 << 20, cpus: [0, 1]))
+        #expect(configuration.devices[1] == DeviceConfiguration(name: "tenant-b", socketPath: "/run/dpfs/b.sock"))
+    }
+
+    @Test("mistakes are reported with their line, never guessed", arguments: [
+        ("[[device]]\nsocket = \"/a\"\nslots = 100", "power of two"),
+        ("[[device]]\nsocket = \"/a\"\nrequest_queues = 0", "request_queues"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs2\"", "unknown backend"),
+        ("[[device]]\nsocket = \"/a\"\ncolour = \"red\"", "line 3: unknown key 'colour'"),
+        ("[[device]]\nsocket = /a", "line 2"),
+        ("[[device]]\nsocket = \"/a", "line 2: unterminated string"),
+        ("[[device]]\nname = \"x\"", "has no socket"),
+        ("[[device]]\nsocket = \"/a\"\n[[device]]\nsocket = \"/a\"", "share socket"),
+        ("[[device]]\nsocket = \"/a\"\nslots = \"256\"", "line 3: 'slots' must be an integer"),
+        ("[engine]\nlog_level = \"loud\"", "log_level"),
+        ("[servers]\nx = 1", "unknown table [servers]"),
+        ("socket = \"/a\"", "line 1: key 'socket' outside any table"),
+        ("[[device]]\nsocket = \"/a\"\nsocket = \"/b\"", "line 3: key 'socket' set twice"),
+        ("[engine]", "no [[device]]"),
+        ("[[device]\nsocket = \"/a\"", "line 1: unterminated"),
+    ])
+    func mistakes(text: String, expected: String) {
+        do {
+            _ = try EngineConfiguration.parse(text)
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.description.contains(expected), "\(error.description) does not mention '\(expected)'")
+        }
+    }
+
+    @Test("strings keep '#' and escapes; comments after values are dropped")
+    func strings() throws {
+        let document = try TOMLSubset.parse("[engine]\nlog_level = \"a#b\\\"c\" # comment")
+        #expect(document.tables["engine"]?["log_level"] == .string("a#b\"c"))
+    }
+}
