@@ -5,10 +5,7 @@
 # dpfs-bench, e.g. `--operations getattr statfs --depths 1 16 --requests 50000 --json`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/install-dependencies.sh
-if [ ! -x /usr/lib/qemu/virtiofsd ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 >/dev/null
-fi
+tools/install-dependencies.sh guest   # QEMU's package carries the C virtiofsd
 swift build -c release --product dpfs-engine >/dev/null
 swift build -c release --product dpfs-bench >/dev/null
 

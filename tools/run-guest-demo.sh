@@ -7,15 +7,7 @@
 # on the first run (Debian packages, the guest kernel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/install-dependencies.sh
-missing=()
-for package in qemu-system-x86 busybox-static cpio; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q "${missing[@]}"
-fi
+tools/install-dependencies.sh guest
 swift build -c release --product dpfs-engine
 work=$(mktemp -d)
 .build/release/dpfs-engine --vhost-user-socket "$work/dpfs.sock" &

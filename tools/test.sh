@@ -30,7 +30,7 @@ step() {
   fi
 }
 
-step "install dependencies" tools/install-dependencies.sh
+step "install dependencies" tools/install-dependencies.sh guest
 step "release build" swift build -c release
 step "swift test" swift test
 step "allocation gate (release)" .build/release/dpfs-bench alloc-gate --requests 100000

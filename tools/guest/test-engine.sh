@@ -17,14 +17,7 @@ cd "$(dirname "$0")/../.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
-missing=()
-for package in qemu-system-x86 busybox-static cpio; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q "${missing[@]}"
-fi
+tools/install-dependencies.sh guest
 swift build -c release --product dpfs-engine >/dev/null
 engine_binary=.build/release/dpfs-engine
 
