@@ -53,10 +53,13 @@ public struct PollerConfiguration: Sendable {
 @frozen
 public struct SharedSession: @unchecked Sendable {
     @usableFromInline let establishedFlag: UnsafeMutablePointer<Atomic<Bool>>
+    /// Bumped on every INIT and DESTROY, so pollers re-read the session once per step, not per request.
+    @usableFromInline let epochCounter: UnsafeMutablePointer<Atomic<UInt64>>
     /// Valid while established; written before the flag is set (release), read after it (acquire).
     @usableFromInline let state: UnsafeMutablePointer<NegotiatedSession>
 
     public static func plan(_ plan: inout ArenaPlan) {
+        plan.reserve(byteCount: 64)
         plan.reserve(byteCount: 64)
         plan.reserve(NegotiatedSession.self, count: 1)
     }
@@ -64,6 +67,8 @@ public struct SharedSession: @unchecked Sendable {
     public init(arena: inout ArenaAllocator) {
         establishedFlag = arena.allocate(byteCount: 64).bindMemory(to: Atomic<Bool>.self, capacity: 1)
         establishedFlag.initialize(to: Atomic(false))
+        epochCounter = arena.allocate(byteCount: 64).bindMemory(to: Atomic<UInt64>.self, capacity: 1)
+        epochCounter.initialize(to: Atomic(0))
         state = arena.allocate(NegotiatedSession.self, count: 1)
         state.initialize(to: NegotiatedSession(major: 0, minor: 0, flags: 0, writeBytesMax: UInt32(FUSELimits.writeBytesMax),
                                                readaheadBytesMax: 0))
@@ -78,6 +83,9 @@ public struct SharedSession: @unchecked Sendable {
     @inlinable
     public var established: Bool { establishedFlag.pointee.load(ordering: .acquiring) }
 
+    @inlinable
+    public var epoch: UInt64 { epochCounter.pointee.load(ordering: .acquiring) }
+
     /// The decoder options in force (defaults before INIT).
     @inlinable
     public var decoderOptions: DecoderOptions {
@@ -90,10 +98,12 @@ public struct SharedSession: @unchecked Sendable {
         establishedFlag.pointee.store(false, ordering: .releasing)
         state.pointee = negotiated
         establishedFlag.pointee.store(true, ordering: .releasing)
+        epochCounter.pointee.add(1, ordering: .releasing)
     }
 
     public func end() {
         establishedFlag.pointee.store(false, ordering: .releasing)
+        epochCounter.pointee.add(1, ordering: .releasing)
     }
 }
 
@@ -114,6 +124,11 @@ public struct Poller<T: Transport, B: Backend> {
     public let residenceHistogram: LatencyHistogram
     /// The device's FUSE session, shared with the pollers of its other queues.
     public let session: SharedSession
+
+    /// This poller's view of the shared session, refreshed once per step when its epoch moved.
+    @usableFromInline var sessionEpochSeen: UInt64 = .max
+    @usableFromInline var sessionEstablished = false
+    @usableFromInline var sessionDecoderOptions = DecoderOptions()
 
     @usableFromInline let freeList: UnsafeMutablePointer<UInt32>
     @usableFromInline var freeCount: Int
@@ -163,10 +178,20 @@ public struct Poller<T: Transport, B: Backend> {
     @inlinable
     public mutating func step() -> Int {
         metrics.pointee.steps &+= 1
+        refreshSession()
         var work = drainCompletions()
         work &+= fetchAndDispatch()
         work &+= publishCompleted()
         return work
+    }
+
+    @inlinable
+    mutating func refreshSession() {
+        let epoch = session.epoch
+        guard epoch != sessionEpochSeen else { return }
+        sessionEpochSeen = epoch
+        sessionEstablished = session.established
+        sessionDecoderOptions = session.decoderOptions
     }
 
     /// Moves every slot whose backend finished to `completed`. Bounded by the ring's capacity, so
@@ -225,8 +250,8 @@ public struct Poller<T: Transport, B: Backend> {
         let fetched = record.pointee.fetched
         let status = decodeRequest(
             readable: UnsafePointer(slots.segments(index)), readableCount: Int(fetched.readableCount),
-            readableBytes: Int(fetched.readableBytes), options: session.decoderOptions,
-            into: record.pointer(to: \.request)!, args: slots.args(index))
+            readableBytes: Int(fetched.readableBytes), options: sessionDecoderOptions,
+            into: slots.decodedRequest(index), args: slots.args(index))
         let opcodeRaw = record.pointee.request.opcodeRaw
         let expectsReply = FUSEOpcode.expectsReply(raw: opcodeRaw)
         // Time in `fetched` is decoding time; a second reading marks its end.
@@ -274,12 +299,13 @@ public struct Poller<T: Transport, B: Backend> {
             let outcome = negotiateInit(slots.request(index), policy: configuration.initPolicy, reply: reply)
             if case .established(let negotiated) = outcome {
                 session.establish(negotiated)
+                refreshSession()
                 backend.sessionStarted(negotiated)
             }
             finishHandler(index, now: now)
             return
         }
-        guard session.established else {
+        guard sessionEstablished else {
             // Nothing but INIT is served before INIT (libfuse answers EIO the same way).
             if FUSEOpcode.expectsReply(raw: opcodeRaw) { reply.fail(.io) } else { reply.none() }
             finishHandler(index, now: now)
@@ -288,6 +314,7 @@ public struct Poller<T: Transport, B: Backend> {
         if opcodeRaw == FUSEOpcode.destroy.rawValue {
             backend.sessionEnded()
             session.end()
+            refreshSession()
             reply.send(bodyBytes: 0)
             finishHandler(index, now: now)
             return

@@ -59,7 +59,7 @@ public enum BackendAnswer: Equatable, Sendable {
 }
 
 /// A file-system backend: one transition handler per opcode, run at `dispatched`.
-public protocol Backend {
+public protocol Backend: SendableMetatype {
     /// FUSE_INIT succeeded; the session's limits apply from now on.
     mutating func sessionStarted(_ session: NegotiatedSession)
     /// FUSE_DESTROY arrived (unmount): drop per-session state.

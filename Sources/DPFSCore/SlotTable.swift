@@ -31,6 +31,11 @@ public struct SlotTable: @unchecked Sendable {
     @usableFromInline let args: UnsafeMutableRawPointer
     @usableFromInline let staging: UnsafeMutableRawPointer
 
+    /// Field offsets inside a record, resolved once: projecting a key path per request costs a
+    /// runtime call.
+    @usableFromInline let requestOffset: Int
+    @usableFromInline let replyLengthOffset: Int
+
     @usableFromInline static let argsStride = (FUSELimits.argsBytesMax + 63) & ~63
     @usableFromInline static let stagingStride = (FUSELimits.replyStagingBytes + 63) & ~63
 
@@ -46,6 +51,8 @@ public struct SlotTable: @unchecked Sendable {
         precondition(segmentsPerSlot >= 2 && segmentsPerSlot <= Int(UInt16.max))
         self.count = count
         self.segmentsPerSlot = segmentsPerSlot
+        requestOffset = MemoryLayout<SlotRecord>.offset(of: \SlotRecord.request)!
+        replyLengthOffset = MemoryLayout<SlotRecord>.offset(of: \SlotRecord.replyLength)!
         records = arena.allocate(SlotRecord.self, count: count)
         records.initialize(repeating: SlotRecord(), count: count)
         segments = arena.allocate(Segment.self, count: count * segmentsPerSlot)
@@ -81,7 +88,7 @@ public struct SlotTable: @unchecked Sendable {
     @inlinable
     public func request(_ index: Int) -> FUSERequest {
         let record = record(index)
-        return FUSERequest(header: UnsafePointer(record.pointer(to: \.request)!), args: UnsafeRawPointer(args(index)),
+        return FUSERequest(header: UnsafePointer(decodedRequest(index)), args: UnsafeRawPointer(args(index)),
                            readable: UnsafePointer(segments(index)), readableCount: Int(record.pointee.fetched.readableCount))
     }
 
@@ -94,6 +101,12 @@ public struct SlotTable: @unchecked Sendable {
             writable: UnsafePointer(segments(index) + Int(fetched.readableCount)),
             writableCount: Int(fetched.writableCount), writableBytes: Int(fetched.writableBytes),
             staging: staging(index), unique: record.pointee.request.unique,
-            replyLength: record.pointer(to: \.replyLength)!)
+            replyLength: (UnsafeMutableRawPointer(record) + replyLengthOffset).assumingMemoryBound(to: UInt32.self))
+    }
+
+    /// Where slot `index`'s decoded request lives.
+    @inlinable
+    public func decodedRequest(_ index: Int) -> UnsafeMutablePointer<DecodedRequest> {
+        (UnsafeMutableRawPointer(record(index)) + requestOffset).assumingMemoryBound(to: DecodedRequest.self)
     }
 }
