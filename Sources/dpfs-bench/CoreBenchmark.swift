@@ -162,7 +162,7 @@ final class PollerBox: @unchecked Sendable {
 }
 
 final class StopFlag: Sendable {
-    private let flag = Atomic<Bool>(false)
+    let flag = Atomic<Bool>(false)
     var isSet: Bool { flag.load(ordering: .acquiring) }
     func set() { flag.store(true, ordering: .releasing) }
 }

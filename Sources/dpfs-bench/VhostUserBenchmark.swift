@@ -105,7 +105,7 @@ struct VhostUserBenchmark: ParsableCommand {
     func measure(report: (String, Measurement) -> Void) throws -> [Measurement] {
         var measurements: [Measurement] = []
         let clock = CycleClock.calibrate()
-        var engine: (server: VhostUserServer<NullBackend>, thread: PinnedThread, stop: StopFlagBox)? = nil
+        var engine: (server: VhostUserServer<NullBackend>, thread: PinnedThread, stop: StopFlag)? = nil
         var socketPath = socket ?? ""
         if inProcessEngine {
             socketPath = "/tmp/dpfs-bench-\(getpid()).sock"
@@ -114,13 +114,13 @@ struct VhostUserBenchmark: ParsableCommand {
                 NullBackend()
             }
             let server = try VhostUserServer(socketPath: socketPath, device: device, logger: Logger(label: "dpfs-bench.engine"))
-            let stop = StopFlagBox()
+            let stop = StopFlag()
             let thread = try PinnedThread { server.run(until: stop.flag) }
             engine = (server, thread, stop)
         }
         defer {
             if let engine {
-                engine.stop.flag.store(true, ordering: .releasing)
+                engine.stop.set()
                 engine.thread.join()
             }
         }
@@ -186,10 +186,6 @@ struct VhostUserBenchmark: ParsableCommand {
         if failures > 0 { throw ValidationError("\(failures) replies had an unexpected shape or error") }
         return measurements
     }
-}
-
-final class StopFlagBox: Sendable {
-    let flag = Atomic<Bool>(false)
 }
 
 extension String {
