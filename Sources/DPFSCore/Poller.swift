@@ -373,21 +373,10 @@ public struct Poller<T: Transport, B: Backend> {
         return published
     }
 
-    /// The only place slot state changes. Records the time spent in the state being left.
+    /// The only place slot state changes (through `SlotTable.apply`, the annotated leaf).
     @inlinable
     mutating func transition(_ index: Int, _ event: SlotEvent, now: UInt64) {
-        let record = slots.record(index)
-        let current = record.pointee.state
-        guard let next = SlotTransitions.next(from: current, on: event) else {
-            preconditionFailure("slot transition not in the protocol")
-        }
-        if record.pointee.sampled && current != .free {
-            let entered = record.pointee.enteredCycles[Int(current.rawValue)]
-            let histogram = stateHistograms + Int(current.rawValue) &* LatencyHistogram.bucketCount
-            histogram[LatencyHistogram.bucket(of: now &- entered)] &+= 1
-        }
-        record.pointee.enteredCycles[Int(next.rawValue)] = now
-        record.pointee.stateRaw = next.rawValue
+        let next = slots.apply(event, toSlot: index, now: now, stateHistograms: stateHistograms)
         if next == .completed {
             completedList[completedCount] = UInt32(index)
             completedCount &+= 1

@@ -109,4 +109,26 @@ public struct SlotTable: @unchecked Sendable {
     public func decodedRequest(_ index: Int) -> UnsafeMutablePointer<DecodedRequest> {
         (UnsafeMutableRawPointer(record(index)) + requestOffset).assumingMemoryBound(to: DecodedRequest.self)
     }
+
+    /// Moves slot `index` by `event` through the transition table, timestamps the new state and,
+    /// for sampled requests, records the time spent in the state left. Traps on a transition that is
+    /// not in the protocol: only engine code drives slots, so that is a programmer error.
+    @inlinable
+    @_noAllocation @_noLocks
+    public func apply(_ event: SlotEvent, toSlot index: Int, now: UInt64,
+                      stateHistograms: UnsafeMutablePointer<UInt64>) -> SlotState {
+        let record = record(index)
+        let current = record.pointee.state
+        guard let next = SlotTransitions.next(from: current, on: event) else {
+            preconditionFailure("slot transition not in the protocol")
+        }
+        if record.pointee.sampled && current != .free {
+            let entered = record.pointee.enteredCycles[Int(current.rawValue)]
+            let histogram = stateHistograms + Int(current.rawValue) &* LatencyHistogram.bucketCount
+            histogram[LatencyHistogram.bucket(of: now &- entered)] &+= 1
+        }
+        record.pointee.enteredCycles[Int(next.rawValue)] = now
+        record.pointee.stateRaw = next.rawValue
+        return next
+    }
 }

@@ -84,7 +84,6 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
     var queues: [QueueSetup]
     var ackedFeatures: UInt64 = 0
     var protocolFeatures: UInt64 = 0
-    var featuresSet = false
     let busyPollCycles: UInt64
     /// Queues whose failure was already logged, so a broken guest cannot flood the log.
     var failureLogged: Set<Int> = []
@@ -160,21 +159,12 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
         case .getFeatures:
             return VhostUserPayload.u64(VirtioFeatures.offered)
         case .setFeatures:
-            let features = try field(UInt64.self, message, at: 0, exact: 8)
-            guard features & ~VirtioFeatures.offered == 0 else {
-                throw VhostUserError("features 0x\(String(features, radix: 16)) include bits never offered")
-            }
-            ackedFeatures = features
-            featuresSet = true
+            ackedFeatures = try acknowledged(message, offered: VirtioFeatures.offered, what: "features")
             return nil
         case .getProtocolFeatures:
             return VhostUserPayload.u64(VhostUserProtocolFeatures.offered)
         case .setProtocolFeatures:
-            let features = try field(UInt64.self, message, at: 0, exact: 8)
-            guard features & ~VhostUserProtocolFeatures.offered == 0 else {
-                throw VhostUserError("protocol features 0x\(String(features, radix: 16)) include bits never offered")
-            }
-            protocolFeatures = features
+            protocolFeatures = try acknowledged(message, offered: VhostUserProtocolFeatures.offered, what: "protocol features")
             return nil
         case .setOwner:
             return nil
@@ -409,6 +399,15 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
         return value
     }
 
+    /// A SET_*FEATURES payload: exactly one u64, with no bit that was never offered.
+    func acknowledged(_ message: VhostUserMessage, offered: UInt64, what: String) throws(VhostUserError) -> UInt64 {
+        let features = try field(UInt64.self, message, at: 0, exact: 8)
+        guard features & ~offered == 0 else {
+            throw VhostUserError("\(what) 0x\(String(features, radix: 16)) include bits never offered")
+        }
+        return features
+    }
+
     func requireStopped(_ index: Int) throws(VhostUserError) {
         guard runners[index].thread == nil else { throw VhostUserError("queue \(index) is running; stop it first (GET_VRING_BASE)") }
     }
@@ -501,7 +500,6 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
         session.end()
         ackedFeatures = 0
         protocolFeatures = 0
-        featuresSet = false
         failureLogged = []
     }
 

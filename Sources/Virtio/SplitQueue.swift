@@ -130,12 +130,14 @@ public struct SplitQueue: @unchecked Sendable {
 
     /// Requests the driver has made available and we have not taken.
     @inlinable
+    @_noAllocation @_noLocks
     public func availableCount() -> Int {
         Int(UInt16(littleEndian: availIndexAtomic.pointee.load(ordering: .acquiring)) &- lastAvailIndex)
     }
 
     /// Takes the next chain and writes its segments, checked against guest memory, into `segments`.
     @inlinable
+    @_noAllocation @_noLocks
     public mutating func pop(into segments: UnsafeMutablePointer<Segment>, capacity: Int) -> FetchResult {
         guard failure == .none else { return .failed }
         let availIndex = UInt16(littleEndian: availIndexAtomic.pointee.load(ordering: .acquiring))
@@ -150,6 +152,7 @@ public struct SplitQueue: @unchecked Sendable {
     }
 
     @inlinable
+    @_noAllocation @_noLocks
     mutating func walkChain(head: UInt16, into segments: UnsafeMutablePointer<Segment>, capacity: Int) -> FetchResult {
         var table = addresses.descriptors
         var tableSize = size
@@ -228,6 +231,7 @@ public struct SplitQueue: @unchecked Sendable {
 
     /// Places one used element; not visible to the driver until `publishUsed`.
     @inlinable
+    @_noAllocation @_noLocks
     public mutating func addUsed(head: UInt32, bytesWritten: UInt32) {
         precondition(Int(head) < size)
         let offset = 4 + 8 * Int(nextUsedIndex & UInt16(size - 1))
@@ -238,6 +242,7 @@ public struct SplitQueue: @unchecked Sendable {
 
     /// Makes every used element added so far visible to the driver.
     @inlinable
+    @_noAllocation @_noLocks
     public mutating func publishUsed() {
         usedIndexAtomic.pointee.store(nextUsedIndex.littleEndian, ordering: .releasing)
     }
@@ -245,6 +250,7 @@ public struct SplitQueue: @unchecked Sendable {
     /// Whether the driver wants to be notified about what was published since the last decision
     /// (VSPEC 2.7.7/2.7.10: EVENT_IDX's used_event, else the NO_INTERRUPT flag).
     @inlinable
+    @_noAllocation @_noLocks
     public mutating func needsNotification() -> Bool {
         // Our used.idx store must be visible before we read the driver's used_event / flags, or a
         // driver that just re-armed could be missed.
