@@ -53,7 +53,7 @@ let package = Package(
             dependencies: ["DPFSCore", "FUSEWire", "Virtio"],
             swiftSettings: swiftSettings
         ),
-        .target(name: "NullBackend", dependencies: ["DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
+        .target(name: "NullBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
         // The vhost-user control plane (socket, messages, memory regions, vring setup) and the
         // poller threads of each device's queues.
         .target(

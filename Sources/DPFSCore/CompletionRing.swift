@@ -74,6 +74,13 @@ public struct CompletionRing: @unchecked Sendable {
         }
     }
 
+    /// Whether a token is waiting (the poller's last look before it sleeps). Only the poller thread.
+    @inlinable
+    public var hasTokens: Bool {
+        let position = dequeuePosition.pointee.load(ordering: .relaxed)
+        return (cells + Int(position & mask)).pointee.sequence.load(ordering: .acquiring) == position &+ 1
+    }
+
     /// Pops the oldest token. Only the poller thread may call this.
     @inlinable
     @_noAllocation @_noLocks

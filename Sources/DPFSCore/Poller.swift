@@ -43,6 +43,7 @@ public struct PollerConfiguration: Sendable {
         plan.reserve(PollerMetrics.self, count: 1)
         plan.reserve(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
         SharedSession.plan(&plan)
+        PollerWake.plan(&plan)
         return plan.bytes
     }
 }
@@ -124,6 +125,8 @@ public struct Poller<T: Transport, B: Backend> {
     public let residenceHistogram: LatencyHistogram
     /// The device's FUSE session, shared with the pollers of its other queues.
     public let session: SharedSession
+    /// How other threads wake this poller when it sleeps.
+    public let wake: PollerWake
 
     /// This poller's view of the shared session, refreshed once per step when its epoch moved.
     @usableFromInline var sessionEpochSeen: UInt64 = .max
@@ -136,8 +139,9 @@ public struct Poller<T: Transport, B: Backend> {
     @usableFromInline var completedCount: Int = 0
 
     /// - Parameter session: the device's shared session; nil gives this poller a session of its own.
+    /// - Parameter queueIndex: the queue this poller serves, for the backend's context.
     public init(configuration: PollerConfiguration, transport: T, backend: B, session: SharedSession? = nil,
-                arena: inout ArenaAllocator) {
+                queueIndex: Int = 0, arena: inout ArenaAllocator) {
         self.configuration = configuration
         self.transport = transport
         self.backend = backend
@@ -155,6 +159,9 @@ public struct Poller<T: Transport, B: Backend> {
             freeList[index] = UInt32(configuration.slotCount - 1 - index)
         }
         freeCount = configuration.slotCount
+        wake = PollerWake(arena: &arena)
+        self.backend.attach(BackendContext(queueIndex: queueIndex, slotCount: configuration.slotCount,
+                                           completions: completions, wake: wake))
     }
 
     /// Slots currently in use (fetched and not yet published).
@@ -174,24 +181,50 @@ public struct Poller<T: Transport, B: Backend> {
 
     // MARK: - The loop
 
-    /// One bounded pass of the loop. Returns how many requests it moved (fetched + completed).
+    /// One bounded pass of the loop. Returns how much work it did (backend events, requests fetched
+    /// and completed).
     @inlinable
     public mutating func step() -> Int {
         metrics.pointee.steps &+= 1
         refreshSession()
-        var work = drainCompletions()
+        var work = backend.poll()
+        work &+= drainCompletions()
         work &+= fetchAndDispatch()
+        backend.submit()
         work &+= publishCompleted()
         return work
     }
 
+    /// A step that fetches nothing: what a stopping poller runs until its in-flight requests are done
+    /// (quiesce), so no backend I/O outlives the guest memory it points into.
     @inlinable
-    mutating func refreshSession() {
+    public mutating func drainStep() -> Int {
+        refreshSession()
+        var work = backend.poll()
+        work &+= drainCompletions()
+        backend.submit()
+        work &+= publishCompleted()
+        return work
+    }
+
+    /// Whether a token waits in the completion ring (the last look before sleeping).
+    @inlinable
+    public var completionsWaiting: Bool { completions.hasTokens }
+
+    /// Re-reads the shared session when its epoch moved, and tells the backend what changed: every
+    /// queue's backend hears of every session start and end, whichever queue saw INIT or DESTROY.
+    @inlinable
+    public mutating func refreshSession() {
         let epoch = session.epoch
         guard epoch != sessionEpochSeen else { return }
         sessionEpochSeen = epoch
+        let wasEstablished = sessionEstablished
         sessionEstablished = session.established
         sessionDecoderOptions = session.decoderOptions
+        // An epoch that moved while established means the old session ended (and perhaps a new
+        // one began) since this poller last looked.
+        if wasEstablished { backend.sessionEnded() }
+        if sessionEstablished, let negotiated = session.negotiated { backend.sessionStarted(negotiated) }
     }
 
     /// Moves every slot whose backend finished to `completed`. Bounded by the ring's capacity, so
@@ -298,9 +331,9 @@ public struct Poller<T: Transport, B: Backend> {
         if opcodeRaw == FUSEOpcode.`init`.rawValue {
             let outcome = negotiateInit(slots.request(index), policy: configuration.initPolicy, reply: reply)
             if case .established(let negotiated) = outcome {
+                backend.deviceSessionBegins(negotiated)
                 session.establish(negotiated)
                 refreshSession()
-                backend.sessionStarted(negotiated)
             }
             finishHandler(index, now: now)
             return
@@ -312,7 +345,6 @@ public struct Poller<T: Transport, B: Backend> {
             return
         }
         if opcodeRaw == FUSEOpcode.destroy.rawValue {
-            backend.sessionEnded()
             session.end()
             refreshSession()
             reply.send(bodyBytes: 0)

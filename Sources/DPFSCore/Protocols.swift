@@ -46,6 +46,19 @@ public protocol Transport {
     /// Publishes everything completed since the last flush and notifies the other side at most once.
     /// Returns whether a notification was sent.
     mutating func flush() -> Bool
+    /// Before the poller sleeps: ask the other side to notify on new work, then look once more.
+    /// Returns true when work is already there (the poller must not sleep).
+    mutating func armNotifications() -> Bool
+    /// After the poller woke: notifications are not needed while it polls.
+    mutating func disarmNotifications()
+    /// The queue is broken and yields nothing until a reset.
+    var isFailed: Bool { get }
+}
+
+extension Transport {
+    public mutating func armNotifications() -> Bool { false }
+    public mutating func disarmNotifications() {}
+    public var isFailed: Bool { false }
 }
 
 /// How a backend answered a request.
@@ -53,17 +66,83 @@ public protocol Transport {
 public enum BackendAnswer: Equatable, Sendable {
     /// The reply (or `none()` for one-way opcodes) is written.
     case done
-    /// The backend will write the reply later, from any thread, and then push the token to the
-    /// completion ring it was given.
+    /// The backend will write the reply later and then complete the token through its context
+    /// (`BackendContext.complete`), from the poller's own `poll()` or from any other thread.
     case pending
 }
 
-/// A file-system backend: one transition handler per opcode, run at `dispatched`.
+/// What a poller gives the backend it serves, once, before the first request (`Backend.attach`).
+/// A handle: copies refer to the same ring and wake-up state, so worker threads may hold one.
+@frozen
+public struct BackendContext: @unchecked Sendable {
+    /// The request queue this poller serves (0 is the hiprio queue on virtio-fs).
+    public let queueIndex: Int
+    /// Requests this poller can have in flight at most: the bound for any per-request backend table.
+    public let slotCount: Int
+    /// Where finished requests go; the poller drains it every step.
+    public let completions: CompletionRing
+    /// Wakes the poller when it sleeps.
+    public let wake: PollerWake
+
+    @inlinable
+    public init(queueIndex: Int, slotCount: Int, completions: CompletionRing, wake: PollerWake) {
+        precondition(queueIndex >= 0 && slotCount >= 1)
+        self.queueIndex = queueIndex
+        self.slotCount = slotCount
+        self.completions = completions
+        self.wake = wake
+    }
+
+    /// Completes a pending request from any thread and wakes the poller if it sleeps.
+    @inlinable
+    @_noAllocation @_noLocks
+    public func complete(_ token: CompletionToken) {
+        let pushed = completions.push(token)
+        // The ring has twice the slots: a push can only fail for a doubled token, which the poller
+        // would discard anyway.
+        _ = pushed
+        wake.signal()
+    }
+}
+
+/// A file-system backend: one transition handler per opcode, run at `dispatched`, plus the hooks an
+/// asynchronous backend needs. Every hook but `handle` has a default, so a synchronous backend
+/// (null) implements only what it uses.
+///
+/// Sharing: one backend value serves one request queue. State that belongs to the device (inode and
+/// open-file tables) lives in an object the device builds once and hands to every queue's backend.
 public protocol Backend: SendableMetatype {
-    /// FUSE_INIT succeeded; the session's limits apply from now on.
+    /// Called once by the poller, before any request: the completion ring, limits, wake-up.
+    mutating func attach(_ context: BackendContext)
+    /// The device's FUSE session started (INIT succeeded on some queue). Delivered to every queue's
+    /// backend, at its poller's next step.
     mutating func sessionStarted(_ session: NegotiatedSession)
-    /// FUSE_DESTROY arrived (unmount): drop per-session state.
+    /// The session ended (DESTROY, or a reset followed by a new INIT). Delivered to every queue.
     mutating func sessionEnded()
+    /// Called on the one queue that answered INIT, before the INIT reply is published and so before
+    /// any other request of the new session exists: the place to reset device-wide state (the
+    /// kernel forgot every inode of the old session).
+    mutating func deviceSessionBegins(_ session: NegotiatedSession)
     /// Answers one request (never INIT or DESTROY, which the engine handles).
     mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer
+    /// Services the backend's own event sources (an io_uring completion queue, sockets) with bounded
+    /// work, completing finished requests through the context. Returns the amount of work done.
+    mutating func poll() -> Int
+    /// End of a fetch batch: start what `handle` queued (at most one submission syscall per step).
+    mutating func submit()
+    /// A descriptor the sleeping poller also waits on (readable = `poll()` has work); -1 for none.
+    var eventFD: Int32 { get }
+    /// The poller stops (memory change, reset, shutdown): cancel what can be cancelled. Every
+    /// pending request must still be completed; the poller keeps stepping until none is left, and
+    /// only then may guest memory change.
+    mutating func quiesce()
+}
+
+extension Backend {
+    public mutating func attach(_ context: BackendContext) {}
+    public mutating func deviceSessionBegins(_ session: NegotiatedSession) {}
+    @inlinable public mutating func poll() -> Int { 0 }
+    @inlinable public mutating func submit() {}
+    public var eventFD: Int32 { -1 }
+    public mutating func quiesce() {}
 }

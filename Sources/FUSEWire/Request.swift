@@ -76,6 +76,16 @@ public struct FUSERequest {
         return T(littleEndian: args.loadUnaligned(fromByteOffset: offset, as: T.self))
     }
 
+    /// The fixed argument struct as the kernel's own C type from `linux/fuse.h` (`fuse_setattr_in`,
+    /// `fuse_copy_file_range_in`, …): fields by name, never by offset. The decoder checked that the
+    /// opcode's struct is there in full; the size check keeps a wrong type from reading past it.
+    /// (The wire is little-endian and so are the hosts this engine runs on.)
+    @inlinable
+    public func arguments<T: BitwiseCopyable>(as type: T.Type) -> T {
+        precondition(MemoryLayout<T>.size <= Int(header.pointee.argsLength), "argument struct larger than the request's")
+        return args.loadUnaligned(as: T.self)
+    }
+
     /// The first name (entry name, old name, xattr name): valid UTF-8 is not guaranteed, only
     /// 1...255 bytes with no NUL (and no '/' for entry names).
     @inlinable

@@ -1,3 +1,4 @@
+import CDPFS
 import DPFSCore
 import FUSEWire
 
@@ -173,9 +174,9 @@ public struct NullBackend: Backend {
             default: reply.fail(.invalid)   // SET/CUR/END are resolved by the kernel itself
             }
         case .copyFileRange, .copyFileRange64:
-            let destination: UInt64 = request.argument(at: 24)
-            guard request.nodeID == Self.fileNodeID, destination == Self.fileNodeID else { reply.fail(.invalid); break }
-            let length: UInt64 = request.argument(at: 40)
+            let arguments = request.arguments(as: fuse_copy_file_range_in.self)
+            guard request.nodeID == Self.fileNodeID, arguments.nodeid_out == Self.fileNodeID else { reply.fail(.invalid); break }
+            let length = arguments.len
             if opcode == .copyFileRange { reply.written(bytes: UInt32(min(length, UInt64(UInt32.max)))) }
             else { reply.value(length) }
         case .interrupt, .bmap, .ioctl, .poll, .setupMapping, .removeMapping:

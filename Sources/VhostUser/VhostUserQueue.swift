@@ -40,4 +40,19 @@ public struct VhostUserQueue: Transport, @unchecked Sendable {
         if written != 8 { callWriteFailures &+= 1 }
         return true
     }
+
+    /// Asks the driver for a kick (EVENT_IDX or the no-notify flag), then looks once more: a request
+    /// may have arrived before the driver could see the request for a kick.
+    public mutating func armNotifications() -> Bool {
+        guard queue != nil else { return false }
+        queue!.setKicksWanted(true)
+        return queue!.availableCount() > 0
+    }
+
+    public mutating func disarmNotifications() {
+        guard queue != nil else { return }
+        queue!.setKicksWanted(false)
+    }
+
+    public var isFailed: Bool { queue?.isFailed ?? false }
 }

@@ -110,7 +110,7 @@ struct VhostUserBenchmark: ParsableCommand {
         if inProcessEngine {
             socketPath = "/tmp/dpfs-bench-\(getpid()).sock"
             let device = try VhostUserDevice(configuration: VhostUserDeviceConfiguration(name: "in-process"),
-                                             logger: Logger(label: "dpfs-bench.engine"), cyclesPerNanosecond: clock.cyclesPerNanosecond) {
+                                             logger: Logger(label: "dpfs-bench.engine"), cyclesPerNanosecond: clock.cyclesPerNanosecond) { _ in
                 NullBackend()
             }
             let server = try VhostUserServer(socketPath: socketPath, device: device, logger: Logger(label: "dpfs-bench.engine"))

@@ -99,7 +99,7 @@ struct DPFSEngine: ParsableCommand {
             let deviceLogger = Logger(label: "dpfs-engine.\(device.name)")
             let nullConfiguration = NullBackendConfiguration(fileSizeBytes: device.nullFileSizeBytes)
             let vhostDevice = try VhostUserDevice(configuration: deviceConfiguration, logger: deviceLogger,
-                                                  cyclesPerNanosecond: clock.cyclesPerNanosecond) {
+                                                  cyclesPerNanosecond: clock.cyclesPerNanosecond) { _ in
                 NullBackend(configuration: nullConfiguration)
             }
             let server = try VhostUserServer(socketPath: device.socketPath, device: vhostDevice, logger: deviceLogger)

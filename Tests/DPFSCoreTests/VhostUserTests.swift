@@ -22,7 +22,7 @@ final class InProcessEngine: @unchecked Sendable {
         var logger = Logger(label: "vhost-user-test.\(name)")
         logger.logLevel = .critical
         let device = try VhostUserDevice(configuration: VhostUserDeviceConfiguration(name: name, poller: PollerConfiguration(slotCount: 32, segmentsPerSlot: 16, batchMax: 16)),
-                                         logger: logger, cyclesPerNanosecond: 1) { NullBackend() }
+                                         logger: logger, cyclesPerNanosecond: 1) { _ in NullBackend() }
         server = try VhostUserServer(socketPath: socketPath, device: device, logger: logger)
         let server = self.server
         thread = try PinnedThread { [unowned self] in server.run(until: self.stop) }
