@@ -204,6 +204,7 @@ expect_holds() { # share
       entries) got=$(ls -A "$share/$p" | wc -l) ;;
       size) got=$(stat -c %s "$share/$p") ;;
       type) got=$(stat -c %F "$share/$p"); want="$a${b:+ $b}" ;;
+      owner) got=$(stat -c '%u %g' "$share/$p"); want="$a $b" ;;
       *) got="unknown fact '$what'"; want="" ;;
     esac
     if [ "$got" != "$want" ]; then echo "host: $what $p: got '$got', want '$want'"; bad=$((bad + 1)); fi
@@ -231,6 +232,9 @@ fixed_facts() { # share
   want "bigdir entries" "$(ls -A "$g/bigdir" | wc -l)" 320
   want "f3m size" "$(stat -c %s "$g/sizes/f3m" 2>&1)" 3145728
   want "renamed away" "$(ls "$g" | grep -cE '^(before-rename.txt|dir-before|winner.txt|tree)$' || true)" 0
+  want "owned uid gid" "$(stat -c '%u %g' "$g/owned" 2>&1)" "1234 5678"
+  want "fifo type" "$(stat -c %F "$g/fifo" 2>&1)" fifo
+  want "appended" "$(cat "$g/appended" 2>&1 | tr '\n' ' ')" "one two three "
   want "victim content" "$(cat "$g/victim.txt" 2>&1)" "the winner replaced the victim"
   [ $bad = 0 ]
 }

@@ -22,7 +22,8 @@
 #   guest-made/expect        one fact per line, checked by phase verify (busybox stat) and the host
 #                            (GNU stat): 'mode P OCTAL', 'nlink P N', 'inode-same P Q',
 #                            'symlink P TARGET', 'mtime P SECONDS NANOSECONDS', 'absent P',
-#                            'entries P N', 'size P BYTES', 'type P directory|regular file'
+#                            'entries P N', 'size P BYTES', 'type P directory|fifo|...',
+#                            'owner P UID GID'
 #
 # busybox sh; 'RESULT <name>-ok' / 'RESULT <name>-FAILED: why' per check, 'RESULT all-ok' at the
 # end; exit status = number of failures (capped at 250). set -u and pipefail, not -e: every check
@@ -62,6 +63,7 @@ check_expect() {
       entries) got=$(ls -A "$p" | wc -l) ;;
       size) got=$(stat -c %s "$p") ;;
       type) got=$(stat -c %F "$p"); a="$a${b:+ $b}" ;;
+      owner) got=$(stat -c '%u %g' "$p"); a="$a $b" ;;
       *) got="unknown fact $what"; a="" ;;
     esac
     if [ "$got" = "$a" ]; then ok "expect-$what-$p"; else bad "expect-$what-$p" "got '$got', want '$a'"; fi
@@ -305,7 +307,43 @@ phase_write() {
   # A non-empty directory cannot be removed with rmdir.
   if rmdir guest-made/dir-renamed 2>/dev/null; then bad rmdir-nonempty "rmdir of a non-empty dir succeeded"; else ok rmdir-nonempty; fi
 
-  # 11. df on the mount.
+  # 11. ownership, append, a FIFO, a file read after its last name was removed.
+  echo owner >guest-made/owned
+  if chown 1234:5678 guest-made/owned && [ "$(stat -c '%u %g' guest-made/owned)" = "1234 5678" ]; then ok chown; else bad chown "owner '$(stat -c '%u %g' guest-made/owned)'"; fi
+  echo "owner guest-made/owned 1234 5678" >>"$exp"
+  printf 'one\n' >/tmp/pt/appended
+  printf 'one\n' >guest-made/appended
+  printf 'two\n' >>/tmp/pt/appended
+  printf 'two\n' >>guest-made/appended
+  printf 'three\n' | dd of=guest-made/appended oflag=append conv=notrunc 2>/dev/null
+  printf 'three\n' >>/tmp/pt/appended
+  dropcaches
+  if cmp guest-made/appended /tmp/pt/appended; then ok append; else bad append "'$(cat guest-made/appended)'"; fi
+  record appended
+  if mkfifo guest-made/fifo && [ "$(stat -c %F guest-made/fifo)" = fifo ]; then ok mkfifo; else bad mkfifo "type '$(stat -c %F guest-made/fifo 2>&1)'"; fi
+  echo "type guest-made/fifo fifo" >>"$exp"
+  echo "still readable after unlink" >guest-made/unlinked
+  exec 3<guest-made/unlinked
+  rm guest-made/unlinked
+  if [ ! -e guest-made/unlinked ] && [ "$(cat <&3)" = "still readable after unlink" ]; then ok read-after-unlink; else bad read-after-unlink "name still there or fd unreadable"; fi
+  exec 3<&-
+  echo "absent guest-made/unlinked" >>"$exp"
+
+  # 12. one writer per CPU at once (on a multi-queue kernel each CPU has its own request queue).
+  cpus=$(nproc) cpu=0 pids=""
+  while [ "$cpu" -lt "$cpus" ]; do
+    head -c 524288 /dev/urandom >"/tmp/pt/par-$cpu"
+    taskset -c "$cpu" sh -c "dd if=/tmp/pt/par-$cpu of=guest-made/par-$cpu bs=4k 2>/dev/null && dd if=guest-made/par-$cpu bs=4k 2>/dev/null | cmp - /tmp/pt/par-$cpu" &
+    pids="$pids $!"
+    cpu=$((cpu + 1))
+  done
+  pfail=0
+  for pid in $pids; do wait "$pid" || pfail=$((pfail + 1)); done
+  if [ "$pfail" = 0 ]; then ok "parallel-writers($cpus)"; else bad parallel-writers "$pfail of $cpus failed"; fi
+  cpu=0
+  while [ "$cpu" -lt "$cpus" ]; do record "par-$cpu"; cpu=$((cpu + 1)); done
+
+  # 13. df on the mount.
   if out=$(df "$mnt") && echo "$out" && [ "$(echo "$out" | tail -n 1 | awk '{ print $2 }')" -gt 0 ]; then ok df; else bad df "df failed or zero blocks"; fi
 
   # The manifest itself is checked by the host and by phase verify; check it here too.
