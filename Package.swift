@@ -54,6 +54,9 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "NullBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
+        // A host directory shared with the guest: confined openat2 resolution, the caller's
+        // credentials, io_uring data path, inode and open-file tables shared by a device's queues.
+        .target(name: "PassthroughBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix"], swiftSettings: swiftSettings),
         // The vhost-user control plane (socket, messages, memory regions, vring setup) and the
         // poller threads of each device's queues.
         .target(
@@ -72,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "dpfs-engine",
             dependencies: [
-                "DPFSCore", "FUSEWire", "DPFSPosix", "NullBackend", "VhostUser", "DPFSConfiguration", "CDPFS",
+                "DPFSCore", "FUSEWire", "DPFSPosix", "NullBackend", "PassthroughBackend", "VhostUser", "DPFSConfiguration", "CDPFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -81,8 +84,8 @@ let package = Package(
         .executableTarget(
             name: "dpfs-bench",
             dependencies: [
-                "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "LoopbackTransport", "NullBackend", "VhostUser",
-                "VhostUserFrontend",
+                "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "LoopbackTransport", "NullBackend", "PassthroughBackend",
+                "VhostUser", "VhostUserFrontend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
@@ -92,15 +95,15 @@ let package = Package(
         // Test support: a request builder and a scripted backend shared by the test targets.
         .target(
             name: "DPFSTestSupport",
-            dependencies: ["DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "DPFSPosix"],
+            dependencies: ["DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix"],
             path: "Tests/DPFSTestSupport",
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "DPFSCoreTests",
             dependencies: [
-                "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "DPFSPosix",
-                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration",
+                "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix",
+                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration", "CDPFS",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -111,7 +114,7 @@ let package = Package(
         .testTarget(
             name: "AllocationGateTests",
             dependencies: [
-                "DPFSCore", "FUSEWire", "LoopbackTransport", "NullBackend", "DPFSPosix", "DPFSTestSupport",
+                "DPFSCore", "FUSEWire", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix", "DPFSTestSupport",
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             swiftSettings: swiftSettings

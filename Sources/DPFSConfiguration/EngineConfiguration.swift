@@ -3,6 +3,12 @@
 
 public enum BackendKind: String, Sendable, CaseIterable {
     case null
+    case passthrough
+}
+
+/// What the guest's kernel may cache (the passthrough backend; virtiofsd's --cache modes).
+public enum CacheModeName: String, Sendable, CaseIterable {
+    case never, metadata, auto, always
 }
 
 public struct DeviceConfiguration: Equatable, Sendable {
@@ -15,10 +21,17 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var busyPollMicroseconds: Int
     public var nullFileSizeBytes: UInt64
     public var cpus: [Int]
+    /// The passthrough backend's host directory.
+    public var sharedDirectory: String
+    public var cacheMode: CacheModeName
+    /// Inodes the guest may know at once, and files it may have open at once (passthrough).
+    public var inodesMax: Int
+    public var openFilesMax: Int
 
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
-                nullFileSizeBytes: UInt64 = 1 << 30, cpus: [Int] = []) {
+                nullFileSizeBytes: UInt64 = 1 << 30, cpus: [Int] = [], sharedDirectory: String = "",
+                cacheMode: CacheModeName = .auto, inodesMax: Int = 65_536, openFilesMax: Int = 16_384) {
         self.name = name
         self.socketPath = socketPath
         self.backend = backend
@@ -28,6 +41,10 @@ public struct DeviceConfiguration: Equatable, Sendable {
         self.busyPollMicroseconds = busyPollMicroseconds
         self.nullFileSizeBytes = nullFileSizeBytes
         self.cpus = cpus
+        self.sharedDirectory = sharedDirectory
+        self.cacheMode = cacheMode
+        self.inodesMax = inodesMax
+        self.openFilesMax = openFilesMax
     }
 
     /// Checks every value against its limit.
@@ -45,6 +62,17 @@ public struct DeviceConfiguration: Equatable, Sendable {
             throw ConfigurationError(line: 0, "device \(name): busy_poll_us must be 0...1000000")
         }
         guard nullFileSizeBytes <= 1 << 50 else { throw ConfigurationError(line: 0, "device \(name): null_file_size must be ≤ 1 PiB") }
+        if backend == .passthrough {
+            guard !sharedDirectory.isEmpty else {
+                throw ConfigurationError(line: 0, "device \(name): the passthrough backend needs shared_dir (--shared-dir)")
+            }
+        } else if !sharedDirectory.isEmpty {
+            throw ConfigurationError(line: 0, "device \(name): shared_dir is only for the passthrough backend")
+        }
+        guard (16...(1 << 24)).contains(inodesMax) else { throw ConfigurationError(line: 0, "device \(name): inodes_max must be 16...16777216") }
+        guard (16...(1 << 24)).contains(openFilesMax) else {
+            throw ConfigurationError(line: 0, "device \(name): open_files_max must be 16...16777216")
+        }
     }
 }
 
@@ -102,6 +130,15 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "batch": device.batchMax = try integer(entry)
                 case "busy_poll_us": device.busyPollMicroseconds = try integer(entry)
                 case "null_file_size": device.nullFileSizeBytes = UInt64(try integer(entry, minimum: 0))
+                case "shared_dir": device.sharedDirectory = try string(entry)
+                case "cache":
+                    let text = try string(entry)
+                    guard let mode = CacheModeName(rawValue: text) else {
+                        throw ConfigurationError(line: entry.line, "cache must be one of \(CacheModeName.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    device.cacheMode = mode
+                case "inodes_max": device.inodesMax = try integer(entry)
+                case "open_files_max": device.openFilesMax = try integer(entry)
                 case "cpus":
                     let text = try string(entry)
                     device.cpus = []

@@ -8,6 +8,7 @@ import Foundation
 import Glibc
 import Logging
 import NullBackend
+import PassthroughBackend
 import Synchronization
 import VhostUser
 
@@ -30,8 +31,20 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("vhost-user-socket"), help: "Unix socket the front-end connects to (one device).")
     var socket: String?
 
-    @Option(help: "Backend: null.")
+    @Option(help: "Backend: null or passthrough.")
     var backend: String = "null"
+
+    @Option(name: .customLong("shared-dir"), help: "The host directory the passthrough backend shares with the guest.")
+    var sharedDirectory: String?
+
+    @Option(help: "What the guest may cache (passthrough): never, metadata, auto or always.")
+    var cache: String = "auto"
+
+    @Option(name: .customLong("inodes-max"), help: "Inodes the guest may know at once (passthrough; one O_PATH descriptor each).")
+    var inodesMax: Int = 65_536
+
+    @Option(name: .customLong("open-files-max"), help: "Files and directories the guest may have open at once (passthrough).")
+    var openFilesMax: Int = 16_384
 
     @Option(help: "Request queues (the front-end's num-request-queues); queue 0 (hiprio) comes on top.")
     var queues: Int = 1
@@ -62,9 +75,12 @@ struct DPFSEngine: ParsableCommand {
                 engineConfiguration = try EngineConfiguration.parse(text)
             } else {
                 guard let kind = BackendKind(rawValue: backend) else { throw ValidationError("unknown backend '\(backend)'") }
+                guard let cacheMode = CacheModeName(rawValue: cache) else { throw ValidationError("unknown cache mode '\(cache)'") }
                 let device = DeviceConfiguration(name: "dpfs", socketPath: socket!, backend: kind, requestQueues: queues,
                                                  slotsPerQueue: slots, batchMax: min(32, slots),
-                                                 busyPollMicroseconds: busyPollMicroseconds, nullFileSizeBytes: nullFileSize)
+                                                 busyPollMicroseconds: busyPollMicroseconds, nullFileSizeBytes: nullFileSize,
+                                                 sharedDirectory: sharedDirectory ?? "", cacheMode: cacheMode,
+                                                 inodesMax: inodesMax, openFilesMax: openFilesMax)
                 try device.validate()
                 engineConfiguration = EngineConfiguration(devices: [device])
             }
@@ -89,34 +105,78 @@ struct DPFSEngine: ParsableCommand {
 
         let clock = CycleClock.calibrate(milliseconds: 20)
         var threads: [PinnedThread] = []
-        var servers: [VhostUserServer<NullBackend>] = []
+        var servers: [any EngineServer] = []
         logger.info("dpfs-engine starting: \(configuration.devices.count) device(s), \(PinnedThread.onlineCPUs) CPUs online")
         for device in configuration.devices {
-            let pollerConfiguration = PollerConfiguration(slotCount: device.slotsPerQueue, batchMax: device.batchMax)
-            let deviceConfiguration = VhostUserDeviceConfiguration(
-                name: device.name, requestQueues: device.requestQueues, poller: pollerConfiguration,
-                busyPollMicroseconds: device.busyPollMicroseconds, cpus: device.cpus)
             let deviceLogger = Logger(label: "dpfs-engine.\(device.name)")
-            let nullConfiguration = NullBackendConfiguration(fileSizeBytes: device.nullFileSizeBytes)
-            let vhostDevice = try VhostUserDevice(configuration: deviceConfiguration, logger: deviceLogger,
-                                                  cyclesPerNanosecond: clock.cyclesPerNanosecond) { _ in
-                NullBackend(configuration: nullConfiguration)
+            switch device.backend {
+            case .null:
+                let nullConfiguration = NullBackendConfiguration(fileSizeBytes: device.nullFileSizeBytes)
+                servers.append(try startDevice(device, clock: clock, logger: deviceLogger, initPolicy: InitPolicy(),
+                                               report: "backend null") { _ in NullBackend(configuration: nullConfiguration) })
+            case .passthrough:
+                let shared: PassthroughDevice
+                do {
+                    shared = try PassthroughDevice(configuration: PassthroughConfiguration(
+                        sharedDirectory: device.sharedDirectory,
+                        cacheMode: PassthroughCacheMode(rawValue: device.cacheMode.rawValue)!,
+                        inodesMax: device.inodesMax, openFilesMax: device.openFilesMax))
+                } catch {
+                    throw ValidationError("device \(device.name): \(error)")
+                }
+                let wanted = shared.configuration.descriptorsMax * configuration.devices.count
+                let limit = PassthroughDevice.raiseDescriptorLimit(to: wanted)
+                if limit < wanted {
+                    logger.warning("RLIMIT_NOFILE is \(limit), below the \(wanted) descriptors the tables can hold: ENFILE comes earlier")
+                }
+                var policy = InitPolicy()
+                // Writeback caching only where the guest owns the share (cache = always).
+                if device.cacheMode == .always { policy.flagsWanted |= InitFlags.writebackCache }
+                servers.append(try startDevice(device, clock: clock, logger: deviceLogger, initPolicy: policy,
+                                               report: "backend \(shared.report); descriptor limit \(limit)") { _ in
+                    PassthroughBackend(device: shared)
+                })
             }
-            let server = try VhostUserServer(socketPath: device.socketPath, device: vhostDevice, logger: deviceLogger)
-            logger.info("\(vhostDevice.report); backend \(device.backend.rawValue); socket \(device.socketPath)")
-            servers.append(server)
         }
         for server in servers {
             threads.append(try PinnedThread { server.run(until: shutdownRequested) })
         }
         logger.info("ready")
         for thread in threads { thread.join() }
-        for server in servers {
-            server.device.reset()
-            var replies: UInt64 = 0
-            for queue in 0..<server.device.configuration.queueCount { replies += server.device.metrics(queue: queue).repliesSent }
-            logger.info("device \(server.device.configuration.name): \(server.connectionsServed) connection(s), \(replies) replies sent")
-        }
+        for server in servers { logger.info("\(server.stopAndReport())") }
         logger.info("dpfs-engine stopped")
+    }
+}
+
+/// A device's server, whatever its backend, as the engine's main loop drives it.
+protocol EngineServer: Sendable {
+    func run(until stop: borrowing Atomic<Bool>)
+    /// Resets the device (quiescing its queues) and says what it served.
+    func stopAndReport() -> String
+}
+
+extension VhostUserServer: EngineServer {
+    func stopAndReport() -> String {
+        device.reset()
+        var replies: UInt64 = 0
+        for queue in 0..<device.configuration.queueCount { replies += device.metrics(queue: queue).repliesSent }
+        return "device \(device.configuration.name): \(connectionsServed) connection(s), \(replies) replies sent"
+    }
+}
+
+extension DPFSEngine {
+    /// Builds one vhost-user device with `makeBackend` for each of its queues and binds its socket.
+    func startDevice<B: Backend>(_ device: DeviceConfiguration, clock: CycleClock, logger: Logger, initPolicy: InitPolicy,
+                                 report: String, makeBackend: (Int) -> B) throws -> VhostUserServer<B> {
+        let pollerConfiguration = PollerConfiguration(slotCount: device.slotsPerQueue, batchMax: device.batchMax,
+                                                      initPolicy: initPolicy)
+        let deviceConfiguration = VhostUserDeviceConfiguration(
+            name: device.name, requestQueues: device.requestQueues, poller: pollerConfiguration,
+            busyPollMicroseconds: device.busyPollMicroseconds, cpus: device.cpus)
+        let vhostDevice = try VhostUserDevice(configuration: deviceConfiguration, logger: logger,
+                                              cyclesPerNanosecond: clock.cyclesPerNanosecond, makeBackend: makeBackend)
+        let server = try VhostUserServer(socketPath: device.socketPath, device: vhostDevice, logger: logger)
+        logger.info("\(vhostDevice.report); \(report); socket \(device.socketPath)")
+        return server
     }
 }

@@ -19,6 +19,16 @@
 #include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/fsuid.h>
+#include <sys/xattr.h>
+#include <sys/uio.h>
+#include <stdio.h>
+#include <string.h>
+#include <linux/openat2.h>
 #include <linux/fuse.h>
 #include <linux/virtio_ring.h>
 #include <numa.h>
@@ -70,6 +80,56 @@ ssize_t CDPFS_recv_with_fds(int socket, void *buffer, size_t length, int *fds, i
 /// Sends `length` bytes with `fd_count` file descriptors attached as SCM_RIGHTS (the front-end
 /// side of vhost-user, used by the load generator and tests). Returns sendmsg's result.
 ssize_t CDPFS_send_with_fds(int socket, const void *buffer, size_t length, const int *fds, int fd_count);
+
+/// `fuse_statx_in` (protocol 7.39) is newer than Debian 12's kernel headers: the same layout,
+/// declared here so backends read it by field name like every other argument struct.
+struct CDPFS_fuse_statx_in {
+    uint32_t getattr_flags;
+    uint32_t reserved;
+    uint64_t fh;
+    uint32_t sx_flags;
+    uint32_t sx_mask;
+};
+
+/// openat2(2) has no glibc wrapper in Debian 12, and `syscall` is variadic (Swift cannot call it).
+/// Returns the fd or -1 with errno set; retries EINTR.
+static inline int CDPFS_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
+    struct open_how how = { .flags = flags, .mode = mode, .resolve = resolve };
+    long result;
+    do {
+        result = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    } while (result < 0 && errno == EINTR);
+    return (int)result;
+}
+
+/// Drops the calling thread's supplementary groups (the raw syscall is per thread; glibc's
+/// setgroups would change every thread of the process). A poller acting for a guest caller must not
+/// carry root's groups into the caller's permission checks.
+static inline int CDPFS_thread_drop_supplementary_groups(void) {
+    return (int)syscall(SYS_setgroups, 0, NULL);
+}
+
+/// `stx_mnt_id` sits at byte 144 of the kernel's 256-byte `struct statx`; whether the glibc or the
+/// kernel declaration is in force depends on include order (glibc 2.36's predates the field), so
+/// it is read at its ABI offset.
+_Static_assert(sizeof(struct statx) == 256, "struct statx is 256 bytes in every ABI");
+static inline uint64_t CDPFS_statx_mount_id(const struct statx *status) {
+    uint64_t mount_id;
+    memcpy(&mount_id, (const char *)status + 144, sizeof(mount_id));
+    return mount_id;
+}
+
+/// statx(2): in Swift the function's name is taken by its struct. Returns 0 or the errno.
+static inline int CDPFS_statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *result) {
+    int status;
+    do {
+        status = statx(dirfd, path, flags, mask, result);
+    } while (status < 0 && errno == EINTR);
+    return status == 0 ? 0 : errno;
+}
+
+/// STATX_MNT_ID and the AT_* flags statx needs, as plain values (some are macros of macros).
+static inline unsigned int CDPFS_statx_mask_basic_and_mount_id(void) { return STATX_BASIC_STATS | 0x1000U; }
 
 #endif // __linux__
 #endif // CDPFS_H

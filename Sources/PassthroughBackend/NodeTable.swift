@@ -1,0 +1,332 @@
+import CDPFS
+import Glibc
+import Synchronization
+
+// The device's tables of inodes and open files, shared by the pollers of every queue (Specs/
+// passthrough-tables.md says why this is race-free). A record is reached from a 64-bit id —
+// generation in the high half, index in the low half — with one array access, a compare-and-swap
+// that pins it and a generation check: no lock on the path of GETATTR, READ or WRITE of a known
+// inode or handle. Only adding and removing records (LOOKUP of a new inode, FORGET, OPEN, RELEASE)
+// takes the table's mutex. A record's descriptor is closed only when its last pin goes, so a hostile
+// guest racing FORGET against READ on another queue can never make a request use a closed — or,
+// worse, reused — descriptor number.
+
+/// One record: a descriptor and what is known about it.
+@usableFromInline
+struct NodeRecord: ~Copyable {
+    /// 0 = free; otherwise 1 (alive) + in-flight users.
+    @usableFromInline let pins: Atomic<UInt32>
+    /// Bumped each time the record is freed, so a stale id never reaches a reused record.
+    @usableFromInline let generation: Atomic<UInt32>
+    /// O_PATH descriptor (inodes) or open descriptor (handles). Written before the record is
+    /// published (pins 0 → 1, release) and constant until it is freed.
+    @usableFromInline var fd: Int32 = -1
+    /// st_mode's file-type bits (inodes) or open flags (handles).
+    @usableFromInline var kind: UInt32 = 0
+    // Identity and lookup count: inodes only, read and written under the table's mutex.
+    @usableFromInline var device: UInt64 = 0
+    @usableFromInline var inode: UInt64 = 0
+    @usableFromInline var mountID: UInt64 = 0
+    @usableFromInline var lookups: UInt64 = 0
+    @usableFromInline var hashed: Bool = false
+}
+
+/// A record pinned for the length of one request. Unpin with `NodeTable.unpin`.
+@frozen
+public struct PinnedNode: Sendable {
+    public let index: UInt32
+    public let fd: Int32
+    public let kind: UInt32
+
+    @inlinable
+    public init(index: UInt32, fd: Int32, kind: UInt32) {
+        self.index = index
+        self.fd = fd
+        self.kind = kind
+    }
+}
+
+/// st_mode's file-type bits (the C macros are visible twice, through Glibc and CDPFS).
+public enum FileType {
+    public static let mask: UInt32 = 0o170000
+    public static let directory: UInt32 = 0o040000
+    public static let regular: UInt32 = 0o100000
+    public static let symlink: UInt32 = 0o120000
+}
+
+/// A bounded table of descriptor records, optionally keyed by inode identity.
+public final class NodeTable: @unchecked Sendable {
+    public let capacity: Int
+    @usableFromInline let records: UnsafeMutablePointer<NodeRecord>
+    /// Guards the free list, the identity hash and lookup counts.
+    let mutex = Mutex<Void>(())
+    let freeList: UnsafeMutablePointer<UInt32>
+    var freeCount: Int
+    /// Open addressing (linear probing, backward-shift deletion), index + 1 per cell, 0 = empty;
+    /// twice the records so probes stay short. Nil for handle tables.
+    let hashCells: UnsafeMutablePointer<UInt32>?
+    let hashMask: Int
+    /// Records in use (for reports and tests).
+    public var inUse: Int { mutex.withLock { _ in capacity - freeCount } }
+
+    /// - Parameters:
+    ///   - capacity: records at most (index 0 is reserved: an id of 0 is never valid).
+    ///   - keyed: whether records are found by (device, inode, mount id).
+    public init(capacity: Int, keyed: Bool) {
+        precondition(capacity >= 2 && capacity <= 1 << 24)
+        self.capacity = capacity
+        records = .allocate(capacity: capacity)
+        for index in 0..<capacity {
+            (records + index).initialize(to: NodeRecord(pins: Atomic(0), generation: Atomic(1)))
+        }
+        freeList = .allocate(capacity: capacity)
+        freeCount = 0
+        // Index 0 is never handed out; the lowest indices are on top.
+        for index in stride(from: capacity - 1, through: 1, by: -1) {
+            freeList[freeCount] = UInt32(index)
+            freeCount += 1
+        }
+        if keyed {
+            var cells = 1
+            while cells < 2 * capacity { cells <<= 1 }
+            let storage = UnsafeMutablePointer<UInt32>.allocate(capacity: cells)
+            storage.initialize(repeating: 0, count: cells)
+            hashCells = storage
+            hashMask = cells - 1
+        } else {
+            hashCells = nil
+            hashMask = 0
+        }
+    }
+
+    deinit {
+        for index in 0..<capacity where (records + index).pointee.pins.load(ordering: .relaxed) != 0 {
+            _ = Glibc.close((records + index).pointee.fd)
+        }
+        records.deinitialize(count: capacity)
+        records.deallocate()
+        freeList.deallocate()
+        hashCells?.deallocate()
+    }
+
+    @inlinable
+    static func id(index: UInt32, generation: UInt32) -> UInt64 { UInt64(generation) << 32 | UInt64(index) }
+
+    /// The id of a pinned record (what the guest gets as node id or file handle).
+    @inlinable
+    public func id(of index: UInt32) -> UInt64 {
+        Self.id(index: index, generation: (records + Int(index)).pointee.generation.load(ordering: .acquiring))
+    }
+
+    /// Pins the record `id` names, or nil when it names none (never issued, freed, stale).
+    @inlinable
+    @_noAllocation @_noLocks
+    public func pin(_ id: UInt64) -> PinnedNode? {
+        let index = Int(UInt32(truncatingIfNeeded: id))
+        let generation = UInt32(truncatingIfNeeded: id >> 32)
+        guard index >= 1, index < capacity else { return nil }
+        let record = records + index
+        var pins = record.pointee.pins.load(ordering: .acquiring)
+        while true {
+            guard pins != 0 else { return nil }
+            let (exchanged, original) = record.pointee.pins.compareExchange(
+                expected: pins, desired: pins &+ 1, ordering: .acquiringAndReleasing)
+            if exchanged { break }
+            pins = original
+        }
+        // Pinned: the record cannot be freed now; it may still be a newer occupant of the index.
+        guard record.pointee.generation.load(ordering: .acquiring) == generation else {
+            unpin(UInt32(index))
+            return nil
+        }
+        return PinnedNode(index: UInt32(index), fd: record.pointee.fd, kind: record.pointee.kind)
+    }
+
+    /// Pins a record the caller already holds a pin on (or holds alive), by index.
+    @inlinable
+    func pinHeld(_ index: UInt32) -> PinnedNode {
+        let record = records + Int(index)
+        let previous = record.pointee.pins.add(1, ordering: .acquiringAndReleasing).oldValue
+        precondition(previous >= 1, "pinHeld on a free record")
+        return PinnedNode(index: index, fd: record.pointee.fd, kind: record.pointee.kind)
+    }
+
+    /// Drops one pin; the last one closes the descriptor and frees the record.
+    @inlinable
+    public func unpin(_ index: UInt32) {
+        let record = records + Int(index)
+        let previous = record.pointee.pins.subtract(1, ordering: .acquiringAndReleasing).oldValue
+        precondition(previous >= 1, "unpin of a free record")
+        if previous == 1 { free(index) }
+    }
+
+    @usableFromInline
+    func free(_ index: UInt32) {
+        let record = records + Int(index)
+        let fd = record.pointee.fd
+        mutex.withLock { _ in
+            if record.pointee.hashed { unhash(index) }
+            record.pointee.generation.add(1, ordering: .releasing)
+            record.pointee.fd = -1
+            record.pointee.lookups = 0
+            freeList[freeCount] = index
+            freeCount += 1
+        }
+        _ = Glibc.close(fd)
+    }
+
+    // MARK: - Handles (unkeyed)
+
+    /// Adds a record for `fd` (ownership passes to the table). Nil when the table is full.
+    public func insert(fd: Int32, kind: UInt32) -> UInt32? {
+        precondition(hashCells == nil)
+        return mutex.withLock { _ -> UInt32? in
+            guard freeCount > 0 else { return nil }
+            freeCount -= 1
+            let index = freeList[freeCount]
+            let record = records + Int(index)
+            record.pointee.fd = fd
+            record.pointee.kind = kind
+            record.pointee.pins.store(1, ordering: .releasing)
+            return index
+        }
+    }
+
+    /// Drops the "alive" pin of a handle (RELEASE): freed once in-flight users are done. Returns
+    /// false when `id` names no live record.
+    public func remove(_ id: UInt64) -> Bool {
+        guard let pinned = pin(id) else { return false }
+        // Only the first RELEASE of an id may drop the alive pin: generation is re-checked under
+        // the mutex together with a "released" mark (kind's top bit).
+        let dropAlive = mutex.withLock { _ -> Bool in
+            let record = records + Int(pinned.index)
+            guard record.pointee.kind & NodeTable.releasedBit == 0 else { return false }
+            record.pointee.kind |= NodeTable.releasedBit
+            return true
+        }
+        if dropAlive { unpin(pinned.index) }
+        unpin(pinned.index)
+        return dropAlive
+    }
+
+    static let releasedBit: UInt32 = 1 << 31
+
+    // MARK: - Inodes (keyed)
+
+    /// Finds or adds the inode (device, inode, mount id) and counts one lookup. Takes ownership of
+    /// `fd`: closed when the inode was already known. Nil when the table is full (fd closed).
+    public func lookup(fd: Int32, kind: UInt32, device: UInt64, inode: UInt64, mountID: UInt64) -> UInt32? {
+        precondition(hashCells != nil)
+        var duplicate = false
+        let found = mutex.withLock { _ -> UInt32? in
+            if let index = find(device: device, inode: inode, mountID: mountID) {
+                (records + Int(index)).pointee.lookups += 1
+                duplicate = true
+                return index
+            }
+            guard freeCount > 0 else { return nil }
+            freeCount -= 1
+            let index = freeList[freeCount]
+            let record = records + Int(index)
+            record.pointee.fd = fd
+            record.pointee.kind = kind
+            record.pointee.device = device
+            record.pointee.inode = inode
+            record.pointee.mountID = mountID
+            record.pointee.lookups = 1
+            hash(index)
+            record.pointee.pins.store(1, ordering: .releasing)
+            return index
+        }
+        if duplicate || found == nil { _ = Glibc.close(fd) }
+        return found
+    }
+
+    /// FORGET: drops `count` lookups of `id`; at zero the inode leaves the hash and is freed once
+    /// in-flight users are done. Unknown ids and over-counts are ignored (a buggy guest's problem).
+    public func forget(_ id: UInt64, count: UInt64) {
+        guard let pinned = pin(id) else { return }
+        let dropAlive = mutex.withLock { _ -> Bool in
+            let record = records + Int(pinned.index)
+            guard record.pointee.lookups > 0 else { return false }
+            record.pointee.lookups = count >= record.pointee.lookups ? 0 : record.pointee.lookups - count
+            guard record.pointee.lookups == 0 else { return false }
+            // Out of the hash now: a LOOKUP racing with the last users gets a fresh record.
+            unhash(pinned.index)
+            return true
+        }
+        if dropAlive { unpin(pinned.index) }
+        unpin(pinned.index)
+    }
+
+    /// Forgets every record (a new FUSE session: the kernel knows no inode of the old one).
+    public func forgetAll() {
+        for index in 1..<capacity {
+            let id = self.id(of: UInt32(index))
+            if hashCells != nil {
+                forget(id, count: .max)
+            } else {
+                _ = remove(id)
+            }
+        }
+    }
+
+    func hashSlot(device: UInt64, inode: UInt64, mountID: UInt64) -> Int {
+        var h = inode &* 0x9E37_79B9_7F4A_7C15
+        h ^= device &* 0xC2B2_AE3D_27D4_EB4F
+        h ^= mountID &* 0x1656_67B1_9E37_79F9
+        h ^= h >> 29
+        return Int(truncatingIfNeeded: h) & hashMask
+    }
+
+    func find(device: UInt64, inode: UInt64, mountID: UInt64) -> UInt32? {
+        let cells = hashCells!
+        var slot = hashSlot(device: device, inode: inode, mountID: mountID)
+        while cells[slot] != 0 {
+            let index = cells[slot] - 1
+            let record = records + Int(index)
+            if record.pointee.inode == inode && record.pointee.device == device && record.pointee.mountID == mountID {
+                return index
+            }
+            slot = (slot + 1) & hashMask
+        }
+        return nil
+    }
+
+    func hash(_ index: UInt32) {
+        let cells = hashCells!
+        let record = records + Int(index)
+        var slot = hashSlot(device: record.pointee.device, inode: record.pointee.inode, mountID: record.pointee.mountID)
+        while cells[slot] != 0 { slot = (slot + 1) & hashMask }
+        cells[slot] = index + 1
+        record.pointee.hashed = true
+    }
+
+    func unhash(_ index: UInt32) {
+        let cells = hashCells!
+        let record = records + Int(index)
+        guard record.pointee.hashed else { return }
+        record.pointee.hashed = false
+        var slot = hashSlot(device: record.pointee.device, inode: record.pointee.inode, mountID: record.pointee.mountID)
+        while cells[slot] != index + 1 {
+            precondition(cells[slot] != 0, "hashed record missing from the hash")
+            slot = (slot + 1) & hashMask
+        }
+        // Backward-shift deletion: move later members of the probe run into the hole.
+        var hole = slot
+        var next = (hole + 1) & hashMask
+        while cells[next] != 0 {
+            let other = records + Int(cells[next] - 1)
+            let home = hashSlot(device: other.pointee.device, inode: other.pointee.inode, mountID: other.pointee.mountID)
+            // Move `next` into the hole if its home is not in (hole, next] cyclically.
+            let distanceHome = (next - home) & hashMask
+            let distanceHole = (next - hole) & hashMask
+            if distanceHome >= distanceHole {
+                cells[hole] = cells[next]
+                hole = next
+            }
+            next = (next + 1) & hashMask
+        }
+        cells[hole] = 0
+    }
+}

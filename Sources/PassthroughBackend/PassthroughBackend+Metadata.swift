@@ -1,0 +1,454 @@
+import CDPFS
+import DPFSCore
+import DPFSPosix
+import FUSEWire
+import Glibc
+import Synchronization
+
+// Metadata requests: each one or two *at() calls beneath a pinned inode, run as the caller. Every
+// errno is the host file system's own, passed through unchanged.
+
+extension PassthroughBackend {
+    mutating func metadata(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply) {
+        switch opcode {
+        case .open, .opendir:
+            open(request, reply: reply, directory: opcode == .opendir)
+            return
+        case .release, .releasedir:
+            // The handle's descriptor closes when its last in-flight user is done.
+            let fh = request.arguments(as: fuse_release_in.self).fh
+            if device.handles.remove(fh) { reply.send(bodyBytes: 0) } else { reply.fail(.badFileDescriptor) }
+            return
+        case .flush:
+            // No locks are kept on behalf of the guest (POSIX locks are not negotiated, so the
+            // guest's kernel holds them), so there is nothing to drop at close.
+            reply.send(bodyBytes: 0)
+            return
+        case .readdir, .readdirplus:
+            readDirectory(request, reply: reply, plus: opcode == .readdirplus)
+            return
+        case .lseek, .fallocate:
+            withHandle(request.arguments(as: fuse_lseek_in.self).fh, reply: reply) { handle in
+                if opcode == .lseek {
+                    let arguments = request.arguments(as: fuse_lseek_in.self)
+                    let result = Glibc.lseek(handle.fd, off_t(Int64(bitPattern: arguments.offset)), Int32(arguments.whence))
+                    if result < 0 { reply.fail(Self.lastErrno) } else { reply.value(UInt64(result)) }
+                } else {
+                    let arguments = request.arguments(as: fuse_fallocate_in.self)
+                    let result = CDPFS.fallocate(handle.fd, Int32(bitPattern: arguments.mode),
+                                                 off_t(Int64(bitPattern: arguments.offset)), off_t(Int64(bitPattern: arguments.length)))
+                    if result < 0 { reply.fail(Self.lastErrno) } else { reply.send(bodyBytes: 0) }
+                }
+            }
+            return
+        case .copyFileRange, .copyFileRange64:
+            copyFileRange(request, reply: reply, wide: opcode == .copyFileRange64)
+            return
+        case .syncfs:
+            if CDPFS.syncfs(device.rootDirectoryFD) == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
+            return
+        case .getlk, .setlk, .setlkw, .interrupt, .bmap, .ioctl, .poll, .setupMapping, .removeMapping, .notifyReply:
+            // POSIX locks are not negotiated (the guest kernel keeps them locally, per guest); the
+            // rest has no meaning for a directory share.
+            reply.fail(.notImplemented)
+            return
+        default:
+            break
+        }
+        guard let node = pinNode(request.nodeID) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        switch opcode {
+        case .lookup:
+            lookup(request, node: node, reply: reply)
+        case .getattr:
+            replyAttributes(node.fd, reply: reply)
+        case .statx:
+            let arguments = request.arguments(as: CDPFS_fuse_statx_in.self)
+            var s = statx()
+            let syncFlags = Int32(bitPattern: arguments.sx_flags) & (AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC)
+            let failure = CDPFS_statx(node.fd, Self.emptyPath, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | syncFlags,
+                                      arguments.sx_mask | UInt32(STATX_BASIC_STATS), &s)
+            guard failure == 0 else { return reply.fail(Self.errno(failure)) }
+            reply.statx(Self.attributes(s), valid: validity, mask: s.stx_mask & UInt32(STATX_BASIC_STATS))
+        case .setattr:
+            setAttributes(request, node: node, reply: reply)
+        case .readlink:
+            guard node.kind == FileType.symlink else { return reply.fail(.invalid) }
+            let length = readlinkat(node.fd, Self.emptyPath, reply.body.assumingMemoryBound(to: CChar.self), reply.bodyCapacity)
+            if length < 0 { reply.fail(Self.lastErrno) } else { reply.send(bodyBytes: length) }
+        case .mknod, .mkdir, .symlink:
+            makeEntry(opcode, request, parent: node, reply: reply)
+        case .create, .tmpfile:
+            create(request, parent: node, reply: reply, temporary: opcode == .tmpfile)
+        case .link:
+            link(request, node: node, reply: reply)
+        case .unlink, .rmdir:
+            guard !Self.isDotOrDotDot(request.name) else { return reply.fail(.invalid) }
+            let result = unlinkat(node.fd, Self.cString(request.name), opcode == .rmdir ? AT_REMOVEDIR : 0)
+            if result == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
+        case .rename, .rename2:
+            rename(request, oldParent: node, reply: reply, withFlags: opcode == .rename2)
+        case .statfs:
+            var s = statfs()
+            guard fstatfs(node.fd, &s) == 0 else { return reply.fail(Self.lastErrno) }
+            reply.statistics(FileSystemStatistics(
+                blocks: UInt64(s.f_blocks), blocksFree: UInt64(s.f_bfree), blocksAvailable: UInt64(s.f_bavail),
+                files: UInt64(s.f_files), filesFree: UInt64(s.f_ffree), blockSizeBytes: UInt32(s.f_bsize),
+                nameBytesMax: UInt32(s.f_namelen), fragmentSizeBytes: UInt32(s.f_frsize)))
+        case .access:
+            let mask = Int32(request.arguments(as: fuse_access_in.self).mask)
+            guard node.kind != FileType.symlink else { return reply.send(bodyBytes: 0) }
+            if faccessat(device.procFD, procName(node.fd), mask, AT_EACCESS) == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
+        case .getxattr, .listxattr, .setxattr, .removexattr:
+            extendedAttributes(opcode, request, node: node, reply: reply)
+        default:
+            reply.fail(.notImplemented)
+        }
+    }
+
+    func withHandle(_ fh: UInt64, reply: FUSEReply, _ body: (PinnedNode) -> Void) {
+        guard let handle = device.handles.pin(fh) else { return reply.fail(.badFileDescriptor) }
+        body(handle)
+        device.handles.unpin(handle.index)
+    }
+
+    // MARK: Names
+
+    mutating func lookup(_ request: FUSERequest, node: PinnedNode, reply: FUSEReply) {
+        guard node.kind == FileType.directory else { return reply.fail(.notDirectory) }
+        let name = request.name
+        if Self.isDotOrDotDot(name) {
+            // "." is the directory itself; ".." at the root stays at the root. The kernel sends
+            // neither without export support, which is not negotiated; a ".." below the root would
+            // need a path the engine does not keep, so it is refused.
+            if name.count == 1 || request.nodeID == Self.rootNodeID {
+                let fd = openat(node.fd, Self.dotPath, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+                guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+                if request.nodeID == Self.rootNodeID {
+                    _ = close(fd)
+                    var s = statx()
+                    guard Self.status(device.rootFD, &s) == 0 else { return reply.fail(.io) }
+                    return reply.entry(nodeID: Self.rootNodeID, generation: 0, entryValid: validity, attrValid: validity,
+                                       attributes: Self.attributes(s))
+                }
+                return enter(fd: fd, reply: reply, handle: nil)
+            }
+            return reply.fail(.noEntry)
+        }
+        lookupEntry(parent: node, name: Self.cString(name), reply: reply)
+    }
+
+    mutating func makeEntry(_ opcode: FUSEOpcode, _ request: FUSERequest, parent: PinnedNode, reply: FUSEReply) {
+        guard !Self.isDotOrDotDot(request.name) else { return reply.fail(.exists) }
+        let name = Self.cString(request.name)
+        let result: Int32
+        switch opcode {
+        case .mkdir:
+            let arguments = request.arguments(as: fuse_mkdir_in.self)
+            result = mkdirat(parent.fd, name, mode_t(arguments.mode & ~arguments.umask & 0o7777))
+        case .mknod:
+            let arguments = request.arguments(as: fuse_mknod_in.self)
+            result = mknodat(parent.fd, name, mode_t(arguments.mode & ~arguments.umask), dev_t(arguments.rdev))
+        default:
+            // SYMLINK: name, then the target (stored as given; never followed on the host).
+            result = symlinkat(Self.cString(request.secondName), parent.fd, name)
+        }
+        guard result == 0 else { return reply.fail(Self.lastErrno) }
+        lookupEntry(parent: parent, name: name, reply: reply)
+    }
+
+    mutating func create(_ request: FUSERequest, parent: PinnedNode, reply: FUSEReply, temporary: Bool) {
+        let arguments = request.arguments(as: fuse_create_in.self)
+        if !temporary && Self.isDotOrDotDot(request.name) { return reply.fail(.isDirectory) }
+        var flags = Int32(bitPattern: arguments.flags) & ~(O_NOCTTY | O_CLOEXEC | O_DIRECT)
+        flags |= O_CLOEXEC | O_NOFOLLOW
+        if device.configuration.cacheMode == .always { flags = adjustForWritebackCache(flags) }
+        let mode = UInt64(arguments.mode & ~arguments.umask & 0o7777)
+        let fd: Int32
+        if temporary {
+            flags = (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW)) | O_TMPFILE
+            fd = CDPFS_openat2(parent.fd, Self.dotPath, UInt64(UInt32(bitPattern: flags)), mode, device.resolveFlags)
+        } else {
+            fd = CDPFS_openat2(parent.fd, Self.cString(request.name), UInt64(UInt32(bitPattern: flags | O_CREAT)), mode, device.resolveFlags)
+        }
+        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+        // The inode's O_PATH descriptor comes from the open file itself, so a rename racing with
+        // this CREATE cannot make the entry name another file.
+        let pathFD = openat(device.procFD, procName(fd), O_PATH | O_CLOEXEC)
+        guard pathFD >= 0 else {
+            let failure = Self.lastErrno
+            _ = close(fd)
+            return reply.fail(failure)
+        }
+        guard let handleIndex = device.handles.insert(fd: fd, kind: UInt32(bitPattern: flags)) else {
+            _ = close(fd)
+            _ = close(pathFD)
+            logTableFull("open-file", limit: device.configuration.openFilesMax)
+            return reply.fail(FUSEErrno(ENFILE))
+        }
+        let handle = device.handles.id(of: handleIndex)
+        enter(fd: pathFD, reply: reply, handle: handle)
+        // When the entry could not be made (inode table full), the open file is of no use.
+        if reply.replyLength.pointee == UInt32(OutHeaderLayout.size) { _ = device.handles.remove(handle) }
+    }
+
+    /// With writeback caching the kernel reads pages of files opened write-only and appends by
+    /// itself: the host descriptor must be readable and must not append.
+    func adjustForWritebackCache(_ flags: Int32) -> Int32 {
+        var adjusted = flags & ~O_APPEND
+        if adjusted & O_ACCMODE == O_WRONLY { adjusted = (adjusted & ~O_ACCMODE) | O_RDWR }
+        return adjusted
+    }
+
+    mutating func link(_ request: FUSERequest, node newParent: PinnedNode, reply: FUSEReply) {
+        let oldNodeID = request.arguments(as: fuse_link_in.self).oldnodeid
+        guard let old = pinNode(oldNodeID) else { return reply.fail(.noEntry) }
+        defer { unpinNode(old) }
+        guard !Self.isDotOrDotDot(request.name) else { return reply.fail(.exists) }
+        guard old.kind != FileType.directory else { return reply.fail(.notPermitted) }
+        let name = Self.cString(request.name)
+        // linkat through /proc/self/fd follows the engine's own descriptor, not a guest path.
+        let result: Int32
+        if old.kind == FileType.symlink {
+            result = linkat(old.fd, Self.emptyPath, newParent.fd, name, AT_EMPTY_PATH)
+        } else {
+            result = linkat(device.procFD, procName(old.fd), newParent.fd, name, AT_SYMLINK_FOLLOW)
+        }
+        guard result == 0 else { return reply.fail(Self.lastErrno) }
+        lookupEntry(parent: newParent, name: name, reply: reply)
+    }
+
+    mutating func rename(_ request: FUSERequest, oldParent: PinnedNode, reply: FUSEReply, withFlags: Bool) {
+        let newDirectory: UInt64
+        var flags: UInt32 = 0
+        if withFlags {
+            let arguments = request.arguments(as: fuse_rename2_in.self)
+            newDirectory = arguments.newdir
+            flags = arguments.flags
+        } else {
+            newDirectory = request.arguments(as: fuse_rename_in.self).newdir
+        }
+        guard !Self.isDotOrDotDot(request.name), !Self.isDotOrDotDot(request.secondName) else { return reply.fail(.invalid) }
+        guard flags & ~UInt32(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) == 0 else { return reply.fail(.invalid) }
+        guard let newParent = pinNode(newDirectory) else { return reply.fail(.noEntry) }
+        defer { unpinNode(newParent) }
+        let result = renameat2(oldParent.fd, Self.cString(request.name), newParent.fd, Self.cString(request.secondName), flags)
+        if result == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
+    }
+
+    // MARK: Open files
+
+    mutating func open(_ request: FUSERequest, reply: FUSEReply, directory: Bool) {
+        guard let node = pinNode(request.nodeID) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        var flags = Int32(bitPattern: request.arguments(as: fuse_open_in.self).flags)
+        flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC | O_DIRECT | O_PATH)
+        if directory {
+            guard node.kind == FileType.directory else { return reply.fail(.notDirectory) }
+            flags = O_RDONLY | O_DIRECTORY
+        } else {
+            if node.kind == FileType.directory && flags & O_ACCMODE != O_RDONLY { return reply.fail(.isDirectory) }
+            if device.configuration.cacheMode == .always { flags = adjustForWritebackCache(flags) }
+        }
+        let fd = reopen(node, flags: flags)
+        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+        guard let index = device.handles.insert(fd: fd, kind: UInt32(bitPattern: flags)) else {
+            _ = close(fd)
+            logTableFull("open-file", limit: device.configuration.openFilesMax)
+            return reply.fail(FUSEErrno(ENFILE))
+        }
+        reply.open(fileHandle: device.handles.id(of: index), openFlags: directory ? 0 : openFlags)
+    }
+
+    func copyFileRange(_ request: FUSERequest, reply: FUSEReply, wide: Bool) {
+        let arguments = request.arguments(as: fuse_copy_file_range_in.self)
+        guard let input = device.handles.pin(arguments.fh_in) else { return reply.fail(.badFileDescriptor) }
+        defer { device.handles.unpin(input.index) }
+        guard let output = device.handles.pin(arguments.fh_out) else { return reply.fail(.badFileDescriptor) }
+        defer { device.handles.unpin(output.index) }
+        var inputOffset = off_t(Int64(bitPattern: arguments.off_in))
+        var outputOffset = off_t(Int64(bitPattern: arguments.off_out))
+        let length = wide ? Int(min(arguments.len, UInt64(Int.max))) : Int(min(arguments.len, UInt64(UInt32.max)))
+        let copied = copy_file_range(input.fd, &inputOffset, output.fd, &outputOffset, length, UInt32(arguments.flags))
+        if copied < 0 { return reply.fail(Self.lastErrno) }
+        if wide { reply.value(UInt64(copied)) } else { reply.written(bytes: UInt32(copied)) }
+    }
+
+    // MARK: Attributes
+
+    mutating func setAttributes(_ request: FUSERequest, node: PinnedNode, reply: FUSEReply) {
+        let a = request.arguments(as: fuse_setattr_in.self)
+        let valid = a.valid
+        var handle: PinnedNode? = nil
+        if valid & UInt32(FATTR_FH) != 0 {
+            guard let pinned = device.handles.pin(a.fh) else { return reply.fail(.badFileDescriptor) }
+            handle = pinned
+        }
+        defer { if let handle { device.handles.unpin(handle.index) } }
+        let isSymlink = node.kind == FileType.symlink
+        if valid & UInt32(FATTR_MODE) != 0 {
+            guard !isSymlink else { return reply.fail(.notSupported) }
+            let mode = mode_t(a.mode & 0o7777)
+            let result = handle.map { fchmod($0.fd, mode) } ?? fchmodat(device.procFD, procName(node.fd), mode, 0)
+            guard result == 0 else { return reply.fail(Self.lastErrno) }
+        }
+        if valid & UInt32(FATTR_UID | FATTR_GID) != 0 {
+            let uid = valid & UInt32(FATTR_UID) != 0 ? a.uid : UInt32.max
+            let gid = valid & UInt32(FATTR_GID) != 0 ? a.gid : UInt32.max
+            guard fchownat(node.fd, Self.emptyPath, uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else {
+                return reply.fail(Self.lastErrno)
+            }
+        }
+        if valid & UInt32(FATTR_SIZE) != 0 {
+            let size = off_t(Int64(bitPattern: a.size))
+            if let handle {
+                guard ftruncate(handle.fd, size) == 0 else { return reply.fail(Self.lastErrno) }
+            } else {
+                guard node.kind == FileType.regular else { return reply.fail(node.kind == FileType.directory ? .isDirectory : .invalid) }
+                let fd = reopen(node, flags: O_WRONLY)
+                guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+                let result = ftruncate(fd, size)
+                let failure = Self.lastErrno
+                _ = close(fd)
+                guard result == 0 else { return reply.fail(failure) }
+            }
+        }
+        if valid & UInt32(FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW) != 0 {
+            var times = (timespec(tv_sec: 0, tv_nsec: Self.timeOmit), timespec(tv_sec: 0, tv_nsec: Self.timeOmit))
+            if valid & UInt32(FATTR_ATIME_NOW) != 0 { times.0.tv_nsec = Self.timeNow }
+            else if valid & UInt32(FATTR_ATIME) != 0 { times.0 = timespec(tv_sec: Int(Int64(bitPattern: a.atime)), tv_nsec: Int(a.atimensec)) }
+            if valid & UInt32(FATTR_MTIME_NOW) != 0 { times.1.tv_nsec = Self.timeNow }
+            else if valid & UInt32(FATTR_MTIME) != 0 { times.1 = timespec(tv_sec: Int(Int64(bitPattern: a.mtime)), tv_nsec: Int(a.mtimensec)) }
+            let result = withUnsafePointer(to: &times) { pair in
+                pair.withMemoryRebound(to: timespec.self, capacity: 2) { pointer -> Int32 in
+                    if let handle { return futimens(handle.fd, pointer) }
+                    if isSymlink { return utimensat(node.fd, Self.emptyPath, pointer, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) }
+                    return utimensat(device.procFD, procName(node.fd), pointer, 0)
+                }
+            }
+            guard result == 0 else { return reply.fail(Self.lastErrno) }
+        }
+        replyAttributes(node.fd, reply: reply)
+    }
+
+    // MARK: Directories
+
+    mutating func readDirectory(_ request: FUSERequest, reply: FUSEReply, plus: Bool) {
+        let arguments = request.arguments(as: fuse_read_in.self)
+        guard let handle = device.handles.pin(arguments.fh) else { return reply.fail(.badFileDescriptor) }
+        defer { device.handles.unpin(handle.index) }
+        guard handle.kind & UInt32(O_DIRECTORY) != 0 else { return reply.fail(.notDirectory) }
+        // The guest's offset is the host's d_off of the previous entry: seek there every time, so a
+        // listing read across many calls continues exactly where the guest stopped.
+        guard Glibc.lseek(handle.fd, off_t(Int64(bitPattern: arguments.offset)), SEEK_SET) >= 0 else { return reply.fail(Self.lastErrno) }
+        var writer = DirectoryEntryWriter(destination: reply.body, capacity: min(Int(arguments.size), reply.bodyCapacity))
+        let scratch = queue!.scratch
+        // Host entries are about the size of FUSE's; READDIRPLUS entries are ~6 times larger.
+        let readBytes = min(plus ? writer.capacity / 4 + 512 : writer.capacity + 512, PassthroughQueueState.scratchBytes)
+        var full = false
+        while !full {
+            let count = getdents64(handle.fd, scratch, readBytes)
+            if count < 0 {
+                if writer.bytesWritten == 0 { return reply.fail(Self.lastErrno) }
+                break
+            }
+            if count == 0 { break }
+            var position = 0
+            while position < count {
+                let entry = scratch + position
+                let recordLength = Int(entry.load(fromByteOffset: 16, as: UInt16.self))
+                let inode = entry.load(fromByteOffset: 0, as: UInt64.self)
+                let nextOffset = entry.load(fromByteOffset: 8, as: UInt64.self)
+                let type = UInt32(entry.load(fromByteOffset: 18, as: UInt8.self))
+                let namePointer = (entry + 19).assumingMemoryBound(to: CChar.self)
+                let nameLength = strnlen(namePointer, recordLength - 19)
+                let name = UnsafeRawBufferPointer(start: entry + 19, count: nameLength)
+                position += recordLength
+                guard nameLength > 0 && nameLength <= FUSELimits.nameBytesMax else { continue }
+                let fits: Bool
+                if plus {
+                    let needed = EntryOutLayout.size + DirentLayout.alignedSize(nameLength: nameLength)
+                    guard writer.bytesWritten + needed <= writer.capacity else { full = true; break }
+                    fits = appendPlus(&writer, directory: handle.fd, name: name, inode: inode, nextOffset: nextOffset, type: type)
+                } else {
+                    fits = writer.append(inode: inode, nextOffset: nextOffset, type: type, name: name)
+                }
+                if !fits { full = true; break }
+            }
+        }
+        reply.send(bodyBytes: writer.bytesWritten)
+    }
+
+    /// One READDIRPLUS entry: "." and ".." carry no entry (node 0, which the kernel skips); every
+    /// other name is looked up, counting one lookup the kernel will FORGET.
+    mutating func appendPlus(_ writer: inout DirectoryEntryWriter, directory: Int32, name: UnsafeRawBufferPointer,
+                             inode: UInt64, nextOffset: UInt64, type: UInt32) -> Bool {
+        let zero = FUSETime(seconds: 0)
+        let none = FileAttributes(inode: inode, sizeBytes: 0, blocks: 0, accessTime: zero, modificationTime: zero,
+                                  changeTime: zero, mode: type << 12, linkCount: 0, uid: 0, gid: 0, rdev: 0, blockSizeBytes: 0)
+        if Self.isDotOrDotDot(name) {
+            return writer.appendPlus(nodeID: 0, generation: 0, entryValid: CacheValidity(seconds: 0), attrValid: CacheValidity(seconds: 0),
+                                     attributes: none, nextOffset: nextOffset, type: type, name: name)
+        }
+        let fd = CDPFS_openat2(directory, Self.cString(name), UInt64(O_PATH | O_NOFOLLOW | O_CLOEXEC), 0, device.resolveFlags)
+        var s = statx()
+        guard fd >= 0, Self.status(fd, &s) == 0 else {
+            if fd >= 0 { _ = close(fd) }
+            // Gone since the listing was read (or not reachable): list it without an entry.
+            return writer.appendPlus(nodeID: 0, generation: 0, entryValid: CacheValidity(seconds: 0), attrValid: CacheValidity(seconds: 0),
+                                     attributes: none, nextOffset: nextOffset, type: type, name: name)
+        }
+        guard let index = device.inodes.lookup(fd: fd, kind: UInt32(s.stx_mode) & FileType.mask,
+                                               device: UInt64(s.stx_dev_major) << 32 | UInt64(s.stx_dev_minor),
+                                               inode: s.stx_ino, mountID: CDPFS_statx_mount_id(&s)) else {
+            return writer.appendPlus(nodeID: 0, generation: 0, entryValid: CacheValidity(seconds: 0), attrValid: CacheValidity(seconds: 0),
+                                     attributes: none, nextOffset: nextOffset, type: type, name: name)
+        }
+        let id = device.inodes.id(of: index)
+        let appended = writer.appendPlus(nodeID: id, generation: id >> 32, entryValid: validity, attrValid: validity,
+                                         attributes: Self.attributes(s), nextOffset: nextOffset, type: type, name: name)
+        if !appended { device.inodes.forget(id, count: 1) }
+        return appended
+    }
+
+    // MARK: Extended attributes
+
+    mutating func extendedAttributes(_ opcode: FUSEOpcode, _ request: FUSERequest, node: PinnedNode, reply: FUSEReply) {
+        // Symlinks carry no user xattrs on Linux, and the engine never opens one.
+        guard node.kind == FileType.regular || node.kind == FileType.directory else {
+            return reply.fail(opcode == .listxattr ? .notSupported : (opcode == .setxattr ? .notPermitted : .noData))
+        }
+        let fd = reopen(node, flags: O_RDONLY | O_NONBLOCK)
+        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+        defer { _ = close(fd) }
+        let scratch = queue!.scratch
+        switch opcode {
+        case .getxattr, .listxattr:
+            let size = Int(request.arguments(as: fuse_getxattr_in.self).size)
+            let room = size == 0 ? 0 : min(size, FUSELimits.xattrValueBytesMax)
+            let length = opcode == .getxattr
+                ? fgetxattr(fd, Self.cString(request.name), room == 0 ? nil : scratch, room)
+                : flistxattr(fd, room == 0 ? nil : scratch.assumingMemoryBound(to: CChar.self), room)
+            guard length >= 0 else { return reply.fail(Self.lastErrno) }
+            if size == 0 { return reply.xattrSize(UInt32(length)) }
+            guard length <= reply.dataCapacity else { return reply.fail(.range) }
+            var cursor = reply.data
+            _ = cursor.write(from: scratch, byteCount: length)
+            reply.sendInPlace(dataBytes: length)
+        case .setxattr:
+            let arguments = request.arguments(as: fuse_setxattr_in.self)
+            var cursor = request.payload
+            let length = request.payloadLength
+            guard length <= PassthroughQueueState.scratchBytes, cursor.read(into: scratch, byteCount: length) == length else {
+                return reply.fail(.invalid)
+            }
+            if fsetxattr(fd, Self.cString(request.name), scratch, length, Int32(bitPattern: arguments.flags)) == 0 {
+                reply.send(bodyBytes: 0)
+            } else {
+                reply.fail(Self.lastErrno)
+            }
+        default:
+            if fremovexattr(fd, Self.cString(request.name)) == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import CDPFS
+import DPFSPosix
+import FUSEWire
+import Glibc
+
+// The state of one passthrough device, built once at start-up and shared by every queue's backend:
+// the shared directory, its inode table and its open-file table.
+
+/// What the kernel may cache, as virtiofsd's `--cache` modes.
+public enum PassthroughCacheMode: String, Sendable, CaseIterable {
+    /// Nothing: names and attributes are asked for every time, data goes direct (FOPEN_DIRECT_IO).
+    /// Host-side changes are seen at once.
+    case never
+    /// Names and attributes for 1 s, data direct. Host changes to metadata show within 1 s.
+    case metadata
+    /// Names and attributes for 1 s; data in the guest's page cache, dropped at every open
+    /// (close-to-open consistency, as NFS). The default.
+    case auto
+    /// Everything for a day, page cache kept across opens (FOPEN_KEEP_CACHE) and writeback caching:
+    /// fastest, for a share only this guest changes.
+    case always
+
+    public var validity: CacheValidity {
+        switch self {
+        case .never: return CacheValidity(seconds: 0)
+        case .metadata, .auto: return CacheValidity(seconds: 1)
+        case .always: return CacheValidity(seconds: 86_400)
+        }
+    }
+
+    public var openFlags: UInt32 {
+        switch self {
+        case .never, .metadata: return UInt32(FOPEN_DIRECT_IO)
+        case .auto: return 0
+        case .always: return UInt32(FOPEN_KEEP_CACHE)
+        }
+    }
+}
+
+public struct PassthroughConfiguration: Sendable {
+    public var sharedDirectory: String
+    public var cacheMode: PassthroughCacheMode
+    /// Inodes the guest may know at once (each holds one O_PATH descriptor).
+    public var inodesMax: Int
+    /// Files and directories the guest may have open at once.
+    public var openFilesMax: Int
+    /// Follow into other mounts below the shared directory (off: RESOLVE_NO_XDEV).
+    public var crossMounts: Bool
+
+    public init(sharedDirectory: String, cacheMode: PassthroughCacheMode = .auto, inodesMax: Int = 65_536,
+                openFilesMax: Int = 16_384, crossMounts: Bool = false) {
+        self.sharedDirectory = sharedDirectory
+        self.cacheMode = cacheMode
+        self.inodesMax = inodesMax
+        self.openFilesMax = openFilesMax
+        self.crossMounts = crossMounts
+    }
+
+    /// Descriptors the device can hold at most, for raising RLIMIT_NOFILE.
+    public var descriptorsMax: Int { inodesMax + openFilesMax + 64 }
+}
+
+public struct PassthroughError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// One shared directory and the tables every queue of its device uses.
+public final class PassthroughDevice: @unchecked Sendable {
+    public let configuration: PassthroughConfiguration
+    /// O_PATH descriptor of the shared directory: node 1.
+    public let rootFD: Int32
+    /// A readable descriptor of the shared directory, for SYNCFS (O_PATH descriptors cannot sync).
+    public let rootDirectoryFD: Int32
+    /// /proc/self/fd, opened once: the engine re-opens its own O_PATH descriptors through it (an
+    /// inode it already holds, never a guest-supplied path).
+    public let procFD: Int32
+    public let rootAttributesDevice: UInt64
+    public let inodes: NodeTable
+    public let handles: NodeTable
+    public let resolveFlags: UInt64
+
+    /// Opens the shared directory; a missing or unreadable one is an error with the reason.
+    public init(configuration: PassthroughConfiguration) throws(PassthroughError) {
+        precondition(configuration.inodesMax >= 16 && configuration.inodesMax <= 1 << 24)
+        precondition(configuration.openFilesMax >= 16 && configuration.openFilesMax <= 1 << 24)
+        self.configuration = configuration
+        let path = configuration.sharedDirectory
+        let root = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard root >= 0 else {
+            throw PassthroughError("shared directory \(path): \(String(cString: strerror(errno)))")
+        }
+        let readable = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard readable >= 0 else {
+            let reason = String(cString: strerror(errno))
+            _ = close(root)
+            throw PassthroughError("shared directory \(path) cannot be read: \(reason)")
+        }
+        let proc = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard proc >= 0 else {
+            _ = close(root)
+            _ = close(readable)
+            throw PassthroughError("/proc/self/fd is needed to re-open inodes: \(String(cString: strerror(errno)))")
+        }
+        var status = stat()
+        _ = fstat(root, &status)
+        rootFD = root
+        rootDirectoryFD = readable
+        procFD = proc
+        rootAttributesDevice = UInt64(status.st_dev)
+        inodes = NodeTable(capacity: configuration.inodesMax, keyed: true)
+        handles = NodeTable(capacity: configuration.openFilesMax, keyed: false)
+        var resolve = UInt64(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
+        if !configuration.crossMounts { resolve |= UInt64(RESOLVE_NO_XDEV) }
+        resolveFlags = resolve
+    }
+
+    deinit {
+        _ = close(rootFD)
+        _ = close(rootDirectoryFD)
+        _ = close(procFD)
+    }
+
+    /// A new FUSE session begins: the kernel knows none of the old inodes or handles.
+    public func resetSession() {
+        handles.forgetAll()
+        inodes.forgetAll()
+    }
+
+    /// Raises RLIMIT_NOFILE to what the tables can hold. Returns the limit in force.
+    public static func raiseDescriptorLimit(to wanted: Int) -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if limit.rlim_cur < rlim_t(wanted) {
+            var raised = limit
+            raised.rlim_cur = min(rlim_t(wanted), limit.rlim_max)
+            if raised.rlim_cur < rlim_t(wanted) { raised.rlim_max = rlim_t(wanted); raised.rlim_cur = rlim_t(wanted) }
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+            else { _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
+        }
+        return Int(limit.rlim_cur)
+    }
+
+    /// One line for the start-up report.
+    public var report: String {
+        "passthrough \(configuration.sharedDirectory): cache \(configuration.cacheMode.rawValue), "
+            + "\(configuration.inodesMax) inodes, \(configuration.openFilesMax) open files max"
+    }
+}
