@@ -13,7 +13,9 @@ import VhostUserFrontend
 
 /// `dpfs-bench vhost-user --socket PATH`: plays QEMU and the guest against any vhost-user-fs
 /// back-end (dpfs-engine, the C virtiofsd): memfd guest memory, split queues, FUSE INIT, then
-/// requests at each queue depth; prints latency percentiles and operations per second.
+/// requests at each queue depth; prints latency percentiles and operations per second. The real-file
+/// operations (`FileLoadGenerator`) work against any passthrough back-end; with `--daemon-pid` the
+/// back-end's CPU time per operation is measured too.
 struct VhostUserBenchmark: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vhost-user",
@@ -28,8 +30,19 @@ struct VhostUserBenchmark: ParsableCommand {
     @Option(help: "Label for the back-end in the output.")
     var label: String = "backend"
 
-    @Option(parsing: .upToNextOption, help: "Operations: getattr (root), statfs, getattr-file, lookup, read, write (the last four need the null backend's file).")
+    @Option(parsing: .upToNextOption, help: ArgumentHelp(
+        "Operations: getattr (root), statfs; on a real file any back-end serves: lookup-file, getattr-file, read-file, write-file, create-unlink, mkdir-rmdir; null backend only: getattr-null, lookup, read, write.",
+        discussion: "The real-file operations first LOOKUP (or CREATE) --file in the root and fill it with WRITEs."))
     var operations: [String] = ["getattr", "statfs"]
+
+    @Option(help: "The benchmark file the real-file operations use, in the back-end's root (the null backend's file is `null`).")
+    var file: String = "dpfs-bench.dat"
+
+    @Option(help: "Bytes the benchmark file is filled with at set-up (a multiple of 4096).")
+    var fileSize: Int = 1 << 20
+
+    @Option(help: "The back-end's process id: report its CPU time (user + system, all threads) per operation.")
+    var daemonPid: Int32?
 
     @Option(parsing: .upToNextOption, help: "Queue depths (1...128).")
     var depths: [Int] = [1, 16]
@@ -47,16 +60,19 @@ struct VhostUserBenchmark: ParsableCommand {
         guard (socket != nil) != inProcessEngine else { throw ValidationError("give --socket PATH or --in-process-engine") }
         guard depths.allSatisfy({ (1...128).contains($0) }) else { throw ValidationError("queue depths must be 1...128") }
         guard requests > 0, warmup >= 0 else { throw ValidationError("--requests must be positive") }
-        for operation in operations where Self.operation(named: operation) == nil {
+        for operation in operations where Self.operation(named: operation) == nil && FileOperation(rawValue: operation) == nil {
             throw ValidationError("unknown operation \(operation)")
         }
+        guard fileSize >= 4096, fileSize % 4096 == 0 else { throw ValidationError("--file-size must be a positive multiple of 4096") }
+        guard !file.isEmpty, file.utf8.count <= 255, !file.contains("/") else { throw ValidationError("--file must be a name in the root") }
+        if let daemonPid, daemonPid <= 0 { throw ValidationError("--daemon-pid must be a process id") }
     }
 
     static func operation(named name: String) -> LoadOperation? {
         switch name {
         case "getattr": return .getattrRoot
         case "statfs": return .statfs
-        case "getattr-file": return .getattr
+        case "getattr-null": return .getattr
         case "lookup": return .lookup
         case "read": return .read4KiB
         case "write": return .write4KiB
@@ -75,6 +91,23 @@ struct VhostUserBenchmark: ParsableCommand {
         let mallocs: Int
         let kicksPerOp: Double
         let unexpectedReplies: Int
+        /// Back-end CPU (user + system) per operation, µs; nil without --daemon-pid.
+        let daemonCPUMicrosecondsPerOp: Double?
+    }
+
+    static func format(_ value: Double?, decimals: Int) -> String {
+        guard let value else { return "-" }
+        var scale = 1.0
+        for _ in 0..<decimals { scale *= 10 }
+        let rounded = (value * scale).rounded() / scale
+        var text = String(rounded)
+        if let dot = text.firstIndex(of: ".") {
+            let fraction = text.distance(from: dot, to: text.endIndex) - 1
+            if fraction < decimals { text += String(repeating: "0", count: decimals - fraction) }
+        } else if decimals > 0 {
+            text += "." + String(repeating: "0", count: decimals)
+        }
+        return text
     }
 
     func run() throws {
@@ -82,7 +115,7 @@ struct VhostUserBenchmark: ParsableCommand {
         _ = try measure { description, measurement in
             if !json && !printedHeader {
                 print(description)
-                print("operation     depth  ops/s        p50 ns    p99 ns    p99.9 ns  mallocs/op  kicks/op")
+                print("operation     depth  ops/s        p50 ns    p99 ns    p99.9 ns  mallocs/op  kicks/op  cpu us/op  failures")
                 printedHeader = true
             }
             let m = measurement
@@ -90,12 +123,14 @@ struct VhostUserBenchmark: ParsableCommand {
                 print("{\"benchmark\":\"vhost-user\",\"backend\":\"\(label)\",\"operation\":\"\(m.operation)\",\"queue_depth\":\(m.depth),"
                       + "\"requests\":\(m.requests),\"ops_per_second\":\(Int(m.opsPerSecond)),\"p50_ns\":\(Int(m.p50)),\"p99_ns\":\(Int(m.p99)),"
                       + "\"p999_ns\":\(Int(m.p999)),\"mallocs_per_request\":\(Double(m.mallocs) / Double(m.requests)),"
-                      + "\"kicks_per_request\":\(m.kicksPerOp),\"unexpected_replies\":\(m.unexpectedReplies)}")
+                      + "\"kicks_per_request\":\(m.kicksPerOp),\"unexpected_replies\":\(m.unexpectedReplies),"
+                      + "\"daemon_cpu_us_per_op\":\(m.daemonCPUMicrosecondsPerOp.map { Self.format($0, decimals: 3) } ?? "null")}")
             } else {
                 print(m.operation.padding(13) + " " + String(m.depth).padding(6) + " " + String(Int(m.opsPerSecond)).padding(12) + " "
                       + String(Int(m.p50)).padding(9) + " " + String(Int(m.p99)).padding(9) + " " + String(Int(m.p999)).padding(9) + " "
                       + String(Double(m.mallocs) / Double(m.requests)).prefix(6).description.padding(11) + " "
-                      + String(m.kicksPerOp).prefix(6).description)
+                      + String(m.kicksPerOp).prefix(6).description.padding(9) + " "
+                      + Self.format(m.daemonCPUMicrosecondsPerOp, decimals: 3).padding(10) + " " + String(m.unexpectedReplies))
             }
         }
     }
@@ -148,42 +183,110 @@ struct VhostUserBenchmark: ParsableCommand {
         try frontend.startQueue(0, driver: hiprio, kickFD: kicks[0].fd, callFD: calls[0].fd)
         try frontend.startQueue(1, driver: requestDriver, kickFD: kicks[1].fd, callFD: calls[1].fd)
 
-        let description = "dpfs-bench vhost-user: \(label) at \(inProcessEngine ? "(in-process dpfs-engine)" : socketPath); "
+        var description = "dpfs-bench vhost-user: \(label) at \(inProcessEngine ? "(in-process dpfs-engine)" : socketPath); "
             + "features 0x\(String(frontend.features, radix: 16)), \(requests) requests per point after \(warmup) warm-up"
         var failures = 0
+        var failureMessages: [String] = []
         // The driver's ring indexes live in the struct: each generator continues where the last left off.
         var driverState = requestDriver
+        do {
+            let session = LoadGenerator(driver: driverState, depth: 1, operations: [.getattrRoot])
+            session.kickFD = kicks[1].fd
+            session.establishSession {}
+            driverState = session.driver
+        }
+        var files: FileLoadGenerator? = nil
+        if operations.contains(where: { FileOperation(rawValue: $0) != nil }) {
+            let generator = FileLoadGenerator(driver: driverState, kickFD: kicks[1].fd, fileName: file, fileSizeBytes: UInt64(fileSize))
+            try generator.setUp()
+            driverState = generator.driver
+            description += "; " + generator.setupDescription
+            files = generator
+        }
+        // After INIT, so a back-end that forks into a sandbox on connection (virtiofsd) has done so.
+        let daemon = try daemonPid.map { try DaemonCPU(pid: $0) }
+        if let daemon { description += "; daemon CPU from the " + daemon.source }
         for name in operations {
             for depth in depths {
-                let load = LoadGenerator(driver: driverState, depth: depth, operations: [Self.operation(named: name)!])
-                defer { driverState = load.driver }
-                load.kickFD = kicks[1].fd
-                if name == operations.first && depth == depths.first { load.establishSession {} }
-                load.run(requests: warmup) {}
-                load.resetMeasurements()
-                let kicksBefore = load.kicks
-                let start = monotonicNanoseconds()
-                MallocInterposerSwift.reset()
-                MallocInterposerSwift.hook()
-                load.run(requests: requests) {}
-                MallocInterposerSwift.unhook()
-                let wall = monotonicNanoseconds() - start
-                let mallocs = MallocInterposerSwift.getStatistics().mallocCount
+                var kicksThisPoint: UInt64 = 0
+                var completed = 0
+                var unexpected = 0
+                var histogram: LatencyHistogram
+                var cpuBefore: UInt64? = nil, cpuAfter: UInt64? = nil
+                var wall: UInt64 = 0
+                var mallocs = 0
+                if let operation = FileOperation(rawValue: name), let files {
+                    files.driver = driverState
+                    defer { driverState = files.driver }
+                    files.operation = operation
+                    files.depth = depth
+                    files.run(requests: warmup)
+                    files.resetMeasurements()
+                    let kicksBefore = files.kicks
+                    cpuBefore = daemon?.sample()
+                    let start = monotonicNanoseconds()
+                    MallocInterposerSwift.reset()
+                    MallocInterposerSwift.hook()
+                    files.run(requests: requests)
+                    MallocInterposerSwift.unhook()
+                    wall = monotonicNanoseconds() - start
+                    cpuAfter = daemon?.sample()
+                    mallocs = MallocInterposerSwift.getStatistics().mallocCount
+                    kicksThisPoint = files.kicks - kicksBefore
+                    completed = files.completed
+                    unexpected = files.failures
+                    histogram = files.roundTrip
+                    if let message = files.firstFailure, !failureMessages.contains(message) { failureMessages.append(message) }
+                } else {
+                    let load = LoadGenerator(driver: driverState, depth: depth, operations: [Self.operation(named: name)!])
+                    defer { driverState = load.driver }
+                    load.kickFD = kicks[1].fd
+                    load.run(requests: warmup) {}
+                    load.resetMeasurements()
+                    let kicksBefore = load.kicks
+                    cpuBefore = daemon?.sample()
+                    let start = monotonicNanoseconds()
+                    MallocInterposerSwift.reset()
+                    MallocInterposerSwift.hook()
+                    load.run(requests: requests) {}
+                    MallocInterposerSwift.unhook()
+                    wall = monotonicNanoseconds() - start
+                    cpuAfter = daemon?.sample()
+                    mallocs = MallocInterposerSwift.getStatistics().mallocCount
+                    kicksThisPoint = load.kicks - kicksBefore
+                    completed = load.completed
+                    unexpected = load.unexpectedReplies
+                    histogram = load.roundTrip
+                    if unexpected > 0 { failureMessages.append("\(name) at depth \(depth): \(unexpected) replies with an unexpected error or length") }
+                }
+                var cpuPerOp: Double? = nil
+                if daemon != nil {
+                    guard let cpuBefore, let cpuAfter else { throw BenchFailure(description: "could not read the CPU time of pid \(daemonPid!)") }
+                    cpuPerOp = Double(cpuAfter &- cpuBefore) / 1000 / Double(requests)
+                }
                 let measurement = Measurement(
-                    operation: name, depth: depth, requests: requests, completed: load.completed,
+                    operation: name, depth: depth, requests: requests, completed: completed,
                     opsPerSecond: Double(requests) / (Double(wall) / 1e9),
-                    p50: clock.nanoseconds(cycles: load.roundTrip.percentile(0.5)),
-                    p99: clock.nanoseconds(cycles: load.roundTrip.percentile(0.99)),
-                    p999: clock.nanoseconds(cycles: load.roundTrip.percentile(0.999)),
-                    mallocs: mallocs, kicksPerOp: Double(load.kicks - kicksBefore) / Double(requests),
-                    unexpectedReplies: load.unexpectedReplies)
-                failures += load.unexpectedReplies
+                    p50: clock.nanoseconds(cycles: histogram.percentile(0.5)),
+                    p99: clock.nanoseconds(cycles: histogram.percentile(0.99)),
+                    p999: clock.nanoseconds(cycles: histogram.percentile(0.999)),
+                    mallocs: mallocs, kicksPerOp: Double(kicksThisPoint) / Double(requests),
+                    unexpectedReplies: unexpected, daemonCPUMicrosecondsPerOp: cpuPerOp)
+                failures += unexpected
                 measurements.append(measurement)
                 report(description, measurement)
             }
         }
+        if let files {
+            files.driver = driverState
+            try files.tearDown()
+            driverState = files.driver
+        }
         for index in 0..<2 { _ = try frontend.stopQueue(index) }
-        if failures > 0 { throw ValidationError("\(failures) replies had an unexpected shape or error") }
+        if failures > 0 {
+            throw BenchFailure(description: "\(failures) operations failed (a reply with an error or the wrong length); "
+                               + failureMessages.joined(separator: "; "))
+        }
         return measurements
     }
 }
