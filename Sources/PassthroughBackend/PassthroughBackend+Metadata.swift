@@ -436,13 +436,15 @@ extension PassthroughBackend {
             _ = cursor.write(from: scratch, byteCount: length)
             reply.sendInPlace(dataBytes: length)
         case .setxattr:
-            let arguments = request.arguments(as: fuse_setxattr_in.self)
+            // Without FUSE_SETXATTR_EXT the kernel sends the 8-byte compat struct {size, flags}, shorter
+            // than fuse_setxattr_in, so the flags are read as that struct's second field.
+            let flags: UInt32 = request.argument(at: 4)
             var cursor = request.payload
             let length = request.payloadLength
             guard length <= PassthroughQueueState.scratchBytes, cursor.read(into: scratch, byteCount: length) == length else {
                 return reply.fail(.invalid)
             }
-            if fsetxattr(fd, Self.cString(request.name), scratch, length, Int32(bitPattern: arguments.flags)) == 0 {
+            if fsetxattr(fd, Self.cString(request.name), scratch, length, Int32(bitPattern: flags)) == 0 {
                 reply.send(bodyBytes: 0)
             } else {
                 reply.fail(Self.lastErrno)
