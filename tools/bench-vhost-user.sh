@@ -3,8 +3,17 @@
 # backend) and the C virtiofsd shipped with Debian's QEMU (serving a tmpfs directory), each driven by
 # the same load generator (dpfs-bench vhost-user plays QEMU and the guest). Extra arguments go to
 # dpfs-bench, e.g. `--operations getattr statfs --depths 1 16 --requests 50000 --json`.
+# `--backend passthrough` instead compares dpfs-engine's passthrough backend with virtiofsd over one
+# tmpfs directory on real-file operations: tools/bench-passthrough.sh (the other arguments go to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --backend ]; then
+  case "${2:-}" in
+    passthrough) shift 2; exec tools/bench-passthrough.sh "$@" ;;
+    null) shift 2 ;;
+    *) echo "--backend null|passthrough" >&2; exit 2 ;;
+  esac
+fi
 tools/install-dependencies.sh guest   # QEMU's package carries the C virtiofsd
 swift build -c release --product dpfs-engine >/dev/null
 swift build -c release --product dpfs-bench >/dev/null

@@ -113,6 +113,12 @@ struct VhostUserBenchmark: ParsableCommand {
     func run() throws {
         var printedHeader = false
         _ = try measure { description, measurement in
+            if json && !printedHeader {
+                // The set-up line on stderr, so stdout stays one JSON object per line.
+                let line = Array((description + "\n").utf8)
+                _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+                printedHeader = true
+            }
             if !json && !printedHeader {
                 print(description)
                 print("operation     depth  ops/s        p50 ns    p99 ns    p99.9 ns  mallocs/op  kicks/op  cpu us/op  failures")
