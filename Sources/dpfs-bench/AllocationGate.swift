@@ -14,7 +14,7 @@ import Synchronization
 struct AllocationGateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "alloc-gate",
-        abstract: "Zero-allocation gate: mallocs per request class through loopback + null backend.")
+        abstract: "Zero-allocation gate: mallocs per request class through loopback + null and passthrough backends.")
 
     @Option(help: "Requests per class after warm-up.")
     var requests: Int = 100_000
@@ -58,6 +58,12 @@ struct AllocationGateCommand: ParsableCommand {
             let result = Result(requests: point.requests, completed: point.completed, mallocs: point.mallocs,
                                 unexpectedReplies: point.unexpectedReplies)
             print(result.json(name: "vhostUser-\(point.operation)-depth\(point.depth)"))
+            failed = failed || !result.passed
+        }
+        // The passthrough backend over a real directory, with its io_uring data path.
+        let gate = try PassthroughGate()
+        for (name, result) in try gate.measure(requests: requests, warmup: warmup) {
+            print(result.json(name: name))
             failed = failed || !result.passed
         }
         if failed { throw ExitCode.failure }

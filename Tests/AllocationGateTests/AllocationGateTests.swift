@@ -6,8 +6,9 @@ import Testing
 /// no other suite can allocate beside it. After warm-up, 100 000 requests of each request class go
 /// through the loopback virtqueue, the poller and the null backend, inline and with the poller on
 /// its own thread, and then through an in-process vhost-user device driven over a real socket
-/// (poller threads, call eventfd, split queues in memfd guest memory); every class must make zero
-/// mallocs, and a canary must see its allocations.
+/// (poller threads, call eventfd, split queues in memfd guest memory), and through the passthrough
+/// backend over a real directory (GETATTR, LOOKUP, READ, WRITE, CREATE+UNLINK, io_uring data path);
+/// every class must make zero mallocs, and a canary must see its allocations.
 @Suite(.serialized) struct AllocationGateTests {
     struct Line: Decodable {
         let `class`: String
@@ -45,6 +46,7 @@ import Testing
         let classes = lines.filter { $0.class != "canary" }
         #expect(classes.count >= 18, "every loopback request class must be measured:\n\(text)")
         #expect(classes.filter { $0.class.hasPrefix("vhostUser-") }.count == 8, "the vhost-user data path must be measured:\n\(text)")
+        #expect(classes.filter { $0.class.hasPrefix("passthrough-") }.count == 5, "the passthrough backend must be measured:\n\(text)")
         for line in classes {
             #expect(line.mallocs == 0, "\(line.class) allocated \(line.mallocs) times in \(line.requests ?? 0) requests")
             #expect(line.completed == 100_000 && line.requests == 100_000, "\(line.class) did not complete every request")

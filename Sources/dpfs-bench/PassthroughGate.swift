@@ -1,0 +1,172 @@
+import CDPFS
+import DPFSCore
+import DPFSPosix
+import FUSEWire
+import Glibc
+import LoopbackTransport
+import MallocInterposerSwift
+import PassthroughBackend
+
+// The allocation gate's passthrough part: a real shared directory in /tmp, the passthrough backend
+// with its io_uring, and request classes a guest sends most — GETATTR, LOOKUP of an existing name,
+// READ 4 KiB, WRITE 4 KiB, and CREATE + RELEASE + UNLINK + FORGET. Requests are laid out once
+// before the counters are hooked; during the measurement the driver only copies prepared bytes
+// into its buffers (patching the file handle and node id a CREATE returned), so every malloc the
+// counter sees is the engine's.
+
+final class PassthroughGate {
+    let directory: String
+    let arena: HugepageArena
+    var rig: LoopbackRig<PassthroughBackend>
+    var unique: UInt64 = 1000
+
+    init() throws {
+        var template = Array("/tmp/dpfs-alloc-gate-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SystemCallError(call: "mkdtemp", errno: errno)
+        }
+        directory = String(cString: made)
+        let fd = open(directory + "/gate.dat", O_CREAT | O_RDWR, 0o644)
+        guard fd >= 0, ftruncate(fd, 1 << 20) == 0 else { throw SystemCallError(call: "create gate.dat", errno: errno) }
+        _ = close(fd)
+        let device = try PassthroughDevice(configuration: PassthroughConfiguration(sharedDirectory: directory, cacheMode: .never,
+                                                                                   inodesMax: 1024, openFilesMax: 256))
+        let poller = PollerConfiguration(slotCount: 16, segmentsPerSlot: 16, batchMax: 16)
+        let driver = LoopbackDriverConfiguration(queueSize: 64, requestSlots: 16, readableBufferBytes: 8192,
+                                                 writableBufferBytes: 8192, descriptorsPerRequestMax: 8)
+        arena = try HugepageArena(bytes: LoopbackRig<PassthroughBackend>.arenaBytes(poller: poller, driver: driver), allowHugepages: false)
+        var allocator = arena.allocator()
+        rig = LoopbackRig(poller: poller, driver: driver, backend: PassthroughBackend(device: device), arena: &allocator)
+        let load = LoadGenerator(driver: rig.driver, depth: 1, operations: [.getattrRoot])
+        load.establishSession { _ = rig.poller.step() }
+        rig.driver = load.driver
+    }
+
+    deinit {
+        _ = unlink(directory + "/gate.dat")
+        _ = unlink(directory + "/gate.tmp")
+        _ = rmdir(directory)
+    }
+
+    /// A request's bytes: header + arguments, built before measuring.
+    static func request(_ opcode: FUSEOpcode, node: UInt64, args: [UInt8]) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: InHeaderLayout.size)
+        bytes.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: UInt32(InHeaderLayout.size + args.count).littleEndian, toByteOffset: InHeaderLayout.len, as: UInt32.self)
+            raw.storeBytes(of: opcode.rawValue.littleEndian, toByteOffset: InHeaderLayout.opcode, as: UInt32.self)
+            raw.storeBytes(of: node.littleEndian, toByteOffset: InHeaderLayout.nodeID, as: UInt64.self)
+        }
+        return bytes + args
+    }
+
+    static func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
+
+    /// Sends one prepared request and steps until its reply is back; returns (error, used length)
+    /// and leaves the reply in `reply` (at most `reply.count` bytes). Allocates nothing.
+    func roundTrip(_ bytes: UnsafeRawBufferPointer, writable: Int, reply: UnsafeMutableRawBufferPointer) -> (Int32, UInt32) {
+        guard let slot = rig.driver.acquireSlot() else { preconditionFailure("no driver slot") }
+        unique &+= 1
+        let buffer = rig.driver.readableBuffer(slot)
+        buffer.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        buffer.storeBytes(of: unique.littleEndian, toByteOffset: InHeaderLayout.unique, as: UInt64.self)
+        let submitted = rig.driver.submit(slot: slot, readableBytes: bytes.count, writableBytes: writable,
+                                          segmentation: .single, indirect: false)
+        precondition(submitted)
+        while true {
+            _ = rig.poller.step()
+            if let (reaped, used) = rig.driver.reap() {
+                precondition(reaped == slot)
+                let written = rig.driver.writableBuffer(slot)
+                let error = used >= 16 ? written.loadUnaligned(fromByteOffset: OutHeaderLayout.error, as: Int32.self) : 0
+                if reply.count > 0 { reply.baseAddress!.copyMemory(from: written, byteCount: min(reply.count, Int(used))) }
+                rig.driver.releaseSlot(slot)
+                return (error, used)
+            }
+        }
+    }
+
+    /// Measures each class: `requests` operations after `warmup`, mallocs counted in between.
+    func measure(requests: Int, warmup: Int) throws -> [(String, AllocationGateCommand.Result)] {
+        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 16)
+        defer { reply.deallocate() }
+        let name = Array("gate.dat".utf8) + [0]
+        let temporary = Array("gate.tmp".utf8) + [0]
+        let lookup = Self.request(.lookup, node: 1, args: name)
+        var (error, _) = lookup.withUnsafeBytes { roundTrip($0, writable: 16 + 128, reply: reply) }
+        guard error == 0 else { throw SystemCallError(call: "LOOKUP gate.dat", errno: -error) }
+        let node = reply.load(fromByteOffset: 16 + EntryOutLayout.nodeID, as: UInt64.self)
+        var open = fuse_open_in()
+        open.flags = UInt32(O_RDWR)
+        (error, _) = Self.request(.open, node: node, args: Self.bytes(open)).withUnsafeBytes { roundTrip($0, writable: 32, reply: reply) }
+        guard error == 0 else { throw SystemCallError(call: "OPEN gate.dat", errno: -error) }
+        let handle = reply.load(fromByteOffset: 16, as: UInt64.self)
+
+        var read = fuse_read_in()
+        read.fh = handle
+        read.size = 4096
+        var write = fuse_write_in()
+        write.fh = handle
+        write.size = 4096
+        var create = fuse_create_in()
+        create.flags = UInt32(O_RDWR | O_CREAT)
+        create.mode = 0o100644
+        var forget = fuse_forget_in()
+        forget.nlookup = 1
+        let getattr = Self.request(.getattr, node: node, args: Self.bytes(fuse_getattr_in()))
+        let readRequest = Self.request(.read, node: node, args: Self.bytes(read))
+        let writeRequest = Self.request(.write, node: node, args: Self.bytes(write) + [UInt8](repeating: 0x5A, count: 4096))
+        let createRequest = Self.request(.create, node: 1, args: Self.bytes(create) + temporary)
+        var releaseRequest = Self.request(.release, node: 0, args: Self.bytes(fuse_release_in()))
+        let unlinkRequest = Self.request(.unlink, node: 1, args: temporary)
+        var forgetRequest = Self.request(.forget, node: 0, args: Self.bytes(forget))
+        let forgetLookups = Self.request(.forget, node: node, args: Self.bytes(forget))
+
+        enum Class: CaseIterable { case getattr, lookup, read, write, createUnlink }
+        var results: [(String, AllocationGateCommand.Result)] = []
+        for kind in Class.allCases {
+            var completed = 0
+            var unexpected = 0
+            func one() {
+                let result: (Int32, UInt32)
+                switch kind {
+                case .getattr:
+                    result = getattr.withUnsafeBytes { roundTrip($0, writable: 16 + 104, reply: reply) }
+                    if result.1 != 16 + 104 { unexpected += 1 }
+                case .lookup:
+                    result = lookup.withUnsafeBytes { roundTrip($0, writable: 16 + 128, reply: reply) }
+                    _ = forgetLookups.withUnsafeBytes { roundTrip($0, writable: 0, reply: UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
+                case .read:
+                    result = readRequest.withUnsafeBytes { roundTrip($0, writable: 16 + 4096, reply: UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
+                    if result.1 != 16 + 4096 { unexpected += 1 }
+                case .write:
+                    result = writeRequest.withUnsafeBytes { roundTrip($0, writable: 16 + 8, reply: reply) }
+                case .createUnlink:
+                    result = createRequest.withUnsafeBytes { roundTrip($0, writable: 16 + 144, reply: reply) }
+                    let createdNode = reply.load(fromByteOffset: 16 + EntryOutLayout.nodeID, as: UInt64.self)
+                    let createdHandle = reply.load(fromByteOffset: 16 + EntryOutLayout.size, as: UInt64.self)
+                    releaseRequest.withUnsafeMutableBytes {
+                        $0.storeBytes(of: createdNode, toByteOffset: InHeaderLayout.nodeID, as: UInt64.self)
+                        $0.storeBytes(of: createdHandle, toByteOffset: InHeaderLayout.size, as: UInt64.self)
+                    }
+                    forgetRequest.withUnsafeMutableBytes { $0.storeBytes(of: createdNode, toByteOffset: InHeaderLayout.nodeID, as: UInt64.self) }
+                    let released = releaseRequest.withUnsafeBytes { roundTrip($0, writable: 16, reply: reply) }.0
+                    let unlinked = unlinkRequest.withUnsafeBytes { roundTrip($0, writable: 16, reply: reply) }.0
+                    if released != 0 || unlinked != 0 { unexpected += 1 }
+                    _ = forgetRequest.withUnsafeBytes { roundTrip($0, writable: 0, reply: UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
+                }
+                if result.0 == 0 { completed += 1 } else { unexpected += 1 }
+            }
+            for _ in 0..<warmup { one() }
+            completed = 0
+            unexpected = 0
+            MallocInterposerSwift.reset()
+            MallocInterposerSwift.hook()
+            for _ in 0..<requests { one() }
+            MallocInterposerSwift.unhook()
+            results.append(("passthrough-\(kind)", AllocationGateCommand.Result(
+                requests: requests, completed: completed, mallocs: MallocInterposerSwift.getStatistics().mallocCount,
+                unexpectedReplies: unexpected)))
+        }
+        return results
+    }
+}
