@@ -6,13 +6,14 @@
 #
 #   tools/bench-passthrough.sh [--operations OP...] [--depths N...] [--requests N] [--warmup N]
 #                              [--scratch-path DIR] [--no-build] [--keep-json DIR] [--busy-poll-us N]
-#                              [--only dpfs-engine|virtiofsd] [other dpfs-bench vhost-user options]
+#                              [--only dpfs-engine|virtiofsd] [--rounds N] [other dpfs-bench vhost-user options]
 #
 # Defaults: --operations getattr-file lookup-file read-file write-file create-unlink --depths 1 16.
 # The engine runs with --cache never and virtiofsd with -o cache=none, so neither side lets the
 # guest cache (the load generator has no page cache anyway; the mode only changes what the replies
 # say). The C virtiofsd exits when its front-end disconnects: one dpfs-bench run measures every
-# operation and depth over one connection.
+# operation and depth over one connection. With --rounds N the two back-ends take turns N times and
+# every figure is the median of the N rounds (this VM's speed drifts by ±10% and more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ scratch=.build
 build=1
 keep=""
 only=""
+rounds=1
 engine_args=()
 bench_args=()
 while [ $# -gt 0 ]; do
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --keep-json) keep=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     --busy-poll-us) engine_args+=(--busy-poll-us "$2"); shift 2 ;;
     --json|--socket|--in-process-engine|--label|--daemon-pid) echo "$1 is set by this script" >&2; exit 2 ;;
     *) bench_args+=("$1"); shift ;;
@@ -68,44 +71,53 @@ wait_for_socket() {
   echo "no socket at $1 after 5 s" >&2; return 1
 }
 
-# One dpfs-bench run: label, socket, daemon pid; JSON rows to $work/label.json.
+# One dpfs-bench run: label, socket, daemon pid, round; JSON rows to $work/label.round.json.
 bench() {
-  local label=$1 socket=$2 pid=$3
+  local label=$1 socket=$2 pid=$3 round=$4
   if ! "$bin/dpfs-bench" vhost-user --socket "$socket" --label "$label" --daemon-pid "$pid" --json \
-       --operations "${operations[@]}" --depths "${depths[@]}" "${bench_args[@]}" >"$work/$label.json"; then
+       --operations "${operations[@]}" --depths "${depths[@]}" "${bench_args[@]}" >"$work/$label.$round.json"; then
     echo "dpfs-bench against $label failed (see above)" >&2
     return 1
   fi
 }
 
-status=0
-if [ "$only" != virtiofsd ]; then
-"$bin/dpfs-engine" --vhost-user-socket "$work/engine.sock" --backend passthrough --shared-dir "$share" --cache never \
-  --log-level warning "${engine_args[@]}" >"$work/engine.log" 2>&1 &
-engine_pid=$!
-wait_for_socket "$work/engine.sock"
-bench dpfs-engine "$work/engine.sock" "$engine_pid" || status=1
-kill "$engine_pid"; wait "$engine_pid" 2>/dev/null || true; engine_pid=""
-if [ -s "$work/engine.log" ]; then echo "dpfs-engine log:"; sed 's/^/  /' "$work/engine.log"; fi
-fi
+run_engine() {
+  "$bin/dpfs-engine" --vhost-user-socket "$work/engine.sock" --backend passthrough --shared-dir "$share" --cache never \
+    --log-level warning "${engine_args[@]}" >"$work/engine.log" 2>&1 &
+  engine_pid=$!
+  wait_for_socket "$work/engine.sock"
+  bench dpfs-engine "$work/engine.sock" "$engine_pid" "$1" || status=1
+  kill "$engine_pid"; wait "$engine_pid" 2>/dev/null || true; engine_pid=""
+  rm -f "$work/engine.sock"
+  if [ -s "$work/engine.log" ]; then echo "dpfs-engine log:"; sed 's/^/  /' "$work/engine.log"; fi
+}
 
-# The same directory, emptied, so both back-ends start from a fresh tree (the benchmark file is
-# created and filled again).
-find "$share" -mindepth 1 -delete
-if [ "$only" != dpfs-engine ]; then
-"$virtiofsd" --socket-path="$work/virtiofsd.sock" -o source="$share" -o cache=none >"$work/virtiofsd.log" 2>&1 &
-virtiofsd_pid=$!
-wait_for_socket "$work/virtiofsd.sock"
-bench virtiofsd "$work/virtiofsd.sock" "$virtiofsd_pid" || status=1
-# It exits once the front-end disconnects.
-for _ in $(seq 50); do kill -0 "$virtiofsd_pid" 2>/dev/null || break; sleep 0.1; done
-kill "$virtiofsd_pid" 2>/dev/null || true; wait "$virtiofsd_pid" 2>/dev/null || true; virtiofsd_pid=""
-fi
+run_virtiofsd() {
+  "$virtiofsd" --socket-path="$work/virtiofsd.sock" -o source="$share" -o cache=none >"$work/virtiofsd.log" 2>&1 &
+  virtiofsd_pid=$!
+  wait_for_socket "$work/virtiofsd.sock"
+  bench virtiofsd "$work/virtiofsd.sock" "$virtiofsd_pid" "$1" || status=1
+  # It exits once the front-end disconnects.
+  for _ in $(seq 50); do kill -0 "$virtiofsd_pid" 2>/dev/null || break; sleep 0.1; done
+  kill "$virtiofsd_pid" 2>/dev/null || true; wait "$virtiofsd_pid" 2>/dev/null || true; virtiofsd_pid=""
+  rm -f "$work/virtiofsd.sock"
+}
+
+status=0
+for round in $(seq "$rounds"); do
+  # The same directory, emptied before each back-end, so both start from a fresh tree (the
+  # benchmark file is created and filled again).
+  find "$share" -mindepth 1 -delete
+  [ "$only" = virtiofsd ] || run_engine "$round"
+  find "$share" -mindepth 1 -delete
+  [ "$only" = dpfs-engine ] || run_virtiofsd "$round"
+done
 
 [ -n "$keep" ] && { mkdir -p "$keep"; cp "$work"/*.json "$keep"/; }
 
-# Tables and ratios from the JSON rows (flat objects, one per line).
-awk -v files="$work/dpfs-engine.json $work/virtiofsd.json" '
+# Tables and ratios from the JSON rows (flat objects, one per line); medians over the rounds.
+[ "$rounds" -gt 1 ] && echo "every figure: the median of $rounds rounds"
+awk -v rounds="$rounds" '
 function field(line, name,   pattern, value) {
   pattern = "\"" name "\":"
   if (!index(line, pattern)) return ""
@@ -113,42 +125,48 @@ function field(line, name,   pattern, value) {
   sub(/[,}].*/, "", value); gsub(/"/, "", value)
   return value
 }
+function add(metric, b, key, value) { count[metric, b, key]++; values[metric, b, key, count[metric, b, key]] = value + 0 }
+function median(metric, b, key,   n, i, j, t, a) {
+  n = count[metric, b, key]
+  if (n == 0) return ""
+  for (i = 1; i <= n; i++) a[i] = values[metric, b, key, i]
+  for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+  return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
 function ns(value) {
   value = value + 0
   if (value >= 1000000) return sprintf("%.2f ms", value / 1000000)
   return value >= 10000 ? sprintf("%.1f us", value / 1000) : sprintf("%d ns", value)
 }
 function ratio(a, b) { a += 0; b += 0; return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "-" }
-BEGIN {
-  n = split(files, list, " ")
-  for (f = 1; f <= n; f++) {
-    while ((getline line < list[f]) > 0) {   # a missing file reads as empty
-      if (line !~ /^\{/) continue
-      b = field(line, "backend"); key = field(line, "operation") SUBSEP field(line, "queue_depth")
-      if (!(key in seen)) { seen[key] = 1; order[++rows] = key }
-      ops[b, key] = field(line, "ops_per_second"); p50[b, key] = field(line, "p50_ns")
-      p99[b, key] = field(line, "p99_ns"); p999[b, key] = field(line, "p999_ns")
-      cpu[b, key] = field(line, "daemon_cpu_us_per_op"); kicks[b, key] = field(line, "kicks_per_request")
-      bad[b, key] = field(line, "unexpected_replies")
-    }
-  }
+/^\{/ {
+  b = field($0, "backend"); key = field($0, "operation") SUBSEP field($0, "queue_depth")
+  if (!(key in seen)) { seen[key] = 1; order[++rows] = key }
+  add("ops", b, key, field($0, "ops_per_second")); add("p50", b, key, field($0, "p50_ns"))
+  add("p99", b, key, field($0, "p99_ns")); add("p999", b, key, field($0, "p999_ns"))
+  add("cpu", b, key, field($0, "daemon_cpu_us_per_op")); add("kicks", b, key, field($0, "kicks_per_request"))
+  bad[b, key] += field($0, "unexpected_replies")
+}
+END {
   backends[1] = "dpfs-engine"; backends[2] = "virtiofsd"
   printf "| back-end | operation | queue depth | ops/s | p50 | p99 | p99.9 | back-end CPU per op | kicks per op | failures |\n"
   printf "|---|---|---|---|---|---|---|---|---|---|\n"
   for (i = 1; i <= 2; i++) for (r = 1; r <= rows; r++) {
     b = backends[i]; key = order[r]; split(key, part, SUBSEP)
-    if (!((b, key) in ops)) { printf "| %s | %s | %s | (no result) | | | | | | |\n", b, part[1], part[2]; continue }
-    printf "| %s | %s | %s | %d | %s | %s | %s | %s us | %.4f | %s |\n", b, part[1], part[2], ops[b, key], ns(p50[b, key]),
-           ns(p99[b, key]), ns(p999[b, key]), cpu[b, key], kicks[b, key], bad[b, key]
+    if (count["ops", b, key] == 0) { printf "| %s | %s | %s | (no result) | | | | | | |\n", b, part[1], part[2]; continue }
+    printf "| %s | %s | %s | %d | %s | %s | %s | %.2f us | %.4f | %d |\n", b, part[1], part[2], median("ops", b, key),
+           ns(median("p50", b, key)), ns(median("p99", b, key)), ns(median("p999", b, key)), median("cpu", b, key),
+           median("kicks", b, key), bad[b, key]
   }
   printf "\nRatios, dpfs-engine against virtiofsd (above 1: dpfs-engine better): ops/s = engine / virtiofsd;\n"
   printf "p50, p99 and CPU per op = virtiofsd / engine.\n\n"
   printf "| operation | queue depth | ops/s | p50 | p99 | CPU per op |\n|---|---|---|---|---|---|\n"
+  e = "dpfs-engine"; v = "virtiofsd"
   for (r = 1; r <= rows; r++) {
     key = order[r]; split(key, part, SUBSEP)
-    e = "dpfs-engine"; v = "virtiofsd"
-    printf "| %s | %s | %s | %s | %s | %s |\n", part[1], part[2], ratio(ops[e, key], ops[v, key]),
-           ratio(p50[v, key], p50[e, key]), ratio(p99[v, key], p99[e, key]), ratio(cpu[v, key], cpu[e, key])
+    printf "| %s | %s | %s | %s | %s | %s |\n", part[1], part[2], ratio(median("ops", e, key), median("ops", v, key)),
+           ratio(median("p50", v, key), median("p50", e, key)), ratio(median("p99", v, key), median("p99", e, key)),
+           ratio(median("cpu", v, key), median("cpu", e, key))
   }
-}'
+}' /dev/null $(ls "$work"/*.json 2>/dev/null)
 exit $status
