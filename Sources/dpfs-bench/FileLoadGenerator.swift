@@ -8,7 +8,9 @@ import LoopbackTransport
 // LOOKUPs (or CREATEs) its benchmark file in the root, fills it with WRITEs and keeps the node id and
 // file handle the back-end gave it. Every reply is checked (error 0, used length = out.len = the
 // expected size). Lookup counts are given back with FORGET, as the kernel does, so the back-end's
-// inode table stays bounded however long the run. After set-up the hot path allocates nothing.
+// inode table stays bounded however long the run; the FORGETs travel on the request queue (Linux
+// sends them on hiprio), so they reach the queue whose LOOKUPs they answer and the hiprio queue
+// stays idle for both back-ends. After set-up the hot path allocates nothing.
 
 /// The file operations, by the name `--operations` takes.
 enum FileOperation: String, CaseIterable, Sendable {

@@ -285,7 +285,10 @@ struct VhostUserBenchmark: ParsableCommand {
         }
         if let files {
             files.driver = driverState
-            try files.tearDown()
+            do { try files.tearDown() } catch {
+                failures += 1
+                failureMessages.append("tear-down: \(error)")
+            }
             driverState = files.driver
         }
         for index in 0..<2 { _ = try frontend.stopQueue(index) }
