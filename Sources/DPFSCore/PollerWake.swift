@@ -46,6 +46,12 @@ public struct PollerWake: @unchecked Sendable {
         sleepingFlag.pointee.store(false, ordering: .relaxed)
     }
 
+    /// Wakes the poller whether or not it announced sleep (the control plane's stop request).
+    public func signalUnconditionally() {
+        let fd = descriptor.pointee.load(ordering: .acquiring)
+        if fd >= 0 { _ = eventfd_write(fd, 1) }
+    }
+
     /// Completer side, after its token is in the ring: wakes the poller if it sleeps.
     @inlinable
     @_noAllocation @_noLocks

@@ -118,9 +118,10 @@ public final class NodeTable: @unchecked Sendable {
         Self.id(index: index, generation: (records + Int(index)).pointee.generation.load(ordering: .acquiring))
     }
 
-    /// Pins the record `id` names, or nil when it names none (never issued, freed, stale).
+    /// Pins the record `id` names, or nil when it names none (never issued, freed, stale). Lock-free;
+    /// not annotated @_noLocks only because the rare stale-id path may drop the last pin, and freeing
+    /// takes the table's mutex.
     @inlinable
-    @_noAllocation @_noLocks
     public func pin(_ id: UInt64) -> PinnedNode? {
         let index = Int(UInt32(truncatingIfNeeded: id))
         let generation = UInt32(truncatingIfNeeded: id >> 32)

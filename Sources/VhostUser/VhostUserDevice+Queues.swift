@@ -92,6 +92,8 @@ extension VhostUserDevice {
         let runner = runners[index]
         guard let thread = runner.thread else { return }
         runner.stop.store(true, ordering: .releasing)
+        // A sleeping poller would see the flag only at its next timeout.
+        runner.poller.wake.signalUnconditionally()
         thread.join()
         runner.thread = nil
         if let queue = runner.poller.transport.queue {

@@ -32,7 +32,7 @@ func expectErrno(_ expected: Int32, _ sourceLocation: SourceLocation = #_sourceL
     do {
         try body()
         Issue.record("expected errno \(expected), got success", sourceLocation: sourceLocation)
-    } catch let failure as FUSEClient<PassthroughBackend>.Failure {
+    } catch let failure as FUSEFailure {
         #expect(failure.errno == expected, "expected errno \(expected), got \(failure)", sourceLocation: sourceLocation)
     } catch {
         Issue.record("unexpected \(error)", sourceLocation: sourceLocation)

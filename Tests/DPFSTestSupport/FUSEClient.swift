@@ -4,6 +4,13 @@ import FUSEWire
 import Glibc
 import LoopbackTransport
 
+/// An errno the backend answered, as the guest would see it.
+public struct FUSEFailure: Error, Equatable, CustomStringConvertible {
+    public let errno: Int32
+    public init(errno: Int32) { self.errno = errno }
+    public var description: String { "errno \(errno) (\(String(cString: strerror(errno))))" }
+}
+
 /// Plays the kernel's FUSE client against any backend through a loopback rig: builds requests from
 /// the kernel's own argument structs, waits for replies that may complete asynchronously, and
 /// returns typed answers. Errors come back as the positive errno the guest would see.
@@ -19,11 +26,6 @@ public final class FUSEClient<B: Backend> {
                       driver: LoopbackDriverConfiguration(queueSize: 64, requestSlots: 16, readableBufferBytes: 128 * 1024 + 4096,
                                                           writableBufferBytes: writableBytes, descriptorsPerRequestMax: 48))
         rig.establishSession()
-    }
-
-    public struct Failure: Error, Equatable, CustomStringConvertible {
-        public let errno: Int32
-        public var description: String { "errno \(errno) (\(String(cString: strerror(errno))))" }
     }
 
     /// Sends one request and waits (bounded) for its reply; returns (error, body).
@@ -49,8 +51,8 @@ public final class FUSEClient<B: Backend> {
         preconditionFailure("no reply to \(opcode)")
     }
 
-    func check(_ result: (Int32, [UInt8])) throws(Failure) -> [UInt8] {
-        guard result.0 == 0 else { throw Failure(errno: -result.0) }
+    func check(_ result: (Int32, [UInt8])) throws(FUSEFailure) -> [UInt8] {
+        guard result.0 == 0 else { throw FUSEFailure(errno: -result.0) }
         return result.1
     }
 
@@ -93,7 +95,7 @@ public final class FUSEClient<B: Backend> {
         Entry(nodeID: body.loadLE(UInt64.self, at: EntryOutLayout.nodeID), attributes: attributes(body, at: EntryOutLayout.attr))
     }
 
-    public func lookup(_ parent: UInt64, _ name: String) throws(Failure) -> Entry {
+    public func lookup(_ parent: UInt64, _ name: String) throws(FUSEFailure) -> Entry {
         Self.entry(try check(call(.lookup, node: parent, args: Self.name(name))))
     }
 
@@ -103,12 +105,12 @@ public final class FUSEClient<B: Backend> {
         _ = call(.forget, node: node, args: Self.bytes(arguments), writable: 0)
     }
 
-    public func getattr(_ node: UInt64) throws(Failure) -> Attributes {
+    public func getattr(_ node: UInt64) throws(FUSEFailure) -> Attributes {
         Self.attributes(try check(call(.getattr, node: node, args: Self.bytes(fuse_getattr_in()))), at: AttrOutLayout.attr)
     }
 
     /// CREATE: returns the entry and the file handle.
-    public func create(_ parent: UInt64, _ name: String, flags: Int32 = O_RDWR, mode: UInt32 = 0o644) throws(Failure) -> (Entry, UInt64) {
+    public func create(_ parent: UInt64, _ name: String, flags: Int32 = O_RDWR, mode: UInt32 = 0o644) throws(FUSEFailure) -> (Entry, UInt64) {
         var arguments = fuse_create_in()
         arguments.flags = UInt32(bitPattern: flags | O_CREAT)
         arguments.mode = mode | 0o100000
@@ -116,24 +118,24 @@ public final class FUSEClient<B: Backend> {
         return (Self.entry(body), body.loadLE(UInt64.self, at: EntryOutLayout.size + OpenOutLayout.fileHandle))
     }
 
-    public func open(_ node: UInt64, flags: Int32 = O_RDWR) throws(Failure) -> UInt64 {
+    public func open(_ node: UInt64, flags: Int32 = O_RDWR) throws(FUSEFailure) -> UInt64 {
         var arguments = fuse_open_in()
         arguments.flags = UInt32(bitPattern: flags)
         return try check(call(.open, node: node, args: Self.bytes(arguments))).loadLE(UInt64.self, at: 0)
     }
 
-    public func opendir(_ node: UInt64) throws(Failure) -> UInt64 {
+    public func opendir(_ node: UInt64) throws(FUSEFailure) -> UInt64 {
         try check(call(.opendir, node: node, args: Self.bytes(fuse_open_in()))).loadLE(UInt64.self, at: 0)
     }
 
-    public func release(_ node: UInt64, _ handle: UInt64, directory: Bool = false) throws(Failure) {
+    public func release(_ node: UInt64, _ handle: UInt64, directory: Bool = false) throws(FUSEFailure) {
         var arguments = fuse_release_in()
         arguments.fh = handle
         _ = try check(call(directory ? .releasedir : .release, node: node, args: Self.bytes(arguments)))
     }
 
     @discardableResult
-    public func write(_ node: UInt64, _ handle: UInt64, offset: UInt64, _ data: [UInt8]) throws(Failure) -> UInt32 {
+    public func write(_ node: UInt64, _ handle: UInt64, offset: UInt64, _ data: [UInt8]) throws(FUSEFailure) -> UInt32 {
         var arguments = fuse_write_in()
         arguments.fh = handle
         arguments.offset = offset
@@ -141,7 +143,7 @@ public final class FUSEClient<B: Backend> {
         return try check(call(.write, node: node, args: Self.bytes(arguments) + data)).loadLE(UInt32.self, at: 0)
     }
 
-    public func read(_ node: UInt64, _ handle: UInt64, offset: UInt64, size: Int) throws(Failure) -> [UInt8] {
+    public func read(_ node: UInt64, _ handle: UInt64, offset: UInt64, size: Int) throws(FUSEFailure) -> [UInt8] {
         var arguments = fuse_read_in()
         arguments.fh = handle
         arguments.offset = offset
@@ -149,48 +151,48 @@ public final class FUSEClient<B: Backend> {
         return try check(call(.read, node: node, args: Self.bytes(arguments), writable: size + 16))
     }
 
-    public func mkdir(_ parent: UInt64, _ name: String, mode: UInt32 = 0o755) throws(Failure) -> Entry {
+    public func mkdir(_ parent: UInt64, _ name: String, mode: UInt32 = 0o755) throws(FUSEFailure) -> Entry {
         var arguments = fuse_mkdir_in()
         arguments.mode = mode
         return Self.entry(try check(call(.mkdir, node: parent, args: Self.bytes(arguments) + Self.name(name))))
     }
 
-    public func symlink(_ parent: UInt64, _ name: String, target: String) throws(Failure) -> Entry {
+    public func symlink(_ parent: UInt64, _ name: String, target: String) throws(FUSEFailure) -> Entry {
         Self.entry(try check(call(.symlink, node: parent, args: Self.name(name) + Self.name(target))))
     }
 
-    public func readlink(_ node: UInt64) throws(Failure) -> String {
+    public func readlink(_ node: UInt64) throws(FUSEFailure) -> String {
         String(decoding: try check(call(.readlink, node: node, args: [])), as: UTF8.self)
     }
 
-    public func link(_ node: UInt64, newParent: UInt64, _ name: String) throws(Failure) -> Entry {
+    public func link(_ node: UInt64, newParent: UInt64, _ name: String) throws(FUSEFailure) -> Entry {
         var arguments = fuse_link_in()
         arguments.oldnodeid = node
         return Self.entry(try check(call(.link, node: newParent, args: Self.bytes(arguments) + Self.name(name))))
     }
 
-    public func unlink(_ parent: UInt64, _ name: String) throws(Failure) {
+    public func unlink(_ parent: UInt64, _ name: String) throws(FUSEFailure) {
         _ = try check(call(.unlink, node: parent, args: Self.name(name)))
     }
 
-    public func rmdir(_ parent: UInt64, _ name: String) throws(Failure) {
+    public func rmdir(_ parent: UInt64, _ name: String) throws(FUSEFailure) {
         _ = try check(call(.rmdir, node: parent, args: Self.name(name)))
     }
 
-    public func rename(_ parent: UInt64, _ name: String, to newParent: UInt64, _ newName: String, flags: UInt32 = 0) throws(Failure) {
+    public func rename(_ parent: UInt64, _ name: String, to newParent: UInt64, _ newName: String, flags: UInt32 = 0) throws(FUSEFailure) {
         var arguments = fuse_rename2_in()
         arguments.newdir = newParent
         arguments.flags = flags
         _ = try check(call(.rename2, node: parent, args: Self.bytes(arguments) + Self.name(name) + Self.name(newName)))
     }
 
-    public func setattr(_ node: UInt64, _ fill: (inout fuse_setattr_in) -> Void) throws(Failure) -> Attributes {
+    public func setattr(_ node: UInt64, _ fill: (inout fuse_setattr_in) -> Void) throws(FUSEFailure) -> Attributes {
         var arguments = fuse_setattr_in()
         fill(&arguments)
         return Self.attributes(try check(call(.setattr, node: node, args: Self.bytes(arguments))), at: AttrOutLayout.attr)
     }
 
-    public func lseek(_ node: UInt64, _ handle: UInt64, offset: UInt64, whence: Int32) throws(Failure) -> UInt64 {
+    public func lseek(_ node: UInt64, _ handle: UInt64, offset: UInt64, whence: Int32) throws(FUSEFailure) -> UInt64 {
         var arguments = fuse_lseek_in()
         arguments.fh = handle
         arguments.offset = offset
@@ -198,7 +200,7 @@ public final class FUSEClient<B: Backend> {
         return try check(call(.lseek, node: node, args: Self.bytes(arguments))).loadLE(UInt64.self, at: 0)
     }
 
-    public func fallocate(_ node: UInt64, _ handle: UInt64, offset: UInt64, length: UInt64, mode: Int32 = 0) throws(Failure) {
+    public func fallocate(_ node: UInt64, _ handle: UInt64, offset: UInt64, length: UInt64, mode: Int32 = 0) throws(FUSEFailure) {
         var arguments = fuse_fallocate_in()
         arguments.fh = handle
         arguments.offset = offset
@@ -207,7 +209,7 @@ public final class FUSEClient<B: Backend> {
         _ = try check(call(.fallocate, node: node, args: Self.bytes(arguments)))
     }
 
-    public func setxattr(_ node: UInt64, _ name: String, _ value: [UInt8], flags: Int32 = 0) throws(Failure) {
+    public func setxattr(_ node: UInt64, _ name: String, _ value: [UInt8], flags: Int32 = 0) throws(FUSEFailure) {
         var arguments = fuse_setxattr_in()
         arguments.size = UInt32(value.count)
         arguments.flags = UInt32(bitPattern: flags)
@@ -216,24 +218,24 @@ public final class FUSEClient<B: Backend> {
     }
 
     /// GETXATTR with `size` 0 returns the value's size as 4 little-endian bytes.
-    public func getxattr(_ node: UInt64, _ name: String, size: Int) throws(Failure) -> [UInt8] {
+    public func getxattr(_ node: UInt64, _ name: String, size: Int) throws(FUSEFailure) -> [UInt8] {
         var arguments = fuse_getxattr_in()
         arguments.size = UInt32(size)
         return try check(call(.getxattr, node: node, args: Self.bytes(arguments) + Self.name(name), writable: max(size, 8) + 16))
     }
 
-    public func listxattr(_ node: UInt64, size: Int) throws(Failure) -> [UInt8] {
+    public func listxattr(_ node: UInt64, size: Int) throws(FUSEFailure) -> [UInt8] {
         var arguments = fuse_getxattr_in()
         arguments.size = UInt32(size)
         return try check(call(.listxattr, node: node, args: Self.bytes(arguments), writable: max(size, 8) + 16))
     }
 
-    public func removexattr(_ node: UInt64, _ name: String) throws(Failure) {
+    public func removexattr(_ node: UInt64, _ name: String) throws(FUSEFailure) {
         _ = try check(call(.removexattr, node: node, args: Self.name(name)))
     }
 
     /// One READDIR call: (names, next offsets).
-    public func readdir(_ node: UInt64, _ handle: UInt64, offset: UInt64, size: Int = 4096) throws(Failure) -> [(name: String, next: UInt64)] {
+    public func readdir(_ node: UInt64, _ handle: UInt64, offset: UInt64, size: Int = 4096) throws(FUSEFailure) -> [(name: String, next: UInt64)] {
         var arguments = fuse_read_in()
         arguments.fh = handle
         arguments.offset = offset
@@ -251,7 +253,7 @@ public final class FUSEClient<B: Backend> {
         return entries
     }
 
-    public func statfs(_ node: UInt64 = 1) throws(Failure) -> [UInt8] {
+    public func statfs(_ node: UInt64 = 1) throws(FUSEFailure) -> [UInt8] {
         try check(call(.statfs, node: node, args: []))
     }
 }

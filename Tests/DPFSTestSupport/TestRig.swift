@@ -85,14 +85,19 @@ public struct ScriptedBackend: Backend {
         public var plans: [UInt64: Plan] = [:]
         public var pending: [(token: CompletionToken, reply: FUSEReply, unique: UInt64)] = []
         public var sessions = 0
+        /// What the poller gave the backend: completes pending requests from any thread.
+        public var context: BackendContext? = nil
+        public var quiesceCalls = 0
         public init() {}
     }
 
     public let state: State
     public init(state: State = State()) { self.state = state }
 
+    public mutating func attach(_ context: BackendContext) { state.context = context }
     public mutating func sessionStarted(_ session: NegotiatedSession) { state.sessions += 1 }
     public mutating func sessionEnded() {}
+    public mutating func quiesce() { state.quiesceCalls += 1 }
 
     public mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
         if request.opcodeRaw == FUSEOpcode.forget.rawValue || request.opcodeRaw == FUSEOpcode.batchForget.rawValue {

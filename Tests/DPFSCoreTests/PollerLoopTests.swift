@@ -1,0 +1,108 @@
+import DPFSCore
+import DPFSPosix
+import DPFSTestSupport
+import FUSEWire
+import Glibc
+import Synchronization
+import Testing
+
+// The poller thread's loop (DPFSPosix.PollerLoop) with an asynchronous backend: a completion from
+// another thread wakes a sleeping poller through its wake eventfd (not at its next timeout), and a
+// stopping poller quiesces — it waits for every pending request before it returns, so guest memory
+// is never changed under backend I/O.
+
+final class LoopHarness: @unchecked Sendable {
+    let rig: TestRig<ScriptedBackend>
+    let state = ScriptedBackend.State()
+    let stop = Atomic<Bool>(false)
+    let finished = Atomic<Bool>(false)
+    let wake: WakeEventFD
+    var thread: PinnedThread? = nil
+
+    init() throws {
+        rig = TestRig(backend: ScriptedBackend(state: state))
+        rig.establishSession()
+        wake = try WakeEventFD()
+        rig.rig.poller.wake.fd = wake.fd
+    }
+
+    /// Starts the loop with no busy polling and a 10 s sleep: only the wake eventfd can end a sleep
+    /// early.
+    func start() throws {
+        thread = try PinnedThread { [self] in
+            PollerLoop.run(&rig.rig.poller, stop: stop, kickFD: -1,
+                           configuration: PollerLoopConfiguration(busyPollCycles: 0, sleepMillisecondsMax: 10_000),
+                           onFailed: {}, onQuiesceWait: { _ in })
+            finished.store(true, ordering: .releasing)
+        }
+    }
+
+    func submitPending(unique: UInt64) {
+        var request = TestRequest.valid(.getattr)
+        request.unique = unique
+        state.plans[unique] = .pending
+        rig.submit(request.bytes, writableBytes: 120)
+    }
+
+    func complete() {
+        let pending = state.pending.removeFirst()
+        ScriptedBackend.writeSuccess(pending.reply, unique: pending.unique)
+        state.context!.complete(pending.token)
+    }
+
+    /// Waits up to `seconds` for a reply from the driver.
+    func reap(within seconds: Double) -> UInt32? {
+        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+        while monotonicNanoseconds() < deadline {
+            if let (slot, used) = rig.rig.driver.reap() {
+                rig.rig.driver.releaseSlot(slot)
+                return used
+            }
+            usleep(100)
+        }
+        return nil
+    }
+}
+
+@Suite(.serialized) struct PollerLoopTests {
+    @Test("a completion pushed while the poller sleeps is answered at once, not at the sleep's timeout")
+    func completionWakesSleepingPoller() throws {
+        let harness = try LoopHarness()
+        harness.submitPending(unique: 77)
+        // The request is fetched and handed to the backend before the loop starts.
+        _ = harness.rig.rig.poller.step()
+        #expect(harness.state.pending.count == 1)
+        try harness.start()
+        usleep(200_000)   // the poller is asleep now (no busy-poll budget)
+        let started = monotonicNanoseconds()
+        harness.complete()
+        let used = harness.reap(within: 5)
+        let elapsedMilliseconds = Double(monotonicNanoseconds() - started) / 1e6
+        #expect(used == UInt32(16 + 104), "no reply: the completion did not wake the poller")
+        #expect(elapsedMilliseconds < 5_000)
+        harness.stop.store(true, ordering: .releasing)
+        // Stopping needs a wake too: the poller sleeps up to 10 s otherwise.
+        harness.rig.rig.poller.wake.signalUnconditionally()
+        harness.thread!.join()
+    }
+
+    @Test("a stopping poller quiesces: it returns only after its pending request completed")
+    func stopWaitsForPendingRequests() throws {
+        let harness = try LoopHarness()
+        harness.submitPending(unique: 78)
+        _ = harness.rig.rig.poller.step()
+        try harness.start()
+        harness.stop.store(true, ordering: .releasing)
+        harness.rig.rig.poller.wake.signalUnconditionally()
+        usleep(300_000)
+        let returnedEarly = harness.finished.load(ordering: .acquiring)
+        #expect(!returnedEarly, "the loop returned with a request still pending")
+        #expect(harness.state.quiesceCalls == 1, "the backend was not asked to quiesce")
+        harness.complete()
+        harness.thread!.join()
+        let returned = harness.finished.load(ordering: .acquiring)
+        #expect(returned)
+        #expect(harness.reap(within: 1) == UInt32(16 + 104), "the pending reply was not published before the loop returned")
+        #expect(harness.rig.rig.poller.slotsInUse == 0)
+    }
+}
