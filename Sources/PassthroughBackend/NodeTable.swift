@@ -67,7 +67,7 @@ public final class NodeTable: @unchecked Sendable {
     let hashCells: UnsafeMutablePointer<UInt32>?
     let hashMask: Int
     /// Records in use (for reports and tests).
-    public var inUse: Int { mutex.withLock { _ in capacity - freeCount } }
+    public var inUse: Int { mutex.withLock { _ in capacity - 1 - freeCount } }   // index 0 is never issued
 
     /// - Parameters:
     ///   - capacity: records at most (index 0 is reserved: an id of 0 is never valid).
