@@ -7,7 +7,8 @@
 #   5. hostile-input tests under AddressSanitizer
 #   6. the spin model of the slot/completion-ring protocol
 #   7. real Linux guests (QEMU) mounting dpfs-engine over virtio-fs, and the same harness against
-#      the C virtiofsd (so a harness bug cannot pass as an engine success)
+#      the C virtiofsd (so a harness bug cannot pass as an engine success); guests storing files
+#      through the passthrough backend, checked byte for byte on the host
 #   8. a short dpfs-bench core run and a vhost-user run (they must work; speed is reported, not gated)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,14 +36,15 @@ step "release build" swift build -c release
 step "swift test" swift test
 step "allocation gate (release)" .build/release/dpfs-bench alloc-gate --requests 100000
 step "ThreadSanitizer" swift test --sanitize=thread --scratch-path .build-tsan \
-  --filter "concurrentProducers|ModelTests|asynchronousCompletion"
+  --filter "concurrentProducers|ModelTests|asynchronousCompletion|PollerLoopTests|PassthroughSharedTableTests"
 # Leak checking is off: the only leaks LeakSanitizer reports are XCTest's own runner objects, and
 # this step is about out-of-bounds access on hostile input.
 step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan \
-  --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests"
+  --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests|PassthroughTests|PassthroughSharedTableTests|PollerLoopTests"
 step "spin model" tools/check-spin-model.sh
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
 step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
+step "guests store files through the passthrough backend (6.1, reboot, 6.12 multi-queue, two tenants)" tools/guest/test-passthrough.sh
 step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
 step "dpfs-bench vhost-user smoke run (in-process engine)" .build/release/dpfs-bench vhost-user --in-process-engine \
   --requests 20000 --warmup 2000 --operations getattr statfs read write --depths 1 16
