@@ -14,12 +14,15 @@
 #      The engine must then stop cleanly on SIGTERM and have seen two connections.
 #   c. 6.12 guest with two request queues (engine --queues 2 --cache auto), phase write in a fresh
 #      share, host checks again; both request queues must have carried requests. (--quick skips it)
-#   d. two devices from one TOML file with different shared directories: a guest on device b sees
-#      its own marker and not device a's, and nothing it writes appears in a's directory.
+#   d. two devices from one TOML file with different shared directories (cache never and auto),
+#      a guest on each at once: each sees its own marker and not the other's (not even through a
+#      host-made symlink into the other directory), and each directory changes only by its own
+#      guest's file.
+#   e. 6.1 guest, phase write with --cache always in a fresh share, host checks. (--quick skips it)
 # With --virtiofsd the same guest runs are served by the C virtiofsd (restarted per boot, since it
 # exits when QEMU disconnects; cache=none): the proof that the workload and these checks are right
-# independently of our engine. (c) then runs 6.12 with one queue (virtiofsd has only one) and (d)
-# and the SIGTERM/connection checks are skipped (they are engine features).
+# independently of our engine. (c) then runs 6.12 with one queue (virtiofsd has only one), (e) uses
+# virtiofsd's cache=always, and (d) and the SIGTERM/connection checks are skipped (engine features).
 #
 # Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd]
 # Ends with 'guest-passthrough: N passed, N failed'; exit status 0 only if none failed.
@@ -124,6 +127,7 @@ stop_engine() {
   echo "engine exit status $status"
   return $status
 }
+vfsd_cache=none
 # The C virtiofsd: one front-end connection per process. Its namespace sandbox needs privileges
 # some containers lack; then its chroot sandbox.
 start_virtiofsd() { # name share
@@ -131,7 +135,7 @@ start_virtiofsd() { # name share
   for sandbox in namespace chroot; do
     rm -f "$sock"
     server_log="$logdir/virtiofsd-$name.log"
-    "$virtiofsd" --socket-path="$sock" -o source="$share" -o cache=none -o sandbox=$sandbox >"$server_log" 2>&1 &
+    "$virtiofsd" --socket-path="$sock" -o source="$share" -o cache=$vfsd_cache -o sandbox=$sandbox >"$server_log" 2>&1 &
     server_pid=$!
     wait_socket "$server_pid" "$sock" && return 0
     kill "$server_pid" 2>/dev/null || true
@@ -305,6 +309,9 @@ else
   mkdir -p "$share_a" "$share_b"
   echo "device a" >"$share_a/a-marker.txt"
   echo "device b" >"$share_b/b-marker.txt"
+  # Symlinks a tenant could use to reach the other's directory if the back-end followed them.
+  ln -s ../share-b/b-marker.txt "$share_a/escape-link"
+  ln -s ../share-a/a-marker.txt "$share_b/escape-link"
   cat >"$work/two-devices.toml" <<TOML
 [engine]
 log_level = "info"
@@ -321,22 +328,39 @@ name = "tenant-b"
 socket = "$work/b.sock"
 backend = "passthrough"
 shared_dir = "$share_b"
-cache = "never"
+cache = "auto"
 TOML
-  snapshot() { (cd "$1" && find . -printf '%p %y %s %T@ %m\n' | LC_ALL=C sort); }
+  snapshot() { (cd "$1" && find . -mindepth 1 -printf '%p %y %s %T@ %m\n' | LC_ALL=C sort); }
   snapshot "$share_a" >"$work/a.before"
+  snapshot "$share_b" >"$work/b.before"
   server_log="$logdir/engine-two-devices.log"
   "$engine_binary" --config "$work/two-devices.toml" >"$server_log" 2>&1 &
   server_pid=$!
   if wait_socket "$server_pid" "$work/a.sock" "$work/b.sock"; then
-    check "d: guest on device b, phase isolation" guest d-isolation-b "$work/b.sock" isolation --kernel 6.1 --timeout 600
-    b_wrote() { [ "$(cat "$share_b/guest-made-b.txt" 2>&1)" = "written by the guest on device b" ]; }
-    check "d: device b's write is in b's directory" b_wrote
-    a_untouched() {
-      snapshot "$share_a" >"$work/a.after"
-      diff "$work/a.before" "$work/a.after" && [ ! -e "$share_a/guest-made-b.txt" ]
+    # Both tenants at once, each in its own directory.
+    two_tenants() {
+      local pa pb sa=0 sb=0
+      guest d-isolation-a "$work/a.sock" "isolation dpfs.own=a dpfs.foreign=b" --kernel 6.1 --timeout 600 >"$work/d-a.txt" 2>&1 &
+      pa=$!
+      guest d-isolation-b "$work/b.sock" "isolation dpfs.own=b dpfs.foreign=a" --kernel 6.1 --timeout 600 >"$work/d-b.txt" 2>&1 &
+      pb=$!
+      wait $pa || sa=$?
+      wait $pb || sb=$?
+      echo "device a guest (exit $sa):"; cat "$work/d-a.txt"
+      echo "device b guest (exit $sb):"; cat "$work/d-b.txt"
+      [ $sa = 0 ] && [ $sb = 0 ]
     }
-    check "d: device a's directory is untouched" a_untouched
+    check "d: guests on devices a and b at once, phase isolation" two_tenants
+    # Each directory changed by exactly its own guest's file.
+    only_own_write() { # own foreign
+      local dir="$work/share-$1"
+      [ "$(cat "$dir/guest-made-$1.txt" 2>&1)" = "written by the guest on device $1" ] || { echo "guest-made-$1.txt missing in share-$1"; return 1; }
+      snapshot "$dir" | grep -v "^./guest-made-$1.txt " >"$work/$1.after"
+      diff "$work/$1.before" "$work/$1.after" || { echo "share-$1 changed beyond guest-made-$1.txt"; return 1; }
+      [ ! -e "$work/share-$2/guest-made-$1.txt" ] || { echo "device $1's file appeared in share-$2"; return 1; }
+    }
+    check "d: device a's directory has a's file and nothing of b's" only_own_write a b
+    check "d: device b's directory has b's file and nothing of a's" only_own_write b a
     check "d: engine with two devices stops cleanly on SIGTERM" stop_engine
   else
     echo "engine did not create both sockets:"; cat "$server_log"
@@ -346,6 +370,24 @@ TOML
     server_pid=""
   fi
   grep -E "device tenant-(a|b)" "$server_log" || true
+fi
+
+# --- e: the guest caching everything -------------------------------------------------------------
+# cache always: the guest keeps attributes, names and pages as long as it likes; what it wrote
+# must still be on the host byte for byte once it unmounted.
+if [ $quick = 1 ]; then
+  skip "e: cache always" "--quick"
+else
+  share3="$work/share-3"
+  populate_share "$share3"
+  if [ $mode = engine ]; then
+    start_engine cache-always "$share3" 1 always || check "e: engine with --cache always starts" false
+  fi
+  vfsd_cache=always
+  check "e: 6.1 guest, cache always, phase write" guest_run e-6.1-cache-always "$share3" write --kernel 6.1 --timeout 600
+  vfsd_cache=none
+  host_checks e "$share3" 6.1.
+  if [ $mode = engine ]; then check "e: engine stops cleanly on SIGTERM" stop_engine; fi
 fi
 
 echo "logs: $logdir"

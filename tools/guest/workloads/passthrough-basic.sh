@@ -12,8 +12,10 @@
 # Phase, from the kernel command line (run-guest.sh --append 'dpfs.phase=...'):
 #   dpfs.phase=write      (default) everything below; leaves guest-made/ behind
 #   dpfs.phase=verify     a second boot on the same share: guest-made/ is still as phase write left it
-#   dpfs.phase=isolation  the share must hold b-marker.txt and must not hold a-marker.txt (the
-#                         other device's directory); writes guest-made-b.txt for the host to look for
+#   dpfs.phase=isolation  the share must hold OWN-marker.txt ("device OWN") and must not show
+#                         FOREIGN-marker.txt (the other device's), not even through a host-made
+#                         escape-link; writes guest-made-OWN.txt for the host to look for.
+#                         dpfs.own=OWN (default b), dpfs.foreign=FOREIGN (default a)
 # Files it relies on (made by the host before boot): host-made/hello.txt ("hello from the host")
 # and host-made/manifest (md5sum format, paths relative to the share).
 # What it leaves (phase write), all paths relative to the share:
@@ -38,9 +40,13 @@ md5() { md5sum <"$1" | cut -d' ' -f1; }
 # than never/none; harmless there).
 dropcaches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-phase=write
+phase=write own=b foreign=a
 for arg in $(cat /proc/cmdline); do
-  case "$arg" in dpfs.phase=*) phase=${arg#dpfs.phase=} ;; esac
+  case "$arg" in
+    dpfs.phase=*) phase=${arg#dpfs.phase=} ;;
+    dpfs.own=*) own=${arg#dpfs.own=} ;;
+    dpfs.foreign=*) foreign=${arg#dpfs.foreign=} ;;
+  esac
 done
 # DPFS_PHASE overrides the command line (for a dry run on a host directory with busybox sh).
 phase=${DPFS_PHASE:-$phase}
@@ -79,11 +85,18 @@ check_host_made() {
 
 phase_isolation() {
   ls -la .
-  if [ -f b-marker.txt ] && [ "$(cat b-marker.txt)" = "device b" ]; then ok own-marker; else bad own-marker "b-marker.txt missing or wrong: '$(cat b-marker.txt 2>&1)'"; fi
-  if [ -e a-marker.txt ]; then bad no-foreign-marker "a-marker.txt (device a's) is visible"; else ok no-foreign-marker; fi
+  m=$own-marker.txt f=$foreign-marker.txt
+  if [ -f "$m" ] && [ "$(cat "$m")" = "device $own" ]; then ok own-marker; else bad own-marker "$m missing or wrong: '$(cat "$m" 2>&1)'"; fi
+  if [ -e "$f" ]; then bad no-foreign-marker "$f (device $foreign's) is visible"; else ok no-foreign-marker; fi
+  # A symlink the host planted, pointing at the other device's directory ('../share-$foreign/...'):
+  # readable as a link, but following it must not reach the other tenant's file.
+  if [ -L escape-link ]; then
+    echo "escape-link -> $(readlink escape-link)"
+    if [ "$(cat escape-link 2>/dev/null)" = "device $foreign" ]; then bad escape-link "reached device $foreign's marker"; else ok escape-link; fi
+  fi
   # '..' of the mount's root must be the root itself as far as the back-end is concerned.
   if [ "$(stat -c %i "$mnt/.")" = "$(stat -c %i "$mnt")" ]; then ok root-inode; else bad root-inode "inode of . differs"; fi
-  if echo "written by the guest on device b" >guest-made-b.txt && sync; then ok write-b; else bad write-b "cannot write guest-made-b.txt"; fi
+  if echo "written by the guest on device $own" >"guest-made-$own.txt" && sync; then ok "write-$own"; else bad "write-$own" "cannot write guest-made-$own.txt"; fi
 }
 
 phase_verify() {
