@@ -171,8 +171,15 @@ public struct PassthroughBackend: Backend {
     mutating func become(_ request: FUSERequest) {
         guard switchesCredentials else { return }
         if !groupsDropped {
+            // First request on this thread: set both ids instead of trusting the cache, whatever
+            // the thread did before.
             _ = CDPFS_thread_drop_supplementary_groups()
             groupsDropped = true
+            _ = setfsgid(request.gid)
+            _ = setfsuid(request.uid)
+            currentGID = request.gid
+            currentUID = request.uid
+            return
         }
         if request.gid != currentGID {
             _ = setfsgid(request.gid)

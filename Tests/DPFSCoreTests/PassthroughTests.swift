@@ -243,6 +243,10 @@ func expectErrno(_ expected: Int32, _ sourceLocation: SourceLocation = #_sourceL
         client.gid = 1001
         expectErrno(EACCES) { _ = try client.mkdir(rootOnly.nodeID, "x") }
         expectErrno(EACCES) { _ = try client.create(rootOnly.nodeID, "y") }
+        // The poller runs on this test's thread: leave it with root's fs credentials again.
+        client.uid = 0
+        client.gid = 0
+        _ = try client.getattr(1)
     }
 
     @Test("xattrs: size probe, ERANGE, ENODATA, list, remove")
@@ -306,5 +310,54 @@ func expectErrno(_ expected: Int32, _ sourceLocation: SourceLocation = #_sourceL
         expectErrno(EBADF) { _ = try client.read(known[1], 0xDEAD_BEEF, offset: 0, size: 10) }
         expectErrno(ENOENT) { _ = try client.getattr(0x7777_0000_0003) }
     }
-}
 
+    @Test("hostile requests: escapes through symlinks and names, lying READ/WRITE lengths; nothing outside is touched")
+    func hostileRequests() throws {
+        let directory = SharedDirectory()
+        let outside = SharedDirectory()
+        try "outside secret".write(toFile: outside.host("secret"), atomically: false, encoding: .utf8)
+        #expect(Glibc.symlink(outside.host("secret"), directory.host("to-secret")) == 0)
+        #expect(Glibc.symlink(outside.path, directory.host("to-outside")) == 0)
+        let client = try makeClient(directory)
+        let link = try client.lookup(1, "to-secret")
+        expectErrno(ELOOP) { _ = try client.open(link.nodeID, flags: O_RDWR) }
+        expectErrno(ELOOP) { _ = try client.open(link.nodeID, flags: O_RDONLY | O_TRUNC) }
+        expectErrno(EINVAL) { _ = try client.setattr(link.nodeID) { $0.valid = UInt32(FATTR_SIZE); $0.size = 0 } }
+        expectErrno(ENOTSUP) { _ = try client.setattr(link.nodeID) { $0.valid = UInt32(FATTR_MODE); $0.mode = 0o777 } }
+        let outsideDirectory = try client.lookup(1, "to-outside")
+        expectErrno(ENOTDIR) { _ = try client.lookup(outsideDirectory.nodeID, "secret") }
+        expectErrno(ENOTDIR) { _ = try client.create(outsideDirectory.nodeID, "planted") }
+        expectErrno(ENOTDIR) { _ = try client.mkdir(outsideDirectory.nodeID, "planted") }
+        expectErrno(EPERM) { _ = try client.link(outsideDirectory.nodeID == 0 ? 1 : try client.lookup(1, "..").nodeID, newParent: 1, "root-link") }
+        // Names the kernel never sends: a '/' is refused by the decoder, ".." never climbs out.
+        let (error, _) = client.call(.lookup, node: 1, args: Array("../etc".utf8) + [0])
+        #expect(error == -EINVAL)
+        #expect(try client.lookup(1, "..").nodeID == 1)
+        expectErrno(EINVAL) { try client.unlink(1, "..") }
+        expectErrno(EINVAL) { try client.rename(1, "..", to: 1, "x") }
+
+        let (file, handle) = try client.create(1, "victim")
+        try client.write(file.nodeID, handle, offset: 0, Array("0123456789".utf8))
+        // A WRITE whose declared size is not the payload it carries.
+        var write = fuse_write_in()
+        write.fh = handle
+        write.size = 1 << 20
+        let lying = client.call(.write, node: file.nodeID, args: withUnsafeBytes(of: write) { Array($0) } + Array("xyz".utf8))
+        #expect(lying.0 == -EINVAL)
+        // A READ asking for more than its buffers hold gets what fits, never more.
+        var read = fuse_read_in()
+        read.fh = handle
+        read.size = 1 << 20
+        let short = client.call(.read, node: file.nodeID, args: withUnsafeBytes(of: read) { Array($0) }, writable: 16 + 4)
+        #expect(short.0 == 0 && short.1 == Array("0123".utf8))
+        // A handle that was never issued, a node id with a stale generation.
+        expectErrno(EBADF) { try client.write(file.nodeID, handle ^ (1 << 40), offset: 0, [1]) }
+        expectErrno(ENOENT) { _ = try client.getattr(file.nodeID ^ (1 << 40)) }
+        try client.release(file.nodeID, handle)
+
+        #expect(try String(contentsOfFile: outside.host("secret"), encoding: .utf8) == "outside secret")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside.path) == ["secret"])
+        #expect(try String(contentsOfFile: directory.host("victim"), encoding: .utf8) == "0123456789")
+        #expect(try client.getattr(1).mode & 0o170000 == 0o040000, "the device keeps serving")
+    }
+}
