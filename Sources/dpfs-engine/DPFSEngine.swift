@@ -122,12 +122,15 @@ struct DPFSEngine: ParsableCommand {
                         cacheMode: PassthroughCacheMode(rawValue: device.cacheMode.rawValue)!,
                         inodesMax: device.inodesMax, openFilesMax: device.openFilesMax))
                 } catch {
-                    throw ValidationError("device \(device.name): \(error)")
+                    throw StartupError("device \(device.name): \(error)")
                 }
                 let wanted = shared.configuration.descriptorsMax * configuration.devices.count
                 let limit = PassthroughDevice.raiseDescriptorLimit(to: wanted)
                 if limit < wanted {
-                    logger.warning("RLIMIT_NOFILE is \(limit), below the \(wanted) descriptors the tables can hold: ENFILE comes earlier")
+                    logger.warning("""
+                        RLIMIT_NOFILE is \(limit) and could not be raised to the \(wanted) descriptors the tables can hold \
+                        (no CAP_SYS_RESOURCE?): the guest gets ENFILE once the process runs out of descriptors
+                        """)
                 }
                 var policy = InitPolicy()
                 // Writeback caching only where the guest owns the share (cache = always).
@@ -179,4 +182,10 @@ extension DPFSEngine {
         logger.info("\(vhostDevice.report); \(report); socket \(device.socketPath)")
         return server
     }
+}
+
+/// A start-up failure that is not a usage mistake: printed as one line, without the usage text.
+struct StartupError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -35,6 +35,22 @@ import Testing
         #expect(configuration.devices[1] == DeviceConfiguration(name: "tenant-b", socketPath: "/run/dpfs/b.sock"))
     }
 
+    @Test("a passthrough device: shared directory, cache mode and table limits")
+    func passthroughDevice() throws {
+        let configuration = try EngineConfiguration.parse("""
+            [[device]]
+            socket = "/run/dpfs/p.sock"
+            backend = "passthrough"
+            shared_dir = "/srv/share"
+            cache = "never"
+            inodes_max = 1000
+            open_files_max = 100
+            """)
+        #expect(configuration.devices[0] == DeviceConfiguration(
+            name: "dpfs0", socketPath: "/run/dpfs/p.sock", backend: .passthrough, sharedDirectory: "/srv/share",
+            cacheMode: .never, inodesMax: 1000, openFilesMax: 100))
+    }
+
     @Test("mistakes are reported with their line, never guessed", arguments: [
         ("[[device]]\nsocket = \"/a\"\nslots = 100", "power of two"),
         ("[[device]]\nsocket = \"/a\"\nrequest_queues = 0", "request_queues"),
@@ -51,6 +67,10 @@ import Testing
         ("[[device]]\nsocket = \"/a\"\nsocket = \"/b\"", "line 3: key 'socket' set twice"),
         ("[engine]", "no [[device]]"),
         ("[[device]\nsocket = \"/a\"", "line 1: unterminated"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"passthrough\"", "needs shared_dir"),
+        ("[[device]]\nsocket = \"/a\"\nshared_dir = \"/srv\"", "only for the passthrough backend"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"passthrough\"\nshared_dir = \"/srv\"\ncache = \"sometimes\"", "line 5: cache must be one of"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"passthrough\"\nshared_dir = \"/srv\"\ninodes_max = 3", "inodes_max"),
     ])
     func mistakes(text: String, expected: String) {
         do {
