@@ -40,7 +40,7 @@ step "ThreadSanitizer" swift test --sanitize=thread --scratch-path .build-tsan \
 # Leak checking is off: the only leaks LeakSanitizer reports are XCTest's own runner objects, and
 # this step is about out-of-bounds access on hostile input.
 step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan \
-  --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests|PassthroughTests|PassthroughSharedTableTests|PollerLoopTests"
+  --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests|PassthroughTests|PassthroughSharedTableTests|PollerLoopTests|QuiesceTests"
 step "spin model" tools/check-spin-model.sh
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
 step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
