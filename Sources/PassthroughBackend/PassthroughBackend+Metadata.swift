@@ -16,12 +16,16 @@ extension PassthroughBackend {
             return
         case .release, .releasedir:
             // The handle's descriptor closes when its last in-flight user is done.
-            let fh = request.arguments(as: fuse_release_in.self).fh
+            let arguments = request.arguments(as: fuse_release_in.self)
+            let fh = arguments.fh
+            if arguments.release_flags & UInt32(FUSE_RELEASE_FLUSH) != 0 {
+                device.lockOwners.release(inodeID: request.nodeID, owner: arguments.lock_owner)
+            }
             if device.handles.remove(fh) { reply.send(bodyBytes: 0) } else { reply.fail(.badFileDescriptor) }
             return
         case .flush:
-            // No locks are kept on behalf of the guest (POSIX locks are not negotiated, so the
-            // guest's kernel holds them), so there is nothing to drop at close.
+            // A close(2) in the guest: the closing owner's POSIX locks on the file go, as locally.
+            device.lockOwners.release(inodeID: request.nodeID, owner: request.arguments(as: fuse_flush_in.self).lock_owner)
             reply.send(bodyBytes: 0)
             return
         case .readdir, .readdirplus:
@@ -47,9 +51,8 @@ extension PassthroughBackend {
         case .syncfs:
             if CDPFS.syncfs(device.rootDirectoryFD) == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
             return
-        case .getlk, .setlk, .setlkw, .interrupt, .bmap, .ioctl, .poll, .setupMapping, .removeMapping, .notifyReply:
-            // POSIX locks are not negotiated (the guest kernel keeps them locally, per guest); the
-            // rest has no meaning for a directory share.
+        case .bmap, .ioctl, .poll, .setupMapping, .removeMapping, .notifyReply:
+            // No meaning for a directory share (no block device, no ioctls, no DAX window).
             reply.fail(.notImplemented)
             return
         default:

@@ -153,6 +153,7 @@ public struct PassthroughBackend: Backend {
     }
 
     public mutating func quiesce() {
+        if let queue { device.lockWaiters.cancel(queueIndex: queue.context.queueIndex) }
         guard let ring = queue?.ring else { return }
         _ = ring.cancelAll(userData: Self.completionUserDataCancel)
         ring.submit()
@@ -345,6 +346,14 @@ public struct PassthroughBackend: Backend {
             return write(request, reply: reply, token: token)
         case .fsync, .fsyncdir:
             return fsync(request, reply: reply, token: token)
+        case .getlk, .setlk, .setlkw:
+            becomeEngine()
+            return lock(opcode, request, reply: reply, token: token)
+        case .interrupt:
+            // Only a waiting SETLKW can be interrupted (nothing else blocks). The kernel ignores the
+            // answer unless it is ENOSYS or EAGAIN.
+            _ = device.lockWaiters.cancel(unique: request.arguments(as: fuse_interrupt_in.self).unique)
+            reply.send(bodyBytes: 0)
         default:
             become(request)
             metadata(opcode, request, reply: reply)

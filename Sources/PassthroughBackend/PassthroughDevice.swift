@@ -46,6 +46,11 @@ public struct PassthroughConfiguration: Sendable {
     public var openFilesMax: Int
     /// Follow into other mounts below the shared directory (off: RESOLVE_NO_XDEV).
     public var crossMounts: Bool
+    /// (inode, lock owner) pairs holding POSIX locks at once; contended SETLKW waiting at once; the
+    /// threads that wait for them.
+    public var lockOwnersMax: Int = 1024
+    public var lockWaitersMax: Int = 256
+    public var lockWorkers: Int = 2
 
     public init(sharedDirectory: String, cacheMode: PassthroughCacheMode = .auto, inodesMax: Int = 65_536,
                 openFilesMax: Int = 16_384, crossMounts: Bool = false) {
@@ -57,7 +62,7 @@ public struct PassthroughConfiguration: Sendable {
     }
 
     /// Descriptors the device can hold at most, for raising RLIMIT_NOFILE.
-    public var descriptorsMax: Int { inodesMax + openFilesMax + 64 }
+    public var descriptorsMax: Int { inodesMax + openFilesMax + lockOwnersMax + 64 }
 }
 
 public struct PassthroughError: Error, CustomStringConvertible, Sendable {
@@ -78,6 +83,10 @@ public final class PassthroughDevice: @unchecked Sendable {
     public let rootAttributesDevice: UInt64
     public let inodes: NodeTable
     public let handles: NodeTable
+    /// POSIX locks: one descriptor per (inode, lock owner), and the workers that wait for
+    /// contended locks.
+    public let lockOwners: LockOwners
+    public let lockWaiters: LockWaiters
     public let resolveFlags: UInt64
 
     /// Opens the shared directory; a missing or unreadable one is an error with the reason.
@@ -110,12 +119,15 @@ public final class PassthroughDevice: @unchecked Sendable {
         rootAttributesDevice = UInt64(status.st_dev)
         inodes = NodeTable(capacity: configuration.inodesMax, keyed: true)
         handles = NodeTable(capacity: configuration.openFilesMax, keyed: false)
+        lockOwners = LockOwners(capacity: configuration.lockOwnersMax)
+        lockWaiters = LockWaiters(workers: configuration.lockWorkers, capacity: configuration.lockWaitersMax)
         var resolve = UInt64(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
         if !configuration.crossMounts { resolve |= UInt64(RESOLVE_NO_XDEV) }
         resolveFlags = resolve
     }
 
     deinit {
+        lockWaiters.shutDown()
         _ = close(rootFD)
         _ = close(rootDirectoryFD)
         _ = close(procFD)
@@ -123,6 +135,7 @@ public final class PassthroughDevice: @unchecked Sendable {
 
     /// A new FUSE session begins: the kernel knows none of the old inodes or handles.
     public func resetSession() {
+        lockOwners.releaseAll()
         handles.forgetAll()
         inodes.forgetAll()
     }
@@ -144,6 +157,7 @@ public final class PassthroughDevice: @unchecked Sendable {
     /// One line for the start-up report.
     public var report: String {
         "passthrough \(configuration.sharedDirectory): cache \(configuration.cacheMode.rawValue), "
-            + "\(configuration.inodesMax) inodes, \(configuration.openFilesMax) open files max"
+            + "\(configuration.inodesMax) inodes, \(configuration.openFilesMax) open files, "
+            + "\(configuration.lockOwnersMax) lock owners max, \(configuration.lockWorkers) lock workers"
     }
 }

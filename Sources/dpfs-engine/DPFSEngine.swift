@@ -133,6 +133,9 @@ struct DPFSEngine: ParsableCommand {
                         """)
                 }
                 var policy = InitPolicy()
+                // POSIX record locks are kept on the host, so tenants sharing a directory see each
+                // other's locks (and the guest's kernel forwards them instead of keeping them).
+                policy.flagsWanted |= InitFlags.posixLocks
                 // Writeback caching only where the guest owns the share (cache = always).
                 if device.cacheMode == .always { policy.flagsWanted |= InitFlags.writebackCache }
                 servers.append(try startDevice(device, clock: clock, logger: deviceLogger, initPolicy: policy,

@@ -360,4 +360,47 @@ func expectErrno(_ expected: Int32, _ sourceLocation: SourceLocation = #_sourceL
         #expect(try String(contentsOfFile: directory.host("victim"), encoding: .utf8) == "0123456789")
         #expect(try client.getattr(1).mode & 0o170000 == 0o040000, "the device keeps serving")
     }
+
+    @Test("POSIX locks between owners: conflicts, GETLK, unlocking a sub-range, SETLKW woken by unlock, INTERRUPT, FLUSH")
+    func posixLocks() throws {
+        let directory = SharedDirectory()
+        let client = try makeClient(directory)
+        let (file, handle) = try client.create(1, "locked")
+        let second = try client.open(file.nodeID)
+        let a: UInt64 = 0xA, b: UInt64 = 0xB
+        try client.setlk(file.nodeID, handle, owner: a, type: F_WRLCK, start: 0, end: 99)
+        expectErrno(EAGAIN) { try client.setlk(file.nodeID, second, owner: b, type: F_WRLCK, start: 50, end: 60) }
+        let conflict = try client.getlk(file.nodeID, second, owner: b, type: F_WRLCK, start: 50, end: 60)
+        #expect(conflict.type == UInt32(F_WRLCK) && conflict.start == 0 && conflict.end == 99)
+        #expect(try client.getlk(file.nodeID, handle, owner: a, type: F_WRLCK, start: 50, end: 60).type == UInt32(F_UNLCK),
+                "an owner never conflicts with itself")
+        // Unlocking the middle splits A's lock in two.
+        try client.setlk(file.nodeID, handle, owner: a, type: F_UNLCK, start: 40, end: 59)
+        try client.setlk(file.nodeID, second, owner: b, type: F_RDLCK, start: 45, end: 55)
+        expectErrno(EAGAIN) { try client.setlk(file.nodeID, second, owner: b, type: F_WRLCK, start: 70, end: 80) }
+        expectErrno(EAGAIN) { try client.setlk(file.nodeID, second, owner: b, type: F_WRLCK, start: 10, end: 20) }
+
+        // SETLKW on a held range waits (off the poller) until A unlocks it.
+        let waiting = client.send(.setlkw, node: file.nodeID,
+                                  args: FUSEClient<PassthroughBackend>.lockArguments(handle: second, owner: b, type: F_WRLCK, start: 0, end: 10))
+        #expect(client.wait(for: waiting, seconds: 0.2) == nil, "SETLKW must wait while A holds the range")
+        #expect(client.rig.rig.poller.slotsInUse == 1)
+        try client.setlk(file.nodeID, handle, owner: a, type: F_UNLCK, start: 0, end: 39)
+        let granted = try #require(client.wait(for: waiting, seconds: 5))
+        #expect(granted.0 == 0)
+
+        // A SETLKW that is interrupted gives up with EINTR.
+        let interrupted = client.send(.setlkw, node: file.nodeID,
+                                      args: FUSEClient<PassthroughBackend>.lockArguments(handle: second, owner: b, type: F_WRLCK, start: 60, end: 99))
+        #expect(client.wait(for: interrupted, seconds: 0.1) == nil)
+        _ = client.call(.interrupt, node: 0, args: withUnsafeBytes(of: interrupted.littleEndian) { Array($0) })
+        let gaveUp = try #require(client.wait(for: interrupted, seconds: 5))
+        #expect(gaveUp.0 == -EINTR)
+
+        // A's close (FLUSH with its owner) drops its remaining locks.
+        try client.flush(file.nodeID, handle, owner: a)
+        try client.setlk(file.nodeID, second, owner: b, type: F_WRLCK, start: 60, end: UInt64(Int64.max))
+        try client.release(file.nodeID, handle)
+        try client.release(file.nodeID, second)
+    }
 }

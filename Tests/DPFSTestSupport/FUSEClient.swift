@@ -1,6 +1,7 @@
 import CDPFS
 import DPFSCore
 import FUSEWire
+import Foundation
 import Glibc
 import LoopbackTransport
 
@@ -28,27 +29,52 @@ public final class FUSEClient<B: Backend> {
         rig.establishSession()
     }
 
-    /// Sends one request and waits (bounded) for its reply; returns (error, body).
-    public func call(_ opcode: FUSEOpcode, node: UInt64, args: [UInt8], writable: Int = 4096 + 16) -> (Int32, [UInt8]) {
+    /// Replies that arrived while waiting for another request's.
+    var early: [UInt64: (Int32, [UInt8])] = [:]
+
+    /// Sends one request without waiting; returns its unique.
+    @discardableResult
+    public func send(_ opcode: FUSEOpcode, node: UInt64, args: [UInt8], writable: Int = 4096 + 16) -> UInt64 {
         var request = TestRequest(opcode, nodeID: node, args: args)
         unique += 1
         request.unique = unique
         request.uid = uid
         request.gid = gid
         rig.submit(request.bytes, writableBytes: writable)
-        for _ in 0..<100_000 {
-            let replies = rig.stepAndReap()
-            if let reply = replies.first {
-                precondition(replies.count == 1, "more than one reply")
-                // One-way requests come back with no reply bytes at all.
-                if !FUSEOpcode.expectsReply(raw: opcode.rawValue) { return (0, []) }
-                precondition(reply.unique == unique, "reply to another request")
-                return (reply.error, reply.body)
+        return unique
+    }
+
+    /// Steps the poller until the reply to `unique` is back (bounded); returns (error, body).
+    public func wait(for unique: UInt64, seconds: Double = 10) -> (Int32, [UInt8])? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let reply = early.removeValue(forKey: unique) { return reply }
+            for reply in rig.stepAndReap() where reply.usedLength > 0 {
+                early[reply.unique] = (reply.error, reply.body)
             }
-            if !FUSEOpcode.expectsReply(raw: opcode.rawValue) && rig.rig.poller.slotsInUse == 0 { return (0, []) }
+            if let reply = early.removeValue(forKey: unique) { return reply }
             sched_yield()
         }
-        preconditionFailure("no reply to \(opcode)")
+        return nil
+    }
+
+    /// Sends one request and waits for its reply; one-way requests return at once.
+    public func call(_ opcode: FUSEOpcode, node: UInt64, args: [UInt8], writable: Int = 4096 + 16) -> (Int32, [UInt8]) {
+        let sent = send(opcode, node: node, args: args, writable: writable)
+        if !FUSEOpcode.expectsReply(raw: opcode.rawValue) {
+            // The chain comes back with no reply bytes (only one-way requests do): step until it has.
+            for _ in 0..<100_000 {
+                var returned = false
+                for reply in rig.stepAndReap() {
+                    if reply.usedLength == 0 { returned = true } else { early[reply.unique] = (reply.error, reply.body) }
+                }
+                if returned { return (0, []) }
+                sched_yield()
+            }
+            preconditionFailure("\(opcode) never came back")
+        }
+        guard let reply = wait(for: sent) else { preconditionFailure("no reply to \(opcode)") }
+        return reply
     }
 
     func check(_ result: (Int32, [UInt8])) throws(FUSEFailure) -> [UInt8] {
@@ -251,6 +277,35 @@ public final class FUSEClient<B: Backend> {
             position += DirentLayout.alignedSize(nameLength: length)
         }
         return entries
+    }
+
+    /// GETLK/SETLK/SETLKW arguments: `end` is the last byte (Int64.max: to the end of the file).
+    public static func lockArguments(handle: UInt64, owner: UInt64, type: Int32, start: UInt64, end: UInt64) -> [UInt8] {
+        var arguments = fuse_lk_in()
+        arguments.fh = handle
+        arguments.owner = owner
+        arguments.lk.start = start
+        arguments.lk.end = end
+        arguments.lk.type = UInt32(type)
+        return bytes(arguments)
+    }
+
+    public func setlk(_ node: UInt64, _ handle: UInt64, owner: UInt64, type: Int32, start: UInt64, end: UInt64) throws(FUSEFailure) {
+        _ = try check(call(.setlk, node: node, args: Self.lockArguments(handle: handle, owner: owner, type: type, start: start, end: end)))
+    }
+
+    /// The conflicting lock, or type F_UNLCK.
+    public func getlk(_ node: UInt64, _ handle: UInt64, owner: UInt64, type: Int32, start: UInt64, end: UInt64) throws(FUSEFailure) -> (type: UInt32, start: UInt64, end: UInt64) {
+        let body = try check(call(.getlk, node: node, args: Self.lockArguments(handle: handle, owner: owner, type: type, start: start, end: end)))
+        return (body.loadLE(UInt32.self, at: LockOutLayout.type), body.loadLE(UInt64.self, at: LockOutLayout.start),
+                body.loadLE(UInt64.self, at: LockOutLayout.end))
+    }
+
+    public func flush(_ node: UInt64, _ handle: UInt64, owner: UInt64) throws(FUSEFailure) {
+        var arguments = fuse_flush_in()
+        arguments.fh = handle
+        arguments.lock_owner = owner
+        _ = try check(call(.flush, node: node, args: Self.bytes(arguments)))
     }
 
     public func statfs(_ node: UInt64 = 1) throws(FUSEFailure) -> [UInt8] {
