@@ -18,9 +18,12 @@ struct NodeRecord: ~Copyable {
     @usableFromInline let pins: Atomic<UInt32>
     /// Bumped each time the record is freed, so a stale id never reaches a reused record.
     @usableFromInline let generation: Atomic<UInt32>
-    /// O_PATH descriptor (inodes) or open descriptor (handles). Written before the record is
-    /// published (pins 0 → 1, release) and constant until it is freed.
-    @usableFromInline var fd: Int32 = -1
+    /// O_PATH descriptor (inodes) or open descriptor (handles); -1 while an inode with a file
+    /// handle has none open (the descriptor cache closed it). Constant while any user holds a pin.
+    @usableFromInline let descriptor: Atomic<Int32>
+    /// The inode has a file handle (name_to_handle_at) it can be re-opened by, so its descriptor
+    /// may be closed while the guest only remembers it.
+    @usableFromInline var reopenable: Bool = false
     /// st_mode's file-type bits (inodes) or open flags (handles).
     @usableFromInline var kind: UInt32 = 0
     // Identity and lookup count: inodes only, read and written under the table's mutex.
@@ -66,18 +69,31 @@ public final class NodeTable: @unchecked Sendable {
     /// twice the records so probes stay short. Nil for handle tables.
     let hashCells: UnsafeMutablePointer<UInt32>?
     let hashMask: Int
+    /// Inode descriptors open at most before the cache closes the idle ones (inodes with a file
+    /// handle only).
+    public let descriptorsCachedMax: Int
+    let openDescriptors = Atomic<Int>(0)
+    let fileHandles: UnsafeMutableRawPointer?
+    var clockHand = 0
+    /// Descriptors the cache closed, and re-opened from file handles (for reports and tests).
+    public let evictions = Atomic<Int>(0)
+    public let reopens = Atomic<Int>(0)
+    public var descriptorsOpen: Int { openDescriptors.load(ordering: .relaxed) }
+
     /// Records in use (for reports and tests).
     public var inUse: Int { mutex.withLock { _ in capacity - 1 - freeCount } }   // index 0 is never issued
 
     /// - Parameters:
     ///   - capacity: records at most (index 0 is reserved: an id of 0 is never valid).
     ///   - keyed: whether records are found by (device, inode, mount id).
-    public init(capacity: Int, keyed: Bool) {
+    public init(capacity: Int, keyed: Bool, descriptorsCachedMax: Int = .max) {
         precondition(capacity >= 2 && capacity <= 1 << 24)
+        precondition(descriptorsCachedMax >= 16)
         self.capacity = capacity
+        self.descriptorsCachedMax = descriptorsCachedMax
         records = .allocate(capacity: capacity)
         for index in 0..<capacity {
-            (records + index).initialize(to: NodeRecord(pins: Atomic(0), generation: Atomic(1)))
+            (records + index).initialize(to: NodeRecord(pins: Atomic(0), generation: Atomic(1), descriptor: Atomic(-1)))
         }
         freeList = .allocate(capacity: capacity)
         freeCount = 0
@@ -93,16 +109,20 @@ public final class NodeTable: @unchecked Sendable {
             storage.initialize(repeating: 0, count: cells)
             hashCells = storage
             hashMask = cells - 1
+            fileHandles = .allocate(byteCount: capacity * Self.fileHandleStride, alignment: 8)
         } else {
             hashCells = nil
             hashMask = 0
+            fileHandles = nil
         }
     }
 
     deinit {
-        for index in 0..<capacity where (records + index).pointee.pins.load(ordering: .relaxed) != 0 {
-            _ = Glibc.close((records + index).pointee.fd)
+        for index in 0..<capacity {
+            let fd = (records + index).pointee.descriptor.load(ordering: .relaxed)
+            if fd >= 0 { _ = Glibc.close(fd) }
         }
+        fileHandles?.deallocate()
         records.deinitialize(count: capacity)
         records.deallocate()
         freeList.deallocate()
@@ -130,6 +150,12 @@ public final class NodeTable: @unchecked Sendable {
         var pins = record.pointee.pins.load(ordering: .acquiring)
         while true {
             guard pins != 0 else { return nil }
+            // The descriptor cache is closing this record's descriptor: a few instructions' wait.
+            if pins & Self.evictingBit != 0 {
+                sched_yield()
+                pins = record.pointee.pins.load(ordering: .acquiring)
+                continue
+            }
             let (exchanged, original) = record.pointee.pins.compareExchange(
                 expected: pins, desired: pins &+ 1, ordering: .acquiringAndReleasing)
             if exchanged { break }
@@ -140,16 +166,7 @@ public final class NodeTable: @unchecked Sendable {
             unpin(UInt32(index))
             return nil
         }
-        return PinnedNode(index: UInt32(index), fd: record.pointee.fd, kind: record.pointee.kind)
-    }
-
-    /// Pins a record the caller already holds a pin on (or holds alive), by index.
-    @inlinable
-    func pinHeld(_ index: UInt32) -> PinnedNode {
-        let record = records + Int(index)
-        let previous = record.pointee.pins.add(1, ordering: .acquiringAndReleasing).oldValue
-        precondition(previous >= 1, "pinHeld on a free record")
-        return PinnedNode(index: index, fd: record.pointee.fd, kind: record.pointee.kind)
+        return PinnedNode(index: UInt32(index), fd: record.pointee.descriptor.load(ordering: .acquiring), kind: record.pointee.kind)
     }
 
     /// Drops one pin; the last one closes the descriptor and frees the record.
@@ -164,16 +181,17 @@ public final class NodeTable: @unchecked Sendable {
     @usableFromInline
     func free(_ index: UInt32) {
         let record = records + Int(index)
-        let fd = record.pointee.fd
+        let fd = record.pointee.descriptor.exchange(-1, ordering: .acquiringAndReleasing)
+        if fd >= 0 { openDescriptors.subtract(1, ordering: .relaxed) }
         mutex.withLock { _ in
             if record.pointee.hashed { unhash(index) }
             record.pointee.generation.add(1, ordering: .releasing)
-            record.pointee.fd = -1
+            record.pointee.reopenable = false
             record.pointee.lookups = 0
             freeList[freeCount] = index
             freeCount += 1
         }
-        _ = Glibc.close(fd)
+        if fd >= 0 { _ = Glibc.close(fd) }
     }
 
     // MARK: - Handles (unkeyed)
@@ -186,7 +204,7 @@ public final class NodeTable: @unchecked Sendable {
             freeCount -= 1
             let index = freeList[freeCount]
             let record = records + Int(index)
-            record.pointee.fd = fd
+            record.pointee.descriptor.store(fd, ordering: .relaxed)
             record.pointee.kind = kind
             record.pointee.pins.store(1, ordering: .releasing)
             return index
@@ -216,7 +234,10 @@ public final class NodeTable: @unchecked Sendable {
 
     /// Finds or adds the inode (device, inode, mount id) and counts one lookup. Takes ownership of
     /// `fd`: closed when the inode was already known. Nil when the table is full (fd closed).
-    public func lookup(fd: Int32, kind: UInt32, device: UInt64, inode: UInt64, mountID: UInt64) -> UInt32? {
+    /// `reopenable`: the file system gave a file handle for `fd` (`captureHandle`), so the
+    /// descriptor cache may close the descriptor while the guest only remembers the inode.
+    public func lookup(fd: Int32, kind: UInt32, device: UInt64, inode: UInt64, mountID: UInt64,
+                       handle: UnsafeRawPointer? = nil) -> UInt32? {
         precondition(hashCells != nil)
         var duplicate = false
         let found = mutex.withLock { _ -> UInt32? in
@@ -229,8 +250,13 @@ public final class NodeTable: @unchecked Sendable {
             freeCount -= 1
             let index = freeList[freeCount]
             let record = records + Int(index)
-            record.pointee.fd = fd
+            record.pointee.descriptor.store(fd, ordering: .relaxed)
+            openDescriptors.add(1, ordering: .relaxed)
             record.pointee.kind = kind
+            if let handle, let storage = fileHandles {
+                (storage + Int(index) * Self.fileHandleStride).copyMemory(from: handle, byteCount: Self.fileHandleStride)
+                record.pointee.reopenable = true
+            }
             record.pointee.device = device
             record.pointee.inode = inode
             record.pointee.mountID = mountID
@@ -240,8 +266,73 @@ public final class NodeTable: @unchecked Sendable {
             return index
         }
         if duplicate || found == nil { _ = Glibc.close(fd) }
+        if openDescriptors.load(ordering: .relaxed) > descriptorsCachedMax { evictDescriptors() }
         return found
     }
+
+    // MARK: - The descriptor cache
+
+    /// `struct file_handle` with MAX_HANDLE_SZ bytes of handle, per record.
+    public static let fileHandleStride = 8 + 128
+    @usableFromInline static let evictingBit: UInt32 = 1 << 31
+
+    /// Fills `handle` (`fileHandleStride` bytes) with the file handle of `fd`. False when the file
+    /// system has none (then the inode keeps its descriptor for as long as the guest knows it).
+    public static func captureHandle(of fd: Int32, into handle: UnsafeMutableRawPointer) -> Bool {
+        handle.storeBytes(of: UInt32(128), toByteOffset: 0, as: UInt32.self)
+        var mountID: Int32 = 0
+        return name_to_handle_at(fd, "", handle.assumingMemoryBound(to: file_handle.self), &mountID, AT_EMPTY_PATH) == 0
+    }
+
+    /// The descriptor of a pinned inode whose descriptor the cache had closed: opened again from its
+    /// file handle beneath `mountFD`, a real (not O_PATH) descriptor on the inode's mount (needs
+    /// CAP_DAC_READ_SEARCH: call with the engine's credentials).
+    /// -1 with errno set when the inode is gone from the host.
+    public func reopen(_ node: PinnedNode, mountFD: Int32) -> Int32 {
+        let record = records + Int(node.index)
+        let current = record.pointee.descriptor.load(ordering: .acquiring)
+        if current >= 0 { return current }
+        guard record.pointee.reopenable, let storage = fileHandles else { Glibc.errno = EBADF; return -1 }
+        let handle = (storage + Int(node.index) * Self.fileHandleStride).assumingMemoryBound(to: file_handle.self)
+        var fd: Int32
+        repeat { fd = open_by_handle_at(mountFD, handle, O_PATH | O_CLOEXEC) } while fd < 0 && Glibc.errno == EINTR
+        guard fd >= 0 else { return -1 }
+        let (installed, winner) = record.pointee.descriptor.compareExchange(expected: -1, desired: fd, ordering: .acquiringAndReleasing)
+        if !installed {
+            _ = Glibc.close(fd)
+            return winner
+        }
+        reopens.add(1, ordering: .relaxed)
+        openDescriptors.add(1, ordering: .relaxed)
+        return fd
+    }
+
+    /// Closes descriptors of inodes nobody uses right now (only their lookup count holds them) until
+    /// three quarters of the cache is left, sweeping like a clock from where the last sweep stopped.
+    func evictDescriptors() {
+        var closed = 0
+        mutex.withLock { _ in
+            let target = descriptorsCachedMax * 3 / 4
+            var examined = 0
+            while openDescriptors.load(ordering: .relaxed) - closed > target && examined < capacity {
+                examined += 1
+                clockHand = clockHand + 1 >= capacity ? 1 : clockHand + 1
+                let record = records + clockHand
+                guard record.pointee.reopenable, record.pointee.descriptor.load(ordering: .relaxed) >= 0 else { continue }
+                // Only a record nobody uses (pins == 1: alive, no request) may lose its descriptor;
+                // the evicting bit holds off new users for the few instructions this takes.
+                let (evicting, _) = record.pointee.pins.compareExchange(expected: 1, desired: Self.evictingBit | 1, ordering: .acquiringAndReleasing)
+                guard evicting else { continue }
+                let fd = record.pointee.descriptor.exchange(-1, ordering: .acquiringAndReleasing)
+                record.pointee.pins.store(1, ordering: .releasing)
+                _ = Glibc.close(fd)
+                closed += 1
+            }
+        }
+        openDescriptors.subtract(closed, ordering: .relaxed)
+        evictions.add(closed, ordering: .relaxed)
+    }
+
 
     /// FORGET: drops `count` lookups of `id`; at zero the inode leaves the hash and is freed once
     /// in-flight users are done. Unknown ids and over-counts are ignored (a buggy guest's problem).

@@ -31,6 +31,8 @@ final class PassthroughQueueState: @unchecked Sendable {
     static let scratchBytes = FUSELimits.xattrValueBytesMax + 4096
     /// "/proc/self/fd" entry names ("123\0"), written without allocating.
     let procName: UnsafeMutablePointer<CChar>
+    /// A file handle being captured for the inode table (name_to_handle_at).
+    let fileHandle: UnsafeMutableRawPointer
     let context: BackendContext
 
     init(context: BackendContext, ring: IOURing?) {
@@ -47,6 +49,7 @@ final class PassthroughQueueState: @unchecked Sendable {
         iovecs = .allocate(capacity: slotCount * iovecsPerSlot)
         scratch = .allocate(byteCount: Self.scratchBytes, alignment: 4096)
         procName = .allocate(capacity: 24)
+        fileHandle = .allocate(byteCount: NodeTable.fileHandleStride, alignment: 8)
     }
 
     deinit {
@@ -57,6 +60,7 @@ final class PassthroughQueueState: @unchecked Sendable {
         iovecs.deallocate()
         scratch.deallocate()
         procName.deallocate()
+        fileHandle.deallocate()
     }
 }
 
@@ -199,9 +203,27 @@ public struct PassthroughBackend: Backend {
         if currentGID != 0 { _ = setfsgid(0); currentGID = 0 }
     }
 
-    func pinNode(_ nodeID: UInt64) -> PinnedNode? {
+    mutating func pinNode(_ nodeID: UInt64) -> PinnedNode? {
         if nodeID == Self.rootNodeID { return PinnedNode(index: 0, fd: device.rootFD, kind: FileType.directory) }
-        return device.inodes.pin(nodeID)
+        guard let node = device.inodes.pin(nodeID) else { return nil }
+        if node.fd >= 0 { return node }
+        // The descriptor cache closed this inode's descriptor: open it again from its file handle,
+        // with the engine's credentials (open_by_handle_at needs CAP_DAC_READ_SEARCH), then go back
+        // to the caller's.
+        let (uid, gid) = (currentUID, currentGID)
+        becomeEngine()
+        let fd = device.inodes.reopen(node, mountFD: device.rootDirectoryFD)
+        if switchesCredentials && (uid != 0 || gid != 0) {
+            _ = setfsgid(gid)
+            _ = setfsuid(uid)
+            currentUID = uid
+            currentGID = gid
+        }
+        guard fd >= 0 else {
+            device.inodes.unpin(node.index)
+            return nil
+        }
+        return PinnedNode(index: node.index, fd: fd, kind: node.kind)
     }
 
     func unpinNode(_ node: PinnedNode) {
@@ -272,9 +294,12 @@ public struct PassthroughBackend: Backend {
             _ = close(fd)
             return reply.fail(Self.errno(failure))
         }
+        let fileHandle = queue!.fileHandle
+        let reopenable = NodeTable.captureHandle(of: fd, into: fileHandle)
         guard let index = device.inodes.lookup(fd: fd, kind: UInt32(s.stx_mode) & FileType.mask,
                                                device: UInt64(s.stx_dev_major) << 32 | UInt64(s.stx_dev_minor),
-                                               inode: s.stx_ino, mountID: CDPFS_statx_mount_id(&s)) else {
+                                               inode: s.stx_ino, mountID: CDPFS_statx_mount_id(&s),
+                                               handle: reopenable ? UnsafeRawPointer(fileHandle) : nil) else {
             logTableFull("inode", limit: device.configuration.inodesMax)
             return reply.fail(FUSEErrno(ENFILE))
         }

@@ -48,6 +48,9 @@ public struct PassthroughConfiguration: Sendable {
     public var crossMounts: Bool
     /// (inode, lock owner) pairs holding POSIX locks at once; contended SETLKW waiting at once; the
     /// threads that wait for them.
+    /// Inode descriptors kept open at most: beyond it, descriptors of inodes no request uses are
+    /// closed and re-opened from their file handle when needed (file systems with file handles).
+    public var inodeDescriptorsMax: Int = 4096
     public var lockOwnersMax: Int = 1024
     public var lockWaitersMax: Int = 256
     public var lockWorkers: Int = 2
@@ -62,7 +65,7 @@ public struct PassthroughConfiguration: Sendable {
     }
 
     /// Descriptors the device can hold at most, for raising RLIMIT_NOFILE.
-    public var descriptorsMax: Int { inodesMax + openFilesMax + lockOwnersMax + 64 }
+    public var descriptorsMax: Int { min(inodesMax, inodeDescriptorsMax) + openFilesMax + lockOwnersMax + 64 }
 }
 
 public struct PassthroughError: Error, CustomStringConvertible, Sendable {
@@ -75,7 +78,8 @@ public final class PassthroughDevice: @unchecked Sendable {
     public let configuration: PassthroughConfiguration
     /// O_PATH descriptor of the shared directory: node 1.
     public let rootFD: Int32
-    /// A readable descriptor of the shared directory, for SYNCFS (O_PATH descriptors cannot sync).
+    /// A readable descriptor of the shared directory, for SYNCFS and as the mount of file handles
+    /// (O_PATH descriptors can do neither).
     public let rootDirectoryFD: Int32
     /// /proc/self/fd, opened once: the engine re-opens its own O_PATH descriptors through it (an
     /// inode it already holds, never a guest-supplied path).
@@ -117,7 +121,7 @@ public final class PassthroughDevice: @unchecked Sendable {
         rootDirectoryFD = readable
         procFD = proc
         rootAttributesDevice = UInt64(status.st_dev)
-        inodes = NodeTable(capacity: configuration.inodesMax, keyed: true)
+        inodes = NodeTable(capacity: configuration.inodesMax, keyed: true, descriptorsCachedMax: configuration.inodeDescriptorsMax)
         handles = NodeTable(capacity: configuration.openFilesMax, keyed: false)
         lockOwners = LockOwners(capacity: configuration.lockOwnersMax)
         lockWaiters = LockWaiters(workers: configuration.lockWorkers, capacity: configuration.lockWaitersMax)
@@ -157,7 +161,8 @@ public final class PassthroughDevice: @unchecked Sendable {
     /// One line for the start-up report.
     public var report: String {
         "passthrough \(configuration.sharedDirectory): cache \(configuration.cacheMode.rawValue), "
-            + "\(configuration.inodesMax) inodes, \(configuration.openFilesMax) open files, "
+            + "\(configuration.inodesMax) inodes (\(configuration.inodeDescriptorsMax) descriptors cached), "
+            + "\(configuration.openFilesMax) open files, "
             + "\(configuration.lockOwnersMax) lock owners max, \(configuration.lockWorkers) lock workers"
     }
 }

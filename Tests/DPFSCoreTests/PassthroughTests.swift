@@ -22,9 +22,11 @@ final class SharedDirectory {
     func host(_ name: String) -> String { path + "/" + name }
 }
 
-func makeClient(_ directory: SharedDirectory, useIOURing: Bool = true, inodesMax: Int = 1024) throws -> FUSEClient<PassthroughBackend> {
-    let device = try PassthroughDevice(configuration: PassthroughConfiguration(sharedDirectory: directory.path, cacheMode: .never,
-                                                                               inodesMax: inodesMax, openFilesMax: 256))
+func makeClient(_ directory: SharedDirectory, useIOURing: Bool = true, inodesMax: Int = 1024,
+                inodeDescriptorsMax: Int = 4096) throws -> FUSEClient<PassthroughBackend> {
+    var configuration = PassthroughConfiguration(sharedDirectory: directory.path, cacheMode: .never, inodesMax: inodesMax, openFilesMax: 256)
+    configuration.inodeDescriptorsMax = inodeDescriptorsMax
+    let device = try PassthroughDevice(configuration: configuration)
     return FUSEClient(backend: PassthroughBackend(device: device, useIOURing: useIOURing))
 }
 
@@ -402,5 +404,33 @@ func expectErrno(_ expected: Int32, _ sourceLocation: SourceLocation = #_sourceL
         try client.setlk(file.nodeID, second, owner: b, type: F_WRLCK, start: 60, end: UInt64(Int64.max))
         try client.release(file.nodeID, handle)
         try client.release(file.nodeID, second)
+    }
+
+    @Test("a walk over 3,000 files keeps at most the cache's descriptors open; evicted inodes reopen by file handle")
+    func descriptorCache() throws {
+        let directory = SharedDirectory()
+        for index in 0..<3000 { #expect(FileManager.default.createFile(atPath: directory.host("n\(index)"), contents: Data("\(index)".utf8))) }
+        let client = try makeClient(directory, inodesMax: 8192, inodeDescriptorsMax: 64)
+        let inodes = client.rig.rig.poller.backend.device.inodes
+        var nodes: [UInt64] = []
+        for index in 0..<3000 { nodes.append(try client.lookup(1, "n\(index)").nodeID) }
+        #expect(inodes.inUse == 3000, "the guest knows every inode")
+        #expect(inodes.descriptorsOpen <= 64, "\(inodes.descriptorsOpen) descriptors open for 3000 inodes")
+        #expect(inodes.evictions.load(ordering: .relaxed) >= 3000 - 64)
+        // Every inode still answers, re-opened from its file handle when its descriptor was closed.
+        for (index, node) in nodes.enumerated() where index % 97 == 0 {
+            #expect(try client.getattr(node).size == UInt64("\(index)".utf8.count))
+            let handle = try client.open(node, flags: O_RDONLY)
+            #expect(try client.read(node, handle, offset: 0, size: 16) == Array("\(index)".utf8))
+            try client.release(node, handle)
+        }
+        #expect(inodes.reopens.load(ordering: .relaxed) > 0)
+        // A file removed on the host while only its handle was kept answers ENOENT or ESTALE.
+        let victim = nodes[1]
+        #expect(unlink(directory.host("n1")) == 0)
+        do { _ = try client.getattr(victim); Issue.record("a removed file still answered") }
+        catch { #expect(error.errno == ENOENT || error.errno == ESTALE) }
+        for node in nodes { client.forget(node) }
+        #expect(inodes.inUse == 0 && inodes.descriptorsOpen == 0)
     }
 }
