@@ -27,11 +27,14 @@ public struct DeviceConfiguration: Equatable, Sendable {
     /// Inodes the guest may know at once, and files it may have open at once (passthrough).
     public var inodesMax: Int
     public var openFilesMax: Int
+    /// Inode descriptors kept open before idle ones are closed (re-opened by file handle).
+    public var inodeDescriptorsMax: Int
 
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
                 nullFileSizeBytes: UInt64 = 1 << 30, cpus: [Int] = [], sharedDirectory: String = "",
-                cacheMode: CacheModeName = .auto, inodesMax: Int = 65_536, openFilesMax: Int = 16_384) {
+                cacheMode: CacheModeName = .auto, inodesMax: Int = 65_536, openFilesMax: Int = 16_384,
+                inodeDescriptorsMax: Int = 4096) {
         self.name = name
         self.socketPath = socketPath
         self.backend = backend
@@ -45,6 +48,7 @@ public struct DeviceConfiguration: Equatable, Sendable {
         self.cacheMode = cacheMode
         self.inodesMax = inodesMax
         self.openFilesMax = openFilesMax
+        self.inodeDescriptorsMax = inodeDescriptorsMax
     }
 
     /// Checks every value against its limit.
@@ -70,6 +74,9 @@ public struct DeviceConfiguration: Equatable, Sendable {
             throw ConfigurationError(line: 0, "device \(name): shared_dir is only for the passthrough backend")
         }
         guard (16...(1 << 24)).contains(inodesMax) else { throw ConfigurationError(line: 0, "device \(name): inodes_max must be 16...16777216") }
+        guard (16...(1 << 24)).contains(inodeDescriptorsMax) else {
+            throw ConfigurationError(line: 0, "device \(name): inode_descriptors_max must be 16...16777216")
+        }
         guard (16...(1 << 24)).contains(openFilesMax) else {
             throw ConfigurationError(line: 0, "device \(name): open_files_max must be 16...16777216")
         }
@@ -139,6 +146,7 @@ public struct EngineConfiguration: Equatable, Sendable {
                     device.cacheMode = mode
                 case "inodes_max": device.inodesMax = try integer(entry)
                 case "open_files_max": device.openFilesMax = try integer(entry)
+                case "inode_descriptors_max": device.inodeDescriptorsMax = try integer(entry)
                 case "cpus":
                     let text = try string(entry)
                     device.cpus = []

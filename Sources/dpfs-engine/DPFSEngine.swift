@@ -43,6 +43,9 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("inodes-max"), help: "Inodes the guest may know at once (passthrough; one O_PATH descriptor each).")
     var inodesMax: Int = 65_536
 
+    @Option(name: .customLong("inode-descriptors-max"), help: "Inode descriptors kept open (passthrough); idle ones beyond are closed and re-opened by file handle.")
+    var inodeDescriptorsMax: Int = 4096
+
     @Option(name: .customLong("open-files-max"), help: "Files and directories the guest may have open at once (passthrough).")
     var openFilesMax: Int = 16_384
 
@@ -80,7 +83,8 @@ struct DPFSEngine: ParsableCommand {
                                                  slotsPerQueue: slots, batchMax: min(32, slots),
                                                  busyPollMicroseconds: busyPollMicroseconds, nullFileSizeBytes: nullFileSize,
                                                  sharedDirectory: sharedDirectory ?? "", cacheMode: cacheMode,
-                                                 inodesMax: inodesMax, openFilesMax: openFilesMax)
+                                                 inodesMax: inodesMax, openFilesMax: openFilesMax,
+                                                 inodeDescriptorsMax: inodeDescriptorsMax)
                 try device.validate()
                 engineConfiguration = EngineConfiguration(devices: [device])
             }
@@ -117,10 +121,12 @@ struct DPFSEngine: ParsableCommand {
             case .passthrough:
                 let shared: PassthroughDevice
                 do {
-                    shared = try PassthroughDevice(configuration: PassthroughConfiguration(
+                    var passthrough = PassthroughConfiguration(
                         sharedDirectory: device.sharedDirectory,
                         cacheMode: PassthroughCacheMode(rawValue: device.cacheMode.rawValue)!,
-                        inodesMax: device.inodesMax, openFilesMax: device.openFilesMax))
+                        inodesMax: device.inodesMax, openFilesMax: device.openFilesMax)
+                    passthrough.inodeDescriptorsMax = device.inodeDescriptorsMax
+                    shared = try PassthroughDevice(configuration: passthrough)
                 } catch {
                     throw StartupError("device \(device.name): \(error)")
                 }
