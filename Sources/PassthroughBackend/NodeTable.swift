@@ -281,7 +281,8 @@ public final class NodeTable: @unchecked Sendable {
     public static func captureHandle(of fd: Int32, into handle: UnsafeMutableRawPointer) -> Bool {
         handle.storeBytes(of: UInt32(128), toByteOffset: 0, as: UInt32.self)
         var mountID: Int32 = 0
-        return name_to_handle_at(fd, "", handle.assumingMemoryBound(to: file_handle.self), &mountID, AT_EMPTY_PATH) == 0
+        // A static empty C string: a "" literal here would be bridged through a heap copy.
+        return name_to_handle_at(fd, PassthroughBackend.emptyPath, handle.assumingMemoryBound(to: file_handle.self), &mountID, AT_EMPTY_PATH) == 0
     }
 
     /// The descriptor of a pinned inode whose descriptor the cache had closed: opened again from its

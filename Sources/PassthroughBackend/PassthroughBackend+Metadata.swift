@@ -401,12 +401,7 @@ extension PassthroughBackend {
             return writer.appendPlus(nodeID: 0, generation: 0, entryValid: CacheValidity(seconds: 0), attrValid: CacheValidity(seconds: 0),
                                      attributes: none, nextOffset: nextOffset, type: type, name: name)
         }
-        let fileHandle = queue!.fileHandle
-        let reopenable = NodeTable.captureHandle(of: fd, into: fileHandle)
-        guard let index = device.inodes.lookup(fd: fd, kind: UInt32(s.stx_mode) & FileType.mask,
-                                               device: UInt64(s.stx_dev_major) << 32 | UInt64(s.stx_dev_minor),
-                                               inode: s.stx_ino, mountID: CDPFS_statx_mount_id(&s),
-                                               handle: reopenable ? UnsafeRawPointer(fileHandle) : nil) else {
+        guard let index = register(fd: fd, status: &s) else {
             return writer.appendPlus(nodeID: 0, generation: 0, entryValid: CacheValidity(seconds: 0), attrValid: CacheValidity(seconds: 0),
                                      attributes: none, nextOffset: nextOffset, type: type, name: name)
         }

@@ -294,12 +294,7 @@ public struct PassthroughBackend: Backend {
             _ = close(fd)
             return reply.fail(Self.errno(failure))
         }
-        let fileHandle = queue!.fileHandle
-        let reopenable = NodeTable.captureHandle(of: fd, into: fileHandle)
-        guard let index = device.inodes.lookup(fd: fd, kind: UInt32(s.stx_mode) & FileType.mask,
-                                               device: UInt64(s.stx_dev_major) << 32 | UInt64(s.stx_dev_minor),
-                                               inode: s.stx_ino, mountID: CDPFS_statx_mount_id(&s),
-                                               handle: reopenable ? UnsafeRawPointer(fileHandle) : nil) else {
+        guard let index = register(fd: fd, status: &s) else {
             logTableFull("inode", limit: device.configuration.inodesMax)
             return reply.fail(FUSEErrno(ENFILE))
         }
@@ -312,6 +307,17 @@ public struct PassthroughBackend: Backend {
         } else {
             reply.entry(nodeID: id, generation: generation, entryValid: validity, attrValid: validity, attributes: attributes)
         }
+    }
+
+    /// Enters `fd` (its statx in `s`) into the inode table with its file handle, if the file system
+    /// has one; one lookup counted. Nil when the table is full (`fd` is closed either way if unused).
+    func register(fd: Int32, status s: inout statx) -> UInt32? {
+        let fileHandle = queue!.fileHandle
+        let reopenable = NodeTable.captureHandle(of: fd, into: fileHandle)
+        return device.inodes.lookup(fd: fd, kind: UInt32(s.stx_mode) & FileType.mask,
+                                    device: UInt64(s.stx_dev_major) << 32 | UInt64(s.stx_dev_minor),
+                                    inode: s.stx_ino, mountID: CDPFS_statx_mount_id(&s),
+                                    handle: reopenable ? UnsafeRawPointer(fileHandle) : nil)
     }
 
     func logTableFull(_ what: String, limit: Int) {
