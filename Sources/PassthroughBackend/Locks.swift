@@ -1,5 +1,6 @@
 import CDPFS
 import DPFSCore
+import DPFSPosix
 import Dispatch
 import FUSEWire
 import Glibc
@@ -27,7 +28,7 @@ public final class LockOwners: @unchecked Sendable {
 
     public let capacity: Int
     let entries: UnsafeMutablePointer<Entry>
-    let mutex = Mutex<Void>(())
+    let mutex = HostMutex()
 
     public init(capacity: Int) {
         precondition(capacity >= 1 && capacity <= 1 << 16)
@@ -44,7 +45,7 @@ public final class LockOwners: @unchecked Sendable {
     /// The owner's descriptor for the inode, opened with `open` when it has none. -1 with errno set
     /// when it cannot be opened, or ENOLCK when the table is full.
     func descriptor(inodeID: UInt64, owner: UInt64, open: () -> Int32) -> Int32 {
-        mutex.withLock { _ -> Int32 in
+        mutex.withLock { () -> Int32 in
             var free = -1
             for index in 0..<capacity {
                 if entries[index].fd >= 0 && entries[index].inodeID == inodeID && entries[index].owner == owner {
@@ -62,7 +63,7 @@ public final class LockOwners: @unchecked Sendable {
 
     /// The owner closed the file: its locks on the inode go with its descriptor.
     func release(inodeID: UInt64, owner: UInt64) {
-        let fd = mutex.withLock { _ -> Int32 in
+        let fd = mutex.withLock { () -> Int32 in
             for index in 0..<capacity where entries[index].fd >= 0 && entries[index].inodeID == inodeID && entries[index].owner == owner {
                 let fd = entries[index].fd
                 entries[index] = Entry()
@@ -76,7 +77,7 @@ public final class LockOwners: @unchecked Sendable {
     /// A new FUSE session: no owner of the old one holds anything.
     func releaseAll() {
         for index in 0..<capacity {
-            let fd = mutex.withLock { _ -> Int32 in
+            let fd = mutex.withLock { () -> Int32 in
                 let fd = entries[index].fd
                 entries[index] = Entry()
                 return fd
@@ -85,7 +86,7 @@ public final class LockOwners: @unchecked Sendable {
         }
     }
 
-    public var inUse: Int { mutex.withLock { _ in (0..<capacity).reduce(0) { $0 + (entries[$1].fd >= 0 ? 1 : 0) } } }
+    public var inUse: Int { mutex.withLock { (0..<capacity).reduce(0) { $0 + (entries[$1].fd >= 0 ? 1 : 0) } } }
 }
 
 /// The bounded pool that waits for contended locks (SETLKW) off the poller.
@@ -106,7 +107,9 @@ public final class LockWaiters: @unchecked Sendable {
     public let capacity: Int
     public let retryMicroseconds: UInt32
     let jobs: UnsafeMutablePointer<Job>
-    let mutex = Mutex<UInt64>(0)   // the next sequence number: jobs start in arrival order
+    let mutex = HostMutex()
+    /// The next sequence number (under the mutex): jobs start in arrival order.
+    var nextSequence: UInt64 = 0
     let available = DispatchSemaphore(value: 0)
     let stopping = Atomic<Bool>(false)
     var threads: [pthread_t] = []
@@ -143,11 +146,11 @@ public final class LockWaiters: @unchecked Sendable {
 
     /// Queues a contended SETLKW. False when `capacity` locks already wait (the caller answers ENOLCK).
     func enqueue(fd: Int32, lock: flock, unique: UInt64, token: CompletionToken, reply: FUSEReply, context: BackendContext) -> Bool {
-        let queued = mutex.withLock { sequence -> Bool in
+        let queued = mutex.withLock { () -> Bool in
             for index in 0..<capacity where jobs[index].state == .free {
                 jobs[index] = Job(state: .queued, fd: fd, lock: lock, unique: unique, token: token, reply: reply,
-                                  context: context, sequence: sequence)
-                sequence &+= 1
+                                  context: context, sequence: nextSequence)
+                nextSequence &+= 1
                 return true
             }
             return false
@@ -158,7 +161,7 @@ public final class LockWaiters: @unchecked Sendable {
 
     /// INTERRUPT: the lock request `unique` gives up at its next retry. False when none waits.
     func cancel(unique: UInt64) -> Bool {
-        mutex.withLock { _ -> Bool in
+        mutex.withLock { () -> Bool in
             for index in 0..<capacity where jobs[index].unique == unique && (jobs[index].state == .queued || jobs[index].state == .running) {
                 jobs[index].state = .cancelled
                 return true
@@ -169,7 +172,7 @@ public final class LockWaiters: @unchecked Sendable {
 
     /// A queue stops: its waiting locks give up (EINTR), so the quiesce that follows can finish.
     func cancel(queueIndex: Int) {
-        mutex.withLock { _ in
+        mutex.withLock {
             for index in 0..<capacity where (jobs[index].state == .queued || jobs[index].state == .running)
                 && jobs[index].context?.queueIndex == queueIndex {
                 jobs[index].state = .cancelled
@@ -179,7 +182,7 @@ public final class LockWaiters: @unchecked Sendable {
 
     /// Jobs waiting or running (for tests and reports).
     public var waiting: Int {
-        mutex.withLock { _ in (0..<capacity).reduce(0) { $0 + (jobs[$1].state == .free ? 0 : 1) } }
+        mutex.withLock { (0..<capacity).reduce(0) { $0 + (jobs[$1].state == .free ? 0 : 1) } }
     }
 
     func work() {
@@ -187,7 +190,7 @@ public final class LockWaiters: @unchecked Sendable {
             available.wait()
             if stopping.load(ordering: .acquiring) && waiting == 0 { return }
             // The oldest queued job.
-            let taken = mutex.withLock { _ -> Int? in
+            let taken = mutex.withLock { () -> Int? in
                 var oldest: Int? = nil
                 for index in 0..<capacity where jobs[index].state == .queued {
                     if oldest == nil || jobs[index].sequence < jobs[oldest!].sequence { oldest = index }
@@ -201,20 +204,19 @@ public final class LockWaiters: @unchecked Sendable {
     }
 
     func run(_ index: Int) {
-        var lock = jobs[index].lock
-        let fd = jobs[index].fd
+        var (lock, fd) = mutex.withLock { (jobs[index].lock, jobs[index].fd) }
         var failure: Int32 = 0
         while true {
-            let cancelled = mutex.withLock { _ in jobs[index].state == .cancelled }
+            let cancelled = mutex.withLock { jobs[index].state == .cancelled }
             if cancelled || stopping.load(ordering: .acquiring) { failure = EINTR; break }
             if fcntl(fd, F_OFD_SETLK, &lock) == 0 { break }
             let error = Glibc.errno
             guard error == EAGAIN || error == EACCES || error == EINTR else { failure = error; break }
             usleep(retryMicroseconds)
         }
-        let (reply, token, context) = mutex.withLock { _ in (jobs[index].reply!, jobs[index].token, jobs[index].context!) }
+        let (reply, token, context) = mutex.withLock { (jobs[index].reply!, jobs[index].token, jobs[index].context!) }
         if failure == 0 { reply.send(bodyBytes: 0) } else { reply.fail(FUSEErrno(failure)) }
-        mutex.withLock { _ in jobs[index] = Job() }
+        mutex.withLock { jobs[index] = Job() }
         context.complete(token)
     }
 }

@@ -1,4 +1,5 @@
 import CDPFS
+import DPFSPosix
 import Glibc
 import Synchronization
 
@@ -11,27 +12,17 @@ import Synchronization
 // guest racing FORGET against READ on another queue can never make a request use a closed — or,
 // worse, reused — descriptor number.
 
-/// One record: a descriptor and what is known about it.
+/// What is known of a record besides its atomics: identity, lookup count, hash and release marks.
+/// Read and written only under the table's mutex (and while the record is free).
 @usableFromInline
-struct NodeRecord: ~Copyable {
-    /// 0 = free; otherwise 1 (alive) + in-flight users.
-    @usableFromInline let pins: Atomic<UInt32>
-    /// Bumped each time the record is freed, so a stale id never reaches a reused record.
-    @usableFromInline let generation: Atomic<UInt32>
-    /// O_PATH descriptor (inodes) or open descriptor (handles); -1 while an inode with a file
-    /// handle has none open (the descriptor cache closed it). Constant while any user holds a pin.
-    @usableFromInline let descriptor: Atomic<Int32>
-    /// The inode has a file handle (name_to_handle_at) it can be re-opened by, so its descriptor
-    /// may be closed while the guest only remembers it.
-    @usableFromInline var reopenable: Bool = false
-    /// st_mode's file-type bits (inodes) or open flags (handles).
-    @usableFromInline var kind: UInt32 = 0
-    // Identity and lookup count: inodes only, read and written under the table's mutex.
-    @usableFromInline var device: UInt64 = 0
-    @usableFromInline var inode: UInt64 = 0
-    @usableFromInline var mountID: UInt64 = 0
-    @usableFromInline var lookups: UInt64 = 0
-    @usableFromInline var hashed: Bool = false
+struct NodeInfo {
+    var device: UInt64 = 0
+    var inode: UInt64 = 0
+    var mountID: UInt64 = 0
+    var lookups: UInt64 = 0
+    var hashed = false
+    /// A handle's first RELEASE happened (a second one must not drop the alive pin again).
+    var released = false
 }
 
 /// A record pinned for the length of one request. Unpin with `NodeTable.unpin`.
@@ -57,12 +48,28 @@ public enum FileType {
     public static let symlink: UInt32 = 0o120000
 }
 
-/// A bounded table of descriptor records, optionally keyed by inode identity.
+/// A bounded table of descriptor records, optionally keyed by inode identity. Each field lives in
+/// an array of its own, so the lock-free readers (pin, reopen) and the writers under the mutex never
+/// touch the same Swift variable.
 public final class NodeTable: @unchecked Sendable {
     public let capacity: Int
-    @usableFromInline let records: UnsafeMutablePointer<NodeRecord>
-    /// Guards the free list, the identity hash and lookup counts.
-    let mutex = Mutex<Void>(())
+    /// 0 = free; otherwise 1 (alive) + in-flight users; `evictingBit` while the descriptor cache
+    /// closes the record's descriptor.
+    @usableFromInline let pins: UnsafeMutablePointer<Atomic<UInt32>>
+    /// Bumped each time a record is freed, so a stale id never reaches a reused record.
+    @usableFromInline let generations: UnsafeMutablePointer<Atomic<UInt32>>
+    /// O_PATH descriptor (inodes) or open descriptor (handles); -1 while an inode with a file handle
+    /// has none open (the descriptor cache closed it). Constant while any request holds a pin.
+    @usableFromInline let descriptors: UnsafeMutablePointer<Atomic<Int32>>
+    /// st_mode's file-type bits (inodes) or open flags (handles): written while the record is free,
+    /// published by the release store of its first pin.
+    @usableFromInline let kinds: UnsafeMutablePointer<UInt32>
+    /// The inode has a file handle it can be re-opened by (written like `kinds`).
+    let reopenables: UnsafeMutablePointer<Bool>
+    /// Mutex-only bookkeeping.
+    let infos: UnsafeMutablePointer<NodeInfo>
+    /// Guards the free list, the identity hash, `infos` and the descriptor cache's clock.
+    let mutex = HostMutex()
     let freeList: UnsafeMutablePointer<UInt32>
     var freeCount: Int
     /// Open addressing (linear probing, backward-shift deletion), index + 1 per cell, 0 = empty;
@@ -80,8 +87,8 @@ public final class NodeTable: @unchecked Sendable {
     public let reopens = Atomic<Int>(0)
     public var descriptorsOpen: Int { openDescriptors.load(ordering: .relaxed) }
 
-    /// Records in use (for reports and tests).
-    public var inUse: Int { mutex.withLock { _ in capacity - 1 - freeCount } }   // index 0 is never issued
+    /// Records in use (for reports and tests); index 0 is never issued.
+    public var inUse: Int { mutex.withLock { capacity - 1 - freeCount } }
 
     /// - Parameters:
     ///   - capacity: records at most (index 0 is reserved: an id of 0 is never valid).
@@ -91,10 +98,20 @@ public final class NodeTable: @unchecked Sendable {
         precondition(descriptorsCachedMax >= 16)
         self.capacity = capacity
         self.descriptorsCachedMax = descriptorsCachedMax
-        records = .allocate(capacity: capacity)
+        pins = .allocate(capacity: capacity)
+        generations = .allocate(capacity: capacity)
+        descriptors = .allocate(capacity: capacity)
         for index in 0..<capacity {
-            (records + index).initialize(to: NodeRecord(pins: Atomic(0), generation: Atomic(1), descriptor: Atomic(-1)))
+            (pins + index).initialize(to: Atomic(0))
+            (generations + index).initialize(to: Atomic(1))
+            (descriptors + index).initialize(to: Atomic(-1))
         }
+        kinds = .allocate(capacity: capacity)
+        kinds.initialize(repeating: 0, count: capacity)
+        reopenables = .allocate(capacity: capacity)
+        reopenables.initialize(repeating: false, count: capacity)
+        infos = .allocate(capacity: capacity)
+        infos.initialize(repeating: NodeInfo(), count: capacity)
         freeList = .allocate(capacity: capacity)
         freeCount = 0
         // Index 0 is never handed out; the lowest indices are on top.
@@ -119,12 +136,19 @@ public final class NodeTable: @unchecked Sendable {
 
     deinit {
         for index in 0..<capacity {
-            let fd = (records + index).pointee.descriptor.load(ordering: .relaxed)
+            let fd = descriptors[index].load(ordering: .relaxed)
             if fd >= 0 { _ = Glibc.close(fd) }
         }
         fileHandles?.deallocate()
-        records.deinitialize(count: capacity)
-        records.deallocate()
+        pins.deinitialize(count: capacity)
+        pins.deallocate()
+        generations.deinitialize(count: capacity)
+        generations.deallocate()
+        descriptors.deinitialize(count: capacity)
+        descriptors.deallocate()
+        kinds.deallocate()
+        reopenables.deallocate()
+        infos.deallocate()
         freeList.deallocate()
         hashCells?.deallocate()
     }
@@ -135,7 +159,7 @@ public final class NodeTable: @unchecked Sendable {
     /// The id of a pinned record (what the guest gets as node id or file handle).
     @inlinable
     public func id(of index: UInt32) -> UInt64 {
-        Self.id(index: index, generation: (records + Int(index)).pointee.generation.load(ordering: .acquiring))
+        Self.id(index: index, generation: generations[Int(index)].load(ordering: .acquiring))
     }
 
     /// Pins the record `id` names, or nil when it names none (never issued, freed, stale). Lock-free;
@@ -146,52 +170,60 @@ public final class NodeTable: @unchecked Sendable {
         let index = Int(UInt32(truncatingIfNeeded: id))
         let generation = UInt32(truncatingIfNeeded: id >> 32)
         guard index >= 1, index < capacity else { return nil }
-        let record = records + index
-        var pins = record.pointee.pins.load(ordering: .acquiring)
+        var current = pins[index].load(ordering: .acquiring)
         while true {
-            guard pins != 0 else { return nil }
+            guard current != 0 else { return nil }
             // The descriptor cache is closing this record's descriptor: a few instructions' wait.
-            if pins & Self.evictingBit != 0 {
+            if current & Self.evictingBit != 0 {
                 sched_yield()
-                pins = record.pointee.pins.load(ordering: .acquiring)
+                current = pins[index].load(ordering: .acquiring)
                 continue
             }
-            let (exchanged, original) = record.pointee.pins.compareExchange(
-                expected: pins, desired: pins &+ 1, ordering: .acquiringAndReleasing)
+            let (exchanged, original) = pins[index].compareExchange(expected: current, desired: current &+ 1,
+                                                                     ordering: .acquiringAndReleasing)
             if exchanged { break }
-            pins = original
+            current = original
         }
         // Pinned: the record cannot be freed now; it may still be a newer occupant of the index.
-        guard record.pointee.generation.load(ordering: .acquiring) == generation else {
+        guard generations[index].load(ordering: .acquiring) == generation else {
             unpin(UInt32(index))
             return nil
         }
-        return PinnedNode(index: UInt32(index), fd: record.pointee.descriptor.load(ordering: .acquiring), kind: record.pointee.kind)
+        return PinnedNode(index: UInt32(index), fd: descriptors[index].load(ordering: .acquiring), kind: kinds[index])
     }
 
     /// Drops one pin; the last one closes the descriptor and frees the record.
     @inlinable
     public func unpin(_ index: UInt32) {
-        let record = records + Int(index)
-        let previous = record.pointee.pins.subtract(1, ordering: .acquiringAndReleasing).oldValue
-        precondition(previous >= 1, "unpin of a free record")
+        let previous = pins[Int(index)].subtract(1, ordering: .acquiringAndReleasing).oldValue
+        precondition(previous >= 1 && previous & Self.evictingBit == 0, "unpin of a free record")
         if previous == 1 { free(index) }
     }
 
     @usableFromInline
     func free(_ index: UInt32) {
-        let record = records + Int(index)
-        let fd = record.pointee.descriptor.exchange(-1, ordering: .acquiringAndReleasing)
+        let position = Int(index)
+        let fd = descriptors[position].exchange(-1, ordering: .acquiringAndReleasing)
         if fd >= 0 { openDescriptors.subtract(1, ordering: .relaxed) }
-        mutex.withLock { _ in
-            if record.pointee.hashed { unhash(index) }
-            record.pointee.generation.add(1, ordering: .releasing)
-            record.pointee.reopenable = false
-            record.pointee.lookups = 0
+        mutex.withLock {
+            if infos[position].hashed { unhash(index) }
+            generations[position].add(1, ordering: .releasing)
+            reopenables[position] = false
+            infos[position] = NodeInfo()
             freeList[freeCount] = index
             freeCount += 1
         }
         if fd >= 0 { _ = Glibc.close(fd) }
+    }
+
+    /// Takes a free record and publishes it with `fd` (caller holds the mutex).
+    func occupy(fd: Int32, kind: UInt32) -> UInt32? {
+        guard freeCount > 0 else { return nil }
+        freeCount -= 1
+        let index = freeList[freeCount]
+        kinds[Int(index)] = kind
+        descriptors[Int(index)].store(fd, ordering: .relaxed)
+        return index
     }
 
     // MARK: - Handles (unkeyed)
@@ -199,14 +231,9 @@ public final class NodeTable: @unchecked Sendable {
     /// Adds a record for `fd` (ownership passes to the table). Nil when the table is full.
     public func insert(fd: Int32, kind: UInt32) -> UInt32? {
         precondition(hashCells == nil)
-        return mutex.withLock { _ -> UInt32? in
-            guard freeCount > 0 else { return nil }
-            freeCount -= 1
-            let index = freeList[freeCount]
-            let record = records + Int(index)
-            record.pointee.descriptor.store(fd, ordering: .relaxed)
-            record.pointee.kind = kind
-            record.pointee.pins.store(1, ordering: .releasing)
+        return mutex.withLock { () -> UInt32? in
+            guard let index = occupy(fd: fd, kind: kind) else { return nil }
+            pins[Int(index)].store(1, ordering: .releasing)
             return index
         }
     }
@@ -215,12 +242,10 @@ public final class NodeTable: @unchecked Sendable {
     /// false when `id` names no live record.
     public func remove(_ id: UInt64) -> Bool {
         guard let pinned = pin(id) else { return false }
-        // Only the first RELEASE of an id may drop the alive pin: generation is re-checked under
-        // the mutex together with a "released" mark (kind's top bit).
-        let dropAlive = mutex.withLock { _ -> Bool in
-            let record = records + Int(pinned.index)
-            guard record.pointee.kind & NodeTable.releasedBit == 0 else { return false }
-            record.pointee.kind |= NodeTable.releasedBit
+        // Only the first RELEASE of an id may drop the alive pin.
+        let dropAlive = mutex.withLock { () -> Bool in
+            guard !infos[Int(pinned.index)].released else { return false }
+            infos[Int(pinned.index)].released = true
             return true
         }
         if dropAlive { unpin(pinned.index) }
@@ -228,41 +253,32 @@ public final class NodeTable: @unchecked Sendable {
         return dropAlive
     }
 
-    static let releasedBit: UInt32 = 1 << 31
-
     // MARK: - Inodes (keyed)
 
     /// Finds or adds the inode (device, inode, mount id) and counts one lookup. Takes ownership of
     /// `fd`: closed when the inode was already known. Nil when the table is full (fd closed).
-    /// `reopenable`: the file system gave a file handle for `fd` (`captureHandle`), so the
-    /// descriptor cache may close the descriptor while the guest only remembers the inode.
+    /// `handle`: the file handle `captureHandle` got for `fd`, so the descriptor cache may close the
+    /// descriptor while the guest only remembers the inode.
     public func lookup(fd: Int32, kind: UInt32, device: UInt64, inode: UInt64, mountID: UInt64,
                        handle: UnsafeRawPointer? = nil) -> UInt32? {
         precondition(hashCells != nil)
         var duplicate = false
-        let found = mutex.withLock { _ -> UInt32? in
+        let found = mutex.withLock { () -> UInt32? in
             if let index = find(device: device, inode: inode, mountID: mountID) {
-                (records + Int(index)).pointee.lookups += 1
+                infos[Int(index)].lookups += 1
                 duplicate = true
                 return index
             }
-            guard freeCount > 0 else { return nil }
-            freeCount -= 1
-            let index = freeList[freeCount]
-            let record = records + Int(index)
-            record.pointee.descriptor.store(fd, ordering: .relaxed)
+            guard let index = occupy(fd: fd, kind: kind) else { return nil }
+            let position = Int(index)
             openDescriptors.add(1, ordering: .relaxed)
-            record.pointee.kind = kind
             if let handle, let storage = fileHandles {
-                (storage + Int(index) * Self.fileHandleStride).copyMemory(from: handle, byteCount: Self.fileHandleStride)
-                record.pointee.reopenable = true
+                (storage + position * Self.fileHandleStride).copyMemory(from: handle, byteCount: Self.fileHandleStride)
+                reopenables[position] = true
             }
-            record.pointee.device = device
-            record.pointee.inode = inode
-            record.pointee.mountID = mountID
-            record.pointee.lookups = 1
+            infos[position] = NodeInfo(device: device, inode: inode, mountID: mountID, lookups: 1)
             hash(index)
-            record.pointee.pins.store(1, ordering: .releasing)
+            pins[position].store(1, ordering: .releasing)
             return index
         }
         if duplicate || found == nil { _ = Glibc.close(fd) }
@@ -287,18 +303,18 @@ public final class NodeTable: @unchecked Sendable {
 
     /// The descriptor of a pinned inode whose descriptor the cache had closed: opened again from its
     /// file handle beneath `mountFD`, a real (not O_PATH) descriptor on the inode's mount (needs
-    /// CAP_DAC_READ_SEARCH: call with the engine's credentials).
-    /// -1 with errno set when the inode is gone from the host.
+    /// CAP_DAC_READ_SEARCH: call with the engine's credentials). -1 with errno set when the inode is
+    /// gone from the host.
     public func reopen(_ node: PinnedNode, mountFD: Int32) -> Int32 {
-        let record = records + Int(node.index)
-        let current = record.pointee.descriptor.load(ordering: .acquiring)
+        let position = Int(node.index)
+        let current = descriptors[position].load(ordering: .acquiring)
         if current >= 0 { return current }
-        guard record.pointee.reopenable, let storage = fileHandles else { Glibc.errno = EBADF; return -1 }
-        let handle = (storage + Int(node.index) * Self.fileHandleStride).assumingMemoryBound(to: file_handle.self)
+        guard reopenables[position], let storage = fileHandles else { Glibc.errno = EBADF; return -1 }
+        let handle = (storage + position * Self.fileHandleStride).assumingMemoryBound(to: file_handle.self)
         var fd: Int32
         repeat { fd = open_by_handle_at(mountFD, handle, O_PATH | O_CLOEXEC) } while fd < 0 && Glibc.errno == EINTR
         guard fd >= 0 else { return -1 }
-        let (installed, winner) = record.pointee.descriptor.compareExchange(expected: -1, desired: fd, ordering: .acquiringAndReleasing)
+        let (installed, winner) = descriptors[position].compareExchange(expected: -1, desired: fd, ordering: .acquiringAndReleasing)
         if !installed {
             _ = Glibc.close(fd)
             return winner
@@ -312,20 +328,20 @@ public final class NodeTable: @unchecked Sendable {
     /// three quarters of the cache is left, sweeping like a clock from where the last sweep stopped.
     func evictDescriptors() {
         var closed = 0
-        mutex.withLock { _ in
+        mutex.withLock {
             let target = descriptorsCachedMax * 3 / 4
             var examined = 0
             while openDescriptors.load(ordering: .relaxed) - closed > target && examined < capacity {
                 examined += 1
                 clockHand = clockHand + 1 >= capacity ? 1 : clockHand + 1
-                let record = records + clockHand
-                guard record.pointee.reopenable, record.pointee.descriptor.load(ordering: .relaxed) >= 0 else { continue }
+                let position = clockHand
+                guard reopenables[position], descriptors[position].load(ordering: .relaxed) >= 0 else { continue }
                 // Only a record nobody uses (pins == 1: alive, no request) may lose its descriptor;
                 // the evicting bit holds off new users for the few instructions this takes.
-                let (evicting, _) = record.pointee.pins.compareExchange(expected: 1, desired: Self.evictingBit | 1, ordering: .acquiringAndReleasing)
+                let (evicting, _) = pins[position].compareExchange(expected: 1, desired: Self.evictingBit | 1, ordering: .acquiringAndReleasing)
                 guard evicting else { continue }
-                let fd = record.pointee.descriptor.exchange(-1, ordering: .acquiringAndReleasing)
-                record.pointee.pins.store(1, ordering: .releasing)
+                let fd = descriptors[position].exchange(-1, ordering: .acquiringAndReleasing)
+                pins[position].store(1, ordering: .releasing)
                 _ = Glibc.close(fd)
                 closed += 1
             }
@@ -334,16 +350,15 @@ public final class NodeTable: @unchecked Sendable {
         evictions.add(closed, ordering: .relaxed)
     }
 
-
     /// FORGET: drops `count` lookups of `id`; at zero the inode leaves the hash and is freed once
     /// in-flight users are done. Unknown ids and over-counts are ignored (a buggy guest's problem).
     public func forget(_ id: UInt64, count: UInt64) {
         guard let pinned = pin(id) else { return }
-        let dropAlive = mutex.withLock { _ -> Bool in
-            let record = records + Int(pinned.index)
-            guard record.pointee.lookups > 0 else { return false }
-            record.pointee.lookups = count >= record.pointee.lookups ? 0 : record.pointee.lookups - count
-            guard record.pointee.lookups == 0 else { return false }
+        let position = Int(pinned.index)
+        let dropAlive = mutex.withLock { () -> Bool in
+            guard infos[position].lookups > 0 else { return false }
+            infos[position].lookups = count >= infos[position].lookups ? 0 : infos[position].lookups - count
+            guard infos[position].lookups == 0 else { return false }
             // Out of the hash now: a LOOKUP racing with the last users gets a fresh record.
             unhash(pinned.index)
             return true
@@ -372,15 +387,18 @@ public final class NodeTable: @unchecked Sendable {
         return Int(truncatingIfNeeded: h) & hashMask
     }
 
+    func hashSlot(of index: UInt32) -> Int {
+        let info = infos[Int(index)]
+        return hashSlot(device: info.device, inode: info.inode, mountID: info.mountID)
+    }
+
     func find(device: UInt64, inode: UInt64, mountID: UInt64) -> UInt32? {
         let cells = hashCells!
         var slot = hashSlot(device: device, inode: inode, mountID: mountID)
         while cells[slot] != 0 {
             let index = cells[slot] - 1
-            let record = records + Int(index)
-            if record.pointee.inode == inode && record.pointee.device == device && record.pointee.mountID == mountID {
-                return index
-            }
+            let info = infos[Int(index)]
+            if info.inode == inode && info.device == device && info.mountID == mountID { return index }
             slot = (slot + 1) & hashMask
         }
         return nil
@@ -388,19 +406,17 @@ public final class NodeTable: @unchecked Sendable {
 
     func hash(_ index: UInt32) {
         let cells = hashCells!
-        let record = records + Int(index)
-        var slot = hashSlot(device: record.pointee.device, inode: record.pointee.inode, mountID: record.pointee.mountID)
+        var slot = hashSlot(of: index)
         while cells[slot] != 0 { slot = (slot + 1) & hashMask }
         cells[slot] = index + 1
-        record.pointee.hashed = true
+        infos[Int(index)].hashed = true
     }
 
     func unhash(_ index: UInt32) {
         let cells = hashCells!
-        let record = records + Int(index)
-        guard record.pointee.hashed else { return }
-        record.pointee.hashed = false
-        var slot = hashSlot(device: record.pointee.device, inode: record.pointee.inode, mountID: record.pointee.mountID)
+        guard infos[Int(index)].hashed else { return }
+        infos[Int(index)].hashed = false
+        var slot = hashSlot(of: index)
         while cells[slot] != index + 1 {
             precondition(cells[slot] != 0, "hashed record missing from the hash")
             slot = (slot + 1) & hashMask
@@ -409,9 +425,8 @@ public final class NodeTable: @unchecked Sendable {
         var hole = slot
         var next = (hole + 1) & hashMask
         while cells[next] != 0 {
-            let other = records + Int(cells[next] - 1)
-            let home = hashSlot(device: other.pointee.device, inode: other.pointee.inode, mountID: other.pointee.mountID)
-            // Move `next` into the hole if its home is not in (hole, next] cyclically.
+            let home = hashSlot(of: cells[next] - 1)
+            // Move `next` into the hole unless its home lies cyclically in (hole, next].
             let distanceHome = (next - home) & hashMask
             let distanceHole = (next - hole) & hashMask
             if distanceHome >= distanceHole {

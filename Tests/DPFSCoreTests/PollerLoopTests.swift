@@ -3,6 +3,7 @@ import DPFSPosix
 import DPFSTestSupport
 import FUSEWire
 import Glibc
+import LoopbackTransport
 import Synchronization
 import Testing
 
@@ -18,21 +19,30 @@ final class LoopHarness: @unchecked Sendable {
     let finished = Atomic<Bool>(false)
     let wake: WakeEventFD
     var thread: PinnedThread? = nil
+    /// Once the loop runs, the poller belongs to its thread and the driver to the test's: each
+    /// side works on its own copy (they share only the queue memory, as a guest and a device do).
+    var driver: LoopbackDriver
+    var finalPoller: Poller<LoopbackDevice, ScriptedBackend>? = nil
 
     init() throws {
         rig = TestRig(backend: ScriptedBackend(state: state))
         rig.establishSession()
         wake = try WakeEventFD()
         rig.rig.poller.wake.fd = wake.fd
+        driver = rig.rig.driver
     }
 
     /// Starts the loop with no busy polling and a 10 s sleep: only the wake eventfd can end a sleep
     /// early.
     func start() throws {
+        driver = rig.rig.driver
+        nonisolated(unsafe) let initial = rig.rig.poller   // handed to the thread; this side never uses it again
         thread = try PinnedThread { [self] in
-            PollerLoop.run(&rig.rig.poller, stop: stop, kickFD: -1,
+            var poller = initial
+            PollerLoop.run(&poller, stop: stop, kickFD: -1,
                            configuration: PollerLoopConfiguration(busyPollCycles: 0, sleepMillisecondsMax: 10_000),
                            onFailed: {}, onQuiesceWait: { _ in })
+            finalPoller = poller
             finished.store(true, ordering: .releasing)
         }
     }
@@ -54,8 +64,8 @@ final class LoopHarness: @unchecked Sendable {
     func reap(within seconds: Double) -> UInt32? {
         let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
         while monotonicNanoseconds() < deadline {
-            if let (slot, used) = rig.rig.driver.reap() {
-                rig.rig.driver.releaseSlot(slot)
+            if let (slot, used) = driver.reap() {
+                driver.releaseSlot(slot)
                 return used
             }
             usleep(100)
@@ -97,12 +107,12 @@ final class LoopHarness: @unchecked Sendable {
         usleep(300_000)
         let returnedEarly = harness.finished.load(ordering: .acquiring)
         #expect(!returnedEarly, "the loop returned with a request still pending")
-        #expect(harness.state.quiesceCalls == 1, "the backend was not asked to quiesce")
+        #expect(harness.state.quiesceCalls.load(ordering: .acquiring) == 1, "the backend was not asked to quiesce")
         harness.complete()
         harness.thread!.join()
         let returned = harness.finished.load(ordering: .acquiring)
         #expect(returned)
         #expect(harness.reap(within: 1) == UInt32(16 + 104), "the pending reply was not published before the loop returned")
-        #expect(harness.rig.rig.poller.slotsInUse == 0)
+        #expect(harness.finalPoller?.slotsInUse == 0)
     }
 }

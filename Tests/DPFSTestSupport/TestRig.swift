@@ -87,7 +87,8 @@ public struct ScriptedBackend: Backend {
         public var sessions = 0
         /// What the poller gave the backend: completes pending requests from any thread.
         public var context: BackendContext? = nil
-        public var quiesceCalls = 0
+        /// Written by the poller thread, read by the test: atomic.
+        public let quiesceCalls = Atomic<Int>(0)
         public init() {}
     }
 
@@ -97,7 +98,7 @@ public struct ScriptedBackend: Backend {
     public mutating func attach(_ context: BackendContext) { state.context = context }
     public mutating func sessionStarted(_ session: NegotiatedSession) { state.sessions += 1 }
     public mutating func sessionEnded() {}
-    public mutating func quiesce() { state.quiesceCalls += 1 }
+    public mutating func quiesce() { state.quiesceCalls.add(1, ordering: .releasing) }
 
     public mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
         if request.opcodeRaw == FUSEOpcode.forget.rawValue || request.opcodeRaw == FUSEOpcode.batchForget.rawValue {
