@@ -29,6 +29,8 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var openFilesMax: Int
     /// Inode descriptors kept open before idle ones are closed (re-opened by file handle).
     public var inodeDescriptorsMax: Int
+    /// How READ/WRITE reach the file (passthrough): "inline-first" or "uring".
+    public var dataPath: String = "inline-first"
 
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
@@ -76,6 +78,9 @@ public struct DeviceConfiguration: Equatable, Sendable {
         guard (16...(1 << 24)).contains(inodesMax) else { throw ConfigurationError(line: 0, "device \(name): inodes_max must be 16...16777216") }
         guard (16...(1 << 24)).contains(inodeDescriptorsMax) else {
             throw ConfigurationError(line: 0, "device \(name): inode_descriptors_max must be 16...16777216")
+        }
+        guard dataPath == "inline-first" || dataPath == "uring" else {
+            throw ConfigurationError(line: 0, "device \(name): data_path must be inline-first or uring")
         }
         guard (16...(1 << 24)).contains(openFilesMax) else {
             throw ConfigurationError(line: 0, "device \(name): open_files_max must be 16...16777216")
@@ -147,6 +152,7 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "inodes_max": device.inodesMax = try integer(entry)
                 case "open_files_max": device.openFilesMax = try integer(entry)
                 case "inode_descriptors_max": device.inodeDescriptorsMax = try integer(entry)
+                case "data_path": device.dataPath = try string(entry)
                 case "cpus":
                     let text = try string(entry)
                     device.cpus = []

@@ -286,6 +286,17 @@ public final class NodeTable: @unchecked Sendable {
         return found
     }
 
+    /// Counts one more lookup of an inode the table already holds, without touching `fd` (the
+    /// caller closes it). Nil when the inode is not known: then `lookup` adds it.
+    public func countLookup(device: UInt64, inode: UInt64, mountID: UInt64) -> UInt32? {
+        precondition(hashCells != nil)
+        return mutex.withLock { () -> UInt32? in
+            guard let index = find(device: device, inode: inode, mountID: mountID) else { return nil }
+            infos[Int(index)].lookups += 1
+            return index
+        }
+    }
+
     // MARK: - The descriptor cache
 
     /// `struct file_handle` with MAX_HANDLE_SZ bytes of handle, per record.

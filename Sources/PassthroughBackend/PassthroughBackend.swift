@@ -312,12 +312,18 @@ public struct PassthroughBackend: Backend {
     /// Enters `fd` (its statx in `s`) into the inode table with its file handle, if the file system
     /// has one; one lookup counted. Nil when the table is full (`fd` is closed either way if unused).
     func register(fd: Int32, status s: inout statx) -> UInt32? {
+        let device = UInt64(s.stx_dev_major) << 32 | UInt64(s.stx_dev_minor)
+        let mountID = CDPFS_statx_mount_id(&s)
+        // A known inode (the common LOOKUP) needs no file handle: count it and drop the descriptor.
+        if let known = self.device.inodes.countLookup(device: device, inode: s.stx_ino, mountID: mountID) {
+            _ = close(fd)
+            return known
+        }
         let fileHandle = queue!.fileHandle
         let reopenable = NodeTable.captureHandle(of: fd, into: fileHandle)
-        return device.inodes.lookup(fd: fd, kind: UInt32(s.stx_mode) & FileType.mask,
-                                    device: UInt64(s.stx_dev_major) << 32 | UInt64(s.stx_dev_minor),
-                                    inode: s.stx_ino, mountID: CDPFS_statx_mount_id(&s),
-                                    handle: reopenable ? UnsafeRawPointer(fileHandle) : nil)
+        return self.device.inodes.lookup(fd: fd, kind: UInt32(s.stx_mode) & FileType.mask, device: device,
+                                         inode: s.stx_ino, mountID: mountID,
+                                         handle: reopenable ? UnsafeRawPointer(fileHandle) : nil)
     }
 
     func logTableFull(_ what: String, limit: Int) {
@@ -402,15 +408,46 @@ public struct PassthroughBackend: Backend {
         let iovecs = queue.iovecs + slot * queue.iovecsPerSlot
         var cursor = reply.data
         let count = gather(&cursor, bytes: min(Int(arguments.size), reply.dataCapacity), into: iovecs, capacity: queue.iovecsPerSlot)
+        let offset = off_t(Int64(bitPattern: arguments.offset))
+        let wanted = iovecBytes(iovecs, count: count)
+        switch device.dataPath {
+        case .inlineFirst where device.nowaitReads:
+            // Page-cache hit: answered now, no hop to io_uring's workers. A miss (EAGAIN), a short
+            // answer (part cached, or the end of the file) goes to io_uring whole.
+            let result = preadv2(handle.fd, iovecs, Int32(count), offset, RWF_NOWAIT)
+            if result == wanted { return finishInline(result, reply: reply, handle: handle, read: true) }
+            if result < 0 && Glibc.errno != EAGAIN { return finishInline(-1, reply: reply, handle: handle, read: true) }
+        case .inlineFirst:
+            // The file system cannot say "would block" (tmpfs): its reads are memory copies, which
+            // io_uring would only hand to a worker thread.
+            var result: Int
+            repeat { result = preadv(handle.fd, iovecs, Int32(count), offset) } while result < 0 && Glibc.errno == EINTR
+            return finishInline(result, reply: reply, handle: handle, read: true)
+        case .uring:
+            break
+        }
         if let ring = queue.ring, ring.readv(fd: handle.fd, iovecs: iovecs, count: count, offset: arguments.offset, userData: UInt64(slot)) {
             park(slot, .read, reply: reply, token: token, handle: handle.index)
             return .pending
         }
         var result: Int
-        repeat { result = preadv(handle.fd, iovecs, Int32(count), off_t(Int64(bitPattern: arguments.offset))) } while result < 0 && Glibc.errno == EINTR
-        if result < 0 { reply.fail(Self.lastErrno) } else { reply.sendInPlace(dataBytes: result) }
+        repeat { result = preadv(handle.fd, iovecs, Int32(count), offset) } while result < 0 && Glibc.errno == EINTR
+        return finishInline(result, reply: reply, handle: handle, read: true)
+    }
+
+    /// Replies to a READ or WRITE done on the poller (`result` < 0: errno) and unpins its handle.
+    func finishInline(_ result: Int, reply: FUSEReply, handle: PinnedNode, read: Bool) -> BackendAnswer {
+        if result < 0 { reply.fail(Self.lastErrno) }
+        else if read { reply.sendInPlace(dataBytes: result) }
+        else { reply.written(bytes: UInt32(result)) }
         device.handles.unpin(handle.index)
         return .done
+    }
+
+    func iovecBytes(_ iovecs: UnsafeMutablePointer<iovec>, count: Int) -> Int {
+        var total = 0
+        for index in 0..<count { total += iovecs[index].iov_len }
+        return total
     }
 
     mutating func write(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
@@ -422,15 +459,33 @@ public struct PassthroughBackend: Backend {
         let iovecs = queue.iovecs + slot * queue.iovecsPerSlot
         var cursor = request.payload
         let count = gather(&cursor, bytes: request.payloadLength, into: iovecs, capacity: queue.iovecsPerSlot)
+        let offset = off_t(Int64(bitPattern: arguments.offset))
+        let appends = Int32(bitPattern: handle.kind) & O_APPEND != 0
+        switch device.dataPath {
+        case .inlineFirst where device.nowaitWrites && !appends:
+            // A write that cannot block is done now; one that would (or stopped part way: the
+            // rewrite of the same bytes at the same offset is harmless) goes to io_uring whole.
+            // Appending writes never take this path: repeating one would append twice.
+            let result = pwritev2(handle.fd, iovecs, Int32(count), offset, RWF_NOWAIT)
+            if result == request.payloadLength { return finishInline(result, reply: reply, handle: handle, read: false) }
+            if result < 0 && Glibc.errno != EAGAIN { return finishInline(-1, reply: reply, handle: handle, read: false) }
+        case .inlineFirst:
+            // No non-blocking buffered writes on this file system (tmpfs, ext4): a page-cache copy
+            // on the poller beats a hop to io_uring's workers; it may wait for writeback under
+            // memory pressure (`data_path = "uring"` keeps the poller out of that).
+            var result: Int
+            repeat { result = pwritev(handle.fd, iovecs, Int32(count), offset) } while result < 0 && Glibc.errno == EINTR
+            return finishInline(result, reply: reply, handle: handle, read: false)
+        case .uring:
+            break
+        }
         if let ring = queue.ring, ring.writev(fd: handle.fd, iovecs: iovecs, count: count, offset: arguments.offset, userData: UInt64(slot)) {
             park(slot, .write, reply: reply, token: token, handle: handle.index)
             return .pending
         }
         var result: Int
-        repeat { result = pwritev(handle.fd, iovecs, Int32(count), off_t(Int64(bitPattern: arguments.offset))) } while result < 0 && Glibc.errno == EINTR
-        if result < 0 { reply.fail(Self.lastErrno) } else { reply.written(bytes: UInt32(result)) }
-        device.handles.unpin(handle.index)
-        return .done
+        repeat { result = pwritev(handle.fd, iovecs, Int32(count), offset) } while result < 0 && Glibc.errno == EINTR
+        return finishInline(result, reply: reply, handle: handle, read: false)
     }
 
     /// The kernel asks the server to drop set-user/group-ID bits on a write by a non-owner.

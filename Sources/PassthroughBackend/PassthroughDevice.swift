@@ -37,6 +37,16 @@ public enum PassthroughCacheMode: String, Sendable, CaseIterable {
     }
 }
 
+/// How READ and WRITE reach the file.
+public enum PassthroughDataPath: String, Sendable, CaseIterable {
+    /// On the poller when it cannot block: RWF_NOWAIT where the file system supports it (a miss
+    /// goes to io_uring), a plain call where it cannot block anyway or cannot say (tmpfs: memory
+    /// copies that io_uring would only hand to its worker threads). The default.
+    case inlineFirst = "inline-first"
+    /// Always through the queue's io_uring (the poller never waits on the file system).
+    case uring
+}
+
 public struct PassthroughConfiguration: Sendable {
     public var sharedDirectory: String
     public var cacheMode: PassthroughCacheMode
@@ -51,6 +61,7 @@ public struct PassthroughConfiguration: Sendable {
     /// Inode descriptors kept open at most: beyond it, descriptors of inodes no request uses are
     /// closed and re-opened from their file handle when needed (file systems with file handles).
     public var inodeDescriptorsMax: Int = 4096
+    public var dataPath: PassthroughDataPath = .inlineFirst
     public var lockOwnersMax: Int = 1024
     public var lockWaitersMax: Int = 256
     public var lockWorkers: Int = 2
@@ -92,6 +103,11 @@ public final class PassthroughDevice: @unchecked Sendable {
     public let lockOwners: LockOwners
     public let lockWaiters: LockWaiters
     public let resolveFlags: UInt64
+    /// What the shared directory's file system offers (probed at start-up on an O_TMPFILE file):
+    /// non-blocking buffered reads and writes (RWF_NOWAIT).
+    public let nowaitReads: Bool
+    public let nowaitWrites: Bool
+    public var dataPath: PassthroughDataPath { configuration.dataPath }
 
     /// Opens the shared directory; a missing or unreadable one is an error with the reason.
     public init(configuration: PassthroughConfiguration) throws(PassthroughError) {
@@ -128,6 +144,27 @@ public final class PassthroughDevice: @unchecked Sendable {
         var resolve = UInt64(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
         if !configuration.crossMounts { resolve |= UInt64(RESOLVE_NO_XDEV) }
         resolveFlags = resolve
+        (nowaitReads, nowaitWrites) = Self.probeNonBlockingIO(readable)
+    }
+
+    /// Tries RWF_NOWAIT reads and writes on an unnamed temporary file in the share (nothing
+    /// appears in it). A file system without O_TMPFILE is taken to support neither.
+    static func probeNonBlockingIO(_ directory: Int32) -> (reads: Bool, writes: Bool) {
+        let fd = openat(directory, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return (false, false) }
+        defer { _ = close(fd) }
+        var byte: UInt8 = 0x5A
+        let writes = withUnsafeMutablePointer(to: &byte) { pointer -> Bool in
+            var vector = iovec(iov_base: pointer, iov_len: 1)
+            return pwritev2(fd, &vector, 1, 0, RWF_NOWAIT) == 1
+        }
+        // The read probe needs a byte in the page cache either way.
+        if !writes { _ = pwrite(fd, &byte, 1, 0) }
+        let reads = withUnsafeMutablePointer(to: &byte) { pointer -> Bool in
+            var vector = iovec(iov_base: pointer, iov_len: 1)
+            return preadv2(fd, &vector, 1, 0, RWF_NOWAIT) == 1
+        }
+        return (reads, writes)
     }
 
     deinit {
@@ -163,6 +200,7 @@ public final class PassthroughDevice: @unchecked Sendable {
         "passthrough \(configuration.sharedDirectory): cache \(configuration.cacheMode.rawValue), "
             + "\(configuration.inodesMax) inodes (\(configuration.inodeDescriptorsMax) descriptors cached), "
             + "\(configuration.openFilesMax) open files, "
-            + "\(configuration.lockOwnersMax) lock owners max, \(configuration.lockWorkers) lock workers"
+            + "\(configuration.lockOwnersMax) lock owners max, \(configuration.lockWorkers) lock workers; "
+            + "data path \(configuration.dataPath.rawValue) (RWF_NOWAIT reads \(nowaitReads ? "yes" : "no"), writes \(nowaitWrites ? "yes" : "no"))"
     }
 }

@@ -66,6 +66,12 @@ struct AllocationGateCommand: ParsableCommand {
             print(result.json(name: name))
             failed = failed || !result.passed
         }
+        // READ and WRITE once more through the io_uring data path (submit, reap, complete).
+        let uringGate = try PassthroughGate(dataPath: .uring)
+        for (name, result) in try uringGate.measure(requests: requests, warmup: warmup, onlyData: true) {
+            print(result.json(name: name))
+            failed = failed || !result.passed
+        }
         if failed { throw ExitCode.failure }
     }
 

@@ -20,7 +20,10 @@ final class PassthroughGate {
     var rig: LoopbackRig<PassthroughBackend>
     var unique: UInt64 = 1000
 
-    init() throws {
+    let label: String
+
+    init(dataPath: PassthroughDataPath = .inlineFirst) throws {
+        label = dataPath == .inlineFirst ? "passthrough" : "passthrough-uring"
         var template = Array("/tmp/dpfs-alloc-gate-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw SystemCallError(call: "mkdtemp", errno: errno)
@@ -29,8 +32,9 @@ final class PassthroughGate {
         let fd = open(directory + "/gate.dat", O_CREAT | O_RDWR, 0o644)
         guard fd >= 0, ftruncate(fd, 1 << 20) == 0 else { throw SystemCallError(call: "create gate.dat", errno: errno) }
         _ = close(fd)
-        let device = try PassthroughDevice(configuration: PassthroughConfiguration(sharedDirectory: directory, cacheMode: .never,
-                                                                                   inodesMax: 1024, openFilesMax: 256))
+        var configuration = PassthroughConfiguration(sharedDirectory: directory, cacheMode: .never, inodesMax: 1024, openFilesMax: 256)
+        configuration.dataPath = dataPath
+        let device = try PassthroughDevice(configuration: configuration)
         let poller = PollerConfiguration(slotCount: 16, segmentsPerSlot: 16, batchMax: 16)
         let driver = LoopbackDriverConfiguration(queueSize: 64, requestSlots: 16, readableBufferBytes: 8192,
                                                  writableBufferBytes: 8192, descriptorsPerRequestMax: 8)
@@ -86,7 +90,7 @@ final class PassthroughGate {
     }
 
     /// Measures each class: `requests` operations after `warmup`, mallocs counted in between.
-    func measure(requests: Int, warmup: Int) throws -> [(String, AllocationGateCommand.Result)] {
+    func measure(requests: Int, warmup: Int, onlyData: Bool = false) throws -> [(String, AllocationGateCommand.Result)] {
         let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 16)
         defer { reply.deallocate() }
         let name = Array("gate.dat".utf8) + [0]
@@ -123,7 +127,7 @@ final class PassthroughGate {
 
         enum Class: CaseIterable { case getattr, lookup, read, write, createUnlink }
         var results: [(String, AllocationGateCommand.Result)] = []
-        for kind in Class.allCases {
+        for kind in Class.allCases where !onlyData || kind == .read || kind == .write {
             var completed = 0
             var unexpected = 0
             func one() {
@@ -163,7 +167,7 @@ final class PassthroughGate {
             MallocInterposerSwift.hook()
             for _ in 0..<requests { one() }
             MallocInterposerSwift.unhook()
-            results.append(("passthrough-\(kind)", AllocationGateCommand.Result(
+            results.append(("\(label)-\(kind)", AllocationGateCommand.Result(
                 requests: requests, completed: completed, mallocs: MallocInterposerSwift.getStatistics().mallocCount,
                 unexpectedReplies: unexpected)))
         }

@@ -46,6 +46,9 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("inode-descriptors-max"), help: "Inode descriptors kept open (passthrough); idle ones beyond are closed and re-opened by file handle.")
     var inodeDescriptorsMax: Int = 4096
 
+    @Option(name: .customLong("data-path"), help: "How READ/WRITE reach the file (passthrough): inline-first (on the poller when it cannot block, else io_uring) or uring (always io_uring).")
+    var dataPath: String = "inline-first"
+
     @Option(name: .customLong("open-files-max"), help: "Files and directories the guest may have open at once (passthrough).")
     var openFilesMax: Int = 16_384
 
@@ -85,8 +88,10 @@ struct DPFSEngine: ParsableCommand {
                                                  sharedDirectory: sharedDirectory ?? "", cacheMode: cacheMode,
                                                  inodesMax: inodesMax, openFilesMax: openFilesMax,
                                                  inodeDescriptorsMax: inodeDescriptorsMax)
-                try device.validate()
-                engineConfiguration = EngineConfiguration(devices: [device])
+                var withDataPath = device
+                withDataPath.dataPath = dataPath
+                try withDataPath.validate()
+                engineConfiguration = EngineConfiguration(devices: [withDataPath])
             }
         } catch let error as ConfigurationError {
             throw ValidationError("configuration: \(error)")
@@ -126,6 +131,7 @@ struct DPFSEngine: ParsableCommand {
                         cacheMode: PassthroughCacheMode(rawValue: device.cacheMode.rawValue)!,
                         inodesMax: device.inodesMax, openFilesMax: device.openFilesMax)
                     passthrough.inodeDescriptorsMax = device.inodeDescriptorsMax
+                    passthrough.dataPath = PassthroughDataPath(rawValue: device.dataPath)!
                     shared = try PassthroughDevice(configuration: passthrough)
                 } catch {
                     throw StartupError("device \(device.name): \(error)")

@@ -46,7 +46,8 @@ import Testing
         let classes = lines.filter { $0.class != "canary" }
         #expect(classes.count >= 18, "every loopback request class must be measured:\n\(text)")
         #expect(classes.filter { $0.class.hasPrefix("vhostUser-") }.count == 8, "the vhost-user data path must be measured:\n\(text)")
-        #expect(classes.filter { $0.class.hasPrefix("passthrough-") }.count == 5, "the passthrough backend must be measured:\n\(text)")
+        #expect(classes.filter { $0.class.hasPrefix("passthrough-") }.count == 7,
+                "the passthrough backend must be measured, READ and WRITE on both data paths:\n\(text)")
         for line in classes {
             #expect(line.mallocs == 0, "\(line.class) allocated \(line.mallocs) times in \(line.requests ?? 0) requests")
             #expect(line.completed == 100_000 && line.requests == 100_000, "\(line.class) did not complete every request")

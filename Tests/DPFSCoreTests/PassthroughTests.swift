@@ -23,8 +23,9 @@ final class SharedDirectory {
 }
 
 func makeClient(_ directory: SharedDirectory, useIOURing: Bool = true, inodesMax: Int = 1024,
-                inodeDescriptorsMax: Int = 4096) throws -> FUSEClient<PassthroughBackend> {
+                inodeDescriptorsMax: Int = 4096, dataPath: PassthroughDataPath = .inlineFirst) throws -> FUSEClient<PassthroughBackend> {
     var configuration = PassthroughConfiguration(sharedDirectory: directory.path, cacheMode: .never, inodesMax: inodesMax, openFilesMax: 256)
+    configuration.dataPath = dataPath
     configuration.inodeDescriptorsMax = inodeDescriptorsMax
     let device = try PassthroughDevice(configuration: configuration)
     return FUSEClient(backend: PassthroughBackend(device: device, useIOURing: useIOURing))
@@ -42,10 +43,11 @@ func expectErrno(_ expected: Int32, _ sourceLocation: SourceLocation = #_sourceL
 }
 
 @Suite struct PassthroughTests {
-    @Test("files written through the engine are on the host byte for byte, and host files are read back", arguments: [true, false])
-    func dataBothWays(useIOURing: Bool) throws {
+    @Test("files written through the engine are on the host byte for byte, and host files are read back",
+          arguments: [(true, PassthroughDataPath.inlineFirst), (true, .uring), (false, .uring)])
+    func dataBothWays(useIOURing: Bool, dataPath: PassthroughDataPath) throws {
         let directory = SharedDirectory()
-        let client = try makeClient(directory, useIOURing: useIOURing)
+        let client = try makeClient(directory, useIOURing: useIOURing, dataPath: dataPath)
         let payload = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         let (entry, handle) = try client.create(1, "data.bin")
         var offset = 0
