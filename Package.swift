@@ -64,6 +64,13 @@ let package = Package(
             dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        // A mount on the host through /dev/fuse: mount(2), classic read/writev queues on cloned
+        // descriptors, FUSE-over-io_uring ring entries, kernel passthrough backing files.
+        .target(
+            name: "FUSEDevice",
+            dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
         // The front-end side of vhost-user (QEMU's part): for the load generator and hostile tests.
         .target(
             name: "VhostUserFrontend",
@@ -75,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "dpfs-engine",
             dependencies: [
-                "DPFSCore", "FUSEWire", "DPFSPosix", "NullBackend", "PassthroughBackend", "VhostUser", "DPFSConfiguration", "CDPFS",
+                "DPFSCore", "FUSEWire", "DPFSPosix", "NullBackend", "PassthroughBackend", "VhostUser", "FUSEDevice", "DPFSConfiguration", "CDPFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

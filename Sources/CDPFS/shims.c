@@ -1,5 +1,6 @@
 // Out-of-line shims: only what C must evaluate (macro-heavy control-message handling).
 #include "CDPFS.h"
+#include <sys/ioctl.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -68,3 +69,27 @@ ssize_t CDPFS_send_with_fds(int socket, const void *buffer, size_t length, const
     } while (sent < 0 && errno == EINTR);
     return sent;
 }
+
+// ---- /dev/fuse ioctls: _IOR/_IOW are function-like macros the importer drops ----
+int CDPFS_fuse_dev_clone(int fd, int session_fd) {
+    uint32_t source = (uint32_t)session_fd;
+    int result;
+    do { result = ioctl(fd, _IOR(229, 0, uint32_t), &source); } while (result < 0 && errno == EINTR);
+    return result < 0 ? -errno : result;
+}
+
+/// Registers `backing_fd` for kernel passthrough; returns the backing id (> 0) or -errno.
+int CDPFS_fuse_backing_open(int fuse_fd, int backing_fd) {
+    struct CDPFS_fuse_backing_map map = { .fd = backing_fd, .flags = 0, .padding = 0 };
+    int result;
+    do { result = ioctl(fuse_fd, _IOW(229, 1, struct CDPFS_fuse_backing_map), &map); } while (result < 0 && errno == EINTR);
+    return result < 0 ? -errno : result;
+}
+
+int CDPFS_fuse_backing_close(int fuse_fd, int backing_id) {
+    uint32_t id = (uint32_t)backing_id;
+    int result;
+    do { result = ioctl(fuse_fd, _IOW(229, 2, uint32_t), &id); } while (result < 0 && errno == EINTR);
+    return result < 0 ? -errno : result;
+}
+

@@ -6,6 +6,16 @@ public enum BackendKind: String, Sendable, CaseIterable {
     case passthrough
 }
 
+/// How requests reach the engine: a vhost-user socket (a VM's virtio-fs device) or /dev/fuse (a
+/// mount on this host).
+public enum TransportKind: String, Sendable, CaseIterable {
+    case vhostUser = "vhost-user"
+    case fuse
+}
+
+/// /dev/fuse modes (FUSEDevice's FUSETransportChoice).
+public let fuseTransportNames = ["auto", "classic", "uring"]
+
 /// What the guest's kernel may cache (the passthrough backend; virtiofsd's --cache modes).
 public enum CacheModeName: String, Sendable, CaseIterable {
     case never, metadata, auto, always
@@ -31,6 +41,15 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var inodeDescriptorsMax: Int
     /// How READ/WRITE reach the file (passthrough): "inline-first" or "uring".
     public var dataPath: String = "inline-first"
+    public var transport: TransportKind = .vhostUser
+    /// The host directory a `fuse` transport mounts on.
+    public var mountPoint: String = ""
+    /// auto, classic or uring (fuse transport).
+    public var fuseTransport: String = "auto"
+    /// Offer kernel passthrough (fuse transport, passthrough backend).
+    public var fusePassthrough: Bool = false
+    /// Ring entries per FUSE-over-io_uring queue.
+    public var ringDepth: Int = 16
 
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
@@ -56,8 +75,28 @@ public struct DeviceConfiguration: Equatable, Sendable {
     /// Checks every value against its limit.
     public func validate() throws(ConfigurationError) {
         guard !name.isEmpty, name.utf8.count <= 64 else { throw ConfigurationError(line: 0, "device name must be 1...64 bytes") }
-        guard !socketPath.isEmpty, socketPath.utf8.count < 108 else {
-            throw ConfigurationError(line: 0, "device \(name): socket path must be 1...107 bytes (sun_path)")
+        switch transport {
+        case .vhostUser:
+            guard !socketPath.isEmpty, socketPath.utf8.count < 108 else {
+                throw ConfigurationError(line: 0, "device \(name): socket path must be 1...107 bytes (sun_path)")
+            }
+            guard mountPoint.isEmpty else { throw ConfigurationError(line: 0, "device \(name): mount is only for transport = \"fuse\"") }
+            guard !fusePassthrough else { throw ConfigurationError(line: 0, "device \(name): fuse_passthrough is only for transport = \"fuse\"") }
+        case .fuse:
+            guard mountPoint.hasPrefix("/"), mountPoint.utf8.count < 4096 else {
+                throw ConfigurationError(line: 0, "device \(name): transport fuse needs an absolute mount path (mount, --fuse-mount)")
+            }
+            guard socketPath.isEmpty else { throw ConfigurationError(line: 0, "device \(name): socket is only for transport = \"vhost-user\"") }
+            guard fuseTransportNames.contains(fuseTransport) else {
+                throw ConfigurationError(line: 0, "device \(name): fuse_transport must be one of \(fuseTransportNames.joined(separator: ", "))")
+            }
+            guard !fusePassthrough || backend == .passthrough else {
+                throw ConfigurationError(line: 0, "device \(name): fuse_passthrough needs the passthrough backend")
+            }
+            guard !fusePassthrough || cacheMode != .always else {
+                throw ConfigurationError(line: 0, "device \(name): fuse_passthrough and cache = always exclude each other (the kernel has no writeback cache for passthrough files)")
+            }
+            guard (1...1024).contains(ringDepth) else { throw ConfigurationError(line: 0, "device \(name): ring_depth must be 1...1024") }
         }
         guard (1...64).contains(requestQueues) else { throw ConfigurationError(line: 0, "device \(name): request_queues must be 1...64") }
         guard (1...65536).contains(slotsPerQueue), slotsPerQueue & (slotsPerQueue - 1) == 0 else {
@@ -153,6 +192,16 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "open_files_max": device.openFilesMax = try integer(entry)
                 case "inode_descriptors_max": device.inodeDescriptorsMax = try integer(entry)
                 case "data_path": device.dataPath = try string(entry)
+                case "transport":
+                    let text = try string(entry)
+                    guard let kind = TransportKind(rawValue: text) else {
+                        throw ConfigurationError(line: entry.line, "transport must be one of \(TransportKind.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    device.transport = kind
+                case "mount": device.mountPoint = try string(entry)
+                case "fuse_transport": device.fuseTransport = try string(entry)
+                case "fuse_passthrough": device.fusePassthrough = try boolean(entry)
+                case "ring_depth": device.ringDepth = try integer(entry)
                 case "cpus":
                     let text = try string(entry)
                     device.cpus = []
@@ -165,7 +214,7 @@ public struct EngineConfiguration: Equatable, Sendable {
                 default: throw ConfigurationError(line: entry.line, "unknown key '\(entry.key)' in [[device]]")
                 }
             }
-            guard !device.socketPath.isEmpty else {
+            guard device.transport == .fuse || !device.socketPath.isEmpty else {
                 throw ConfigurationError(line: table.entries.first?.line ?? 0, "device \(device.name) has no socket")
             }
             try device.validate()
@@ -173,7 +222,13 @@ public struct EngineConfiguration: Equatable, Sendable {
         }
         guard !devices.isEmpty else { throw ConfigurationError(line: 0, "no [[device]] configured") }
         var seenSockets = Set<String>(), seenNames = Set<String>()
+        var seenMounts = Set<String>()
         for device in devices {
+            if device.transport == .fuse {
+                guard seenMounts.insert(device.mountPoint).inserted else { throw ConfigurationError(line: 0, "two devices mount \(device.mountPoint)") }
+                guard seenNames.insert(device.name).inserted else { throw ConfigurationError(line: 0, "two devices are named \(device.name)") }
+                continue
+            }
             guard seenSockets.insert(device.socketPath).inserted else { throw ConfigurationError(line: 0, "two devices share socket \(device.socketPath)") }
             guard seenNames.insert(device.name).inserted else { throw ConfigurationError(line: 0, "two devices are named \(device.name)") }
         }
@@ -183,6 +238,11 @@ public struct EngineConfiguration: Equatable, Sendable {
     static func string(_ entry: (key: String, value: TOMLValue, line: Int)) throws(ConfigurationError) -> String {
         guard case .string(let text) = entry.value else { throw ConfigurationError(line: entry.line, "'\(entry.key)' must be a string") }
         return text
+    }
+
+    static func boolean(_ entry: (key: String, value: TOMLValue, line: Int)) throws(ConfigurationError) -> Bool {
+        guard case .boolean(let value) = entry.value else { throw ConfigurationError(line: entry.line, "'\(entry.key)' must be true or false") }
+        return value
     }
 
     static func integer(_ entry: (key: String, value: TOMLValue, line: Int), minimum: Int64 = Int64.min) throws(ConfigurationError) -> Int {

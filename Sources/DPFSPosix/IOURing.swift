@@ -16,11 +16,14 @@ public final class IOURing: @unchecked Sendable {
     public let eventFD: Int32
 
     /// `entries` submission slots (a power of two); the completion queue has twice as many.
-    public init(entries: Int) throws(SystemCallError) {
+    /// `commands128`: 128-byte submission entries, which ring commands (FUSE-over-io_uring) need.
+    /// `asyncOnly`: the eventfd fires only for completions that did not finish during submission
+    /// (the poller reaps those in its next step anyway).
+    public init(entries: Int, commands128: Bool = false, asyncOnly: Bool = true) throws(SystemCallError) {
         precondition(entries >= 1 && entries <= 32768 && entries & (entries - 1) == 0)
         ring = .allocate(capacity: 1)
         ring.initialize(to: io_uring())
-        let result = io_uring_queue_init(UInt32(entries), ring, 0)
+        let result = CDPFS_uring_init_flags(UInt32(entries), ring, commands128 ? UInt32(IORING_SETUP_SQE128) : 0)
         guard result == 0 else {
             ring.deallocate()
             throw SystemCallError(call: "io_uring_queue_init", errno: -result)
@@ -32,7 +35,7 @@ public final class IOURing: @unchecked Sendable {
             ring.deallocate()
             throw SystemCallError(call: "eventfd", errno: saved)
         }
-        let registered = io_uring_register_eventfd_async(ring, fd)
+        let registered = asyncOnly ? io_uring_register_eventfd_async(ring, fd) : io_uring_register_eventfd(ring, fd)
         guard registered == 0 else {
             _ = Glibc.close(fd)
             io_uring_queue_exit(ring)
@@ -74,6 +77,29 @@ public final class IOURing: @unchecked Sendable {
         io_uring_sqe_set_data64(sqe, userData)
         return true
     }
+
+    /// Queues a plain read into one buffer (a /dev/fuse request read: no offset).
+    @inlinable
+    public func read(fd: Int32, buffer: UnsafeMutableRawPointer, bytes: Int, userData: UInt64) -> Bool {
+        guard let sqe = entry() else { return false }
+        io_uring_prep_read(sqe, fd, buffer, UInt32(bytes), 0)
+        io_uring_sqe_set_data64(sqe, userData)
+        return true
+    }
+
+    /// Queues a FUSE-over-io_uring command on a /dev/fuse descriptor (the ring must have been made
+    /// with `commands128`): REGISTER with the entry's two iovecs, or COMMIT_AND_FETCH of `commitID`.
+    @inlinable
+    public func fuseCommand(fd: Int32, command: UInt32, queue: UInt16, commitID: UInt64,
+                            iovecs: UnsafePointer<iovec>?, iovecCount: UInt32, userData: UInt64) -> Bool {
+        guard let sqe = entry() else { return false }
+        CDPFS_prep_fuse_uring_cmd(sqe, fd, command, queue, commitID, iovecs, iovecCount, userData)
+        return true
+    }
+
+    /// Whether completions wait to be reaped (no syscall).
+    @inlinable
+    public var hasCompletions: Bool { io_uring_cq_ready(ring) > 0 }
 
     /// Queues fsync (or fdatasync).
     @inlinable

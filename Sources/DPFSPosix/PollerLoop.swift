@@ -43,10 +43,12 @@ public final class WakeEventFD: @unchecked Sendable {
 
 public enum PollerLoop {
     /// Runs `poller` until `stop` is set, then quiesces. `kickFD` < 0 means the transport has no
-    /// kick descriptor (polled rings). `onFailed` runs once each time the transport reports failure;
-    /// `onQuiesceWait` each `quiesceReportNanoseconds` a stop waits for the backend.
+    /// kick descriptor (polled rings). `kickIsCounter`: the kick is an eventfd the loop drains when
+    /// it fires; a /dev/fuse descriptor is not (its readiness goes away when `fetch` reads the
+    /// request). `onFailed` runs once each time the transport reports failure; `onQuiesceWait` each
+    /// `quiesceReportNanoseconds` a stop waits for the backend.
     public static func run<T: Transport, B: Backend>(
-        _ poller: inout Poller<T, B>, stop: borrowing Atomic<Bool>, kickFD: Int32,
+        _ poller: inout Poller<T, B>, stop: borrowing Atomic<Bool>, kickFD: Int32, kickIsCounter: Bool = true,
         configuration: PollerLoopConfiguration, onFailed: () -> Void, onQuiesceWait: (Int) -> Void
     ) {
         var lastWork = cycleCounter()
@@ -74,7 +76,7 @@ public enum PollerLoop {
             let transportHasWork = poller.transport.armNotifications()
             if !transportHasWork && !poller.completionsWaiting {
                 sleep(on: kickFD, wakeFD: poller.wake.fd, backendFD: poller.backend.eventFD,
-                      milliseconds: configuration.sleepMillisecondsMax)
+                      milliseconds: configuration.sleepMillisecondsMax, drainKick: kickIsCounter)
             }
             poller.wake.announceAwake()
             poller.transport.disarmNotifications()
@@ -109,7 +111,7 @@ public enum PollerLoop {
 
     /// One wait on up to three descriptors (those < 0 are left out); drains the eventfds that fired.
     /// The backend's descriptor is not read here: `poll()` consumes its events.
-    static func sleep(on kickFD: Int32, wakeFD: Int32, backendFD: Int32, milliseconds: Int32) {
+    static func sleep(on kickFD: Int32, wakeFD: Int32, backendFD: Int32, milliseconds: Int32, drainKick: Bool = true) {
         var descriptors: (pollfd, pollfd, pollfd) = (
             pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0),
             pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
@@ -123,7 +125,7 @@ public enum PollerLoop {
         }
         guard ready > 0 else { return }
         var counter: UInt64 = 0
-        if descriptors.0.revents & Int16(POLLIN) != 0 { _ = read(kickFD, &counter, 8) }
+        if drainKick && descriptors.0.revents & Int16(POLLIN) != 0 { _ = read(kickFD, &counter, 8) }
         if descriptors.1.revents & Int16(POLLIN) != 0 { _ = read(wakeFD, &counter, 8) }
     }
 }

@@ -23,6 +23,36 @@ public enum InitFlags {
     public static let cacheSymlinks: UInt64 = 1 << 23
     public static let setxattrExtended: UInt64 = 1 << 29
     public static let initExtended: UInt64 = 1 << 30
+    public static let handleKillprivV2: UInt64 = 1 << 28
+    public static let createSupplementaryGroup: UInt64 = 1 << 34
+    /// Kernel passthrough (7.40): OPEN replies may name a backing file the kernel reads and writes.
+    public static let passthrough: UInt64 = 1 << 37
+    /// FUSE-over-io_uring (7.42): requests through ring entries instead of read(2)/write(2).
+    public static let overIOURing: UInt64 = 1 << 41
+
+    /// Names of the bits an INIT report shows (the start-up report says what was agreed).
+    public static let reportNames: [(UInt64, String)] = [
+        (asyncRead, "async_read"), (posixLocks, "posix_locks"), (atomicOpenTruncate, "atomic_o_trunc"),
+        (bigWrites, "big_writes"), (doReaddirplus, "readdirplus"), (readdirplusAuto, "readdirplus_auto"),
+        (asyncDirectIO, "async_dio"), (writebackCache, "writeback_cache"), (parallelDirectoryOps, "parallel_dirops"),
+        (handleKillprivV2, "handle_killpriv_v2"), (maxPages, "max_pages"), (cacheSymlinks, "cache_symlinks"),
+        (passthrough, "passthrough"), (overIOURing, "io_uring"),
+    ]
+
+    /// The agreed flags as names, for logs.
+    public static func describe(_ flags: UInt64) -> String {
+        reportNames.filter { flags & $0.0 != 0 }.map(\.1).joined(separator: ",")
+    }
+}
+
+/// FOPEN_* bits of an OPEN/CREATE reply.
+public enum OpenReplyFlags {
+    public static let directIO: UInt32 = 1 << 0
+    public static let keepCache: UInt32 = 1 << 1
+    public static let cacheDirectory: UInt32 = 1 << 3
+    public static let parallelDirectWrites: UInt32 = 1 << 6
+    /// Reads and writes go to the backing file named by `backing_id` inside the kernel.
+    public static let passthrough: UInt32 = 1 << 7
 }
 
 /// What the engine wants from INIT. Defaults follow DPFS/virtiofsd: 1 MiB writes, parallel
@@ -36,6 +66,9 @@ public struct InitPolicy: Sendable {
     public var backgroundMax: UInt16
     public var congestionThreshold: UInt16
     public var timeGranularityNanos: UInt32
+    /// Kernel passthrough: how deep file systems may stack on the backing files (1: the backing
+    /// files are on a plain file system). Sent only when passthrough is agreed.
+    public var maxStackDepth: UInt32 = 1
 
     public static let minorSupportedMin: UInt32 = 27
     public static let major: UInt32 = 7
@@ -159,6 +192,10 @@ public func negotiateInit(_ request: FUSERequest, policy: InitPolicy, reply: FUS
     }
     if agreedFlags & InitFlags.initExtended != 0 {
         body.storeBytes(of: UInt32(truncatingIfNeeded: agreedFlags >> 32).littleEndian, toByteOffset: InitLayout.outFlags2, as: UInt32.self)
+    }
+    if agreedFlags & InitFlags.passthrough != 0 {
+        // The kernel turns passthrough on only with a stack depth of 1...2 (FILESYSTEM_MAX_STACK_DEPTH).
+        body.storeBytes(of: policy.maxStackDepth.littleEndian, toByteOffset: InitLayout.outMaxStackDepth, as: UInt32.self)
     }
     reply.send(bodyBytes: replyBytes)
     return .established(NegotiatedSession(

@@ -150,18 +150,18 @@ public struct FUSEReply: @unchecked Sendable {
 
     @inlinable
     @_noAllocation @_noLocks
-    public func open(fileHandle: UInt64, openFlags: UInt32) {
-        storeOpen(at: body, fileHandle: fileHandle, openFlags: openFlags)
+    public func open(fileHandle: UInt64, openFlags: UInt32, backingID: Int32 = 0) {
+        storeOpen(at: body, fileHandle: fileHandle, openFlags: openFlags, backingID: backingID)
         send(bodyBytes: OpenOutLayout.size)
     }
 
     @inlinable
     @_noAllocation @_noLocks
     public func created(nodeID: UInt64, generation: UInt64, entryValid: CacheValidity, attrValid: CacheValidity,
-                        attributes: FileAttributes, fileHandle: UInt64, openFlags: UInt32) {
+                        attributes: FileAttributes, fileHandle: UInt64, openFlags: UInt32, backingID: Int32 = 0) {
         storeEntry(at: body, nodeID: nodeID, generation: generation, entryValid: entryValid,
                    attrValid: attrValid, attributes: attributes)
-        storeOpen(at: body + EntryOutLayout.size, fileHandle: fileHandle, openFlags: openFlags)
+        storeOpen(at: body + EntryOutLayout.size, fileHandle: fileHandle, openFlags: openFlags, backingID: backingID)
         send(bodyBytes: EntryOutLayout.size + OpenOutLayout.size)
     }
 
@@ -272,10 +272,11 @@ public func storeEntry(at destination: UnsafeMutableRawPointer, nodeID: UInt64, 
 
 @inlinable
 @_noAllocation @_noLocks
-func storeOpen(at destination: UnsafeMutableRawPointer, fileHandle: UInt64, openFlags: UInt32) {
+func storeOpen(at destination: UnsafeMutableRawPointer, fileHandle: UInt64, openFlags: UInt32, backingID: Int32) {
     destination.storeBytes(of: fileHandle.littleEndian, toByteOffset: OpenOutLayout.fileHandle, as: UInt64.self)
     destination.storeBytes(of: openFlags.littleEndian, toByteOffset: OpenOutLayout.openFlags, as: UInt32.self)
-    destination.storeBytes(of: Int32(0), toByteOffset: OpenOutLayout.backingID, as: Int32.self)
+    // Kernel passthrough (7.40): the id FUSE_DEV_IOC_BACKING_OPEN gave, with FOPEN_PASSTHROUGH set.
+    destination.storeBytes(of: backingID.littleEndian, toByteOffset: OpenOutLayout.backingID, as: Int32.self)
 }
 
 /// Appends directory entries to a READDIR / READDIRPLUS reply body, never past `capacity`.

@@ -260,7 +260,22 @@ extension PassthroughBackend {
             logTableFull("open-file", limit: device.configuration.openFilesMax)
             return reply.fail(FUSEErrno(ENFILE))
         }
-        reply.open(fileHandle: device.handles.id(of: index), openFlags: directory ? 0 : openFlags)
+        let handle = device.handles.id(of: index)
+        if directory { return reply.open(fileHandle: handle, openFlags: 0) }
+        let (replyFlags, backingID) = passthroughOpen(handle: handle, kind: node.kind)
+        reply.open(fileHandle: handle, openFlags: replyFlags, backingID: backingID)
+    }
+
+    /// The open flags of a regular file's OPEN or CREATE reply, with kernel passthrough where the
+    /// session has it: the handle's descriptor becomes the backing file, and the kernel does the
+    /// file's reads and writes itself. A file that cannot be registered is served uncached
+    /// (FOPEN_DIRECT_IO), the one mode the kernel allows beside passthrough opens of the same inode.
+    func passthroughOpen(handle: UInt64, kind: UInt32) -> (flags: UInt32, backingID: Int32) {
+        guard kernelPassthroughAgreed, kind == FileType.regular, let pinned = device.handles.pin(handle) else { return (openFlags, 0) }
+        defer { device.handles.unpin(pinned.index) }
+        let id = device.registerBacking(fd: pinned.fd, handleIndex: pinned.index)
+        guard id > 0 else { return (UInt32(FOPEN_DIRECT_IO), 0) }
+        return (OpenReplyFlags.passthrough, id)
     }
 
     func copyFileRange(_ request: FUSERequest, reply: FUSEReply, wide: Bool) {

@@ -79,6 +79,8 @@ public struct PassthroughBackend: Backend {
     let switchesCredentials: Bool
     let validity: CacheValidity
     let openFlags: UInt32
+    /// The session agreed FUSE_PASSTHROUGH and the device can register backing files.
+    var kernelPassthroughAgreed = false
     /// Whether io_uring is used for READ/WRITE/FSYNC (else the same calls run inline).
     public let usesIOURing: Bool
 
@@ -108,7 +110,9 @@ public struct PassthroughBackend: Backend {
         queue = PassthroughQueueState(context: context, ring: ring)
     }
 
-    public mutating func sessionStarted(_ session: NegotiatedSession) {}
+    public mutating func sessionStarted(_ session: NegotiatedSession) {
+        kernelPassthroughAgreed = session.flags & InitFlags.passthrough != 0 && device.kernelPassthrough != nil
+    }
     public mutating func sessionEnded() {}
 
     /// The kernel of a new session knows none of the old inodes: drop them all (no request of the
@@ -302,8 +306,9 @@ public struct PassthroughBackend: Backend {
         let attributes = Self.attributes(s)
         let generation = UInt64(id >> 32)
         if let handle {
+            let (flags, backingID) = passthroughOpen(handle: handle, kind: attributes.mode & 0o170000)
             reply.created(nodeID: id, generation: generation, entryValid: validity, attrValid: validity,
-                          attributes: attributes, fileHandle: handle, openFlags: openFlags)
+                          attributes: attributes, fileHandle: handle, openFlags: flags, backingID: backingID)
         } else {
             reply.entry(nodeID: id, generation: generation, entryValid: validity, attrValid: validity, attributes: attributes)
         }

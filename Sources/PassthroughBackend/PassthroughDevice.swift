@@ -2,6 +2,7 @@ import CDPFS
 import DPFSPosix
 import FUSEWire
 import Glibc
+import Synchronization
 
 // The state of one passthrough device, built once at start-up and shared by every queue's backend:
 // the shared directory, its inode table and its open-file table.
@@ -108,6 +109,11 @@ public final class PassthroughDevice: @unchecked Sendable {
     public let nowaitReads: Bool
     public let nowaitWrites: Bool
     public var dataPath: PassthroughDataPath { configuration.dataPath }
+    /// Kernel passthrough (host mounts only): set once before any queue starts; OPEN and CREATE of
+    /// regular files then answer with a backing file, when the session agreed FUSE_PASSTHROUGH.
+    public var kernelPassthrough: KernelPassthroughFiles? = nil
+    /// The backing id registered for each open-file slot (0: none), released with the handle.
+    let backingIDs: UnsafeMutablePointer<Atomic<Int32>>
 
     /// Opens the shared directory; a missing or unreadable one is an error with the reason.
     public init(configuration: PassthroughConfiguration) throws(PassthroughError) {
@@ -139,6 +145,11 @@ public final class PassthroughDevice: @unchecked Sendable {
         rootAttributesDevice = UInt64(status.st_dev)
         inodes = NodeTable(capacity: configuration.inodesMax, keyed: true, descriptorsCachedMax: configuration.inodeDescriptorsMax)
         handles = NodeTable(capacity: configuration.openFilesMax, keyed: false)
+        let backing = UnsafeMutableRawPointer.allocate(byteCount: (configuration.openFilesMax + 1) * MemoryLayout<Atomic<Int32>>.stride,
+                                                       alignment: MemoryLayout<Atomic<Int32>>.alignment)
+            .bindMemory(to: Atomic<Int32>.self, capacity: configuration.openFilesMax + 1)
+        for index in 0...configuration.openFilesMax { (backing + index).initialize(to: Atomic(0)) }
+        backingIDs = backing
         lockOwners = LockOwners(capacity: configuration.lockOwnersMax)
         lockWaiters = LockWaiters(workers: configuration.lockWorkers, capacity: configuration.lockWaitersMax)
         var resolve = UInt64(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
@@ -168,6 +179,8 @@ public final class PassthroughDevice: @unchecked Sendable {
     }
 
     deinit {
+        backingIDs.deinitialize(count: configuration.openFilesMax + 1)
+        UnsafeMutableRawPointer(backingIDs).deallocate()
         lockWaiters.shutDown()
         _ = close(rootFD)
         _ = close(rootDirectoryFD)
@@ -176,9 +189,30 @@ public final class PassthroughDevice: @unchecked Sendable {
 
     /// A new FUSE session begins: the kernel knows none of the old inodes or handles.
     public func resetSession() {
+        for index in 0...configuration.openFilesMax { _ = releaseBacking(handleIndex: UInt32(index)) }
         lockOwners.releaseAll()
         handles.forgetAll()
         inodes.forgetAll()
+    }
+
+    /// Registers the open file of handle slot `handleIndex` for kernel passthrough. Returns the
+    /// backing id, or 0 when it cannot be (the file is then served through the engine, uncached,
+    /// which the kernel allows next to passthrough opens of the same inode).
+    func registerBacking(fd: Int32, handleIndex: UInt32) -> Int32 {
+        guard let kernelPassthrough, Int(handleIndex) <= configuration.openFilesMax else { return 0 }
+        let id = kernelPassthrough.register(fd)
+        guard id > 0 else { return 0 }
+        backingIDs[Int(handleIndex)].store(id, ordering: .releasing)
+        return id
+    }
+
+    /// Drops the backing id of a handle slot (RELEASE, or a session reset). Returns whether one was held.
+    func releaseBacking(handleIndex: UInt32) -> Bool {
+        guard Int(handleIndex) <= configuration.openFilesMax else { return false }
+        let id = backingIDs[Int(handleIndex)].exchange(0, ordering: .acquiringAndReleasing)
+        guard id > 0, let kernelPassthrough else { return false }
+        kernelPassthrough.release(id)
+        return true
     }
 
     /// Raises RLIMIT_NOFILE to what the tables can hold. Returns the limit in force.

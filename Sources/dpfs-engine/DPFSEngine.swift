@@ -3,6 +3,7 @@ import CDPFS
 import DPFSConfiguration
 import DPFSCore
 import DPFSPosix
+import FUSEDevice
 import FUSEWire
 import Foundation
 import Glibc
@@ -19,10 +20,11 @@ let shutdownRequested = Atomic<Bool>(false)
 struct DPFSEngine: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dpfs-engine",
-        abstract: "Serves virtio-fs to vhost-user front-ends (QEMU's vhost-user-fs-pci).",
+        abstract: "Serves virtio-fs to vhost-user front-ends (QEMU's vhost-user-fs-pci), or a FUSE mount on this host.",
         discussion: """
-            Either one device from the command line (--vhost-user-socket, --backend, …) or several from a \
-            TOML file (--config), one [[device]] table per tenant. Stops gracefully on SIGTERM/SIGINT.
+            Either one device from the command line (--vhost-user-socket or --fuse-mount, --backend, …) or \
+            several from a TOML file (--config), one [[device]] table per tenant. Stops gracefully on \
+            SIGTERM/SIGINT (a host mount is unmounted).
             """)
 
     @Option(help: "TOML configuration file declaring one or more [[device]] tables.")
@@ -30,6 +32,18 @@ struct DPFSEngine: ParsableCommand {
 
     @Option(name: .customLong("vhost-user-socket"), help: "Unix socket the front-end connects to (one device).")
     var socket: String?
+
+    @Option(name: .customLong("fuse-mount"), help: "Mount the backend on this host directory through /dev/fuse (one device; root).")
+    var fuseMount: String?
+
+    @Option(name: .customLong("fuse-transport"), help: "Host mount transport: auto (io_uring when the kernel offers it), classic or uring.")
+    var fuseTransport: String = "auto"
+
+    @Flag(name: .customLong("fuse-passthrough"), help: "Host mount: let the kernel read and write open regular files itself (passthrough backend, Linux 6.9+).")
+    var fusePassthrough = false
+
+    @Option(name: .customLong("ring-depth"), help: "Host mount, io_uring: ring entries (requests in flight) per queue.")
+    var ringDepth: Int = 16
 
     @Option(help: "Backend: null or passthrough.")
     var backend: String = "null"
@@ -55,8 +69,8 @@ struct DPFSEngine: ParsableCommand {
     @Option(help: "Request queues (the front-end's num-request-queues); queue 0 (hiprio) comes on top.")
     var queues: Int = 1
 
-    @Option(help: "Requests in flight per queue (a power of two).")
-    var slots: Int = 256
+    @Option(help: "Requests in flight per queue (a power of two; default 256 for vhost-user, 16 for a classic host mount, whose buffers are 2 MiB each).")
+    var slots: Int?
 
     @Option(name: .customLong("busy-poll-us"), help: "Microseconds a queue spins after its last request before sleeping on its kick eventfd.")
     var busyPollMicroseconds: Int = 50
@@ -68,8 +82,8 @@ struct DPFSEngine: ParsableCommand {
     var logLevel: String?
 
     func validate() throws {
-        guard (config == nil) != (socket == nil) else {
-            throw ValidationError("give either --config FILE or --vhost-user-socket PATH")
+        guard [config != nil, socket != nil, fuseMount != nil].filter({ $0 }).count == 1 else {
+            throw ValidationError("give one of --config FILE, --vhost-user-socket PATH or --fuse-mount DIR")
         }
     }
 
@@ -82,14 +96,22 @@ struct DPFSEngine: ParsableCommand {
             } else {
                 guard let kind = BackendKind(rawValue: backend) else { throw ValidationError("unknown backend '\(backend)'") }
                 guard let cacheMode = CacheModeName(rawValue: cache) else { throw ValidationError("unknown cache mode '\(cache)'") }
-                let device = DeviceConfiguration(name: "dpfs", socketPath: socket!, backend: kind, requestQueues: queues,
-                                                 slotsPerQueue: slots, batchMax: min(32, slots),
+                let slotCount = slots ?? (fuseMount == nil ? 256 : 16)
+                let device = DeviceConfiguration(name: "dpfs", socketPath: socket ?? "", backend: kind, requestQueues: queues,
+                                                 slotsPerQueue: slotCount, batchMax: min(32, slotCount),
                                                  busyPollMicroseconds: busyPollMicroseconds, nullFileSizeBytes: nullFileSize,
                                                  sharedDirectory: sharedDirectory ?? "", cacheMode: cacheMode,
                                                  inodesMax: inodesMax, openFilesMax: openFilesMax,
                                                  inodeDescriptorsMax: inodeDescriptorsMax)
                 var withDataPath = device
                 withDataPath.dataPath = dataPath
+                if let fuseMount {
+                    withDataPath.transport = .fuse
+                    withDataPath.mountPoint = fuseMount
+                    withDataPath.fuseTransport = fuseTransport
+                    withDataPath.fusePassthrough = fusePassthrough
+                    withDataPath.ringDepth = ringDepth
+                }
                 try withDataPath.validate()
                 engineConfiguration = EngineConfiguration(devices: [withDataPath])
             }
@@ -121,8 +143,8 @@ struct DPFSEngine: ParsableCommand {
             switch device.backend {
             case .null:
                 let nullConfiguration = NullBackendConfiguration(fileSizeBytes: device.nullFileSizeBytes)
-                servers.append(try startDevice(device, clock: clock, logger: deviceLogger, initPolicy: InitPolicy(),
-                                               report: "backend null") { _ in NullBackend(configuration: nullConfiguration) })
+                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: InitPolicy(),
+                                               report: "backend null", hostMounted: { _ in }) { _ in NullBackend(configuration: nullConfiguration) })
             case .passthrough:
                 let shared: PassthroughDevice
                 do {
@@ -150,8 +172,15 @@ struct DPFSEngine: ParsableCommand {
                 policy.flagsWanted |= InitFlags.posixLocks
                 // Writeback caching only where the guest owns the share (cache = always).
                 if device.cacheMode == .always { policy.flagsWanted |= InitFlags.writebackCache }
-                servers.append(try startDevice(device, clock: clock, logger: deviceLogger, initPolicy: policy,
-                                               report: "backend \(shared.report); descriptor limit \(limit)") { _ in
+                // On a host mount the host file system clears set-id bits as a local one does
+                // (the write runs under the caller's fsuid), so the kernel may leave that to us.
+                if device.transport == .fuse { policy.flagsWanted |= InitFlags.handleKillprivV2 }
+                let passthroughWanted = device.fusePassthrough
+                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: policy,
+                                               report: "backend \(shared.report); descriptor limit \(limit)",
+                                               hostMounted: { sessionFD in
+                                                   if passthroughWanted { shared.kernelPassthrough = KernelPassthroughFiles(fuseFD: sessionFD) }
+                                               }) { _ in
                     PassthroughBackend(device: shared)
                 })
             }
@@ -182,7 +211,44 @@ extension VhostUserServer: EngineServer {
     }
 }
 
+/// A host mount's server: waits while the mount is served, unmounts on stop.
+final class FUSEHostServer<B: Backend>: EngineServer, @unchecked Sendable {
+    let device: FUSEHostDevice<B>
+    init(device: FUSEHostDevice<B>) { self.device = device }
+    func run(until stop: borrowing Atomic<Bool>) { device.run(until: stop) }
+    func stopAndReport() -> String { device.stop() }
+}
+
 extension DPFSEngine {
+    /// Builds the device of one [[device]] table: a vhost-user socket or a host mount.
+    /// `hostMounted` runs for a host mount once it is mounted, before its queues start, with the
+    /// session's /dev/fuse descriptor.
+    func startServer<B: Backend>(_ device: DeviceConfiguration, clock: CycleClock, logger: Logger, initPolicy: InitPolicy,
+                                 report: String, hostMounted: (Int32) -> Void, makeBackend: (Int) -> B) throws -> any EngineServer {
+        switch device.transport {
+        case .vhostUser:
+            return try startDevice(device, clock: clock, logger: logger, initPolicy: initPolicy, report: report, makeBackend: makeBackend)
+        case .fuse:
+            let pollerConfiguration = PollerConfiguration(slotCount: device.slotsPerQueue, batchMax: device.batchMax, initPolicy: initPolicy)
+            let hostConfiguration = FUSEHostConfiguration(
+                name: device.name, mount: FUSEMountOptions(mountPoint: device.mountPoint),
+                transport: FUSETransportChoice(rawValue: device.fuseTransport)!, queues: device.requestQueues,
+                poller: pollerConfiguration, ringDepth: device.ringDepth, busyPollMicroseconds: device.busyPollMicroseconds,
+                cpus: device.cpus, kernelPassthrough: device.fusePassthrough)
+            let hostDevice: FUSEHostDevice<B>
+            do {
+                hostDevice = try FUSEHostDevice(configuration: hostConfiguration, logger: logger,
+                                                cyclesPerNanosecond: clock.cyclesPerNanosecond, makeBackend: makeBackend)
+                hostMounted(hostDevice.descriptors[0])
+                try hostDevice.start()
+            } catch {
+                throw StartupError("device \(device.name): \(error)")
+            }
+            logger.info("\(hostDevice.report); \(report)")
+            return FUSEHostServer(device: hostDevice)
+        }
+    }
+
     /// Builds one vhost-user device with `makeBackend` for each of its queues and binds its socket.
     func startDevice<B: Backend>(_ device: DeviceConfiguration, clock: CycleClock, logger: Logger, initPolicy: InitPolicy,
                                  report: String, makeBackend: (Int) -> B) throws -> VhostUserServer<B> {

@@ -131,5 +131,75 @@ static inline int CDPFS_statx(int dirfd, const char *path, int flags, unsigned i
 /// STATX_MNT_ID and the AT_* flags statx needs, as plain values (some are macros of macros).
 static inline unsigned int CDPFS_statx_mask_basic_and_mount_id(void) { return STATX_BASIC_STATS | 0x1000U; }
 
+// ---- /dev/fuse: what Debian 12's 7.38 headers lack (protocol 7.40 passthrough, 7.42 io_uring) ----
+// The layouts are the kernel's (include/uapi/linux/fuse.h); FUSEDeviceTests checks their sizes.
+
+/// FUSE_DEV_IOC_BACKING_OPEN's argument (7.40): the daemon's descriptor of the backing file.
+struct CDPFS_fuse_backing_map {
+    int32_t fd;
+    uint32_t flags;
+    uint64_t padding;
+};
+
+/// `fuse_uring_ent_in_out` (7.42): per ring entry, written by the kernel with a request and by the
+/// daemon with its reply (payload_sz = bytes of the payload buffer in use).
+struct CDPFS_fuse_uring_ent_in_out {
+    uint64_t flags;
+    uint64_t commit_id;
+    uint32_t payload_sz;
+    uint32_t padding;
+    uint64_t reserved;
+};
+
+/// `fuse_uring_req_header` (7.42): the first iovec of a ring entry's REGISTER.
+struct CDPFS_fuse_uring_req_header {
+    char in_out[128];     // fuse_in_header on fetch, fuse_out_header on commit
+    char op_in[128];      // the opcode's fixed argument struct (in_args[0])
+    struct CDPFS_fuse_uring_ent_in_out ring_ent_in_out;
+};
+
+/// `fuse_uring_cmd_req` (7.42): in the 80-byte command area of an SQE128.
+struct CDPFS_fuse_uring_cmd_req {
+    uint64_t flags;
+    uint64_t commit_id;
+    uint16_t qid;
+    uint8_t padding[6];
+};
+
+_Static_assert(sizeof(struct CDPFS_fuse_uring_req_header) == 288, "fuse_uring_req_header is 288 bytes");
+_Static_assert(sizeof(struct CDPFS_fuse_uring_cmd_req) == 24, "fuse_uring_cmd_req is 24 bytes");
+
+enum { CDPFS_FUSE_IO_URING_CMD_REGISTER = 1, CDPFS_FUSE_IO_URING_CMD_COMMIT_AND_FETCH = 2 };
+
+/// The /dev/fuse ioctls (in shims.c: <sys/ioctl.h> clashes with the Glibc module's fd_set here).
+/// Each returns the ioctl's result, or -errno; EINTR is retried.
+int CDPFS_fuse_dev_clone(int fd, int session_fd);
+/// Registers `backing_fd` for kernel passthrough; returns the backing id (> 0) or -errno.
+int CDPFS_fuse_backing_open(int fuse_fd, int backing_fd);
+int CDPFS_fuse_backing_close(int fuse_fd, int backing_id);
+
+/// Fills an SQE128 with a FUSE-over-io_uring command (IORING_OP_URING_CMD on /dev/fuse): REGISTER
+/// passes the entry's two iovecs (header, payload); COMMIT_AND_FETCH names the request it answers.
+/// liburing 2.3 has no helper for the command area.
+static inline void CDPFS_prep_fuse_uring_cmd(struct io_uring_sqe *sqe, int fuse_fd, uint32_t command,
+                                             uint16_t qid, uint64_t commit_id, const struct iovec *iovecs,
+                                             uint32_t iovec_count, uint64_t user_data) {
+    memset(sqe, 0, 128);
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = fuse_fd;
+    sqe->cmd_op = command;
+    sqe->addr = (uint64_t)(uintptr_t)iovecs;
+    sqe->len = iovec_count;
+    sqe->user_data = user_data;
+    struct CDPFS_fuse_uring_cmd_req *request = (struct CDPFS_fuse_uring_cmd_req *)sqe->cmd;
+    request->qid = qid;
+    request->commit_id = commit_id;
+}
+
+/// io_uring_queue_init with setup flags (SQE128 for ring commands); returns 0 or -errno.
+static inline int CDPFS_uring_init_flags(unsigned entries, struct io_uring *ring, unsigned flags) {
+    return io_uring_queue_init(entries, ring, flags);
+}
+
 #endif // __linux__
 #endif // CDPFS_H
