@@ -1,6 +1,7 @@
 import ArgumentParser
 import DPFSCore
 import DPFSPosix
+import FUSEDevice
 import FUSEWire
 import LoopbackTransport
 import MallocInterposerSwift
@@ -71,6 +72,14 @@ struct AllocationGateCommand: ParsableCommand {
         for (name, result) in try uringGate.measure(requests: requests, warmup: warmup, onlyData: true) {
             print(result.json(name: name))
             failed = failed || !result.passed
+        }
+        // A host mount through /dev/fuse: classic read/writev, then FUSE-over-io_uring.
+        for mode in [FUSETransportChoice.classic, .uring] {
+            let fuseGate = try FUSEMountGate(mode: mode)
+            for (name, result) in try fuseGate.measure(requests: requests, warmup: warmup) {
+                print(result.json(name: name))
+                failed = failed || !result.passed
+            }
         }
         if failed { throw ExitCode.failure }
     }

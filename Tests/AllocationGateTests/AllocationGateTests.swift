@@ -7,7 +7,8 @@ import Testing
 /// through the loopback virtqueue, the poller and the null backend, inline and with the poller on
 /// its own thread, and then through an in-process vhost-user device driven over a real socket
 /// (poller threads, call eventfd, split queues in memfd guest memory), and through the passthrough
-/// backend over a real directory (GETATTR, LOOKUP, READ, WRITE, CREATE+UNLINK, io_uring data path);
+/// backend over a real directory (GETATTR, LOOKUP, READ, WRITE, CREATE+UNLINK, io_uring data path),
+/// and through a real host mount of it via /dev/fuse (fstat, pread, pwrite; classic and io_uring);
 /// every class must make zero mallocs, and a canary must see its allocations.
 @Suite(.serialized) struct AllocationGateTests {
     struct Line: Decodable {
@@ -48,6 +49,8 @@ import Testing
         #expect(classes.filter { $0.class.hasPrefix("vhostUser-") }.count == 8, "the vhost-user data path must be measured:\n\(text)")
         #expect(classes.filter { $0.class.hasPrefix("passthrough-") }.count == 7,
                 "the passthrough backend must be measured, READ and WRITE on both data paths:\n\(text)")
+        #expect(classes.filter { $0.class.hasPrefix("fuse-classic-") }.count == 3 && classes.filter { $0.class.hasPrefix("fuse-uring-") }.count == 3,
+                "the host mount's data path must be measured, classic and io_uring:\n\(text)")
         for line in classes {
             #expect(line.mallocs == 0, "\(line.class) allocated \(line.mallocs) times in \(line.requests ?? 0) requests")
             #expect(line.completed == 100_000 && line.requests == 100_000, "\(line.class) did not complete every request")
