@@ -90,11 +90,13 @@ public struct FUSEQueueGeometry: Sendable {
 
     public var handlesMax: Int { ringDepth + classicBuffers }
 
-    /// Arena bytes one queue needs.
+    /// Arena bytes one queue needs: its seven allocations (as `FUSEQueue.init` makes them), each
+    /// with up to a page of alignment padding.
     public var memoryBytes: Int {
         classicBuffers * (requestBufferBytes + replyBufferBytes)
-            + ringDepth * (ringPayloadBytes + Self.ringHeaderSlotBytes)
-            + Self.roundUp(ringDepth * 2 * MemoryLayout<iovec>.stride + classicBuffers * 4 + MemoryLayout<FUSEQueueCounters>.stride) + Self.pageBytes
+            + max(64, ringDepth * ringPayloadBytes) + max(64, ringDepth * Self.ringHeaderSlotBytes)
+            + max(1, ringDepth * 2) * MemoryLayout<iovec>.stride + classicBuffers * 4 + MemoryLayout<FUSEQueueCounters>.stride
+            + 7 * Self.pageBytes
     }
 }
 
@@ -142,9 +144,10 @@ public struct FUSEQueue: Transport {
         let page = FUSEQueueGeometry.pageBytes
         classicRequests = arena.allocate(byteCount: geometry.classicBuffers * geometry.requestBufferBytes, alignment: page)
         classicReplies = arena.allocate(byteCount: geometry.classicBuffers * geometry.replyBufferBytes, alignment: page)
-        ringPayloads = arena.allocate(byteCount: max(1, geometry.ringDepth) * geometry.ringPayloadBytes, alignment: page)
-        ringHeaders = arena.allocate(byteCount: max(1, geometry.ringDepth) * FUSEQueueGeometry.ringHeaderSlotBytes, alignment: page)
-        ringIovecs = arena.allocate(iovec.self, count: max(1, geometry.ringDepth) * 2)
+        // Classic queues have no ring entries: 64 bytes stand in, so the pointers stay valid.
+        ringPayloads = arena.allocate(byteCount: max(64, geometry.ringDepth * geometry.ringPayloadBytes), alignment: page)
+        ringHeaders = arena.allocate(byteCount: max(64, geometry.ringDepth * FUSEQueueGeometry.ringHeaderSlotBytes), alignment: page)
+        ringIovecs = arena.allocate(iovec.self, count: max(1, geometry.ringDepth * 2))
         classicFree = arena.allocate(UInt32.self, count: geometry.classicBuffers)
         counters = arena.allocate(FUSEQueueCounters.self, count: 1)
         counters.initialize(to: FUSEQueueCounters())

@@ -245,7 +245,9 @@ extension PassthroughBackend {
         guard let node = pinNode(request.nodeID) else { return reply.fail(.noEntry) }
         defer { unpinNode(node) }
         var flags = Int32(bitPattern: request.arguments(as: fuse_open_in.self).flags)
-        flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC | O_DIRECT | O_PATH)
+        // O_NOFOLLOW too: the kernel resolved the path already (it never opens a symlink node),
+        // and on the engine's re-open through /proc/self/fd it would refuse the magic link (ELOOP).
+        flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC | O_DIRECT | O_PATH | O_NOFOLLOW)
         if directory {
             guard node.kind == FileType.directory else { return reply.fail(.notDirectory) }
             flags = O_RDONLY | O_DIRECTORY

@@ -493,11 +493,16 @@ public struct PassthroughBackend: Backend {
         return finishInline(result, reply: reply, handle: handle, read: false)
     }
 
-    /// The kernel asks the server to drop set-user/group-ID bits on a write by a non-owner.
+    /// The kernel asks the server to drop set-ID bits on a write by a caller without CAP_FSETID.
+    /// As a local file system does (file_remove_privs): set-user-ID always goes, set-group-ID only
+    /// with group execute (without it the bit marks mandatory locking, not a privilege).
     func killSetID(_ fd: Int32) {
         var s = stat()
         guard fstat(fd, &s) == 0, s.st_mode & (S_ISUID | S_ISGID) != 0 else { return }
-        _ = fchmod(fd, s.st_mode & ~(S_ISUID | S_ISGID) & 0o7777)
+        var mode = s.st_mode & ~S_ISUID
+        if mode & (S_ISGID | S_IXGRP) == (S_ISGID | S_IXGRP) { mode &= ~S_ISGID }
+        guard mode != s.st_mode else { return }
+        _ = fchmod(fd, mode & 0o7777)
     }
 
     mutating func fsync(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {

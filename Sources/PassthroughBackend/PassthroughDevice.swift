@@ -139,6 +139,9 @@ public final class PassthroughDevice: @unchecked Sendable {
         }
         var status = stat()
         _ = fstat(root, &status)
+        // The kernel sends modes with the caller's umask already applied (and the umask itself);
+        // the engine's own umask must not take a second bite (a 0777 create would come out 0755).
+        umask(0)
         rootFD = root
         rootDirectoryFD = readable
         procFD = proc

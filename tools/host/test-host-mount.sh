@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# test-host-mount.sh — dpfs-engine serving a real mount on this host through /dev/fuse, checked the
+# way a user checks a file system. For each transport the kernel allows (classic /dev/fuse,
+# FUSE-over-io_uring, and io_uring with kernel passthrough):
+#   1. POSIX behaviour: tools/host/posix_check.py runs the same cases on the mount and on a native
+#      directory of the file system the share lives on, as root and as two unprivileged uids, and
+#      requires the same outcome (success, or the same errno) and the same observable result;
+#   2. data integrity: tools/host/integrity.py, random operations on the mount and on a reference
+#      directory side by side, contents compared byte for byte;
+#   3. concurrent stress: tools/host/stress.py, several processes creating, writing, renaming,
+#      linking and unlinking in shared directories; the mount's view must equal the share's;
+#   4. (passthrough) a file written through the share is read back through an open passthrough
+#      file, and a file opened for passthrough and one opened while passthrough is refused stay
+#      coherent (the engine answers those uncached);
+# and then, on the classic and the io_uring transports:
+#   5. SIGKILL of the engine mid-workload: the workload ends (ENOTCONN, no process hangs), and the
+#      next engine start detaches the dead mount and serves again with no manual clean-up;
+#   6. an unmount from outside ends the engine by itself.
+# Needs root (mount(2), setuid children) and /dev/fuse. Uses .build/release/dpfs-engine (built if
+# missing). Exit status: number of failed checks.
+#   tools/host/test-host-mount.sh [--quick] [--modes "classic uring passthrough"]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+quick=0
+modes="classic uring passthrough"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --modes) modes=$2; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+steps=$([ $quick = 1 ] && echo 5000 || echo 30000)
+stress_seconds=$([ $quick = 1 ] && echo 5 || echo 15)
+
+[ "$(id -u)" = 0 ] || { echo "test-host-mount: needs root (mount(2))"; exit 1; }
+[ -c /dev/fuse ] || { echo "test-host-mount: no /dev/fuse"; exit 1; }
+engine=.build/release/dpfs-engine
+[ -x $engine ] || swift build -c release --product dpfs-engine || exit 1
+
+work=$(mktemp -d /tmp/dpfs-host-test.XXXXXX)
+chmod 755 "$work"
+failures=0
+engine_pid=
+ok() { echo "RESULT $1-ok"; }
+bad() { echo "RESULT $1-FAILED: $2"; failures=$((failures + 1)); }
+
+stop_engine() {
+  if [ -n "$engine_pid" ] && kill -0 "$engine_pid" 2>/dev/null; then
+    kill -TERM "$engine_pid"
+    for _ in $(seq 1 100); do kill -0 "$engine_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$engine_pid" 2>/dev/null
+  fi
+  wait "$engine_pid" 2>/dev/null
+  engine_pid=
+}
+cleanup() {
+  stop_engine
+  for m in "$work"/mnt-*; do umount -l "$m" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start_engine MODE SHARE MNT LOG: starts the engine and waits until the mount answers.
+start_engine() {
+  local mode=$1 share=$2 mnt=$3 log=$4 args
+  case $mode in
+    classic) args="--fuse-transport classic" ;;
+    uring) args="--fuse-transport uring" ;;
+    passthrough) args="--fuse-transport uring --fuse-passthrough" ;;
+  esac
+  # cache never: every operation reaches the engine (what these checks are about).
+  $engine --fuse-mount "$mnt" --backend passthrough --shared-dir "$share" --cache never $args >"$log" 2>&1 &
+  engine_pid=$!
+  for _ in $(seq 1 100); do
+    if grep -q "INIT agreed" "$log" 2>/dev/null && stat "$mnt" >/dev/null 2>&1; then return 0; fi
+    kill -0 $engine_pid 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "--- engine log"; cat "$log"
+  return 1
+}
+
+for mode in $modes; do
+  share=$work/share-$mode mnt=$work/mnt-$mode reference=$work/reference-$mode log=$work/engine-$mode.log
+  mkdir -p "$share" "$mnt" "$reference"
+  chmod 755 "$share" "$reference"
+  echo "=== $mode: share $share (on $(stat -f -c %T "$share")), mount $mnt"
+  if ! start_engine $mode "$share" "$mnt" "$log"; then bad "$mode-start" "engine did not serve the mount"; continue; fi
+  grep -E "INIT agreed|mount " "$log" | sed 's/^/    /'
+  case $mode in
+    uring|passthrough)
+      grep -q "requests through io_uring" "$log" || bad "$mode-io-uring-agreed" "the kernel did not agree FUSE-over-io_uring" ;;
+  esac
+  [ $mode = passthrough ] && { grep -q "kernel passthrough on" "$log" || bad "$mode-passthrough-agreed" "the kernel did not agree passthrough"; }
+
+  # 1. POSIX behaviour against the share's own file system, root and two unprivileged uids.
+  if python3 tools/host/posix_check.py --subject "$mnt" --reference "$reference" --uids 0,1000,1001 >"$work/posix-$mode.out" 2>&1; then
+    ok "$mode-posix"; tail -1 "$work/posix-$mode.out" | sed 's/^/    /'
+  else
+    bad "$mode-posix" "$(grep -E 'FAIL|posix_check:' "$work/posix-$mode.out" | head -20)"
+  fi
+  # 2. Data integrity, a fresh seed each run (printed, so a failure can be replayed).
+  seed=${DPFS_INTEGRITY_SEED:-$(( $(date +%s) % 1000000 ))}
+  if python3 tools/host/integrity.py --subject "$mnt" --reference "$reference" --seed $seed --steps $steps >"$work/integrity-$mode.out" 2>&1; then
+    ok "$mode-integrity"; tail -1 "$work/integrity-$mode.out" | sed 's/^/    /'
+  else
+    bad "$mode-integrity" "seed $seed: $(tail -5 "$work/integrity-$mode.out")"
+  fi
+  # 3. Concurrent stress: the mount's view equals the share's afterwards.
+  if python3 tools/host/stress.py --mount "$mnt" --backing "$share" --processes 4 --seconds $stress_seconds --seed $seed >"$work/stress-$mode.out" 2>&1; then
+    ok "$mode-stress"; tail -1 "$work/stress-$mode.out" | sed 's/^/    /'
+  else
+    bad "$mode-stress" "$(tail -8 "$work/stress-$mode.out")"
+  fi
+  # 4. Kernel passthrough: data the host writes is what an open passthrough file reads, both ways.
+  #    A second engine mounts the same share without passthrough, so the file is open both ways at once.
+  if [ $mode = passthrough ]; then
+    plain=$work/mnt-plain
+    mkdir -p "$plain"
+    $engine --fuse-mount "$plain" --backend passthrough --shared-dir "$share" --cache never --fuse-transport classic \
+      >"$work/engine-plain.log" 2>&1 &
+    plain_pid=$!
+    for _ in $(seq 1 100); do grep -q "INIT agreed" "$work/engine-plain.log" 2>/dev/null && break; sleep 0.1; done
+    if python3 tools/host/passthrough_coherence.py --mount "$mnt" --plain-mount "$plain" --backing "$share" >"$work/coherence.out" 2>&1; then
+      ok "$mode-coherence"; tail -1 "$work/coherence.out" | sed 's/^/    /'
+    else
+      bad "$mode-coherence" "$(grep -E 'FAIL|coherence:' "$work/coherence.out"; tail -3 "$work/coherence.out")"
+    fi
+    kill -TERM $plain_pid; wait $plain_pid 2>/dev/null
+  fi
+  stop_engine
+  if mountpoint -q "$mnt"; then bad "$mode-unmounted-on-sigterm" "$mnt still mounted after SIGTERM"; else ok "$mode-unmounted-on-sigterm"; fi
+  grep -E "unmounted|requests read" "$log" | tail -1 | sed 's/^/    /'
+
+  # 5. SIGKILL mid-workload, then a plain restart (classic and io_uring; passthrough shares uring's transport).
+  [ $mode = passthrough ] && continue
+  start_engine $mode "$share" "$mnt" "$log" || { bad "$mode-restart" "no second start"; continue; }
+  ( while :; do dd if=/dev/zero of="$mnt/kill-workload" bs=64k count=64 conv=fsync status=none || exit 0; \
+      cat "$mnt/kill-workload" >/dev/null || exit 0; done ) &
+  workload=$!
+  sleep 1
+  kill -KILL "$engine_pid"; wait "$engine_pid" 2>/dev/null; engine_pid=
+  ended=0
+  for _ in $(seq 1 100); do kill -0 $workload 2>/dev/null || { ended=1; break; }; sleep 0.1; done
+  if [ $ended = 1 ]; then ok "$mode-sigkill-no-hang"; else bad "$mode-sigkill-no-hang" "the workload still runs 10 s after the engine died"; kill -KILL $workload; fi
+  wait $workload 2>/dev/null
+  error=$(stat "$mnt" 2>&1 >/dev/null)
+  case "$error" in
+    *"not connected"*) ok "$mode-sigkill-enotconn" ;;
+    *) bad "$mode-sigkill-enotconn" "stat of the dead mount said: ${error:-success}" ;;
+  esac
+  if start_engine $mode "$share" "$mnt" "$log"; then
+    grep -q "detached a dead FUSE mount" "$log" && ok "$mode-stale-mount-detached" || bad "$mode-stale-mount-detached" "no report of the dead mount"
+    if echo served-again >"$mnt/after-restart" && [ "$(cat "$share/after-restart")" = served-again ]; then
+      ok "$mode-serves-after-restart"
+    else
+      bad "$mode-serves-after-restart" "write through the new mount did not reach the share"
+    fi
+  else
+    bad "$mode-serves-after-restart" "the engine did not start on the dead mount"
+  fi
+  # 6. Unmounted from outside: the engine ends by itself.
+  umount "$mnt"
+  gone=0
+  for _ in $(seq 1 50); do kill -0 "$engine_pid" 2>/dev/null || { gone=1; break; }; sleep 0.1; done
+  if [ $gone = 1 ]; then ok "$mode-external-unmount-ends-engine"; else bad "$mode-external-unmount-ends-engine" "engine still running 5 s after umount"; fi
+  stop_engine
+done
+
+echo "test-host-mount: $failures failure(s)"
+[ $failures -eq 0 ] && echo "RESULT all-ok"
+exit $(( failures > 250 ? 250 : failures ))
