@@ -87,6 +87,15 @@ public final class IOURing: @unchecked Sendable {
         return true
     }
 
+    /// Queues a one-shot wait for `fd` to become readable; completes with the poll mask.
+    @inlinable
+    public func pollReadable(fd: Int32, userData: UInt64) -> Bool {
+        guard let sqe = entry() else { return false }
+        io_uring_prep_poll_add(sqe, fd, UInt32(POLLIN))
+        io_uring_sqe_set_data64(sqe, userData)
+        return true
+    }
+
     /// Queues a FUSE-over-io_uring command on a /dev/fuse descriptor (the ring must have been made
     /// with `commands128`): REGISTER with the entry's two iovecs, or COMMIT_AND_FETCH of `commitID`.
     @inlinable

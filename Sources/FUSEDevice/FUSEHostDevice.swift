@@ -101,7 +101,8 @@ public final class FUSEHostDevice<B: Backend>: @unchecked Sendable {
         if mode == .uring && queueCount != configuration.queues {
             notes.append("io_uring needs one queue per possible CPU: \(queueCount) queues")
         }
-        let nonBlocking = mode == .classic
+        // Non-blocking in both modes: in uring mode the ring polls /dev/fuse and the queue reads it.
+        let nonBlocking = true
         let sessionFD = try FUSEMount.mount(configuration.mount, nonBlocking: nonBlocking)
         var descriptors = [sessionFD]
         do {

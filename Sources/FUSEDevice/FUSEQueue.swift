@@ -15,8 +15,12 @@ import Synchronization
 //   request into a free entry and completes its command; the reply goes back in the same entry with
 //   COMMIT_AND_FETCH, which also hands the entry back for the next request. One io_uring_enter per
 //   poller step for all of a batch's commits, requests reaped from the completion queue without a
-//   syscall. INIT, FORGET and INTERRUPT still come through /dev/fuse: the queue keeps reads of its
-//   descriptor in flight on the same ring, so one completion queue carries everything.
+//   syscall. INIT, FORGET and INTERRUPT still come through /dev/fuse (non-blocking here too): a
+//   one-shot POLL_ADD of the descriptor sits on the same ring, so one completion queue wakes the
+//   poller for both, and the poller then reads /dev/fuse with plain read(2) until EAGAIN. Reads of
+//   /dev/fuse must not go through the ring themselves: the kernel may run such a read inline in
+//   the queue thread's task work, and a blocking /dev/fuse read there stalls the thread — and with
+//   it every ring entry of its CPU — until the next FORGET.
 //
 // The layout of a ring entry's request maps onto the segment list the decoder already reads:
 // [in_header (40 bytes of in_out)] [op_in (the opcode's fixed struct)] [payload (names, data)], and
@@ -125,12 +129,13 @@ public struct FUSEQueue: Transport {
     let ringPayloads: UnsafeMutableRawPointer
     let ringIovecs: UnsafeMutablePointer<iovec>
     var ringRegistered = false
-    var classicReadsArmed = false
+    /// uring mode: /dev/fuse may have a request (start, or the poll fired); false after EAGAIN.
+    var deviceReadable = true
+    var devicePollArmed = false
     public private(set) var ended = false
 
     /// Carves the queue's buffers out of `arena` (sized by `geometry.memoryBytes`). `ring` is
-    /// required in uring mode (made with 128-byte entries), and `fd` must then be blocking: the
-    /// ring's reads of /dev/fuse wait inside the kernel.
+    /// required in uring mode (made with 128-byte entries). `fd` is non-blocking in both modes.
     public init(mode: FUSEQueueMode, fd: Int32, queueID: UInt16, geometry: FUSEQueueGeometry,
                 connection: FUSEConnectionState, ring: IOURing?, arena: inout ArenaAllocator) {
         precondition(fd >= 0)
@@ -208,45 +213,37 @@ public struct FUSEQueue: Transport {
 
     mutating func fetchRing(into segments: UnsafeMutablePointer<Segment>) -> FetchResult {
         guard let ring else { return .failed }
-        if !classicReadsArmed {
-            classicReadsArmed = true
-            while classicFreeCount > 0 {
-                classicFreeCount &-= 1
-                armClassicRead(Int(classicFree[classicFreeCount]), ring: ring)
-            }
-            ring.submit()
-        }
         if !ringRegistered && connection.initialized {
             ringRegistered = true
             if connection.ringInUse { registerEntries(ring: ring) }
         }
-        // Bounded: at most every command this queue has in flight completes once.
+        // Bounded: every command this queue has in flight completes at most once, plus the poll.
         var looked = 0
-        while looked < geometry.handlesMax, let completion = ring.nextCompletion() {
+        while looked <= geometry.handlesMax {
             looked &+= 1
-            let handle = Int(truncatingIfNeeded: completion.userData)
-            guard handle < geometry.handlesMax else { continue }
-            if handle < geometry.ringDepth {
-                guard completion.result == 0 else {
-                    ringCommandFailed(completion.result)
-                    if ended { return .failed }
-                    continue
-                }
-                counters.pointee.ringRequests &+= 1
-                return .request(ringSegments(entry: handle, into: segments))
+            if deviceReadable && classicFreeCount > 0 {
+                let result = fetchClassic(into: segments)
+                if case .empty = result { deviceReadable = false } else { return result }
             }
-            if completion.result > 0 {
-                counters.pointee.requestsRead &+= 1
-                return .request(classicSegments(handle: handle, bytes: Int(completion.result), into: segments))
-            }
-            let error = -completion.result
-            if error == EINTR || error == EAGAIN || error == ENOENT {
-                armClassicRead(handle, ring: ring)
+            if !deviceReadable && !devicePollArmed {
+                devicePollArmed = ring.pollReadable(fd: fd, userData: Self.devicePollUserData)
                 ring.submit()
+            }
+            guard let completion = ring.nextCompletion() else { return .empty }
+            if completion.userData == Self.devicePollUserData {
+                devicePollArmed = false
+                deviceReadable = true
                 continue
             }
-            end()
-            return .failed
+            let entry = Int(truncatingIfNeeded: completion.userData)
+            guard entry < geometry.ringDepth else { continue }
+            guard completion.result == 0 else {
+                ringCommandFailed(completion.result)
+                if ended { return .failed }
+                continue
+            }
+            counters.pointee.ringRequests &+= 1
+            return .request(ringSegments(entry: entry, into: segments))
         }
         return .empty
     }
@@ -298,12 +295,8 @@ public struct FUSEQueue: Transport {
             return
         }
         if replyBytes > 0 && !ended { writeClassicReply(index, replyBytes: Int(replyBytes)) }
-        if mode == .classic || ended {
-            classicFree[classicFreeCount] = handle
-            classicFreeCount &+= 1
-        } else if let ring {
-            armClassicRead(index, ring: ring)
-        }
+        classicFree[classicFreeCount] = handle
+        classicFreeCount &+= 1
     }
 
     public mutating func flush() -> Bool {
@@ -313,7 +306,8 @@ public struct FUSEQueue: Transport {
     }
 
     public mutating func armNotifications() -> Bool {
-        ring?.hasCompletions ?? false
+        guard let ring else { return false }
+        return ring.hasCompletions || (deviceReadable && classicFreeCount > 0)
     }
 
     // MARK: - Replies
@@ -371,10 +365,6 @@ public struct FUSEQueue: Transport {
 
     // MARK: - Ring set-up
 
-    func armClassicRead(_ handle: Int, ring: IOURing) {
-        _ = ring.read(fd: fd, buffer: classicRequest(handle), bytes: geometry.requestBufferBytes, userData: UInt64(handle))
-    }
-
     mutating func registerEntries(ring: IOURing) {
         for entry in 0..<geometry.ringDepth {
             _ = ring.fuseCommand(fd: fd, command: UInt32(CDPFS_FUSE_IO_URING_CMD_REGISTER), queue: queueID, commitID: 0,
@@ -391,6 +381,8 @@ public struct FUSEQueue: Transport {
 
     // MARK: - Buffers
 
+    /// The user data of the /dev/fuse poll: no ring entry has it.
+    static let devicePollUserData = UInt64.max
     static let entryOpOffset = 128
     static let entryCommitIDOffset = 256 + 8
     static let entryPayloadSizeOffset = 256 + 16

@@ -21,6 +21,10 @@ extension PassthroughBackend {
             if arguments.release_flags & UInt32(FUSE_RELEASE_FLUSH) != 0 {
                 device.lockOwners.release(inodeID: request.nodeID, owner: arguments.lock_owner)
             }
+            if kernelPassthroughAgreed, let pinned = device.handles.pin(fh) {
+                device.releaseBacking(handleIndex: pinned.index)
+                device.handles.unpin(pinned.index)
+            }
             if device.handles.remove(fh) { reply.send(bodyBytes: 0) } else { reply.fail(.badFileDescriptor) }
             return
         case .flush:
@@ -264,18 +268,18 @@ extension PassthroughBackend {
         }
         let handle = device.handles.id(of: index)
         if directory { return reply.open(fileHandle: handle, openFlags: 0) }
-        let (replyFlags, backingID) = passthroughOpen(handle: handle, kind: node.kind)
+        let (replyFlags, backingID) = passthroughOpen(handle: handle, inodeIndex: node.index, kind: node.kind)
         reply.open(fileHandle: handle, openFlags: replyFlags, backingID: backingID)
     }
 
     /// The open flags of a regular file's OPEN or CREATE reply, with kernel passthrough where the
-    /// session has it: the handle's descriptor becomes the backing file, and the kernel does the
-    /// file's reads and writes itself. A file that cannot be registered is served uncached
+    /// session has it: the inode's backing file (registered with the first open), and the kernel
+    /// does the file's reads and writes itself. A file that cannot be registered is served uncached
     /// (FOPEN_DIRECT_IO), the one mode the kernel allows beside passthrough opens of the same inode.
-    func passthroughOpen(handle: UInt64, kind: UInt32) -> (flags: UInt32, backingID: Int32) {
+    func passthroughOpen(handle: UInt64, inodeIndex: UInt32, kind: UInt32) -> (flags: UInt32, backingID: Int32) {
         guard kernelPassthroughAgreed, kind == FileType.regular, let pinned = device.handles.pin(handle) else { return (openFlags, 0) }
         defer { device.handles.unpin(pinned.index) }
-        let id = device.registerBacking(fd: pinned.fd, handleIndex: pinned.index)
+        let id = device.acquireBacking(fd: pinned.fd, inodeIndex: inodeIndex, handleIndex: pinned.index)
         guard id > 0 else { return (UInt32(FOPEN_DIRECT_IO), 0) }
         return (OpenReplyFlags.passthrough, id)
     }

@@ -306,7 +306,7 @@ public struct PassthroughBackend: Backend {
         let attributes = Self.attributes(s)
         let generation = UInt64(id >> 32)
         if let handle {
-            let (flags, backingID) = passthroughOpen(handle: handle, kind: attributes.mode & 0o170000)
+            let (flags, backingID) = passthroughOpen(handle: handle, inodeIndex: index, kind: attributes.mode & 0o170000)
             reply.created(nodeID: id, generation: generation, entryValid: validity, attrValid: validity,
                           attributes: attributes, fileHandle: handle, openFlags: flags, backingID: backingID)
         } else {

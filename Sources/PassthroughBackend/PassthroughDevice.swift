@@ -112,8 +112,13 @@ public final class PassthroughDevice: @unchecked Sendable {
     /// Kernel passthrough (host mounts only): set once before any queue starts; OPEN and CREATE of
     /// regular files then answer with a backing file, when the session agreed FUSE_PASSTHROUGH.
     public var kernelPassthrough: KernelPassthroughFiles? = nil
-    /// The backing id registered for each open-file slot (0: none), released with the handle.
-    let backingIDs: UnsafeMutablePointer<Atomic<Int32>>
+    /// Kernel passthrough per inode slot: the backing id (low 32 bits) and how many open handles
+    /// use it (high 32 bits). The kernel keeps one backing file per inode while it is open and
+    /// fails an open that names a different one (EIO), so all passthrough opens of an inode share
+    /// one registration, closed when the last of them is released.
+    let inodeBackings: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Per open-file slot: 1 + the inode slot whose backing registration the handle holds (0: none).
+    let handleBackings: UnsafeMutablePointer<Atomic<UInt32>>
 
     /// Opens the shared directory; a missing or unreadable one is an error with the reason.
     public init(configuration: PassthroughConfiguration) throws(PassthroughError) {
@@ -148,11 +153,8 @@ public final class PassthroughDevice: @unchecked Sendable {
         rootAttributesDevice = UInt64(status.st_dev)
         inodes = NodeTable(capacity: configuration.inodesMax, keyed: true, descriptorsCachedMax: configuration.inodeDescriptorsMax)
         handles = NodeTable(capacity: configuration.openFilesMax, keyed: false)
-        let backing = UnsafeMutableRawPointer.allocate(byteCount: (configuration.openFilesMax + 1) * MemoryLayout<Atomic<Int32>>.stride,
-                                                       alignment: MemoryLayout<Atomic<Int32>>.alignment)
-            .bindMemory(to: Atomic<Int32>.self, capacity: configuration.openFilesMax + 1)
-        for index in 0...configuration.openFilesMax { (backing + index).initialize(to: Atomic(0)) }
-        backingIDs = backing
+        inodeBackings = Self.allocateAtomics(UInt64.self, count: configuration.inodesMax + 1)
+        handleBackings = Self.allocateAtomics(UInt32.self, count: configuration.openFilesMax + 1)
         lockOwners = LockOwners(capacity: configuration.lockOwnersMax)
         lockWaiters = LockWaiters(workers: configuration.lockWorkers, capacity: configuration.lockWaitersMax)
         var resolve = UInt64(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
@@ -181,9 +183,19 @@ public final class PassthroughDevice: @unchecked Sendable {
         return (reads, writes)
     }
 
+    static func allocateAtomics<Value: AtomicRepresentable & FixedWidthInteger>(_: Value.Type, count: Int) -> UnsafeMutablePointer<Atomic<Value>> {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: count * MemoryLayout<Atomic<Value>>.stride,
+                                                   alignment: MemoryLayout<Atomic<Value>>.alignment)
+        let atomics = raw.bindMemory(to: Atomic<Value>.self, capacity: count)
+        for index in 0..<count { (atomics + index).initialize(to: Atomic(0)) }
+        return atomics
+    }
+
     deinit {
-        backingIDs.deinitialize(count: configuration.openFilesMax + 1)
-        UnsafeMutableRawPointer(backingIDs).deallocate()
+        inodeBackings.deinitialize(count: configuration.inodesMax + 1)
+        UnsafeMutableRawPointer(inodeBackings).deallocate()
+        handleBackings.deinitialize(count: configuration.openFilesMax + 1)
+        UnsafeMutableRawPointer(handleBackings).deallocate()
         lockWaiters.shutDown()
         _ = close(rootFD)
         _ = close(rootDirectoryFD)
@@ -192,30 +204,71 @@ public final class PassthroughDevice: @unchecked Sendable {
 
     /// A new FUSE session begins: the kernel knows none of the old inodes or handles.
     public func resetSession() {
-        for index in 0...configuration.openFilesMax { _ = releaseBacking(handleIndex: UInt32(index)) }
+        for index in 0...configuration.openFilesMax { handleBackings[index].store(0, ordering: .relaxed) }
+        for index in 0...configuration.inodesMax {
+            let id = Int32(truncatingIfNeeded: inodeBackings[index].exchange(0, ordering: .acquiringAndReleasing))
+            if id > 0, let kernelPassthrough { kernelPassthrough.release(id) }
+        }
         lockOwners.releaseAll()
         handles.forgetAll()
         inodes.forgetAll()
     }
 
-    /// Registers the open file of handle slot `handleIndex` for kernel passthrough. Returns the
-    /// backing id, or 0 when it cannot be (the file is then served through the engine, uncached,
-    /// which the kernel allows next to passthrough opens of the same inode).
-    func registerBacking(fd: Int32, handleIndex: UInt32) -> Int32 {
-        guard let kernelPassthrough, Int(handleIndex) <= configuration.openFilesMax else { return 0 }
-        let id = kernelPassthrough.register(fd)
-        guard id > 0 else { return 0 }
-        backingIDs[Int(handleIndex)].store(id, ordering: .releasing)
-        return id
+    /// The backing id for a passthrough open of inode slot `inodeIndex` through handle slot
+    /// `handleIndex`: the inode's registration when it has one, else `fd` registered now. 0 when
+    /// it cannot be registered (the file is then served through the engine, uncached, which the
+    /// kernel allows beside passthrough opens of the same inode). Lock-free: two queues opening
+    /// the same inode may both register; the one that loses the exchange closes its id and uses
+    /// the winner's.
+    func acquireBacking(fd: Int32, inodeIndex: UInt32, handleIndex: UInt32) -> Int32 {
+        guard let kernelPassthrough, Int(inodeIndex) <= configuration.inodesMax,
+              Int(handleIndex) <= configuration.openFilesMax else { return 0 }
+        let slot = inodeBackings + Int(inodeIndex)
+        var registered: Int32 = 0
+        var state = slot.pointee.load(ordering: .acquiring)
+        while true {
+            let id = Int32(truncatingIfNeeded: state)
+            let users = state >> 32
+            var use = id
+            if id <= 0 {
+                if registered == 0 {
+                    registered = kernelPassthrough.register(fd)
+                    if registered <= 0 { return 0 }
+                }
+                use = registered
+            }
+            let desired = (users + 1) << 32 | UInt64(UInt32(bitPattern: use))
+            let (exchanged, original) = slot.pointee.compareExchange(expected: state, desired: desired, ordering: .acquiringAndReleasing)
+            if exchanged {
+                if registered > 0 && use != registered { kernelPassthrough.release(registered) }
+                handleBackings[Int(handleIndex)].store(inodeIndex + 1, ordering: .releasing)
+                return use
+            }
+            state = original
+        }
     }
 
-    /// Drops the backing id of a handle slot (RELEASE, or a session reset). Returns whether one was held.
+    /// Drops the backing registration a handle slot holds (RELEASE); the inode's id is closed with
+    /// its last user. Returns whether the handle held one.
+    @discardableResult
     func releaseBacking(handleIndex: UInt32) -> Bool {
-        guard Int(handleIndex) <= configuration.openFilesMax else { return false }
-        let id = backingIDs[Int(handleIndex)].exchange(0, ordering: .acquiringAndReleasing)
-        guard id > 0, let kernelPassthrough else { return false }
-        kernelPassthrough.release(id)
-        return true
+        guard Int(handleIndex) <= configuration.openFilesMax, let kernelPassthrough else { return false }
+        let owner = handleBackings[Int(handleIndex)].exchange(0, ordering: .acquiringAndReleasing)
+        guard owner > 0 else { return false }
+        let slot = inodeBackings + Int(owner - 1)
+        var state = slot.pointee.load(ordering: .acquiring)
+        while true {
+            let id = Int32(truncatingIfNeeded: state)
+            let users = state >> 32
+            precondition(id > 0 && users >= 1, "a handle holds a backing registration its inode does not have")
+            let desired = users == 1 ? 0 : (users - 1) << 32 | UInt64(UInt32(bitPattern: id))
+            let (exchanged, original) = slot.pointee.compareExchange(expected: state, desired: desired, ordering: .acquiringAndReleasing)
+            if exchanged {
+                if users == 1 { kernelPassthrough.release(id) }
+                return true
+            }
+            state = original
+        }
     }
 
     /// Raises RLIMIT_NOFILE to what the tables can hold. Returns the limit in force.
