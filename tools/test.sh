@@ -9,7 +9,10 @@
 #   7. real Linux guests (QEMU) mounting dpfs-engine over virtio-fs, and the same harness against
 #      the C virtiofsd (so a harness bug cannot pass as an engine success); guests storing files
 #      through the passthrough backend, checked byte for byte on the host
-#   8. a short dpfs-bench core run and a vhost-user run (they must work; speed is reported, not gated)
+#   8. host mounts through /dev/fuse (classic, FUSE-over-io_uring, kernel passthrough): POSIX
+#      behaviour as three uids against ext4, data integrity, concurrent stress, passthrough
+#      coherence, SIGTERM/SIGKILL/stale-mount recovery
+#   9. a short dpfs-bench core run and a vhost-user run (they must work; speed is reported, not gated)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +48,7 @@ step "spin model" tools/check-spin-model.sh
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
 step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
 step "guests store files through the passthrough backend (6.1, reboot, 6.12 multi-queue, two tenants)" tools/guest/test-passthrough.sh
+step "host mounts through /dev/fuse (classic, io_uring, kernel passthrough)" tools/host/test-host-mount.sh
 step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
 step "dpfs-bench vhost-user smoke run (in-process engine)" .build/release/dpfs-bench vhost-user --in-process-engine \
   --requests 20000 --warmup 2000 --operations getattr statfs read write --depths 1 16

@@ -316,7 +316,12 @@ extension PassthroughBackend {
             let result = handle.map { fchmod($0.fd, mode) } ?? fchmodat(device.procFD, procName(node.fd), mode, 0)
             guard result == 0 else { return reply.fail(Self.lastErrno) }
         }
-        if valid & UInt32(FATTR_UID | FATTR_GID) != 0 {
+        // A SETATTR that changes nothing is a chown(-1, -1), or the kernel dropping set-ID bits
+        // (file_remove_privs): it strips ATTR_KILL_SUID/SGID and leaves the killing to the server
+        // (always with handle_killpriv_v2). Replayed as chown(-1, -1), the host file system applies
+        // exactly its own rules (set-user-ID goes, set-group-ID with group execute, ctime moves).
+        let changes = UInt32(FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_SIZE | FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW)
+        if valid & UInt32(FATTR_UID | FATTR_GID) != 0 || valid & changes == 0 {
             let uid = valid & UInt32(FATTR_UID) != 0 ? a.uid : UInt32.max
             let gid = valid & UInt32(FATTR_GID) != 0 ? a.gid : UInt32.max
             guard fchownat(node.fd, Self.emptyPath, uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else {

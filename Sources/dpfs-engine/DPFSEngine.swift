@@ -195,6 +195,13 @@ struct DPFSEngine: ParsableCommand {
                 policy.flagsWanted |= InitFlags.posixLocks
                 // Writeback caching only where the guest owns the share (cache = always).
                 if device.cacheMode == .always { policy.flagsWanted |= InitFlags.writebackCache }
+                // A host mount takes set-ID killing on itself (handle_killpriv_v2): the kernel then
+                // marks inodes S_NOSEC after one look and stops asking GETXATTR(security.capability)
+                // before every write — one extra round trip per write otherwise, and the only one a
+                // kernel-passthrough write would still make. WRITE carries FUSE_WRITE_KILL_SUIDGID
+                // (killSetID); SETATTR and OPEN(O_TRUNC) run as the caller, so the host file system
+                // drops the bits itself exactly as it would locally.
+                if device.transport == .fuse { policy.flagsWanted |= InitFlags.handleKillprivV2 }
                 let passthroughWanted = device.fusePassthrough
                 servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: policy,
                                                report: "backend \(shared.report); descriptor limit \(limit)",

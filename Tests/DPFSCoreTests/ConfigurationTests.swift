@@ -51,6 +51,55 @@ import Testing
             cacheMode: .never, inodesMax: 1000, openFilesMax: 100))
     }
 
+    @Test("a host mount: transport fuse, mount point, io_uring depth and kernel passthrough")
+    func hostMountDevice() throws {
+        let configuration = try EngineConfiguration.parse("""
+            [[device]]
+            transport = "fuse"
+            mount = "/mnt/dpfs"
+            backend = "passthrough"
+            shared_dir = "/srv/share"
+            fuse_transport = "uring"
+            fuse_passthrough = true
+            ring_depth = 64
+            """)
+        let device = configuration.devices[0]
+        #expect(device.transport == .fuse)
+        #expect(device.mountPoint == "/mnt/dpfs")
+        #expect(device.socketPath.isEmpty)
+        #expect(device.fuseTransport == "uring")
+        #expect(device.fusePassthrough)
+        #expect(device.ringDepth == 64)
+        // The defaults a host mount gets: auto transport, passthrough off.
+        let plain = try EngineConfiguration.parse("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"").devices[0]
+        #expect(plain.fuseTransport == "auto" && !plain.fusePassthrough && plain.ringDepth == 16)
+    }
+
+    @Test("host-mount mistakes", arguments: [
+        ("[[device]]\ntransport = \"fuse\"", "absolute mount path"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"relative/dir\"", "absolute mount path"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\nsocket = \"/a\"", "socket is only for"),
+        ("[[device]]\nsocket = \"/a\"\nmount = \"/m\"", "mount is only for"),
+        ("[[device]]\nsocket = \"/a\"\nfuse_passthrough = true", "fuse_passthrough is only for"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\nfuse_transport = \"rdma\"", "fuse_transport must be one of"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\nfuse_passthrough = true", "needs the passthrough backend"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\nbackend = \"passthrough\"\nshared_dir = \"/s\"\ncache = \"always\"\nfuse_passthrough = true",
+         "exclude each other"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\nring_depth = 0", "ring_depth"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\nring_depth = 4096", "ring_depth"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\nfuse_passthrough = \"yes\"", "line 4"),
+        ("[[device]]\ntransport = \"nvme\"", "transport must be one of"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\n[[device]]\ntransport = \"fuse\"\nmount = \"/m\"", "two devices mount /m"),
+    ])
+    func hostMountMistakes(text: String, expected: String) {
+        do {
+            _ = try EngineConfiguration.parse(text)
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.description.contains(expected), "\(error.description) does not mention '\(expected)'")
+        }
+    }
+
     @Test("mistakes are reported with their line, never guessed", arguments: [
         ("[[device]]\nsocket = \"/a\"\nslots = 100", "power of two"),
         ("[[device]]\nsocket = \"/a\"\nrequest_queues = 0", "request_queues"),
