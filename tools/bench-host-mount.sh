@@ -4,7 +4,7 @@
 # to native (this VM's absolute speed moves by 2x from day to day; ratios measured together do not).
 #
 #   tools/bench-host-mount.sh [--modes "classic uring passthrough"] [--runtime SECONDS] [--files N]
-#                             [--no-build] [--keep DIR]
+#                             [--classic "ENGINE ARGS"] [--no-build] [--keep DIR]
 #
 # Targets: native (the tmpfs itself), classic (/dev/fuse read/writev), uring (FUSE-over-io_uring),
 # passthrough (FUSE-over-io_uring with kernel passthrough: reads and writes never leave the kernel).
@@ -15,7 +15,8 @@
 # CPU placement, and why: a wake-up across CPUs costs ~30 µs on this VM, more than a whole request,
 # so fio runs on CPU 0 and so do the engine's queues that serve it (classic: --queues 1 --cpus 0;
 # io_uring: the kernel hands a request to the ring queue of the CPU it was issued on, and queue i
-# runs on CPU i). The engine sleeps as soon as it is idle (busy poll 0, the host-mount default):
+# runs on CPU i). --classic replaces the classic engine's placement ("--queues 1 --cpus 0"), e.g.
+# "--queues 1 --cpus 1 --busy-poll-us 1000000" for a queue spinning on the other CPU. The engine sleeps as soon as it is idle (busy poll 0, the host-mount default):
 # a spinning queue on fio's CPU would take the CPU from fio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ runtime=5
 files=10000
 build=1
 keep=""
+classic_args="--queues 1 --cpus 0"
 while [ $# -gt 0 ]; do
   case $1 in
     --modes) modes=$2; shift 2 ;;
@@ -32,6 +34,7 @@ while [ $# -gt 0 ]; do
     --files) files=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --keep) keep=$2; shift 2 ;;
+    --classic) classic_args=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -69,7 +72,7 @@ dd if=/dev/urandom of="$share/fio.dat" bs=1M count=256 status=none
 start_engine() {
   local mode=$1 mnt=$2 log=$3 args
   case $mode in
-    classic) args="--fuse-transport classic --queues 1 --cpus 0" ;;
+    classic) args="--fuse-transport classic $classic_args" ;;
     uring) args="--fuse-transport uring" ;;
     passthrough) args="--fuse-transport uring --fuse-passthrough" ;;
   esac
