@@ -182,22 +182,12 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "busy_poll_us": device.busyPollMicroseconds = try integer(entry)
                 case "null_file_size": device.nullFileSizeBytes = UInt64(try integer(entry, minimum: 0))
                 case "shared_dir": device.sharedDirectory = try string(entry)
-                case "cache":
-                    let text = try string(entry)
-                    guard let mode = CacheModeName(rawValue: text) else {
-                        throw ConfigurationError(line: entry.line, "cache must be one of \(CacheModeName.allCases.map(\.rawValue).joined(separator: ", "))")
-                    }
-                    device.cacheMode = mode
+                case "cache": device.cacheMode = try choice(entry, CacheModeName.self)
                 case "inodes_max": device.inodesMax = try integer(entry)
                 case "open_files_max": device.openFilesMax = try integer(entry)
                 case "inode_descriptors_max": device.inodeDescriptorsMax = try integer(entry)
                 case "data_path": device.dataPath = try string(entry)
-                case "transport":
-                    let text = try string(entry)
-                    guard let kind = TransportKind(rawValue: text) else {
-                        throw ConfigurationError(line: entry.line, "transport must be one of \(TransportKind.allCases.map(\.rawValue).joined(separator: ", "))")
-                    }
-                    device.transport = kind
+                case "transport": device.transport = try choice(entry, TransportKind.self)
                 case "mount": device.mountPoint = try string(entry)
                 case "fuse_transport": device.fuseTransport = try string(entry)
                 case "fuse_passthrough": device.fusePassthrough = try boolean(entry)
@@ -238,6 +228,17 @@ public struct EngineConfiguration: Equatable, Sendable {
     static func string(_ entry: (key: String, value: TOMLValue, line: Int)) throws(ConfigurationError) -> String {
         guard case .string(let text) = entry.value else { throw ConfigurationError(line: entry.line, "'\(entry.key)' must be a string") }
         return text
+    }
+
+    /// A string naming one case of `Choice`; anything else is an error that lists the cases.
+    static func choice<Choice: RawRepresentable & CaseIterable>(
+        _ entry: (key: String, value: TOMLValue, line: Int), _: Choice.Type
+    ) throws(ConfigurationError) -> Choice where Choice.RawValue == String {
+        let text = try string(entry)
+        guard let value = Choice(rawValue: text) else {
+            throw ConfigurationError(line: entry.line, "\(entry.key) must be one of \(Choice.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return value
     }
 
     static func boolean(_ entry: (key: String, value: TOMLValue, line: Int)) throws(ConfigurationError) -> Bool {
