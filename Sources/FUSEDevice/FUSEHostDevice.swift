@@ -101,12 +101,10 @@ public final class FUSEHostDevice<B: Backend>: @unchecked Sendable {
         if mode == .uring && queueCount != configuration.queues {
             notes.append("io_uring needs one queue per possible CPU: \(queueCount) queues")
         }
-        // Non-blocking in both modes: in uring mode the ring polls /dev/fuse and the queue reads it.
-        let nonBlocking = true
-        let sessionFD = try FUSEMount.mount(configuration.mount, nonBlocking: nonBlocking)
+        let sessionFD = try FUSEMount.mount(configuration.mount)
         var descriptors = [sessionFD]
         do {
-            for _ in 1..<max(1, queueCount) { descriptors.append(try FUSEMount.clone(session: sessionFD, nonBlocking: nonBlocking)) }
+            for _ in 1..<max(1, queueCount) { descriptors.append(try FUSEMount.clone(session: sessionFD)) }
         } catch {
             _ = FUSEMount.unmount(configuration.mount.mountPoint)
             for fd in descriptors { _ = close(fd) }

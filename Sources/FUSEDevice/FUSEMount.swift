@@ -109,10 +109,11 @@ public enum FUSEMount {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Opens /dev/fuse and mounts it at the mount point. Returns the session descriptor (blocking
-    /// or not as asked); the kernel has queued FUSE_INIT on it when this returns.
-    public static func mount(_ options: FUSEMountOptions, nonBlocking: Bool) throws(FUSEDeviceError) -> Int32 {
-        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0))
+    /// Opens /dev/fuse and mounts it at the mount point. Returns the session descriptor,
+    /// non-blocking (both queue modes read /dev/fuse only when it is ready); the kernel has queued
+    /// FUSE_INIT on it when this returns.
+    public static func mount(_ options: FUSEMountOptions) throws(FUSEDeviceError) -> Int32 {
+        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
             throw FUSEDeviceError("cannot open /dev/fuse: \(String(cString: strerror(errno))) (is the fuse module loaded, are we root?)")
         }
@@ -151,8 +152,8 @@ public enum FUSEMount {
     /// Opens a clone of the session descriptor (FUSE_DEV_IOC_CLONE): one per queue, so each queue
     /// reads requests and writes replies on its own descriptor (replies must go back on the
     /// descriptor their request was read from).
-    public static func clone(session: Int32, nonBlocking: Bool) throws(FUSEDeviceError) -> Int32 {
-        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0))
+    public static func clone(session: Int32) throws(FUSEDeviceError) -> Int32 {
+        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw FUSEDeviceError("cannot open /dev/fuse for a queue: \(String(cString: strerror(errno)))") }
         let result = CDPFS_fuse_dev_clone(fd, session)
         guard result >= 0 else {

@@ -102,7 +102,7 @@ struct DPFSEngine: ParsableCommand {
                 let slotCount = slots ?? (fuseMount == nil ? 256 : 16)
                 let device = DeviceConfiguration(name: "dpfs", socketPath: socket ?? "", backend: kind, requestQueues: queues,
                                                  slotsPerQueue: slotCount, batchMax: min(32, slotCount),
-                                                 busyPollMicroseconds: busyPollMicroseconds ?? Self.defaultBusyPoll(fuseMount: fuseMount, transport: fuseTransport),
+                                                 busyPollMicroseconds: busyPollMicroseconds ?? Self.defaultBusyPoll(fuseMount: fuseMount),
                                                  nullFileSizeBytes: nullFileSize, cpus: try Self.cpuList(cpus),
                                                  sharedDirectory: sharedDirectory ?? "", cacheMode: cacheMode,
                                                  inodesMax: inodesMax, openFilesMax: openFilesMax,
@@ -137,7 +137,7 @@ struct DPFSEngine: ParsableCommand {
     /// application needs, and a sleeping one runs on the application's CPU the moment the
     /// application blocks for its reply (measured: QD1 4 KiB reads 127k/s sleeping, 106k/s
     /// spinning 50 µs, io_uring, fio and queue on one CPU).
-    static func defaultBusyPoll(fuseMount: String?, transport: String) -> Int {
+    static func defaultBusyPoll(fuseMount: String?) -> Int {
         fuseMount == nil ? 50 : 0
     }
 

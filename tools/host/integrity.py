@@ -87,6 +87,12 @@ def first_difference(a, b):
     return min(len(a), len(b))
 
 
+def first_differing_entries(a, b):
+    """The first entries of two sorted listings that differ ("(nothing)" past the shorter end)."""
+    i = first_difference(a, b)
+    return (a[i] if i < len(a) else "(nothing)"), (b[i] if i < len(b) else "(nothing)")
+
+
 def summary(st):
     """The comparable part of a stat result."""
     return (stat.filemode(st.st_mode), st.st_size if not stat.S_ISDIR(st.st_mode) else "-", st.st_nlink)
@@ -177,9 +183,7 @@ class Run:
         """After a namespace change: both trees must have the same names; refresh the choices."""
         a, b = scan(self.roots[0]), scan(self.roots[1])
         if a != b:
-            i = first_difference(a, b)
-            x = a[i] if i < len(a) else "(nothing)"
-            y = b[i] if i < len(b) else "(nothing)"
+            x, y = first_differing_entries(a, b)
             raise Divergence("names after the operation", str(x), str(y))
         self.files = [p for p, k in a if k == "file"]
         self.dirs = [p for p, k in a if k == "dir"]
@@ -187,9 +191,7 @@ class Run:
     def full_check(self):
         a, b = tree_state(self.roots[0]), tree_state(self.roots[1])
         if a != b:
-            i = first_difference(a, b)
-            x = a[i] if i < len(a) else "(nothing)"
-            y = b[i] if i < len(b) else "(nothing)"
+            x, y = first_differing_entries(a, b)
             fields = ("path", "mode", "size", "nlink", "sha256")
             differ = [f for f, u, v in zip(fields, x, y) if u != v] if isinstance(x, tuple) and isinstance(y, tuple) and x[0] == y[0] else ["path"]
             raise Divergence(f"tree check after step {self.step_no}", str(x), str(y),
