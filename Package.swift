@@ -57,6 +57,9 @@ let package = Package(
         // A host directory shared with the guest: confined openat2 resolution, the caller's
         // credentials, io_uring data path, inode and open-file tables shared by a device's queues.
         .target(name: "PassthroughBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix"], swiftSettings: swiftSettings),
+        // An NFS export (NFSv3 over libnfs's raw asynchronous RPC layer): file handles, never paths;
+        // each queue's own connection driven from its poller; reconnect, resend and timeouts.
+        .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix"], swiftSettings: swiftSettings),
         // The vhost-user control plane (socket, messages, memory regions, vring setup) and the
         // poller threads of each device's queues.
         .target(
@@ -82,7 +85,7 @@ let package = Package(
         .executableTarget(
             name: "dpfs-engine",
             dependencies: [
-                "DPFSCore", "FUSEWire", "DPFSPosix", "NullBackend", "PassthroughBackend", "VhostUser", "FUSEDevice", "DPFSConfiguration", "CDPFS",
+                "DPFSCore", "FUSEWire", "DPFSPosix", "NullBackend", "PassthroughBackend", "NFSBackend", "VhostUser", "FUSEDevice", "DPFSConfiguration", "CDPFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -4,6 +4,7 @@
 public enum BackendKind: String, Sendable, CaseIterable {
     case null
     case passthrough
+    case nfs
 }
 
 /// How requests reach the engine: a vhost-user socket (a VM's virtio-fs device) or /dev/fuse (a
@@ -50,6 +51,11 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var fusePassthrough: Bool = false
     /// Ring entries per FUSE-over-io_uring queue.
     public var ringDepth: Int = 16
+    /// The NFS backend's export, `nfs://HOST/PATH?version=3[&nfsport=N][&mountport=N]` (checked by
+    /// the backend's own parser when the device is built).
+    public var nfsURL: String = ""
+    /// An NFS request not answered in this time fails EIO.
+    public var nfsTimeoutMilliseconds: Int = 30_000
 
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
@@ -113,6 +119,16 @@ public struct DeviceConfiguration: Equatable, Sendable {
             }
         } else if !sharedDirectory.isEmpty {
             throw ConfigurationError(line: 0, "device \(name): shared_dir is only for the passthrough backend")
+        }
+        if backend == .nfs {
+            guard nfsURL.hasPrefix("nfs://") else {
+                throw ConfigurationError(line: 0, "device \(name): the nfs backend needs nfs_url = \"nfs://HOST/EXPORT?version=3\" (--nfs-url)")
+            }
+        } else if !nfsURL.isEmpty {
+            throw ConfigurationError(line: 0, "device \(name): nfs_url is only for the nfs backend")
+        }
+        guard (100...3_600_000).contains(nfsTimeoutMilliseconds) else {
+            throw ConfigurationError(line: 0, "device \(name): nfs_timeout_ms must be 100...3600000")
         }
         guard (16...(1 << 24)).contains(inodesMax) else { throw ConfigurationError(line: 0, "device \(name): inodes_max must be 16...16777216") }
         guard (16...(1 << 24)).contains(inodeDescriptorsMax) else {
@@ -192,6 +208,8 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "fuse_transport": device.fuseTransport = try string(entry)
                 case "fuse_passthrough": device.fusePassthrough = try boolean(entry)
                 case "ring_depth": device.ringDepth = try integer(entry)
+                case "nfs_url": device.nfsURL = try string(entry)
+                case "nfs_timeout_ms": device.nfsTimeoutMilliseconds = try integer(entry)
                 case "cpus":
                     let text = try string(entry)
                     device.cpus = []

@@ -132,6 +132,9 @@ public protocol Backend: SendableMetatype {
     mutating func submit()
     /// A descriptor the sleeping poller also waits on (readable = `poll()` has work); -1 for none.
     var eventFD: Int32 { get }
+    /// What to wait for on `eventFD` (poll(2) events): POLLIN for a completion queue; a socket
+    /// also needs POLLOUT while it connects or has requests the kernel would not take yet.
+    var eventFDEvents: Int16 { get }
     /// The poller stops (memory change, reset, shutdown): cancel what can be cancelled. Every
     /// pending request must still be completed; the poller keeps stepping until none is left, and
     /// only then may guest memory change.
@@ -144,5 +147,6 @@ extension Backend {
     @inlinable public mutating func poll() -> Int { 0 }
     @inlinable public mutating func submit() {}
     public var eventFD: Int32 { -1 }
+    public var eventFDEvents: Int16 { 1 }   // POLLIN
     public mutating func quiesce() {}
 }

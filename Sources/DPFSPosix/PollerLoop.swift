@@ -63,7 +63,7 @@ public enum PollerLoop {
                 if !failureReported { onFailed() }
                 failureReported = true
                 // A failed queue yields nothing, but the backend may still complete what it started.
-                sleep(on: -1, wakeFD: poller.wake.fd, backendFD: poller.backend.eventFD,
+                sleep(on: -1, wakeFD: poller.wake.fd, backendFD: poller.backend.eventFD, backendEvents: poller.backend.eventFDEvents,
                       milliseconds: configuration.sleepMillisecondsMax)
                 continue
             }
@@ -75,7 +75,7 @@ public enum PollerLoop {
             poller.wake.announceSleep()
             let transportHasWork = poller.transport.armNotifications()
             if !transportHasWork && !poller.completionsWaiting {
-                sleep(on: kickFD, wakeFD: poller.wake.fd, backendFD: poller.backend.eventFD,
+                sleep(on: kickFD, wakeFD: poller.wake.fd, backendFD: poller.backend.eventFD, backendEvents: poller.backend.eventFDEvents,
                       milliseconds: configuration.sleepMillisecondsMax, drainKick: kickIsCounter)
             }
             poller.wake.announceAwake()
@@ -103,7 +103,7 @@ public enum PollerLoop {
             }
             poller.wake.announceSleep()
             if !poller.completionsWaiting {
-                sleep(on: -1, wakeFD: poller.wake.fd, backendFD: poller.backend.eventFD, milliseconds: 10)
+                sleep(on: -1, wakeFD: poller.wake.fd, backendFD: poller.backend.eventFD, backendEvents: poller.backend.eventFDEvents, milliseconds: 10)
             }
             poller.wake.announceAwake()
         }
@@ -111,11 +111,12 @@ public enum PollerLoop {
 
     /// One wait on up to three descriptors (those < 0 are left out); drains the eventfds that fired.
     /// The backend's descriptor is not read here: `poll()` consumes its events.
-    static func sleep(on kickFD: Int32, wakeFD: Int32, backendFD: Int32, milliseconds: Int32, drainKick: Bool = true) {
+    static func sleep(on kickFD: Int32, wakeFD: Int32, backendFD: Int32, backendEvents: Int16, milliseconds: Int32,
+                      drainKick: Bool = true) {
         var descriptors: (pollfd, pollfd, pollfd) = (
             pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0),
             pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
-            pollfd(fd: backendFD, events: Int16(POLLIN), revents: 0))
+            pollfd(fd: backendFD, events: backendEvents, revents: 0))
         // poll(2) ignores entries with a negative fd, so the three slots are always passed.
         let ready = withUnsafeMutableBytes(of: &descriptors) { raw in
             let entries = raw.baseAddress!.assumingMemoryBound(to: pollfd.self)

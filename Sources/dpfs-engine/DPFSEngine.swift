@@ -8,6 +8,7 @@ import FUSEWire
 import Foundation
 import Glibc
 import Logging
+import NFSBackend
 import NullBackend
 import PassthroughBackend
 import Synchronization
@@ -45,11 +46,17 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("ring-depth"), help: "Host mount, io_uring: ring entries (requests in flight) per queue.")
     var ringDepth: Int = 16
 
-    @Option(help: "Backend: null or passthrough.")
+    @Option(help: "Backend: null, passthrough or nfs.")
     var backend: String = "null"
 
     @Option(name: .customLong("shared-dir"), help: "The host directory the passthrough backend shares with the guest.")
     var sharedDirectory: String?
+
+    @Option(name: .customLong("nfs-url"), help: "The NFS backend's export: nfs://HOST/EXPORT?version=3[&nfsport=N][&mountport=N].")
+    var nfsURL: String?
+
+    @Option(name: .customLong("nfs-timeout-ms"), help: "NFS backend: a request not answered in this many milliseconds fails EIO.")
+    var nfsTimeoutMilliseconds: Int = 30_000
 
     @Option(help: "What the guest may cache (passthrough): never, metadata, auto or always.")
     var cache: String = "auto"
@@ -109,6 +116,8 @@ struct DPFSEngine: ParsableCommand {
                                                  inodeDescriptorsMax: inodeDescriptorsMax)
                 var withDataPath = device
                 withDataPath.dataPath = dataPath
+                withDataPath.nfsURL = nfsURL ?? ""
+                withDataPath.nfsTimeoutMilliseconds = nfsTimeoutMilliseconds
                 if let fuseMount {
                     withDataPath.transport = .fuse
                     withDataPath.mountPoint = fuseMount
@@ -209,6 +218,26 @@ struct DPFSEngine: ParsableCommand {
                                                    if passthroughWanted { shared.kernelPassthrough = KernelPassthroughFiles(fuseFD: sessionFD) }
                                                }) { _ in
                     PassthroughBackend(device: shared)
+                })
+            case .nfs:
+                let shared: NFSDevice
+                do {
+                    let url = try NFSURL.parse(device.nfsURL)
+                    let nfs = NFSConfiguration(url: url, nodesMax: device.inodesMax, openFilesMax: device.openFilesMax,
+                                               requestTimeoutMilliseconds: device.nfsTimeoutMilliseconds)
+                    shared = try NFSDevice(configuration: nfs)
+                } catch {
+                    throw StartupError("device \(device.name): \(error)")
+                }
+                var policy = InitPolicy()
+                // The kernel truncates with a SETATTR of its own (an NFSv3 OPEN cannot truncate).
+                policy.flagsWanted &= ~InitFlags.atomicOpenTruncate
+                // No READ or WRITE larger than the server takes in one call: the kernel would read a
+                // short READ in the middle of a file as its end.
+                policy.writeBytesMax = UInt32(shared.transferBytesMax)
+                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: policy,
+                                               report: "backend \(shared.report)", hostMounted: { _ in }) { _ in
+                    NFSBackend(device: shared)
                 })
             }
         }

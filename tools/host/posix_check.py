@@ -28,7 +28,8 @@ used: ext4 clamps them, tmpfs stores them.
 
 Usage:
   posix_check.py --subject DIR_A --reference DIR_B [--uids 0,1000,1001] [--verbose]
-                 [--cases REGEX] [--trace] [--keep] [--self-test]
+                 [--cases REGEX] [--trace] [--keep] [--self-test] [--semantics nfs3]
+  posix_check.py --semantics nfs3 --list-semantics
 Must run as root (fixtures are chowned, uids are switched). For a FUSE subject and non-zero uids
 the mount needs allow_other, and every directory above DIR_A and DIR_B must be world-searchable.
 
@@ -291,10 +292,10 @@ class Side:
         if fd is not None:
             self.attempt(label("pwrite", "fd", data, offset), expect, os.pwrite, fd, data, offset, show=str)
 
-    def pread(self, fd, size, offset, want=None):
+    def pread(self, fd, size, offset, want=None, expect="ok"):
         if fd is None:
             return None
-        data = self.attempt(label("pread", "fd", size, offset), "ok", os.pread, fd, size, offset, show=digest)
+        data = self.attempt(label("pread", "fd", size, offset), expect, os.pread, fd, size, offset, show=digest)
         if want is not None and data is not None and data != want:
             self.violations.append((f"pread at {offset}", f"expected {digest(want)}, got {digest(data)}"))
         return data
@@ -1392,6 +1393,119 @@ def selftest_both_wrong(s):
     s.close(s.open("f", WR | CREAT | EXCL, expect="ok"))
 
 
+# ------------------------------------------------------------------ documented semantics
+
+# Where a subject is known to differ from a local file system by design (--semantics NAME): the
+# case body below runs on the subject instead, with hard expectations of how that subject behaves;
+# the reference still runs the original case and its own expectations. Nothing is compared for
+# these cases: the differences are the point. Every entry is one row of Specs/nfs-semantics.md,
+# and check-semantics-table (tools/host/test-host-mount.sh) keeps the two lists equal.
+
+
+def nfs3_enametoolong(s):
+    n255, n256 = "a" * 255, "b" * 256
+    s.close(s.open(n255, WR | CREAT, expect="ok"))
+    s.open(n256, WR | CREAT, expect="ENAMETOOLONG")
+    s.mkdir(n256, expect="ENAMETOOLONG")
+    s.symlink("x" * 3000, "long", expect="ok")
+    s.readlink("long", want="x" * 3000)
+    # libnfs 4.0 encodes every call into 4 KiB: a target near PATH_MAX does not fit.
+    s.symlink("x" * 4095, "longest", expect="ENAMETOOLONG")
+    s.stat("longest", expect="ENOENT")
+    s.symlink("x" * 4096, "toolong", expect="ENAMETOOLONG")
+    s.listing(".")
+
+
+def nfs3_rename_file_over_file(s):
+    s.write("a", b"A")
+    s.write("b", b"BB")
+    fd = s.open("b", RD)
+    s.do(os.rename, "a", "b", expect="ok")
+    s.read("b", want=b"A")
+    # The server removed the replaced file: its handle is stale (no client-side "silly rename").
+    s.pread(fd, 10, 0, expect="ESTALE")
+    s.close(fd)
+    s.listing(".")
+
+
+def nfs3_rename_exchange(s):
+    s.write("f", b"file")
+    s.mkdir("d")
+    # NFSv3 RENAME cannot swap two names: refused, nothing changes.
+    s.do(rename_exchange, "f", "d", expect="EINVAL")
+    s.stat("f", kind="reg")
+    s.stat("d", kind="dir")
+    s.listing(".")
+
+
+def nfs3_unlink_basic(s):
+    s.write("f", b"x")
+    s.do(os.unlink, "f", expect="ok")
+    s.stat("f", expect="ENOENT")
+    fd = s.open("open", RW | CREAT)
+    s.do(os.unlink, "open", expect="ok")
+    # The server freed the file at once: an open descriptor of it sees ESTALE.
+    s.fwrite(fd, b"still here", expect="ESTALE")
+    s.pread(fd, 100, 0, expect="ESTALE")
+    s.close(fd)
+    s.write("h1", b"h")
+    s.link("h1", "h2")
+    s.do(os.unlink, "h1", expect="ok")
+    s.stat("h2", nlink=1)
+    s.listing(".")
+
+
+def nfs3_utimensat_explicit(s):
+    s.write("f", b"x")
+    s.utimensat("f", T_A, T_M, expect="ok")
+    s.times("f", (T_A, T_M))
+    # NFSv3 times are unsigned 32-bit seconds: before 1970 is refused, not wrapped.
+    s.utimensat("f", T_OLD, T_FAR, expect="EINVAL")
+    s.times("f", (T_A, T_M))
+    s.utimensat("f", T_M, T_FAR, expect="ok")
+    s.times("f", (T_M, T_FAR))
+    s.mkdir("d")
+    s.utimensat("d", T_M, T_A, expect="ok")
+    s.times("d", (T_M, T_A))
+    s.symlink("f", "l")
+    # nfs-ganesha's FSAL_VFS cannot set a symlink's own times: it stamps the current time.
+    now = s.now()
+    s.utimensat("l", T_A, T_M, nofollow=True, expect="ok")
+    s.times("l", (now, now))
+    s.times("f", (T_M, T_FAR))
+
+
+def nfs3_utimensat_now_omit(s):
+    s.write("f", b"x")
+    s.utimensat("f", T_A, T_M, expect="ok")
+    s.utimensat("f", "omit", T_A, expect="ok")
+    s.times("f", (T_A, T_A))
+    s.utimensat("f", T_M, "omit", expect="ok")
+    s.times("f", (T_M, T_A))
+    now = s.now()
+    s.utimensat("f", "now", "omit", expect="ok")
+    s.times("f", (now, T_A))
+    s.utimensat("f", T_OLD, T_FAR, expect="EINVAL")  # before 1970: not an NFSv3 time
+    now = s.now()
+    s.utimensat("f", T_M, "now", expect="ok")
+    s.times("f", (T_M, now))
+    now = s.now()
+    s.utimensat("f", None, None, expect="ok")
+    s.times("f", (now, now))
+
+
+SEMANTICS = {
+    "nfs3": {
+        "utimensat_now_omit": nfs3_utimensat_now_omit,
+        "enametoolong": nfs3_enametoolong,
+        "rename_file_over_file": nfs3_rename_file_over_file,
+        "rename_exchange": nfs3_rename_exchange,
+        "unlink_basic": nfs3_unlink_basic,
+        "utimensat_explicit": nfs3_utimensat_explicit,
+    },
+}
+
+
 SELF_TEST_CASES = [
     ("selftest_fixture_differs", ANY, setup_selftest_differs, selftest_differs),
     ("selftest_both_wrong", ANY, setup_selftest_both_wrong, selftest_both_wrong),
@@ -1457,7 +1571,8 @@ def _receive_all(fd):
 
 
 def run_child(uid, work, timeout):
-    """Fork, switch to uid, run work = [(index, body, subject_dir, reference_dir)], and stream
+    """Fork, switch to uid, run work = [(index, subject_body, reference_body, subject_dir,
+    reference_dir)], and stream
     (index, subject_record, reference_record) back. Yields them as they arrive."""
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -1470,8 +1585,8 @@ def run_child(uid, work, timeout):
                 os.setgid(uid)
                 os.setuid(uid)
             signal.alarm(timeout)
-            for index, body, sdir, rdir in work:
-                _send(wfd, (index, run_body(body, sdir, uid), run_body(body, rdir, uid)))
+            for index, subject_body, reference_body, sdir, rdir in work:
+                _send(wfd, (index, run_body(subject_body, sdir, uid), run_body(reference_body, rdir, uid)))
         except BaseException:
             traceback.print_exc()
             status = 2
@@ -1484,12 +1599,13 @@ def run_child(uid, work, timeout):
         raise RuntimeError(f"the case runner (uid {uid}) ended with {how}")
 
 
-def compare(subject, reference, limit=8):
-    """Problems of one case: hard-expectation violations of each side, then differences."""
+def compare(subject, reference, limit=8, differences=True):
+    """Problems of one case: hard-expectation violations of each side, then differences (not for
+    a case the subject's --semantics replaces)."""
     problems = []
     for side, (_, violations) in (("subject", subject), ("reference", reference)):
         problems += [f"[{what}]: {side} {msg}" for what, msg in violations]
-    a, b = subject[0], reference[0]
+    a, b = (subject[0], reference[0]) if differences else ([], [])
     for i in range(max(len(a), len(b))):
         x = a[i] if i < len(a) else ("(nothing more)", "")
         y = b[i] if i < len(b) else ("(nothing more)", "")
@@ -1543,8 +1659,8 @@ def check_reachable(path):
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subject", required=True, help="directory under test (e.g. a FUSE mount)")
-    ap.add_argument("--reference", required=True, help="known-good directory (e.g. on ext4)")
+    ap.add_argument("--subject", help="directory under test (e.g. a FUSE mount)")
+    ap.add_argument("--reference", help="known-good directory (e.g. on ext4)")
     ap.add_argument("--uids", default="0", help="comma-separated uids to run the cases as (0 = root)")
     ap.add_argument("--cases", default="", help="only cases whose name matches this regular expression")
     ap.add_argument("--verbose", "-v", action="store_true", help="print 'ok <case>' for passing cases")
@@ -1552,7 +1668,16 @@ def parse_args():
     ap.add_argument("--keep", action="store_true", help="keep the per-run directories")
     ap.add_argument("--timeout", type=int, default=600, help="seconds for all cases of one uid")
     ap.add_argument("--self-test", action="store_true", help="also run two broken cases that must be reported")
+    ap.add_argument("--semantics", default="", choices=[""] + sorted(SEMANTICS),
+                    help="the subject's documented differences: those cases assert how it behaves instead")
+    ap.add_argument("--list-semantics", action="store_true",
+                    help="print the case names --semantics replaces and exit")
     args = ap.parse_args()
+    if not args.list_semantics and (args.subject is None or args.reference is None):
+        ap.error("--subject and --reference are required")
+    args.variants = SEMANTICS.get(args.semantics, {})
+    unknown = set(args.variants) - {c[0] for c in CASES}
+    assert not unknown, f"semantics for cases that do not exist: {unknown}"
     try:
         args.uids = [int(u) for u in args.uids.split(",")]
     except ValueError:
@@ -1588,19 +1713,19 @@ def run_uid(uid, cases, run, args):
             print(f"FAIL u{uid}/{name} [setup]: {e}")
             failed.append(name)
             continue
-        work.append((index, body, *dirs))
+        work.append((index, args.variants.get(name, body), body, *dirs))
     done = set()
     try:
         for index, subject, reference in run_child(uid, work, args.timeout):
             done.add(index)
             name = f"u{uid}/{cases[index][0]}"
-            problems = compare(subject, reference)
+            problems = compare(subject, reference, differences=cases[index][0] not in args.variants)
             for p in problems:
                 print(f"FAIL {name} {p}")
             if problems:
                 failed.append(cases[index][0])
             elif args.verbose:
-                print(f"ok {name}")
+                print(f"ok {name}" + (f" (as {args.semantics} behaves)" if cases[index][0] in args.variants else ""))
             if args.trace:
                 print_trace(subject, reference)
             sys.stdout.flush()
@@ -1616,6 +1741,9 @@ def run_uid(uid, cases, run, args):
 def main():
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet when piped into head
     args = parse_args()
+    if args.list_semantics:
+        print("\n".join(sorted(args.variants)))
+        return 0
     if os.geteuid() != 0:
         print("posix_check: must run as root (it prepares fixtures and switches uids)", file=sys.stderr)
         return 2
@@ -1650,7 +1778,8 @@ def main():
             print(f"posix_check: kept {run['subject']} and {run['reference']}")
     if args.self_test:
         return self_test_verdict(args, total, failed, started)
-    print(f"posix_check: {total} cases, {len(failed)} failed ({time.monotonic() - started:.1f} s)")
+    replaced = f", {len(args.variants)} asserted as {args.semantics} behaves" if args.variants else ""
+    print(f"posix_check: {total} cases{replaced}, {len(failed)} failed ({time.monotonic() - started:.1f} s)")
     return 1 if failed else 0
 
 

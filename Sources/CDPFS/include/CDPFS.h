@@ -36,6 +36,15 @@
 #include <liburing.h>
 #include <infiniband/verbs.h>
 #include <nfsc/libnfs.h>
+#include <nfsc/libnfs-raw.h>
+#include <nfsc/libnfs-raw-mount.h>
+#include <nfsc/libnfs-raw-nfs.h>
+
+// libnfs 4.0 exports these from libnfs.so but declares them only in its private header: the NFS
+// backend turns libnfs's own reconnect (which resends every request, even non-idempotent ones)
+// off and runs its own.
+void rpc_set_autoreconnect(struct rpc_context *rpc, int num_retries);
+void rpc_set_timeout(struct rpc_context *rpc, int timeout);
 
 #ifdef __linux__
 

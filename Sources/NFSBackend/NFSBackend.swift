@@ -1,0 +1,264 @@
+import CDPFS
+import DPFSCore
+import DPFSPosix
+import FUSEWire
+import Glibc
+
+// The NFS backend (NFSv3 through libnfs's raw asynchronous RPC layer). One value per request queue;
+// each owns one TCP connection to the server, driven from its poller's own loop: `submit` writes
+// what a step queued, `poll` reads answers and runs their callbacks, and a sleeping poller waits on
+// the socket with its other event sources. Every request carries AUTH_SYS with the caller's uid
+// and gid, so the server decides permissions. Nodes are NFS file handles (NFSTables.swift).
+//
+// Faults: a broken connection fails every call in flight; those that are safe to send again (reads,
+// attribute calls, WRITE of the same bytes, COMMIT, and anything never sent) wait for the next
+// connection, made with exponential back-off; the rest fail EIO, since the server may or may not
+// have done them. No request waits longer than the configured timeout: one that does fails EIO,
+// and a call still in flight past it takes the connection down with it (the server is stalled).
+
+/// What a slot's request is doing.
+enum NFSSlotState: UInt8 {
+    case free = 0
+    /// An RPC of this slot is in libnfs (exactly one callback will come).
+    case inFlight
+    /// Waiting for a connection to (re)send its current stage.
+    case waiting
+}
+
+/// The RPC a slot's current stage issues.
+enum NFSCall: UInt8 {
+    case none = 0
+    case lookup, getattr, setattr, readlink, symlink, mknod, mkdir, create, remove, rmdir, rename, link
+    case access, read, write, commit, fsstat, readdir, readdirplus
+}
+
+/// Where the callbacks find their queue and slot.
+struct NFSCallTag {
+    var queue: UnsafeMutableRawPointer
+    var slot: UInt32
+}
+
+enum NFSConnectionState: UInt8 {
+    case down, connecting, up
+}
+
+/// Per-queue memory and the connection, allocated when the backend is attached. A class because
+/// libnfs calls back into it from inside `rpc_service`, while the backend value is mid-call.
+final class NFSQueue: @unchecked Sendable {
+    let device: NFSDevice
+    let context: BackendContext
+    let slotCount: Int
+    let validity: CacheValidity
+    let timeoutNanoseconds: UInt64
+
+    // Per slot.
+    let states: UnsafeMutablePointer<NFSSlotState>
+    let calls: UnsafeMutablePointer<NFSCall>
+    /// The request was sent at least once (a non-idempotent call lost in flight cannot be resent).
+    let sent: UnsafeMutablePointer<Bool>
+    let requests: UnsafeMutablePointer<FUSERequest>
+    let replies: UnsafeMutablePointer<FUSEReply>
+    let tokens: UnsafeMutablePointer<CompletionToken>
+    let deadlines: UnsafeMutablePointer<UInt64>
+    /// Node records the request holds pinned until it is answered (0 = none).
+    let primaryNodes: UnsafeMutablePointer<UInt32>
+    let secondaryNodes: UnsafeMutablePointer<UInt32>
+    /// The open-file index the request works on (0 = none).
+    let openFiles: UnsafeMutablePointer<Int>
+    /// A file handle an earlier stage got (CREATE's new file, LOOKUP's answer), for the next stage.
+    let stagedHandles: UnsafeMutableRawPointer
+    let stagedHandleLengths: UnsafeMutablePointer<Int>
+    /// Attributes an earlier stage got, and what the stages have gathered so far.
+    let stagedAttributes: UnsafeMutablePointer<FileAttributes>
+    let progress: UnsafeMutablePointer<NFSProgress>
+    /// An exclusive CREATE's verifier, kept for the resends of the same request.
+    let createVerifiers: UnsafeMutablePointer<UInt64>
+    let tags: UnsafeMutablePointer<NFSCallTag>
+    /// WRITE payloads spread over several guest segments are gathered here (the call encodes them
+    /// at once, so one buffer per queue is enough).
+    let gather: UnsafeMutableRawPointer
+
+    // The connection.
+    var rpc: OpaquePointer? = nil
+    var connection: NFSConnectionState = .down
+    var reconnectAtNanoseconds: UInt64 = 0
+    var backoffNanoseconds: UInt64
+    var currentUID: UInt32 = 0
+    var currentGID: UInt32 = 0
+    var inFlight = 0
+    var waiting = 0
+    var pendingCount = 0
+    var completedSinceLastPoll = 0
+    var nextDeadlineScanNanoseconds: UInt64 = 0
+    var lastIdleServiceNanoseconds: UInt64 = 0
+    /// A callback asked for the connection to go (it cannot be destroyed from inside libnfs).
+    var teardownWanted = false
+    /// Counters for reports and tests.
+    var reconnects = 0
+    var timeouts = 0
+    /// The slot `begin` is issuing: an answer written before it returns is `.done`, not a completion.
+    var startingSlot = -1
+    var startAnsweredInline = false
+    var createSequence: UInt64 = 0
+
+    init(device: NFSDevice, context: BackendContext) {
+        self.device = device
+        self.context = context
+        slotCount = context.slotCount
+        validity = device.configuration.validity
+        timeoutNanoseconds = UInt64(device.configuration.requestTimeoutMilliseconds) * 1_000_000
+        backoffNanoseconds = UInt64(device.configuration.reconnectBackoffMillisecondsMin) * 1_000_000
+        states = .allocate(capacity: slotCount)
+        states.initialize(repeating: .free, count: slotCount)
+        calls = .allocate(capacity: slotCount)
+        calls.initialize(repeating: .none, count: slotCount)
+        sent = .allocate(capacity: slotCount)
+        sent.initialize(repeating: false, count: slotCount)
+        requests = .allocate(capacity: slotCount)
+        replies = .allocate(capacity: slotCount)
+        tokens = .allocate(capacity: slotCount)
+        deadlines = .allocate(capacity: slotCount)
+        deadlines.initialize(repeating: 0, count: slotCount)
+        primaryNodes = .allocate(capacity: slotCount)
+        primaryNodes.initialize(repeating: 0, count: slotCount)
+        secondaryNodes = .allocate(capacity: slotCount)
+        secondaryNodes.initialize(repeating: 0, count: slotCount)
+        openFiles = .allocate(capacity: slotCount)
+        openFiles.initialize(repeating: 0, count: slotCount)
+        stagedHandles = .allocate(byteCount: slotCount * nfsFileHandleBytesMax, alignment: 8)
+        stagedHandleLengths = .allocate(capacity: slotCount)
+        stagedHandleLengths.initialize(repeating: 0, count: slotCount)
+        stagedAttributes = .allocate(capacity: slotCount)
+        progress = .allocate(capacity: slotCount)
+        progress.initialize(repeating: [], count: slotCount)
+        createVerifiers = .allocate(capacity: slotCount)
+        createVerifiers.initialize(repeating: 0, count: slotCount)
+        tags = .allocate(capacity: slotCount + 1)
+        gather = .allocate(byteCount: FUSELimits.writeBytesMax, alignment: 4096)
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        for slot in 0...slotCount { (tags + slot).initialize(to: NFSCallTag(queue: me, slot: UInt32(slot))) }
+    }
+
+    deinit {
+        if let rpc { rpc_destroy_context(rpc) }
+        states.deallocate()
+        calls.deallocate()
+        sent.deallocate()
+        requests.deallocate()
+        replies.deallocate()
+        tokens.deallocate()
+        deadlines.deallocate()
+        primaryNodes.deallocate()
+        secondaryNodes.deallocate()
+        openFiles.deallocate()
+        stagedHandles.deallocate()
+        stagedHandleLengths.deallocate()
+        stagedAttributes.deallocate()
+        progress.deallocate()
+        createVerifiers.deallocate()
+        tags.deallocate()
+        gather.deallocate()
+    }
+
+    var connectTag: UnsafeMutableRawPointer { UnsafeMutableRawPointer(tags + slotCount) }
+}
+
+public struct NFSBackend: Backend {
+    public let device: NFSDevice
+    var queue: NFSQueue? = nil
+
+    public init(device: NFSDevice) {
+        self.device = device
+    }
+
+    public mutating func attach(_ context: BackendContext) {
+        let queue = NFSQueue(device: device, context: context)
+        self.queue = queue
+        queue.connect(now: monotonicNanoseconds())
+    }
+
+    public mutating func sessionStarted(_ session: NegotiatedSession) {}
+    public mutating func sessionEnded() {}
+
+    public mutating func deviceSessionBegins(_ session: NegotiatedSession) {
+        device.resetSession()
+    }
+
+    public var eventFD: Int32 {
+        guard let queue, let rpc = queue.rpc, queue.connection != .down else { return -1 }
+        return rpc_get_fd(rpc)
+    }
+
+    public var eventFDEvents: Int16 {
+        guard let queue, let rpc = queue.rpc else { return Int16(POLLIN) }
+        if queue.connection == .connecting { return Int16(truncatingIfNeeded: rpc_which_events(rpc)) }
+        return Int16(POLLIN) | (rpc_which_events(rpc) & Int32(POLLOUT) != 0 ? Int16(POLLOUT) : 0)
+    }
+
+    /// Connections made after the first (reconnects) and requests failed by the timeout.
+    public var reconnects: Int { queue?.reconnects ?? 0 }
+    public var timeouts: Int { queue?.timeouts ?? 0 }
+
+    public mutating func poll() -> Int {
+        guard let queue else { return 0 }
+        return queue.service()
+    }
+
+    public mutating func submit() {
+        queue?.flushOutput()
+    }
+
+    public mutating func quiesce() {
+        // Nothing to cancel: NFS calls cannot be recalled. In-flight ones finish or time out.
+    }
+
+    public mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
+        guard let opcode = FUSEOpcode(rawValue: request.opcodeRaw) else {
+            reply.fail(.notImplemented)
+            return .done
+        }
+        let queue = self.queue!
+        switch opcode {
+        case .forget:
+            device.nodes.forget(request.nodeID, count: request.arguments(as: fuse_forget_in.self).nlookup)
+            reply.none()
+            return .done
+        case .batchForget:
+            var cursor = request.payload
+            var remaining = request.payloadLength / 16
+            var entry = fuse_forget_one()
+            while remaining > 0 {
+                guard withUnsafeMutableBytes(of: &entry, { cursor.read(into: $0.baseAddress!, byteCount: 16) }) == 16 else { break }
+                device.nodes.forget(entry.nodeid, count: entry.nlookup)
+                remaining -= 1
+            }
+            reply.none()
+            return .done
+        case .interrupt:
+            // Nothing of ours waits for the guest; the kernel ignores this answer.
+            reply.send(bodyBytes: 0)
+            return .done
+        case .getxattr, .listxattr, .setxattr, .removexattr:
+            // NFSv3 has no extended attributes (Specs/nfs-semantics.md): as Linux's own v3 client.
+            reply.fail(.notSupported)
+            return .done
+        case .getlk, .setlk, .setlkw:
+            // Byte-range locks over v3 need the NLM side protocol, which this backend does not
+            // speak; the guest's kernel keeps them locally when the session has no POSIX locks.
+            reply.fail(.notSupported)
+            return .done
+        case .bmap, .ioctl, .poll, .setupMapping, .removeMapping, .notifyReply, .fallocate, .copyFileRange,
+             .copyFileRange64, .lseek, .tmpfile, .statx:
+            reply.fail(.notImplemented)
+            return .done
+        case .syncfs:
+            // Every WRITE is committed on FSYNC and on the last RELEASE; nothing is held here.
+            reply.send(bodyBytes: 0)
+            return .done
+        case .release, .releasedir, .flush, .fsync, .fsyncdir:
+            return queue.closeOrSync(opcode, request, reply: reply, token: token)
+        default:
+            return queue.start(opcode, request, reply: reply, token: token)
+        }
+    }
+}

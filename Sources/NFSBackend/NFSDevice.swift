@@ -1,0 +1,172 @@
+import CDPFS
+import DPFSPosix
+import FUSEWire
+import Glibc
+
+// One NFS export served as one device. Built once at start-up: the MOUNT call that yields the
+// export's root file handle and FSINFO's transfer limits happen here, on the control plane, with a
+// blocking pump of a throw-away RPC context. The queues' own connections are made by their pollers.
+
+public struct NFSStartupError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+public final class NFSDevice: @unchecked Sendable {
+    public let configuration: NFSConfiguration
+    public let nodes: FileHandleTable
+    public let files: OpenFileTable
+    /// The server's limits for one READ / WRITE (FSINFO rtmax, wtmax).
+    public let readBytesMax: Int
+    public let writeBytesMax: Int
+    /// NUL-terminated server name for rpc_connect_port_async (kept for the device's lifetime).
+    let hostName: UnsafeMutablePointer<CChar>
+
+    public init(configuration: NFSConfiguration) throws(NFSStartupError) {
+        self.configuration = configuration
+        let url = configuration.url
+        hostName = strdup(url.host)!
+        let root = try Self.mountRoot(url, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
+        let limits = try Self.fileSystemInfo(url, root: root, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
+        readBytesMax = limits.read
+        writeBytesMax = limits.write
+        nodes = root.withUnsafeBytes { FileHandleTable(capacity: configuration.nodesMax, rootHandle: $0, rootKind: 0o040000) }
+        files = OpenFileTable(capacity: configuration.openFilesMax)
+    }
+
+    deinit { Glibc.free(hostName) }
+
+    /// The largest READ or WRITE the guest may send: both server limits and FUSE's own, in pages.
+    public var transferBytesMax: Int {
+        min(readBytesMax, writeBytesMax, FUSELimits.writeBytesMax) / 4096 * 4096
+    }
+
+    public var report: String {
+        "nfs \(configuration.url) (read ≤ \(readBytesMax) B, write ≤ \(writeBytesMax) B per RPC; \(configuration.nodesMax) nodes, \(configuration.openFilesMax) open files)"
+    }
+
+    /// The kernel of a new session knows none of the old inodes or opens.
+    public func resetSession() {
+        nodes.forgetAll()
+        files.closeAll()
+    }
+
+    // MARK: - Start-up calls (blocking, control plane only)
+
+    /// MOUNT3 MNT of the export path: the root file handle.
+    static func mountRoot(_ url: NFSURL, timeoutMilliseconds: Int) throws(NFSStartupError) -> [UInt8] {
+        let call = ControlCall(url: url, timeoutMilliseconds: timeoutMilliseconds)
+        defer { call.close() }
+        try call.connect(port: url.mountPort, program: Int32(MOUNT_PROGRAM), version: Int32(MOUNT_V3), what: "MOUNT service")
+        let path = strdup(url.exportPath)!
+        defer { Glibc.free(path) }
+        var handle: [UInt8] = []
+        var failure: String? = nil
+        try call.run("MOUNT \(url.exportPath)") { rpc, callback, tag in
+            rpc_mount3_mnt_async(rpc, callback, path, tag)
+        } result: { status, data in
+            guard status == RPC_STATUS_SUCCESS, let data else { failure = "MOUNT failed"; return }
+            let result = data.assumingMemoryBound(to: mountres3.self).pointee
+            guard result.fhs_status.rawValue == 0 else {
+                failure = "MOUNT of \(url.exportPath) refused by the server (mountstat3 \(result.fhs_status.rawValue))"
+                return
+            }
+            let fh = result.mountres3_u.mountinfo.fhandle
+            guard fh.fhandle3_len >= 1 && fh.fhandle3_len <= UInt32(nfsFileHandleBytesMax), let bytes = fh.fhandle3_val else {
+                failure = "MOUNT returned a \(fh.fhandle3_len)-byte root handle"
+                return
+            }
+            handle = Array(UnsafeRawBufferPointer(start: bytes, count: Int(fh.fhandle3_len)))
+        }
+        if let failure { throw NFSStartupError(failure) }
+        return handle
+    }
+
+    /// FSINFO of the root: the largest READ and WRITE the server takes.
+    static func fileSystemInfo(_ url: NFSURL, root: [UInt8], timeoutMilliseconds: Int) throws(NFSStartupError) -> (read: Int, write: Int) {
+        let call = ControlCall(url: url, timeoutMilliseconds: timeoutMilliseconds)
+        defer { call.close() }
+        try call.connect(port: url.nfsPort, program: Int32(NFS_PROGRAM), version: Int32(NFS_V3), what: "NFS service")
+        var limits = (read: 0, write: 0)
+        var failure: String? = nil
+        // The handle must stay put while the call is encoded (typed throws and withUnsafeBytes's
+        // rethrows do not mix, hence the explicit buffer).
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: root.count, alignment: 8)
+        defer { raw.deallocate() }
+        raw.copyBytes(from: root)
+        var arguments = FSINFO3args()
+        arguments.fsroot = nfs_fh3(data: .init(data_len: u_int(raw.count), data_val: raw.baseAddress!.assumingMemoryBound(to: CChar.self)))
+        try call.run("FSINFO") { rpc, callback, tag in
+            rpc_nfs3_fsinfo_async(rpc, callback, &arguments, tag)
+        } result: { status, data in
+            guard status == RPC_STATUS_SUCCESS, let data else { failure = "FSINFO failed"; return }
+            let result = data.assumingMemoryBound(to: FSINFO3res.self).pointee
+            guard result.status.rawValue == 0 else { failure = "FSINFO: nfsstat3 \(result.status.rawValue)"; return }
+            limits = (Int(result.FSINFO3res_u.resok.rtmax), Int(result.FSINFO3res_u.resok.wtmax))
+        }
+        if let failure { throw NFSStartupError(failure) }
+        guard limits.read >= 4096 && limits.write >= 4096 else {
+            throw NFSStartupError("the server's transfer limits (read \(limits.read), write \(limits.write)) are below 4 KiB")
+        }
+        return limits
+    }
+}
+
+/// One blocking RPC exchange for start-up: connect, send, pump the socket until the answer.
+final class ControlCall {
+    let url: NFSURL
+    let rpc: OpaquePointer
+    let deadlineNanoseconds: UInt64
+    var done = false
+    var handler: ((Int32, UnsafeMutableRawPointer?) -> Void)? = nil
+
+    init(url: NFSURL, timeoutMilliseconds: Int) {
+        self.url = url
+        rpc = rpc_init_context()
+        deadlineNanoseconds = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
+    }
+
+    func close() { rpc_destroy_context(rpc) }
+
+    static let callback: rpc_cb = { _, status, data, tag in
+        let call = Unmanaged<ControlCall>.fromOpaque(tag!).takeUnretainedValue()
+        call.handler?(status, data)
+        call.done = true
+    }
+
+    var tag: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+
+    func connect(port: Int, program: Int32, version: Int32, what: String) throws(NFSStartupError) {
+        var failed = false
+        handler = { status, _ in failed = status != RPC_STATUS_SUCCESS }
+        done = false
+        let started = url.host.withCString { host -> Int32 in
+            if port != 0 { return rpc_connect_port_async(rpc, host, Int32(port), program, version, Self.callback, tag) }
+            return rpc_connect_program_async(rpc, host, program, version, Self.callback, tag)
+        }
+        guard started == 0 else { throw NFSStartupError("\(what) at \(url.host): \(String(cString: rpc_get_error(rpc)))") }
+        try pump(what)
+        if failed { throw NFSStartupError("cannot connect to the \(what) at \(url.host): \(String(cString: rpc_get_error(rpc)))") }
+    }
+
+    func run(_ what: String, start: (OpaquePointer, rpc_cb, UnsafeMutableRawPointer) -> Int32,
+             result: @escaping (Int32, UnsafeMutableRawPointer?) -> Void) throws(NFSStartupError) {
+        handler = result
+        done = false
+        guard start(rpc, Self.callback, tag) == 0 else { throw NFSStartupError("\(what): \(String(cString: rpc_get_error(rpc)))") }
+        try pump(what)
+    }
+
+    func pump(_ what: String) throws(NFSStartupError) {
+        while !done {
+            let now = monotonicNanoseconds()
+            guard now < deadlineNanoseconds else { throw NFSStartupError("\(what): no answer from \(url.host) in time") }
+            var entry = pollfd(fd: rpc_get_fd(rpc), events: Int16(rpc_which_events(rpc)), revents: 0)
+            let ready = Glibc.poll(&entry, 1, 100)
+            if ready < 0 && errno != EINTR { throw NFSStartupError("\(what): poll: errno \(errno)") }
+            if rpc_service(rpc, ready > 0 ? Int32(entry.revents) : 0) < 0 && !done {
+                throw NFSStartupError("\(what): \(String(cString: rpc_get_error(rpc)))")
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+import CDPFS
+import DPFSCore
+import FUSEWire
+import Glibc
+
+// Answers: libnfs runs `completed` from inside `rpc_service` once per call (a reply, or the
+// connection's end). What the server sent is read here and only here, and nothing of it is
+// trusted: handle lengths, counts, names and times are checked before they reach the guest.
+
+extension NFSQueue {
+    static let completed: rpc_cb = { _, status, data, tag in
+        let tag = tag!.assumingMemoryBound(to: NFSCallTag.self).pointee
+        let queue = Unmanaged<NFSQueue>.fromOpaque(tag.queue).takeUnretainedValue()
+        queue.finished(Int(tag.slot), status: status, data: data)
+    }
+
+    /// A stage may go again on a new connection when doing it twice does what doing it once does.
+    func resendable(_ slot: Int) -> Bool {
+        switch calls[slot] {
+        case .lookup, .getattr, .setattr, .readlink, .access, .read, .write, .commit, .fsstat, .readdir, .readdirplus:
+            return true
+        case .create:
+            // UNCHECKED makes or finds the same file; EXCLUSIVE carries a verifier the server matches.
+            return !progress[slot].contains(.guarded)
+        case .none, .symlink, .mknod, .mkdir, .remove, .rmdir, .rename, .link:
+            return false
+        }
+    }
+
+    func finished(_ slot: Int, status: Int32, data: UnsafeMutableRawPointer?) {
+        precondition(states[slot] == .inFlight, "an answer for a slot with nothing in flight")
+        states[slot] = .free
+        inFlight -= 1
+        guard status == RPC_STATUS_SUCCESS, let data else {
+            // The connection ended (or the answer did not decode: the connection is not to be
+            // trusted either). What is safe to repeat waits for the next connection.
+            teardownWanted = true
+            if resendable(slot) || !sent[slot] {
+                states[slot] = .waiting
+                waiting += 1
+            } else {
+                finish(slot, .io)
+            }
+            return
+        }
+        switch calls[slot] {
+        case .none:
+            preconditionFailure("an answer for a slot without a call")
+        case .lookup:
+            let result = data.assumingMemoryBound(to: LOOKUP3res.self).pointee
+            if progress[slot].contains(.noReplaceCheck) {
+                // RENAME_NOREPLACE: the new name must not exist.
+                switch result.status.rawValue {
+                case 0: return finish(slot, .exists)
+                case 2:
+                    progress[slot].remove(.noReplaceCheck)
+                    calls[slot] = .rename
+                    return issue(slot)
+                default: return fail(slot, v3: result.status.rawValue)
+                }
+            }
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            let ok = result.LOOKUP3res_u.resok
+            guard stage(slot, handle: ok.object) else { return finish(slot, .io) }
+            stage(slot, attributes: ok.obj_attributes)
+            continueEntry(slot)
+        case .getattr:
+            let result = data.assumingMemoryBound(to: GETATTR3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            let attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
+            if progress[slot].contains(.stagedTarget) {
+                stagedAttributes[slot] = attributes
+                progress[slot].insert(.haveAttributes)
+                continueEntry(slot)
+            } else {
+                replies[slot].attributes(attributes, valid: validity)
+                complete(slot)
+            }
+        case .setattr:
+            let result = data.assumingMemoryBound(to: SETATTR3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            let after = result.SETATTR3res_u.resok.obj_wcc.after
+            if progress[slot].contains(.stagedTarget) {
+                // The exclusive CREATE's mode is set.
+                stage(slot, attributes: after)
+                continueEntry(slot)
+            } else if after.attributes_follow != 0 {
+                replies[slot].attributes(Self.attributes(after.post_op_attr_u.attributes), valid: validity)
+                complete(slot)
+            } else {
+                calls[slot] = .getattr
+                issue(slot)
+            }
+        case .readlink:
+            let result = data.assumingMemoryBound(to: READLINK3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            guard let target = result.READLINK3res_u.resok.data else { return finish(slot, .io) }
+            let length = strnlen(target, FUSELimits.symlinkTargetBytesMax + 1)
+            let reply = replies[slot]
+            guard length >= 1, length <= FUSELimits.symlinkTargetBytesMax, length <= reply.dataCapacity else {
+                return finish(slot, .nameTooLong)
+            }
+            var cursor = reply.data
+            let written = cursor.write(from: UnsafeRawPointer(target), byteCount: length)
+            precondition(written == length)
+            reply.sendInPlace(dataBytes: length)
+            complete(slot)
+        case .symlink:
+            let result = data.assumingMemoryBound(to: SYMLINK3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            created(slot, handle: result.SYMLINK3res_u.resok.obj, attributes: result.SYMLINK3res_u.resok.obj_attributes)
+        case .mknod:
+            let result = data.assumingMemoryBound(to: MKNOD3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            created(slot, handle: result.MKNOD3res_u.resok.obj, attributes: result.MKNOD3res_u.resok.obj_attributes)
+        case .mkdir:
+            let result = data.assumingMemoryBound(to: MKDIR3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            created(slot, handle: result.MKDIR3res_u.resok.obj, attributes: result.MKDIR3res_u.resok.obj_attributes)
+        case .create:
+            let result = data.assumingMemoryBound(to: CREATE3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            created(slot, handle: result.CREATE3res_u.resok.obj, attributes: result.CREATE3res_u.resok.obj_attributes)
+        case .remove:
+            let result = data.assumingMemoryBound(to: REMOVE3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            succeed(slot)
+        case .rmdir:
+            let result = data.assumingMemoryBound(to: RMDIR3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            succeed(slot)
+        case .rename:
+            let result = data.assumingMemoryBound(to: RENAME3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            succeed(slot)
+        case .link:
+            let result = data.assumingMemoryBound(to: LINK3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            // The entry names the linked node: its handle, found again in the table by `continueEntry`
+            // (which counts the lookup the kernel will FORGET).
+            let linked = device.nodes.handle(secondaryNodes[slot])
+            (stagedHandles + slot * nfsFileHandleBytesMax).copyMemory(from: linked.baseAddress!, byteCount: linked.count)
+            stagedHandleLengths[slot] = linked.count
+            progress[slot].insert(.haveHandle)
+            stage(slot, attributes: result.LINK3res_u.resok.file_attributes)
+            continueEntry(slot)
+        case .access:
+            let result = data.assumingMemoryBound(to: ACCESS3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            guard accessAllowed(slot, granted: result.ACCESS3res_u.resok.access) else { return finish(slot, .accessDenied) }
+            if requests[slot].opcodeRaw == FUSEOpcode.access.rawValue { return succeed(slot) }
+            guard let fh = device.files.open() else { return finish(slot, Self.ENFILE) }
+            replies[slot].open(fileHandle: fh, openFlags: device.configuration.openFlags)
+            complete(slot)
+        case .read:
+            let result = data.assumingMemoryBound(to: READ3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            let ok = result.READ3res_u.resok
+            let reply = replies[slot]
+            let asked = min(Int(requests[slot].arguments(as: fuse_read_in.self).size), reply.dataCapacity, device.readBytesMax)
+            let count = Int(ok.count)
+            guard count <= asked, count <= Int(ok.data.data_len), count == 0 || ok.data.data_val != nil else {
+                return finish(slot, .io)
+            }
+            if count > 0 {
+                var cursor = reply.data
+                let written = cursor.write(from: UnsafeRawPointer(ok.data.data_val!), byteCount: count)
+                precondition(written == count)
+            }
+            reply.sendInPlace(dataBytes: count)
+            complete(slot)
+        case .write:
+            let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            let ok = result.WRITE3res_u.resok
+            let asked = min(requests[slot].payloadLength, device.writeBytesMax)
+            guard Int(ok.count) <= asked else { return finish(slot, .io) }
+            if ok.committed == UNSTABLE {
+                device.files.wrote(openFiles[slot], verifier: Self.verifier(ok.verf))
+            }
+            replies[slot].written(bytes: ok.count)
+            complete(slot)
+        case .commit:
+            let result = data.assumingMemoryBound(to: COMMIT3res.self).pointee
+            let isRelease = requests[slot].opcodeRaw == FUSEOpcode.release.rawValue
+            let fh = isRelease ? requests[slot].arguments(as: fuse_release_in.self).fh : 0
+            guard result.status.rawValue == 0 else {
+                if isRelease { _ = device.files.close(fh) }
+                return fail(slot, v3: result.status.rawValue)
+            }
+            let safe = device.files.committed(openFiles[slot], verifier: Self.verifier(result.COMMIT3res_u.resok.verf))
+            if isRelease { _ = device.files.close(fh) }
+            if safe { succeed(slot) } else { finish(slot, .io) }
+        case .fsstat:
+            let result = data.assumingMemoryBound(to: FSSTAT3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            let ok = result.FSSTAT3res_u.resok
+            let blockBytes: UInt64 = 4096
+            replies[slot].statistics(FileSystemStatistics(
+                blocks: ok.tbytes / blockBytes, blocksFree: ok.fbytes / blockBytes, blocksAvailable: ok.abytes / blockBytes,
+                files: ok.tfiles, filesFree: ok.afiles, blockSizeBytes: UInt32(blockBytes),
+                nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: UInt32(blockBytes)))
+            complete(slot)
+        case .readdir:
+            let result = data.assumingMemoryBound(to: READDIR3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            listed(slot, result.READDIR3res_u.resok)
+        case .readdirplus:
+            let result = data.assumingMemoryBound(to: READDIRPLUS3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            listedPlus(slot, result.READDIRPLUS3res_u.resok)
+        }
+    }
+
+    func fail(_ slot: Int, v3 status: UInt32) {
+        finish(slot, NFSStatus.errno(v3: status))
+    }
+
+    // MARK: - Entries
+
+    /// Keeps a handle the server sent for the next stage; false when it is not a valid NFSv3 handle.
+    func stage(_ slot: Int, handle: nfs_fh3) -> Bool {
+        let length = Int(handle.data.data_len)
+        guard length >= 1, length <= nfsFileHandleBytesMax, let bytes = handle.data.data_val else { return false }
+        (stagedHandles + slot * nfsFileHandleBytesMax).copyMemory(from: bytes, byteCount: length)
+        stagedHandleLengths[slot] = length
+        progress[slot].insert(.haveHandle)
+        return true
+    }
+
+    func stage(_ slot: Int, attributes: post_op_attr) {
+        guard attributes.attributes_follow != 0 else { return }
+        stagedAttributes[slot] = Self.attributes(attributes.post_op_attr_u.attributes)
+        progress[slot].insert(.haveAttributes)
+    }
+
+    /// A create-like call succeeded.
+    func created(_ slot: Int, handle: post_op_fh3, attributes: post_op_attr) {
+        if handle.handle_follows != 0 {
+            guard stage(slot, handle: handle.post_op_fh3_u.handle) else { return finish(slot, .io) }
+        }
+        stage(slot, attributes: attributes)
+        continueEntry(slot)
+    }
+
+    /// Issues whatever an entry reply still lacks, or sends it: a handle (LOOKUP of the name),
+    /// the exclusive CREATE's mode (SETATTR), attributes (GETATTR).
+    func continueEntry(_ slot: Int) {
+        let state = progress[slot]
+        if !state.contains(.haveHandle) {
+            calls[slot] = .lookup
+            return issue(slot)
+        }
+        if state.contains(.needsModeSetattr) {
+            progress[slot].remove(.needsModeSetattr)
+            progress[slot].remove(.haveAttributes)
+            progress[slot].insert(.stagedTarget)
+            calls[slot] = .setattr
+            return issue(slot)
+        }
+        if !state.contains(.haveAttributes) {
+            progress[slot].insert(.stagedTarget)
+            calls[slot] = .getattr
+            return issue(slot)
+        }
+        let attributes = stagedAttributes[slot]
+        let staged = UnsafeRawBufferPointer(start: stagedHandles + slot * nfsFileHandleBytesMax, count: stagedHandleLengths[slot])
+        guard let nodeID = device.nodes.lookup(handle: staged, kind: attributes.mode & fileTypeMask) else {
+            return finish(slot, Self.ENFILE)
+        }
+        let reply = replies[slot]
+        if requests[slot].opcodeRaw == FUSEOpcode.create.rawValue {
+            guard let fh = device.files.open() else {
+                device.nodes.forget(nodeID, count: 1)
+                return finish(slot, Self.ENFILE)
+            }
+            reply.created(nodeID: nodeID, generation: 0, entryValid: validity, attrValid: validity, attributes: attributes,
+                          fileHandle: fh, openFlags: device.configuration.openFlags)
+        } else {
+            reply.entry(nodeID: nodeID, generation: 0, entryValid: validity, attrValid: validity, attributes: attributes)
+        }
+        complete(slot)
+    }
+
+    // MARK: - Listings
+
+    /// READDIR: the NFS cookie of each entry is its FUSE offset, so the guest's next call goes on
+    /// from the last entry that fitted, however the listing is cut.
+    func listed(_ slot: Int, _ ok: READDIR3resok) {
+        let reply = replies[slot]
+        let request = requests[slot]
+        var writer = DirectoryEntryWriter(destination: reply.body,
+                                          capacity: min(Int(request.arguments(as: fuse_read_in.self).size), reply.bodyCapacity))
+        device.files.cookieVerifiers[openFiles[slot]] = Self.verifier(ok.cookieverf)
+        var entry = ok.reply.entries
+        var entriesMax = Self.entriesPerListingMax
+        while let current = entry, entriesMax > 0 {
+            entriesMax -= 1
+            let value = current.pointee
+            entry = value.nextentry
+            guard let name = Self.name(value.name) else { continue }
+            guard writer.append(inode: value.fileid, nextOffset: value.cookie, type: 0, name: name) else { break }
+        }
+        reply.send(bodyBytes: writer.bytesWritten)
+        complete(slot)
+    }
+
+    /// READDIRPLUS: every entry but "." and ".." with a handle and attributes becomes a node the
+    /// kernel will FORGET; the others carry node 0 (the kernel then makes no dentry for them).
+    func listedPlus(_ slot: Int, _ ok: READDIRPLUS3resok) {
+        let reply = replies[slot]
+        let request = requests[slot]
+        var writer = DirectoryEntryWriter(destination: reply.body,
+                                          capacity: min(Int(request.arguments(as: fuse_read_in.self).size), reply.bodyCapacity))
+        device.files.cookieVerifiers[openFiles[slot]] = Self.verifier(ok.cookieverf)
+        let none = CacheValidity(seconds: 0)
+        var entry = ok.reply.entries
+        var entriesMax = Self.entriesPerListingMax
+        while let current = entry, entriesMax > 0 {
+            entriesMax -= 1
+            let value = current.pointee
+            entry = value.nextentry
+            guard let name = Self.name(value.name) else { continue }
+            let needed = EntryOutLayout.size + DirentLayout.alignedSize(nameLength: name.count)
+            guard writer.bytesWritten + needed <= writer.capacity else { break }
+            let isDot = name.count <= 2 && name.allSatisfy { $0 == UInt8(ascii: ".") }
+            var attributes = Self.unknownAttributes(inode: value.fileid)
+            var nodeID: UInt64 = 0
+            if value.name_attributes.attributes_follow != 0 {
+                attributes = Self.attributes(value.name_attributes.post_op_attr_u.attributes)
+            }
+            if !isDot, value.name_attributes.attributes_follow != 0, value.name_handle.handle_follows != 0 {
+                let handle = value.name_handle.post_op_fh3_u.handle
+                let length = Int(handle.data.data_len)
+                if length >= 1, length <= nfsFileHandleBytesMax, let bytes = handle.data.data_val {
+                    guard let id = device.nodes.lookup(handle: UnsafeRawBufferPointer(start: bytes, count: length),
+                                                       kind: attributes.mode & fileTypeMask) else {
+                        if writer.bytesWritten == 0 { return finish(slot, Self.ENFILE) }
+                        break
+                    }
+                    nodeID = id
+                }
+            }
+            let validity = nodeID == 0 ? none : self.validity
+            let appended = writer.appendPlus(nodeID: nodeID, generation: 0, entryValid: validity, attrValid: validity,
+                                             attributes: attributes, nextOffset: value.cookie,
+                                             type: (attributes.mode & fileTypeMask) >> 12, name: name)
+            precondition(appended, "an entry that was measured to fit did not")
+        }
+        reply.send(bodyBytes: writer.bytesWritten)
+        complete(slot)
+    }
+
+    /// Entries one answer may carry (a hostile server's endless list ends here).
+    static let entriesPerListingMax = 4096
+
+    /// A server's entry name, if it is one the guest can take: 1...255 bytes, no '/'.
+    static func name(_ name: UnsafeMutablePointer<CChar>?) -> UnsafeRawBufferPointer? {
+        guard let name else { return nil }
+        let length = strnlen(name, FUSELimits.nameBytesMax + 1)
+        guard length >= 1, length <= FUSELimits.nameBytesMax else { return nil }
+        let bytes = UnsafeRawBufferPointer(start: name, count: length)
+        guard !bytes.contains(UInt8(ascii: "/")) else { return nil }
+        return bytes
+    }
+
+    // MARK: - Attributes
+
+    static func verifier<T>(_ bytes: T) -> UInt64 {
+        withUnsafeBytes(of: bytes) { $0.loadUnaligned(as: UInt64.self) }
+    }
+
+    static func time(_ time: nfstime3) -> FUSETime {
+        FUSETime(seconds: UInt64(time.seconds), nanoseconds: min(time.nseconds, 999_999_999))
+    }
+
+    /// fattr3 → fuse_attr: the type becomes st_mode's type bits, the blocks are 512-byte units.
+    static func attributes(_ a: fattr3) -> FileAttributes {
+        let type: UInt32 = switch a.type.rawValue {
+        case 2: directoryType
+        case 3: 0o060000
+        case 4: 0o020000
+        case 5: 0o120000
+        case 6: 0o140000
+        case 7: 0o010000
+        default: regularType
+        }
+        return FileAttributes(
+            inode: a.fileid, sizeBytes: a.size, blocks: a.used / 512 + (a.used % 512 == 0 ? 0 : 1),
+            accessTime: time(a.atime), modificationTime: time(a.mtime), changeTime: time(a.ctime),
+            mode: type | (a.mode & 0o7777), linkCount: a.nlink, uid: a.uid, gid: a.gid,
+            rdev: encodeDevice(major: a.rdev.specdata1, minor: a.rdev.specdata2), blockSizeBytes: 4096)
+    }
+
+    static func unknownAttributes(inode: UInt64) -> FileAttributes {
+        let zero = FUSETime(seconds: 0)
+        return FileAttributes(inode: inode, sizeBytes: 0, blocks: 0, accessTime: zero, modificationTime: zero, changeTime: zero,
+                              mode: 0, linkCount: 0, uid: 0, gid: 0, rdev: 0, blockSizeBytes: 0)
+    }
+}

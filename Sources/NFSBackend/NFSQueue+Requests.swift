@@ -1,0 +1,506 @@
+import CDPFS
+import DPFSCore
+import DPFSPosix
+import FUSEWire
+import Glibc
+
+// Requests as NFSv3 calls. A FUSE request becomes one to three RPCs on its slot ("stages"): the
+// main call, then a LOOKUP when a create-like call came back without the new file handle, a
+// SETATTR of the mode after an exclusive CREATE (whose attributes hold the verifier), and a
+// GETATTR when the server sent no attributes. Every stage is built from the slot's own record
+// (the request stays in slot memory until it is answered), so a stage that waited for a new
+// connection is simply built again.
+
+/// What a slot's stages have gathered so far.
+struct NFSProgress: OptionSet {
+    let rawValue: UInt8
+    /// `stagedHandles[slot]` holds the node the entry reply names.
+    static let haveHandle = NFSProgress(rawValue: 1)
+    /// `stagedAttributes[slot]` holds its attributes.
+    static let haveAttributes = NFSProgress(rawValue: 2)
+    /// An exclusive CREATE: the mode is set by a SETATTR once the file exists.
+    static let needsModeSetattr = NFSProgress(rawValue: 4)
+    /// GETATTR / SETATTR go to the staged handle, not to the request's node.
+    static let stagedTarget = NFSProgress(rawValue: 8)
+    /// CREATE GUARDED (MKNOD of a regular file): not safe to send twice.
+    static let guarded = NFSProgress(rawValue: 16)
+    /// CREATE EXCLUSIVE (O_EXCL): safe to send again, the verifier makes the server see a repeat.
+    static let exclusive = NFSProgress(rawValue: 32)
+    /// RENAME_NOREPLACE: a LOOKUP of the new name first (EEXIST when it is there). Not atomic
+    /// (NFSv3 has no such RENAME); the same check Linux's NFS client makes.
+    static let noReplaceCheck = NFSProgress(rawValue: 64)
+}
+
+/// ACCESS3 bits (RFC 1813 §3.3.4).
+enum NFSAccess {
+    static let read: UInt32 = 0x01
+    static let lookup: UInt32 = 0x02
+    static let modify: UInt32 = 0x04
+    static let extend: UInt32 = 0x08
+    static let delete: UInt32 = 0x10
+    static let execute: UInt32 = 0x20
+}
+
+let fileTypeMask: UInt32 = 0o170000
+let directoryType: UInt32 = 0o040000
+let regularType: UInt32 = 0o100000
+
+extension NFSQueue {
+    static let ENFILE = FUSEErrno(23)
+    static let ESTALE = FUSEErrno(116)
+
+    // MARK: - Starting a request
+
+    /// Every opcode that becomes RPCs (the rest are answered by NFSBackend.handle).
+    func start(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
+        var call: NFSCall
+        var secondaryID: UInt64 = 0
+        var openFile = 0
+        var progress: NFSProgress = []
+        switch opcode {
+        case .lookup: call = .lookup
+        case .getattr: call = .getattr
+        case .setattr:
+            // NFSv3 times are unsigned 32-bit seconds (1970...2106): a time outside is refused
+            // rather than wrapped into a different one.
+            let fuse = request.arguments(as: fuse_setattr_in.self)
+            let explicitAtime = fuse.valid & UInt32(FATTR_ATIME) != 0 && fuse.valid & UInt32(FATTR_ATIME_NOW) == 0
+            let explicitMtime = fuse.valid & UInt32(FATTR_MTIME) != 0 && fuse.valid & UInt32(FATTR_MTIME_NOW) == 0
+            if (explicitAtime && fuse.atime > UInt64(UInt32.max)) || (explicitMtime && fuse.mtime > UInt64(UInt32.max)) {
+                reply.fail(.invalid)
+                return .done
+            }
+            call = .setattr
+        case .readlink: call = .readlink
+        case .symlink: call = .symlink
+        case .mknod:
+            // NFSv3 MKNOD makes devices, sockets and FIFOs; a regular file is a CREATE that must not
+            // replace one that exists (mknod's EEXIST).
+            let mode = request.arguments(as: fuse_mknod_in.self).mode
+            if mode & fileTypeMask == regularType || mode & fileTypeMask == 0 {
+                call = .create
+                progress = .guarded
+            } else {
+                call = .mknod
+            }
+        case .mkdir: call = .mkdir
+        case .create:
+            call = .create
+            if Int32(bitPattern: request.arguments(as: fuse_create_in.self).flags) & O_EXCL != 0 {
+                progress = [.exclusive, .needsModeSetattr]
+            }
+        case .unlink: call = .remove
+        case .rmdir: call = .rmdir
+        case .rename:
+            call = .rename
+            secondaryID = request.arguments(as: fuse_rename_in.self).newdir
+        case .rename2:
+            let arguments = request.arguments(as: fuse_rename2_in.self)
+            // NFSv3 RENAME always replaces and cannot exchange: EXCHANGE (and whiteouts) are
+            // refused as by Linux's own NFS client; NOREPLACE looks first.
+            guard arguments.flags & ~UInt32(RENAME_NOREPLACE) == 0 else { reply.fail(.invalid); return .done }
+            call = arguments.flags == 0 ? .rename : .lookup
+            if arguments.flags != 0 { progress = .noReplaceCheck }
+            secondaryID = arguments.newdir
+        case .link:
+            call = .link
+            secondaryID = request.arguments(as: fuse_link_in.self).oldnodeid
+        case .open, .opendir:
+            call = .access
+        case .access:
+            // F_OK: the node exists, or the kernel would not have its id.
+            guard request.arguments(as: fuse_access_in.self).mask & 7 != 0 else { reply.send(bodyBytes: 0); return .done }
+            call = .access
+        case .read, .write, .readdir, .readdirplus:
+            let fh = opcode == .write ? request.arguments(as: fuse_write_in.self).fh : request.arguments(as: fuse_read_in.self).fh
+            guard let index = device.files.index(fh) else { reply.fail(.badFileDescriptor); return .done }
+            openFile = index
+            call = switch opcode {
+            case .read: .read
+            case .write: .write
+            case .readdir: .readdir
+            default: .readdirplus
+            }
+        case .statfs: call = .fsstat
+        default:
+            reply.fail(.notImplemented)
+            return .done
+        }
+        return begin(request, reply: reply, token: token, call: call, secondaryID: secondaryID, openFile: openFile,
+                     progress: progress)
+    }
+
+    /// FLUSH, FSYNC and RELEASE COMMIT what this open wrote unstably; RELEASE then forgets the open.
+    /// An open whose data the server may have lost (its write verifier changed) fails them EIO.
+    func closeOrSync(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
+        let files = device.files
+        switch opcode {
+        case .releasedir:
+            _ = files.close(request.arguments(as: fuse_release_in.self).fh)
+            reply.send(bodyBytes: 0)
+            return .done
+        case .fsyncdir:
+            // Directory operations are synchronous on an NFSv3 server (RFC 1813 §3.3): nothing waits.
+            reply.send(bodyBytes: 0)
+            return .done
+        case .release:
+            let fh = request.arguments(as: fuse_release_in.self).fh
+            guard let index = files.index(fh) else { reply.send(bodyBytes: 0); return .done }
+            guard files.isDirty(index) else {
+                _ = files.close(fh)
+                reply.send(bodyBytes: 0)
+                return .done
+            }
+            return begin(request, reply: reply, token: token, call: .commit, secondaryID: 0, openFile: index, progress: [])
+        default:
+            let fh = opcode == .flush ? request.arguments(as: fuse_flush_in.self).fh : request.arguments(as: fuse_fsync_in.self).fh
+            guard let index = files.index(fh) else { reply.fail(.badFileDescriptor); return .done }
+            if files.hasLostData(index) { reply.fail(.io); return .done }
+            guard files.isDirty(index) else { reply.send(bodyBytes: 0); return .done }
+            return begin(request, reply: reply, token: token, call: .commit, secondaryID: 0, openFile: index, progress: [])
+        }
+    }
+
+    /// Records the request on its slot, pins its nodes and issues the first stage.
+    func begin(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken, call: NFSCall, secondaryID: UInt64,
+               openFile: Int, progress: NFSProgress) -> BackendAnswer {
+        let slot = Int(token.slotIndex)
+        precondition(slot < slotCount && states[slot] == .free, "slot already busy")
+        guard let primary = device.nodes.pin(request.nodeID) else {
+            if request.opcodeRaw == FUSEOpcode.release.rawValue { _ = device.files.close(request.arguments(as: fuse_release_in.self).fh) }
+            reply.fail(Self.ESTALE)
+            return .done
+        }
+        var secondary: UInt32 = 0
+        if secondaryID != 0 {
+            guard let pinned = device.nodes.pin(secondaryID) else {
+                device.nodes.unpin(primary)
+                reply.fail(Self.ESTALE)
+                return .done
+            }
+            secondary = pinned
+        }
+        requests[slot] = request
+        replies[slot] = reply
+        tokens[slot] = token
+        calls[slot] = call
+        sent[slot] = false
+        primaryNodes[slot] = primary
+        secondaryNodes[slot] = secondary
+        openFiles[slot] = openFile
+        self.progress[slot] = progress
+        stagedHandleLengths[slot] = 0
+        if progress.contains(.exclusive) {
+            // Unique per request and kept across resends: a repeat of the same CREATE is recognised.
+            createSequence &+= 1
+            createVerifiers[slot] = createSequence ^ (UInt64(truncatingIfNeeded: request.unique) << 20)
+        }
+        deadlines[slot] = monotonicNanoseconds() &+ timeoutNanoseconds
+        pendingCount += 1
+        startingSlot = slot
+        startAnsweredInline = false
+        issue(slot)
+        startingSlot = -1
+        return startAnsweredInline ? .done : .pending
+    }
+
+    // MARK: - Issuing a stage
+
+    /// Sends the slot's current stage, or parks it until the connection is up.
+    func issue(_ slot: Int) {
+        precondition(states[slot] == .free)
+        guard connection == .up, let rpc else {
+            states[slot] = .waiting
+            waiting += 1
+            return
+        }
+        let request = requests[slot]
+        become(uid: request.uid, gid: request.gid)
+        let tag = UnsafeMutableRawPointer(tags + slot)
+        let callback = Self.completed
+        let primary = primaryNodes[slot]
+        let started: Int32
+        switch calls[slot] {
+        case .none:
+            preconditionFailure("a slot issued without a call")
+        case .lookup:
+            let what = progress[slot].contains(.noReplaceCheck)
+                ? directoryOperation(secondaryNodes[slot], request.secondName) : directoryOperation(primary, request.name)
+            var arguments = LOOKUP3args(what: what)
+            started = rpc_nfs3_lookup_async(rpc, callback, &arguments, tag)
+        case .getattr:
+            var arguments = GETATTR3args(object: target(slot))
+            started = rpc_nfs3_getattr_async(rpc, callback, &arguments, tag)
+        case .setattr:
+            var arguments = SETATTR3args(object: target(slot), new_attributes: newAttributes(slot), guard: sattrguard3())
+            started = rpc_nfs3_setattr_async(rpc, callback, &arguments, tag)
+        case .readlink:
+            var arguments = READLINK3args(symlink: handle(primary))
+            started = rpc_nfs3_readlink_async(rpc, callback, &arguments, tag)
+        case .symlink:
+            var arguments = SYMLINK3args(where: directoryOperation(primary, request.name),
+                                         symlink: symlinkdata3(symlink_attributes: sattr3(), symlink_data: cString(request.secondName)))
+            started = rpc_nfs3_symlink_async(rpc, callback, &arguments, tag)
+        case .mknod:
+            let fuse = request.arguments(as: fuse_mknod_in.self)
+            var what = mknoddata3()
+            var attributes = sattr3()
+            attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
+            switch fuse.mode & fileTypeMask {
+            case 0o020000, 0o060000:
+                let device = devicedata3(dev_attributes: attributes, spec: specdata3(specdata1: Self.major(fuse.rdev), specdata2: Self.minor(fuse.rdev)))
+                if fuse.mode & fileTypeMask == 0o020000 {
+                    what.type = NF3CHR
+                    what.mknoddata3_u.chr_device = device
+                } else {
+                    what.type = NF3BLK
+                    what.mknoddata3_u.blk_device = device
+                }
+            case 0o140000:
+                what.type = NF3SOCK
+                what.mknoddata3_u.sock_attributes = attributes
+            default:
+                what.type = NF3FIFO
+                what.mknoddata3_u.pipe_attributes = attributes
+            }
+            var arguments = MKNOD3args(where: directoryOperation(primary, request.name), what: what)
+            started = rpc_nfs3_mknod_async(rpc, callback, &arguments, tag)
+        case .mkdir:
+            var attributes = sattr3()
+            attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.arguments(as: fuse_mkdir_in.self).mode & 0o7777))
+            var arguments = MKDIR3args(where: directoryOperation(primary, request.name), attributes: attributes)
+            started = rpc_nfs3_mkdir_async(rpc, callback, &arguments, tag)
+        case .create:
+            var how = createhow3()
+            let state = progress[slot]
+            if state.contains(.exclusive) {
+                how.mode = EXCLUSIVE
+                withUnsafeMutableBytes(of: &how.createhow3_u.verf) { $0.storeBytes(of: createVerifiers[slot], as: UInt64.self) }
+            } else {
+                var attributes = sattr3()
+                if state.contains(.guarded) {
+                    how.mode = GUARDED
+                    attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.arguments(as: fuse_mknod_in.self).mode & 0o7777))
+                } else {
+                    how.mode = UNCHECKED
+                    let fuse = request.arguments(as: fuse_create_in.self)
+                    attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
+                    // O_TRUNC of a file that exists: UNCHECKED applies only the size to it.
+                    if Int32(bitPattern: fuse.flags) & O_TRUNC != 0 {
+                        attributes.size = set_size3(set_it: 1, set_size3_u: .init(size: 0))
+                    }
+                }
+                how.createhow3_u.obj_attributes = attributes
+            }
+            var arguments = CREATE3args(where: directoryOperation(primary, request.name), how: how)
+            started = rpc_nfs3_create_async(rpc, callback, &arguments, tag)
+        case .remove:
+            var arguments = REMOVE3args(object: directoryOperation(primary, request.name))
+            started = rpc_nfs3_remove_async(rpc, callback, &arguments, tag)
+        case .rmdir:
+            var arguments = RMDIR3args(object: directoryOperation(primary, request.name))
+            started = rpc_nfs3_rmdir_async(rpc, callback, &arguments, tag)
+        case .rename:
+            var arguments = RENAME3args(from: directoryOperation(primary, request.name),
+                                        to: directoryOperation(secondaryNodes[slot], request.secondName))
+            started = rpc_nfs3_rename_async(rpc, callback, &arguments, tag)
+        case .link:
+            var arguments = LINK3args(file: handle(secondaryNodes[slot]), link: directoryOperation(primary, request.name))
+            started = rpc_nfs3_link_async(rpc, callback, &arguments, tag)
+        case .access:
+            var arguments = ACCESS3args(object: handle(primary), access: accessWanted(slot))
+            started = rpc_nfs3_access_async(rpc, callback, &arguments, tag)
+        case .read:
+            let fuse = request.arguments(as: fuse_read_in.self)
+            let count = min(Int(fuse.size), replies[slot].dataCapacity, device.readBytesMax)
+            var arguments = READ3args(file: handle(primary), offset: fuse.offset, count: count3(count))
+            started = rpc_nfs3_read_async(rpc, callback, &arguments, tag)
+        case .write:
+            let fuse = request.arguments(as: fuse_write_in.self)
+            let count = min(request.payloadLength, device.writeBytesMax)
+            let data = payload(request, count: count)
+            var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: UNSTABLE,
+                                       data: .init(data_len: u_int(count), data_val: data))
+            started = rpc_nfs3_write_async(rpc, callback, &arguments, tag)
+        case .commit:
+            var arguments = COMMIT3args(file: handle(primary), offset: 0, count: 0)
+            started = rpc_nfs3_commit_async(rpc, callback, &arguments, tag)
+        case .fsstat:
+            var arguments = FSSTAT3args(fsroot: handle(primary))
+            started = rpc_nfs3_fsstat_async(rpc, callback, &arguments, tag)
+        case .readdir, .readdirplus:
+            let fuse = request.arguments(as: fuse_read_in.self)
+            let capacity = min(Int(fuse.size), replies[slot].bodyCapacity)
+            var verifier = cookieverf3(0, 0, 0, 0, 0, 0, 0, 0)
+            if fuse.offset != 0 {
+                withUnsafeMutableBytes(of: &verifier) { $0.storeBytes(of: device.files.cookieVerifiers[openFiles[slot]], as: UInt64.self) }
+            }
+            if calls[slot] == .readdir {
+                // NFS entries are about the size of FUSE's; a little more keeps the last one whole.
+                var arguments = READDIR3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier, count: count3(capacity + 512))
+                started = rpc_nfs3_readdir_async(rpc, callback, &arguments, tag)
+            } else {
+                var arguments = READDIRPLUS3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier,
+                                                 dircount: count3(capacity), maxcount: count3(2 * capacity + 1024))
+                started = rpc_nfs3_readdirplus_async(rpc, callback, &arguments, tag)
+            }
+        }
+        guard started == 0 else {
+            // libnfs could not even queue it: out of memory, or (-2) the arguments do not fit the
+            // 4 KiB buffer libnfs 4.0 encodes every call into, which only a symlink target near
+            // PATH_MAX reaches (Specs/nfs-semantics.md).
+            finish(slot, started == -2 && calls[slot] == .symlink ? .nameTooLong : .io)
+            return
+        }
+        states[slot] = .inFlight
+        sent[slot] = true
+        inFlight += 1
+    }
+
+    // MARK: - Argument helpers
+
+    /// An NFS handle view of a pinned node's stored handle (valid while it stays pinned).
+    func handle(_ index: UInt32) -> nfs_fh3 {
+        let bytes = device.nodes.handle(index)
+        return nfs_fh3(data: .init(data_len: u_int(bytes.count),
+                                   data_val: UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self))))
+    }
+
+    func stagedHandle(_ slot: Int) -> nfs_fh3 {
+        nfs_fh3(data: .init(data_len: u_int(stagedHandleLengths[slot]),
+                            data_val: (stagedHandles + slot * nfsFileHandleBytesMax).assumingMemoryBound(to: CChar.self)))
+    }
+
+    func target(_ slot: Int) -> nfs_fh3 {
+        progress[slot].contains(.stagedTarget) ? stagedHandle(slot) : handle(primaryNodes[slot])
+    }
+
+    /// The request's names are NUL-terminated in slot memory (the decoder checked the NUL).
+    func cString(_ name: UnsafeRawBufferPointer) -> UnsafeMutablePointer<CChar> {
+        UnsafeMutablePointer(mutating: name.baseAddress!.assumingMemoryBound(to: CChar.self))
+    }
+
+    func directoryOperation(_ directory: UInt32, _ name: UnsafeRawBufferPointer) -> diropargs3 {
+        diropargs3(dir: handle(directory), name: cString(name))
+    }
+
+    /// SETATTR's attributes: the guest's (FUSE SETATTR) or an exclusive CREATE's mode.
+    func newAttributes(_ slot: Int) -> sattr3 {
+        var attributes = sattr3()
+        let request = requests[slot]
+        if progress[slot].contains(.stagedTarget) {
+            let mode = request.arguments(as: fuse_create_in.self).mode & 0o7777
+            attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: mode))
+            // The verifier was stored in the times: give the file real ones.
+            attributes.atime = set_atime(set_it: SET_TO_SERVER_TIME, set_atime_u: .init())
+            attributes.mtime = set_mtime(set_it: SET_TO_SERVER_TIME, set_mtime_u: .init())
+            return attributes
+        }
+        let fuse = request.arguments(as: fuse_setattr_in.self)
+        let valid = fuse.valid
+        if valid & UInt32(FATTR_MODE) != 0 { attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777)) }
+        if valid & UInt32(FATTR_UID) != 0 { attributes.uid = set_uid3(set_it: 1, set_uid3_u: .init(uid: fuse.uid)) }
+        if valid & UInt32(FATTR_GID) != 0 { attributes.gid = set_gid3(set_it: 1, set_gid3_u: .init(gid: fuse.gid)) }
+        if valid & UInt32(FATTR_SIZE) != 0 { attributes.size = set_size3(set_it: 1, set_size3_u: .init(size: fuse.size)) }
+        if valid & UInt32(FATTR_ATIME_NOW) != 0 {
+            attributes.atime = set_atime(set_it: SET_TO_SERVER_TIME, set_atime_u: .init())
+        } else if valid & UInt32(FATTR_ATIME) != 0 {
+            attributes.atime = set_atime(set_it: SET_TO_CLIENT_TIME,
+                                         set_atime_u: .init(atime: nfstime3(seconds: u_int(truncatingIfNeeded: fuse.atime), nseconds: fuse.atimensec)))
+        }
+        if valid & UInt32(FATTR_MTIME_NOW) != 0 {
+            attributes.mtime = set_mtime(set_it: SET_TO_SERVER_TIME, set_mtime_u: .init())
+        } else if valid & UInt32(FATTR_MTIME) != 0 {
+            attributes.mtime = set_mtime(set_it: SET_TO_CLIENT_TIME,
+                                         set_mtime_u: .init(mtime: nfstime3(seconds: u_int(truncatingIfNeeded: fuse.mtime), nseconds: fuse.mtimensec)))
+        }
+        return attributes
+    }
+
+    /// The ACCESS bits a request needs (`accessNeeded`) asked of the server.
+    func accessWanted(_ slot: Int) -> UInt32 {
+        NFSAccess.read | NFSAccess.lookup | NFSAccess.modify | NFSAccess.extend | NFSAccess.delete | NFSAccess.execute
+    }
+
+    /// Whether the bits the server granted allow the request: OPEN by its access mode, OPENDIR to
+    /// read, ACCESS by its mask (a directory's "execute" is LOOKUP, its "write" any change).
+    func accessAllowed(_ slot: Int, granted: UInt32) -> Bool {
+        let request = requests[slot]
+        let isDirectory = device.nodes.kind(primaryNodes[slot]) == directoryType
+        switch FUSEOpcode(rawValue: request.opcodeRaw) {
+        case .open:
+            let mode = Int32(bitPattern: request.arguments(as: fuse_open_in.self).flags) & O_ACCMODE
+            if mode != O_WRONLY && granted & NFSAccess.read == 0 { return false }
+            if mode != O_RDONLY && granted & NFSAccess.modify == 0 { return false }
+            return true
+        case .opendir:
+            return granted & NFSAccess.read != 0
+        default:
+            let mask = request.arguments(as: fuse_access_in.self).mask
+            if mask & 4 != 0 && granted & NFSAccess.read == 0 { return false }
+            if mask & 2 != 0 {
+                let changes = isDirectory ? NFSAccess.modify | NFSAccess.extend | NFSAccess.delete : NFSAccess.modify
+                if granted & changes == 0 { return false }
+            }
+            if mask & 1 != 0 && granted & (isDirectory ? NFSAccess.lookup : NFSAccess.execute) == 0 { return false }
+            return true
+        }
+    }
+
+    /// WRITE data: the guest's memory in place when it is one segment, else gathered (libnfs
+    /// encodes the call before returning, so one gather buffer serves the whole queue).
+    func payload(_ request: FUSERequest, count: Int) -> UnsafeMutablePointer<CChar> {
+        var cursor = request.payload
+        let index = Int(cursor.position.index)
+        if index < cursor.count {
+            let segment = cursor.segments[index]
+            if Int(segment.length) - Int(cursor.position.offset) >= count {
+                return (segment.base + Int(cursor.position.offset)).assumingMemoryBound(to: CChar.self)
+            }
+        }
+        let copied = cursor.read(into: gather, byteCount: count)
+        precondition(copied == count, "WRITE payload shorter than the decoder said")
+        return gather.assumingMemoryBound(to: CChar.self)
+    }
+
+    /// FUSE's rdev is the kernel's new_encode_dev: minor bits 0...7 and 20...31, major 8...19.
+    static func major(_ rdev: UInt32) -> UInt32 { (rdev & 0xF_FF00) >> 8 }
+    static func minor(_ rdev: UInt32) -> UInt32 { (rdev & 0xFF) | ((rdev >> 12) & 0xF_FF00) }
+    static func encodeDevice(major: UInt32, minor: UInt32) -> UInt32 {
+        (minor & 0xFF) | ((major & 0xFFF) << 8) | ((minor & ~0xFF) << 12)
+    }
+
+    // MARK: - Finishing
+
+    /// Ends a request whose reply is written: unpins, frees the slot, completes the token.
+    func complete(_ slot: Int) {
+        if primaryNodes[slot] != 0 { device.nodes.unpin(primaryNodes[slot]) }
+        if secondaryNodes[slot] != 0 { device.nodes.unpin(secondaryNodes[slot]) }
+        primaryNodes[slot] = 0
+        secondaryNodes[slot] = 0
+        states[slot] = .free
+        calls[slot] = .none
+        sent[slot] = false
+        progress[slot] = []
+        openFiles[slot] = 0
+        stagedHandleLengths[slot] = 0
+        pendingCount -= 1
+        if slot == startingSlot {
+            // Answered before `begin` returned: the poller sees `.done`, not a completion.
+            startAnsweredInline = true
+            return
+        }
+        completedSinceLastPoll += 1
+        context.complete(tokens[slot])
+    }
+
+    func finish(_ slot: Int, _ errno: FUSEErrno) {
+        replies[slot].fail(errno)
+        complete(slot)
+    }
+
+    func succeed(_ slot: Int) {
+        replies[slot].send(bodyBytes: 0)
+        complete(slot)
+    }
+}

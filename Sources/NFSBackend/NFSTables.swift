@@ -1,0 +1,362 @@
+import DPFSPosix
+import Glibc
+import Synchronization
+
+// The tables an NFS device's queues share: the inodes the guest knows (keyed by NFS file handle,
+// never by path, so a rename on the server cannot make a node id name another file) and the files
+// it has open. The pin protocol is the passthrough backend's (Specs/passthrough-tables.md): a 64-bit
+// id is generation << 32 | index; a request pins a record lock-free, copies what it needs (the file
+// handle is encoded into the RPC at once, so the pin lasts only while the call is built) and unpins.
+// Only adding and forgetting records takes the table's mutex.
+
+/// The longest NFSv3 file handle (RFC 1813 NFS3_FHSIZE).
+public let nfsFileHandleBytesMax = 64
+
+public final class FileHandleTable: @unchecked Sendable {
+    public let capacity: Int
+    /// 0 = free; otherwise 1 (alive) + in-flight users.
+    let pins: UnsafeMutablePointer<Atomic<UInt32>>
+    let generations: UnsafeMutablePointer<Atomic<UInt32>>
+    /// File handle bytes and length: written while the record is free, published by its first pin.
+    let handles: UnsafeMutableRawPointer
+    let handleLengths: UnsafeMutablePointer<UInt8>
+    /// st_mode file-type bits, written like the handle.
+    let kinds: UnsafeMutablePointer<UInt32>
+    /// Mutex-only: lookup counts, hash membership, the free list and the hash cells.
+    let lookups: UnsafeMutablePointer<UInt64>
+    let hashed: UnsafeMutablePointer<Bool>
+    let mutex = HostMutex()
+    let freeList: UnsafeMutablePointer<UInt32>
+    var freeCount = 0
+    let hashCells: UnsafeMutablePointer<UInt32>
+    let hashMask: Int
+    public static let rootIndex: UInt32 = 1
+    /// FUSE's root node id: index 1, generation 0 (every other record starts at generation 1).
+    public static let rootID: UInt64 = 1
+
+    /// Records in use besides the root (for reports and tests).
+    public var inUse: Int { mutex.withLock { capacity - 2 - freeCount } }
+
+    public init(capacity: Int, rootHandle: UnsafeRawBufferPointer, rootKind: UInt32) {
+        precondition(capacity >= 4 && capacity <= 1 << 24)
+        precondition(rootHandle.count >= 1 && rootHandle.count <= nfsFileHandleBytesMax)
+        self.capacity = capacity
+        pins = .allocate(capacity: capacity)
+        generations = .allocate(capacity: capacity)
+        for index in 0..<capacity {
+            (pins + index).initialize(to: Atomic(0))
+            (generations + index).initialize(to: Atomic(index == Int(Self.rootIndex) ? 0 : 1))
+        }
+        handles = .allocate(byteCount: capacity * nfsFileHandleBytesMax, alignment: 8)
+        handleLengths = .allocate(capacity: capacity)
+        handleLengths.initialize(repeating: 0, count: capacity)
+        kinds = .allocate(capacity: capacity)
+        kinds.initialize(repeating: 0, count: capacity)
+        lookups = .allocate(capacity: capacity)
+        lookups.initialize(repeating: 0, count: capacity)
+        hashed = .allocate(capacity: capacity)
+        hashed.initialize(repeating: false, count: capacity)
+        freeList = .allocate(capacity: capacity)
+        for index in stride(from: capacity - 1, through: 2, by: -1) {
+            freeList[freeCount] = UInt32(index)
+            freeCount += 1
+        }
+        var cells = 1
+        while cells < 2 * capacity { cells <<= 1 }
+        hashCells = .allocate(capacity: cells)
+        hashCells.initialize(repeating: 0, count: cells)
+        hashMask = cells - 1
+        // The root is pinned alive for ever and hashed, so a LOOKUP that returns the root's handle
+        // (".." of a top directory) finds node 1.
+        let root = Int(Self.rootIndex)
+        (handles + root * nfsFileHandleBytesMax).copyMemory(from: rootHandle.baseAddress!, byteCount: rootHandle.count)
+        handleLengths[root] = UInt8(rootHandle.count)
+        kinds[root] = rootKind
+        hash(Self.rootIndex)
+        pins[root].store(1, ordering: .releasing)
+    }
+
+    deinit {
+        pins.deallocate()
+        generations.deallocate()
+        handles.deallocate()
+        handleLengths.deallocate()
+        kinds.deallocate()
+        lookups.deallocate()
+        hashed.deallocate()
+        freeList.deallocate()
+        hashCells.deallocate()
+    }
+
+    @inlinable
+    static func id(index: UInt32, generation: UInt32) -> UInt64 { UInt64(generation) << 32 | UInt64(index) }
+
+    public func id(of index: UInt32) -> UInt64 {
+        Self.id(index: index, generation: generations[Int(index)].load(ordering: .acquiring))
+    }
+
+    /// Pins the record `id` names, or nil (never issued, forgotten, stale generation).
+    public func pin(_ id: UInt64) -> UInt32? {
+        let index = Int(UInt32(truncatingIfNeeded: id))
+        let generation = UInt32(truncatingIfNeeded: id >> 32)
+        guard index >= 1, index < capacity else { return nil }
+        var current = pins[index].load(ordering: .acquiring)
+        while true {
+            guard current != 0 else { return nil }
+            let (exchanged, original) = pins[index].compareExchange(expected: current, desired: current &+ 1,
+                                                                     ordering: .acquiringAndReleasing)
+            if exchanged { break }
+            current = original
+        }
+        guard generations[index].load(ordering: .acquiring) == generation else {
+            unpin(UInt32(index))
+            return nil
+        }
+        return UInt32(index)
+    }
+
+    public func unpin(_ index: UInt32) {
+        let previous = pins[Int(index)].subtract(1, ordering: .acquiringAndReleasing).oldValue
+        precondition(previous >= 1, "unpin of a free record")
+        if previous == 1 { free(index) }
+    }
+
+    /// The file handle of a pinned record (valid while pinned).
+    public func handle(_ index: UInt32) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: handles + Int(index) * nfsFileHandleBytesMax, count: Int(handleLengths[Int(index)]))
+    }
+
+    public func kind(_ index: UInt32) -> UInt32 { kinds[Int(index)] }
+
+    func free(_ index: UInt32) {
+        let position = Int(index)
+        mutex.withLock {
+            if hashed[position] { unhash(index) }
+            generations[position].add(1, ordering: .releasing)
+            lookups[position] = 0
+            handleLengths[position] = 0
+            freeList[freeCount] = index
+            freeCount += 1
+        }
+    }
+
+    /// Finds or adds the inode with file handle `handle` and counts one lookup the kernel will
+    /// FORGET. Nil when the table is full or the handle is not a valid NFSv3 handle.
+    public func lookup(handle: UnsafeRawBufferPointer, kind: UInt32) -> UInt64? {
+        guard handle.count >= 1 && handle.count <= nfsFileHandleBytesMax else { return nil }
+        return mutex.withLock { () -> UInt64? in
+            if let index = find(handle) {
+                lookups[Int(index)] += 1
+                return id(of: index)
+            }
+            guard freeCount > 0 else { return nil }
+            freeCount -= 1
+            let index = freeList[freeCount]
+            let position = Int(index)
+            (handles + position * nfsFileHandleBytesMax).copyMemory(from: handle.baseAddress!, byteCount: handle.count)
+            handleLengths[position] = UInt8(handle.count)
+            kinds[position] = kind
+            lookups[position] = 1
+            hash(index)
+            pins[position].store(1, ordering: .releasing)
+            return id(of: index)
+        }
+    }
+
+    /// One more lookup of a record the caller holds pinned (LINK answers with the linked inode).
+    public func countLookup(_ index: UInt32) {
+        guard index != Self.rootIndex else { return }
+        mutex.withLock { lookups[Int(index)] += 1 }
+    }
+
+    /// FORGET: drops `count` lookups; at zero the record leaves the hash and is freed once its
+    /// in-flight users are done. The root and unknown ids are ignored.
+    public func forget(_ id: UInt64, count: UInt64) {
+        guard id != Self.rootID, let index = pin(id) else { return }
+        let position = Int(index)
+        let dropAlive = mutex.withLock { () -> Bool in
+            guard lookups[position] > 0 else { return false }
+            lookups[position] = count >= lookups[position] ? 0 : lookups[position] - count
+            guard lookups[position] == 0 else { return false }
+            unhash(index)
+            return true
+        }
+        if dropAlive { unpin(index) }
+        unpin(index)
+    }
+
+    /// A new FUSE session: the kernel knows no inode of the old one.
+    public func forgetAll() {
+        for index in 2..<capacity { forget(id(of: UInt32(index)), count: .max) }
+    }
+
+    // MARK: - The handle hash (mutex held)
+
+    static func hashValue(_ handle: UnsafeRawBufferPointer) -> UInt64 {
+        // FNV-1a: handles are short and the server's bytes are not adversarial to this table.
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in handle { h = (h ^ UInt64(byte)) &* 0x100_0000_01B3 }
+        return h
+    }
+
+    func find(_ handle: UnsafeRawBufferPointer) -> UInt32? {
+        var slot = Int(truncatingIfNeeded: Self.hashValue(handle)) & hashMask
+        while hashCells[slot] != 0 {
+            let index = hashCells[slot] - 1
+            let stored = self.handle(index)
+            if stored.count == handle.count && memcmp(stored.baseAddress!, handle.baseAddress!, handle.count) == 0 { return index }
+            slot = (slot + 1) & hashMask
+        }
+        return nil
+    }
+
+    func home(_ index: UInt32) -> Int { Int(truncatingIfNeeded: Self.hashValue(handle(index))) & hashMask }
+
+    func hash(_ index: UInt32) {
+        var slot = home(index)
+        while hashCells[slot] != 0 { slot = (slot + 1) & hashMask }
+        hashCells[slot] = index + 1
+        hashed[Int(index)] = true
+    }
+
+    func unhash(_ index: UInt32) {
+        guard hashed[Int(index)] else { return }
+        hashed[Int(index)] = false
+        var slot = home(index)
+        while hashCells[slot] != index + 1 {
+            precondition(hashCells[slot] != 0, "hashed record missing from the hash")
+            slot = (slot + 1) & hashMask
+        }
+        var hole = slot
+        var next = (hole + 1) & hashMask
+        while hashCells[next] != 0 {
+            let distanceHome = (next - home(hashCells[next] - 1)) & hashMask
+            let distanceHole = (next - hole) & hashMask
+            if distanceHome >= distanceHole {
+                hashCells[hole] = hashCells[next]
+                hole = next
+            }
+            next = (next + 1) & hashMask
+        }
+        hashCells[hole] = 0
+    }
+}
+
+/// The files the guest has open: per open, whether unstable data was written since the last
+/// COMMIT and the server's write verifier of that data, and for directories the listing's cookie
+/// verifier. A FUSE file handle is generation << 32 | index.
+public final class OpenFileTable: @unchecked Sendable {
+    public let capacity: Int
+    let generations: UnsafeMutablePointer<Atomic<UInt32>>
+    let live: UnsafeMutablePointer<Atomic<Bool>>
+    /// Unstable data written and not yet committed.
+    let dirty: UnsafeMutablePointer<Atomic<Bool>>
+    /// The verifier the server gave the first unstable WRITE since the last COMMIT (0 = none yet).
+    let writeVerifiers: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Two unstable WRITEs got different verifiers, or a COMMIT's differs: the server restarted
+    /// and may have dropped data this open wrote. Every later FSYNC, FLUSH and RELEASE fails EIO.
+    let dataLost: UnsafeMutablePointer<Atomic<Bool>>
+    /// READDIR's cookie verifier of a directory open (one listing request at a time per open).
+    let cookieVerifiers: UnsafeMutablePointer<UInt64>
+    let mutex = HostMutex()
+    let freeList: UnsafeMutablePointer<UInt32>
+    var freeCount = 0
+
+    public var inUse: Int { mutex.withLock { capacity - 1 - freeCount } }
+
+    public init(capacity: Int) {
+        precondition(capacity >= 2 && capacity <= 1 << 24)
+        self.capacity = capacity
+        generations = .allocate(capacity: capacity)
+        live = .allocate(capacity: capacity)
+        dirty = .allocate(capacity: capacity)
+        writeVerifiers = .allocate(capacity: capacity)
+        dataLost = .allocate(capacity: capacity)
+        for index in 0..<capacity {
+            (generations + index).initialize(to: Atomic(1))
+            (live + index).initialize(to: Atomic(false))
+            (dirty + index).initialize(to: Atomic(false))
+            (writeVerifiers + index).initialize(to: Atomic(0))
+            (dataLost + index).initialize(to: Atomic(false))
+        }
+        cookieVerifiers = .allocate(capacity: capacity)
+        cookieVerifiers.initialize(repeating: 0, count: capacity)
+        freeList = .allocate(capacity: capacity)
+        for index in stride(from: capacity - 1, through: 1, by: -1) {
+            freeList[freeCount] = UInt32(index)
+            freeCount += 1
+        }
+    }
+
+    deinit {
+        generations.deallocate()
+        live.deallocate()
+        dirty.deallocate()
+        writeVerifiers.deallocate()
+        dataLost.deallocate()
+        cookieVerifiers.deallocate()
+        freeList.deallocate()
+    }
+
+    public func open() -> UInt64? {
+        mutex.withLock { () -> UInt64? in
+            guard freeCount > 0 else { return nil }
+            freeCount -= 1
+            let index = Int(freeList[freeCount])
+            dirty[index].store(false, ordering: .relaxed)
+            writeVerifiers[index].store(0, ordering: .relaxed)
+            dataLost[index].store(false, ordering: .relaxed)
+            cookieVerifiers[index] = 0
+            live[index].store(true, ordering: .releasing)
+            return UInt64(generations[index].load(ordering: .relaxed)) << 32 | UInt64(index)
+        }
+    }
+
+    /// The index `fh` names while it is open, else nil (a guest's stale or invented handle).
+    public func index(_ fh: UInt64) -> Int? {
+        let index = Int(UInt32(truncatingIfNeeded: fh))
+        guard index >= 1, index < capacity, live[index].load(ordering: .acquiring),
+              generations[index].load(ordering: .acquiring) == UInt32(truncatingIfNeeded: fh >> 32) else { return nil }
+        return index
+    }
+
+    public func close(_ fh: UInt64) -> Bool {
+        guard let index = index(fh) else { return false }
+        return mutex.withLock { () -> Bool in
+            guard live[index].load(ordering: .relaxed) else { return false }
+            live[index].store(false, ordering: .releasing)
+            generations[index].add(1, ordering: .releasing)
+            freeList[freeCount] = UInt32(index)
+            freeCount += 1
+            return true
+        }
+    }
+
+    public func closeAll() {
+        for index in 1..<capacity where live[index].load(ordering: .relaxed) {
+            _ = close(UInt64(generations[index].load(ordering: .relaxed)) << 32 | UInt64(index))
+        }
+    }
+
+    /// Unstable data was written through this open since its last COMMIT.
+    public func isDirty(_ index: Int) -> Bool { dirty[index].load(ordering: .relaxed) }
+
+    /// The server may have dropped data this open wrote (FSYNC, FLUSH and RELEASE fail EIO).
+    public func hasLostData(_ index: Int) -> Bool { dataLost[index].load(ordering: .relaxed) }
+
+    /// An unstable WRITE came back with `verifier`.
+    func wrote(_ index: Int, verifier: UInt64) {
+        dirty[index].store(true, ordering: .relaxed)
+        let (exchanged, original) = writeVerifiers[index].compareExchange(expected: 0, desired: verifier, ordering: .relaxed)
+        if !exchanged && original != verifier { dataLost[index].store(true, ordering: .relaxed) }
+    }
+
+    /// A COMMIT came back with `verifier`: true when everything written since the last one is safe.
+    func committed(_ index: Int, verifier: UInt64) -> Bool {
+        // Clean first: a WRITE answered while this COMMIT was in flight marks the open dirty again.
+        dirty[index].store(false, ordering: .relaxed)
+        let written = writeVerifiers[index].exchange(0, ordering: .relaxed)
+        if written != 0 && written != verifier { dataLost[index].store(true, ordering: .relaxed) }
+        return !dataLost[index].load(ordering: .relaxed)
+    }
+}

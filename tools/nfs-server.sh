@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# A real NFS server on loopback for the NFS backend's tests, benchmarks and demo: rpcbind and
+# nfs-ganesha (FSAL_VFS) exporting one local directory over NFSv3 and NFSv4 on 127.0.0.1.
+#
+#   tools/nfs-server.sh start [EXPORT_DIR]   installs what is missing, starts both, waits until
+#                                            ganesha answers; prints the two URLs the engine takes
+#   tools/nfs-server.sh stop                 stops ganesha (rpcbind stays: other users may need it)
+#   tools/nfs-server.sh kill                 SIGKILL ganesha (the fault tests' server crash)
+#   tools/nfs-server.sh restart              start ganesha again with the same export
+#   tools/nfs-server.sh status               exit 0 when ganesha answers on 2049
+#
+# Needs root (ganesha's FSAL_VFS opens files by handle). Everything lives under $DPFS_NFS_STATE
+# (default /tmp/dpfs-nfs): config, log, pid file, recovery directory. The export defaults to
+# $DPFS_NFS_STATE/export. Facts behind the settings: ../shared/reference/dpfs-reference.md §20 —
+# rpcbind must run first (ganesha exits if it cannot register), Debian's plugin directory is not the
+# compiled-in default, Graceless skips the 90 s grace period, numeric owners keep uids intact on v4.
+set -euo pipefail
+
+state=${DPFS_NFS_STATE:-/tmp/dpfs-nfs}
+nfs_port=2049
+mount_port=20048
+command=${1:-}
+
+install_packages() {
+  local missing=()
+  for package in nfs-ganesha nfs-ganesha-vfs rpcbind; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q "${missing[@]}"
+  fi
+  # The packages' own services would hold the ports this script binds.
+  systemctl stop nfs-ganesha 2>/dev/null || true
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_rpcbind() {
+  if ! port_open 111; then
+    # -f: stay in the foreground (we background it), -w: warm start is not needed.
+    mkdir -p /run/rpcbind
+    # Detached, with no descriptor of the caller's: a caller reading this script's output
+    # through a pipe must see end-of-file when the script ends, not when the daemon does.
+    setsid rpcbind -f </dev/null >/dev/null 2>&1 &
+    for _ in $(seq 50); do port_open 111 && break; sleep 0.1; done
+    port_open 111 || { echo "rpcbind did not start" >&2; exit 1; }
+  fi
+}
+
+write_config() {
+  local export_dir=$1
+  mkdir -p "$state/recovery" "$export_dir"
+  cat >"$state/ganesha.conf" <<EOF
+NFS_CORE_PARAM {
+  Bind_addr = 127.0.0.1; NFS_Port = $nfs_port; MNT_Port = $mount_port; Protocols = 3, 4;
+  Enable_NLM = false; Enable_UDP = false; Enable_RQUOTA = false;
+  Plugins_Dir = "/usr/lib/x86_64-linux-gnu/ganesha";
+}
+NFSv4 { Graceless = true; Minor_Versions = 0, 1, 2; RecoveryRoot = "$state/recovery"; Only_Numeric_Owners = true; }
+EXPORT {
+  Export_Id = 1; Path = "$export_dir"; Pseudo = "/export"; Access_Type = RW;
+  Squash = No_Root_Squash; SecType = sys; Protocols = 3, 4; Transports = TCP;
+  FSAL { Name = VFS; }
+}
+LOG { Default_Log_Level = EVENT; }
+EOF
+  echo "$export_dir" >"$state/export-path"
+}
+
+start_ganesha() {
+  rm -f "$state/ganesha.pid"
+  setsid ganesha.nfsd -F -f "$state/ganesha.conf" -L "$state/ganesha.log" -p "$state/ganesha.pid" \
+    </dev/null >>"$state/ganesha.out" 2>&1 &
+  echo $! >"$state/ganesha.pid"
+  for _ in $(seq 100); do port_open $nfs_port && port_open $mount_port && break; sleep 0.1; done
+  if ! port_open $nfs_port; then
+    echo "ganesha did not start; its log:" >&2
+    tail -20 "$state/ganesha.log" >&2 || true
+    exit 1
+  fi
+}
+
+stop_ganesha() {
+  local signal=$1
+  [ -f "$state/ganesha.pid" ] || return 0
+  local pid
+  pid=$(cat "$state/ganesha.pid")
+  kill "-$signal" "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$state/ganesha.pid"
+  for _ in $(seq 50); do port_open $nfs_port || break; sleep 0.1; done
+}
+
+case "$command" in
+  start)
+    install_packages
+    mkdir -p "$state"
+    export_dir=$(realpath -m "${2:-$state/export}")
+    stop_ganesha TERM
+    start_rpcbind
+    write_config "$export_dir"
+    start_ganesha
+    echo "nfs://127.0.0.1$export_dir?version=3&nfsport=$nfs_port&mountport=$mount_port"
+    echo "nfs://127.0.0.1/export?version=4&nfsport=$nfs_port"
+    ;;
+  stop) stop_ganesha TERM ;;
+  kill) stop_ganesha KILL ;;
+  restart)
+    [ -f "$state/ganesha.conf" ] || { echo "no server was started (run: $0 start)" >&2; exit 1; }
+    stop_ganesha TERM
+    start_rpcbind
+    start_ganesha
+    ;;
+  status) port_open $nfs_port ;;
+  *) echo "usage: $0 start [EXPORT_DIR] | stop | kill | restart | status" >&2; exit 2 ;;
+esac
