@@ -32,6 +32,39 @@ enum NFSCall: UInt8 {
     case access, read, write, commit, fsstat, readdir, readdirplus
 }
 
+/// Where an unlinked-but-open file goes (Specs/nfs-semantics.md): the export's top directory
+/// `.dpfs-hidden`, under the engine instance's random number and the node id in hex, so two hidden
+/// files never share a name, not even between engines serving one export. Its own directory keeps
+/// the file out of the one it was unlinked from, which RMDIR can then remove. The guest cannot
+/// look up, create or change a name with the prefix, and listings leave such names out.
+enum HiddenName {
+    static let prefix = Array(".dpfs-hidden".utf8)
+    static let directory = ".dpfs-hidden"
+    /// 16 hex digits, '-', 16 hex digits and the NUL.
+    static let bytesMax = 40
+
+    static func write(instance: UInt64, nodeID: UInt64, into destination: UnsafeMutableRawPointer) {
+        hex(instance, into: destination)
+        destination.storeBytes(of: UInt8(ascii: "-"), toByteOffset: 16, as: UInt8.self)
+        hex(nodeID, into: destination + 17)
+        destination.storeBytes(of: 0, toByteOffset: 33, as: UInt8.self)
+    }
+
+    static func hex(_ value: UInt64, into destination: UnsafeMutableRawPointer) {
+        for digit in 0..<16 {
+            let nibble = UInt8(truncatingIfNeeded: value >> UInt64(60 - 4 * digit)) & 0xF
+            let character = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+            destination.storeBytes(of: character, toByteOffset: digit, as: UInt8.self)
+        }
+    }
+
+    static func isReserved(_ name: UnsafeRawBufferPointer) -> Bool {
+        guard name.count >= prefix.count else { return false }
+        for (offset, byte) in prefix.enumerated() where name[offset] != byte { return false }
+        return true
+    }
+}
+
 /// Where the callbacks find their queue and slot.
 struct NFSCallTag {
     var queue: UnsafeMutableRawPointer
@@ -71,6 +104,11 @@ final class NFSQueue: @unchecked Sendable {
     /// Attributes an earlier stage got, and what the stages have gathered so far.
     let stagedAttributes: UnsafeMutablePointer<FileAttributes>
     let progress: UnsafeMutablePointer<NFSProgress>
+    /// A node record a stage found (UNLINK's or RENAME's target, RELEASE's hidden file), pinned
+    /// until the request is answered (0 = none).
+    let stagedNodes: UnsafeMutablePointer<UInt32>
+    /// The hidden name of `stagedNodes[slot]`, NUL-terminated.
+    let hiddenNames: UnsafeMutableRawPointer
     /// An exclusive CREATE's verifier, kept for the resends of the same request.
     let createVerifiers: UnsafeMutablePointer<UInt64>
     let tags: UnsafeMutablePointer<NFSCallTag>
@@ -133,6 +171,10 @@ final class NFSQueue: @unchecked Sendable {
         progress.initialize(repeating: [], count: slotCount)
         createVerifiers = .allocate(capacity: slotCount)
         createVerifiers.initialize(repeating: 0, count: slotCount)
+        stagedNodes = .allocate(capacity: slotCount)
+        stagedNodes.initialize(repeating: 0, count: slotCount)
+        hiddenNames = .allocate(byteCount: slotCount * HiddenName.bytesMax, alignment: 8)
+        hiddenNames.initializeMemory(as: UInt8.self, repeating: 0, count: slotCount * HiddenName.bytesMax)
         tags = .allocate(capacity: slotCount + 1)
         gather = .allocate(byteCount: FUSELimits.writeBytesMax, alignment: 4096)
         let me = Unmanaged.passUnretained(self).toOpaque()
@@ -156,6 +198,8 @@ final class NFSQueue: @unchecked Sendable {
         stagedAttributes.deallocate()
         progress.deallocate()
         createVerifiers.deallocate()
+        stagedNodes.deallocate()
+        hiddenNames.deallocate()
         tags.deallocate()
         gather.deallocate()
     }

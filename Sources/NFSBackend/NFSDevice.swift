@@ -19,6 +19,11 @@ public final class NFSDevice: @unchecked Sendable {
     /// The server's limits for one READ / WRITE (FSINFO rtmax, wtmax).
     public let readBytesMax: Int
     public let writeBytesMax: Int
+    /// The export's `.dpfs-hidden` directory (HiddenName), pinned for the device's lifetime.
+    public let hiddenDirectory: UInt32
+    /// This engine's number in hidden names (random per start, so engines sharing an export and
+    /// successive sessions never pick the same name).
+    public let instance: UInt64
     /// NUL-terminated server name for rpc_connect_port_async (kept for the device's lifetime).
     let hostName: UnsafeMutablePointer<CChar>
 
@@ -30,8 +35,14 @@ public final class NFSDevice: @unchecked Sendable {
         let limits = try Self.fileSystemInfo(url, root: root, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
         readBytesMax = limits.read
         writeBytesMax = limits.write
-        nodes = root.withUnsafeBytes { FileHandleTable(capacity: configuration.nodesMax, rootHandle: $0, rootKind: 0o040000) }
+        let hidden = try Self.hiddenDirectory(url, root: root, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
+        let nodes = root.withUnsafeBytes { FileHandleTable(capacity: configuration.nodesMax, rootHandle: $0, rootKind: 0o040000) }
+        // Its own pin keeps the record when a new session forgets every node.
+        let hiddenID = hidden.withUnsafeBytes { nodes.lookup(handle: $0, kind: 0o040000) }!
+        hiddenDirectory = nodes.pin(hiddenID)!
+        self.nodes = nodes
         files = OpenFileTable(capacity: configuration.openFilesMax)
+        instance = UInt64.random(in: 1...UInt64.max)
     }
 
     deinit { Glibc.free(hostName) }
@@ -47,8 +58,13 @@ public final class NFSDevice: @unchecked Sendable {
 
     /// The kernel of a new session knows none of the old inodes or opens.
     public func resetSession() {
+        // Opens first: each holds a pin of its node. A hidden file of the old session stays on the
+        // server under its hidden name (as an NFS client's .nfsXXXX after a crash).
+        files.closeAll { node in
+            _ = nodes.closed(node)
+            nodes.unpin(node)
+        }
         nodes.forgetAll()
-        files.closeAll()
     }
 
     // MARK: - Start-up calls (blocking, control plane only)
@@ -77,6 +93,61 @@ public final class NFSDevice: @unchecked Sendable {
                 return
             }
             handle = Array(UnsafeRawBufferPointer(start: bytes, count: Int(fh.fhandle3_len)))
+        }
+        if let failure { throw NFSStartupError(failure) }
+        return handle
+    }
+
+    /// The handle of the export's `.dpfs-hidden` directory, made (mode 1777: every uid hides its
+    /// own files there, none removes another's) when it is not there yet.
+    static func hiddenDirectory(_ url: NFSURL, root: [UInt8], timeoutMilliseconds: Int) throws(NFSStartupError) -> [UInt8] {
+        let call = ControlCall(url: url, timeoutMilliseconds: timeoutMilliseconds)
+        defer { call.close() }
+        try call.connect(port: url.nfsPort, program: Int32(NFS_PROGRAM), version: Int32(NFS_V3), what: "NFS service")
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: root.count, alignment: 8)
+        defer { raw.deallocate() }
+        raw.copyBytes(from: root)
+        let rootHandle = nfs_fh3(data: .init(data_len: u_int(raw.count), data_val: raw.baseAddress!.assumingMemoryBound(to: CChar.self)))
+        let name = strdup(HiddenName.directory)!
+        defer { Glibc.free(name) }
+        var handle: [UInt8] = []
+        var status: UInt32 = 0
+        var failure: String? = nil
+        func keep(_ fh: nfs_fh3) {
+            let length = Int(fh.data.data_len)
+            guard length >= 1, length <= nfsFileHandleBytesMax, let bytes = fh.data.data_val else {
+                failure = "the server sent a \(length)-byte handle for \(HiddenName.directory)"
+                return
+            }
+            handle = Array(UnsafeRawBufferPointer(start: bytes, count: length))
+        }
+        var lookup = LOOKUP3args(what: diropargs3(dir: rootHandle, name: name))
+        try call.run("LOOKUP \(HiddenName.directory)") { rpc, callback, tag in
+            rpc_nfs3_lookup_async(rpc, callback, &lookup, tag)
+        } result: { rpcStatus, data in
+            guard rpcStatus == RPC_STATUS_SUCCESS, let data else { failure = "LOOKUP failed"; return }
+            let result = data.assumingMemoryBound(to: LOOKUP3res.self).pointee
+            status = result.status.rawValue
+            if status == 0 { keep(result.LOOKUP3res_u.resok.object) }
+        }
+        if let failure { throw NFSStartupError(failure) }
+        if status == 0 { return handle }
+        guard status == 2 else { throw NFSStartupError("LOOKUP \(HiddenName.directory) in the export: nfsstat3 \(status)") }
+        var attributes = sattr3()
+        attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: 0o1777))
+        var mkdir = MKDIR3args(where: diropargs3(dir: rootHandle, name: name), attributes: attributes)
+        try call.run("MKDIR \(HiddenName.directory)") { rpc, callback, tag in
+            rpc_nfs3_mkdir_async(rpc, callback, &mkdir, tag)
+        } result: { rpcStatus, data in
+            guard rpcStatus == RPC_STATUS_SUCCESS, let data else { failure = "MKDIR failed"; return }
+            let result = data.assumingMemoryBound(to: MKDIR3res.self).pointee
+            guard result.status.rawValue == 0 else {
+                failure = "cannot make \(HiddenName.directory) in the export (nfsstat3 \(result.status.rawValue)): the export must be writable"
+                return
+            }
+            let ok = result.MKDIR3res_u.resok
+            guard ok.obj.handle_follows != 0 else { failure = "MKDIR \(HiddenName.directory) returned no handle"; return }
+            keep(ok.obj.post_op_fh3_u.handle)
         }
         if let failure { throw NFSStartupError(failure) }
         return handle

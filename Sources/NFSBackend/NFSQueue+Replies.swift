@@ -59,6 +59,9 @@ extension NFSQueue {
                 default: return fail(slot, v3: result.status.rawValue)
                 }
             }
+            if progress[slot].contains(.removeCheck) || progress[slot].contains(.replaceCheck) {
+                return checkedTarget(slot, result)
+            }
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             let ok = result.LOOKUP3res_u.resok
             guard stage(slot, handle: ok.object) else { return finish(slot, .io) }
@@ -67,12 +70,13 @@ extension NFSQueue {
         case .getattr:
             let result = data.assumingMemoryBound(to: GETATTR3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            let attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
+            var attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
             if progress[slot].contains(.stagedTarget) {
                 stagedAttributes[slot] = attributes
                 progress[slot].insert(.haveAttributes)
                 continueEntry(slot)
             } else {
+                if device.nodes.isHidden(primaryNodes[slot]) { attributes.linkCount = 0 }
                 replies[slot].attributes(attributes, valid: validity)
                 complete(slot)
             }
@@ -85,7 +89,9 @@ extension NFSQueue {
                 stage(slot, attributes: after)
                 continueEntry(slot)
             } else if after.attributes_follow != 0 {
-                replies[slot].attributes(Self.attributes(after.post_op_attr_u.attributes), valid: validity)
+                var attributes = Self.attributes(after.post_op_attr_u.attributes)
+                if device.nodes.isHidden(primaryNodes[slot]) { attributes.linkCount = 0 }
+                replies[slot].attributes(attributes, valid: validity)
                 complete(slot)
             } else {
                 calls[slot] = .getattr
@@ -123,6 +129,16 @@ extension NFSQueue {
             created(slot, handle: result.CREATE3res_u.resok.obj, attributes: result.CREATE3res_u.resok.obj_attributes)
         case .remove:
             let result = data.assumingMemoryBound(to: REMOVE3res.self).pointee
+            if progress[slot].contains(.removingHidden) {
+                // Whatever the server says, the hidden name is this request's last business with
+                // the file (a failure leaves it on the server, as after a crash).
+                progress[slot].remove(.removingHidden)
+                if requests[slot].opcodeRaw == FUSEOpcode.rename.rawValue || requests[slot].opcodeRaw == FUSEOpcode.rename2.rawValue {
+                    calls[slot] = .rename
+                    return issue(slot)
+                }
+                return succeed(slot)
+            }
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             succeed(slot)
         case .rmdir:
@@ -131,8 +147,28 @@ extension NFSQueue {
             succeed(slot)
         case .rename:
             let result = data.assumingMemoryBound(to: RENAME3res.self).pointee
+            let isUnlink = requests[slot].opcodeRaw == FUSEOpcode.unlink.rawValue
+            if progress[slot].contains(.hiding) && result.status.rawValue == NFSStatus.crossDevice {
+                // The file is on another file system than the export's top (a submount): it cannot
+                // be hidden, so it goes as without an open (later reads of it fail ESTALE).
+                progress[slot].remove(.hiding)
+                device.nodes.unpin(stagedNodes[slot])
+                stagedNodes[slot] = 0
+                calls[slot] = isUnlink ? .remove : .rename
+                return issue(slot)
+            }
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            succeed(slot)
+            guard progress[slot].contains(.hiding) else { return succeed(slot) }
+            progress[slot].remove(.hiding)
+            if device.nodes.hid(stagedNodes[slot]) {
+                // Its last open ended while the RENAME was in flight: remove it now.
+                progress[slot].insert(.removingHidden)
+                calls[slot] = .remove
+                return issue(slot)
+            }
+            if isUnlink { return succeed(slot) }
+            calls[slot] = .rename
+            issue(slot)
         case .link:
             let result = data.assumingMemoryBound(to: LINK3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
@@ -149,7 +185,12 @@ extension NFSQueue {
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             guard accessAllowed(slot, granted: result.ACCESS3res_u.resok.access) else { return finish(slot, .accessDenied) }
             if requests[slot].opcodeRaw == FUSEOpcode.access.rawValue { return succeed(slot) }
-            guard let fh = device.files.open() else { return finish(slot, Self.ENFILE) }
+            device.nodes.opened(primaryNodes[slot])
+            guard let fh = device.files.open(node: primaryNodes[slot]) else {
+                _ = device.nodes.closed(primaryNodes[slot])
+                device.nodes.unpin(primaryNodes[slot])
+                return finish(slot, Self.ENFILE)
+            }
             replies[slot].open(fileHandle: fh, openFlags: device.configuration.openFlags)
             complete(slot)
         case .read:
@@ -184,13 +225,25 @@ extension NFSQueue {
             let result = data.assumingMemoryBound(to: COMMIT3res.self).pointee
             let isRelease = requests[slot].opcodeRaw == FUSEOpcode.release.rawValue
             let fh = isRelease ? requests[slot].arguments(as: fuse_release_in.self).fh : 0
-            guard result.status.rawValue == 0 else {
-                if isRelease { _ = device.files.close(fh) }
-                return fail(slot, v3: result.status.rawValue)
+            var outcome: FUSEErrno? = nil
+            if result.status.rawValue != 0 {
+                outcome = NFSStatus.errno(v3: result.status.rawValue)
+            } else if !device.files.committed(openFiles[slot], verifier: Self.verifier(result.COMMIT3res_u.resok.verf)) {
+                outcome = .io
             }
-            let safe = device.files.committed(openFiles[slot], verifier: Self.verifier(result.COMMIT3res_u.resok.verf))
-            if isRelease { _ = device.files.close(fh) }
-            if safe { succeed(slot) } else { finish(slot, .io) }
+            if isRelease {
+                let ended = endOpen(fh)
+                if ended.removeHidden {
+                    // The kernel does not look at RELEASE's answer: the hidden name goes next.
+                    stagedNodes[slot] = ended.node
+                    writeHiddenName(slot)
+                    progress[slot].insert(.removingHidden)
+                    calls[slot] = .remove
+                    return issue(slot)
+                }
+                if ended.node != 0 { device.nodes.unpin(ended.node) }
+            }
+            if let outcome { finish(slot, outcome) } else { succeed(slot) }
         case .fsstat:
             let result = data.assumingMemoryBound(to: FSSTAT3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
@@ -217,6 +270,44 @@ extension NFSQueue {
     }
 
     // MARK: - Entries
+
+    /// UNLINK's or RENAME's LOOKUP of the name it removes or replaces: a regular file with one link
+    /// that the guest has open is hidden first (its data must outlive the name until the last
+    /// RELEASE); anything else goes straight to the REMOVE or RENAME, which decides the errors.
+    func checkedTarget(_ slot: Int, _ result: LOOKUP3res) {
+        let isUnlink = progress[slot].contains(.removeCheck)
+        progress[slot].remove([.removeCheck, .replaceCheck])
+        let next: NFSCall = isUnlink ? .remove : .rename
+        guard result.status.rawValue == 0 else {
+            // UNLINK of a name the server cannot find fails as LOOKUP did; RENAME lets the server speak.
+            if isUnlink { return fail(slot, v3: result.status.rawValue) }
+            calls[slot] = next
+            return issue(slot)
+        }
+        let ok = result.LOOKUP3res_u.resok
+        let length = Int(ok.object.data.data_len)
+        guard ok.obj_attributes.attributes_follow != 0, length >= 1, length <= nfsFileHandleBytesMax,
+              let bytes = ok.object.data.data_val else {
+            calls[slot] = next
+            return issue(slot)
+        }
+        let attributes = ok.obj_attributes.post_op_attr_u.attributes
+        guard attributes.type == NF3REG, attributes.nlink == 1,
+              let node = device.nodes.findPinned(handle: UnsafeRawBufferPointer(start: bytes, count: length)) else {
+            calls[slot] = next
+            return issue(slot)
+        }
+        guard device.nodes.openCount(node) > 0, !device.nodes.isHidden(node) else {
+            device.nodes.unpin(node)
+            calls[slot] = next
+            return issue(slot)
+        }
+        stagedNodes[slot] = node
+        writeHiddenName(slot)
+        progress[slot].insert(.hiding)
+        calls[slot] = .rename
+        issue(slot)
+    }
 
     /// Keeps a handle the server sent for the next stage; false when it is not a valid NFSv3 handle.
     func stage(_ slot: Int, handle: nfs_fh3) -> Bool {
@@ -270,7 +361,13 @@ extension NFSQueue {
         }
         let reply = replies[slot]
         if requests[slot].opcodeRaw == FUSEOpcode.create.rawValue {
-            guard let fh = device.files.open() else {
+            // The lookup just counted keeps the record alive, so the pin cannot fail.
+            let node = device.nodes.pin(nodeID)!
+            device.nodes.opened(node)
+            device.nodes.unpin(node)
+            guard let fh = device.files.open(node: node) else {
+                _ = device.nodes.closed(node)
+                device.nodes.unpin(node)
                 device.nodes.forget(nodeID, count: 1)
                 return finish(slot, Self.ENFILE)
             }
@@ -298,7 +395,7 @@ extension NFSQueue {
             entriesMax -= 1
             let value = current.pointee
             entry = value.nextentry
-            guard let name = Self.name(value.name) else { continue }
+            guard let name = Self.name(value.name), !HiddenName.isReserved(name) else { continue }
             guard writer.append(inode: value.fileid, nextOffset: value.cookie, type: 0, name: name) else { break }
         }
         reply.send(bodyBytes: writer.bytesWritten)
@@ -320,7 +417,7 @@ extension NFSQueue {
             entriesMax -= 1
             let value = current.pointee
             entry = value.nextentry
-            guard let name = Self.name(value.name) else { continue }
+            guard let name = Self.name(value.name), !HiddenName.isReserved(name) else { continue }
             let needed = EntryOutLayout.size + DirentLayout.alignedSize(nameLength: name.count)
             guard writer.bytesWritten + needed <= writer.capacity else { break }
             let isDot = name.count <= 2 && name.allSatisfy { $0 == UInt8(ascii: ".") }

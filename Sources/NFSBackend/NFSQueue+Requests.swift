@@ -13,7 +13,7 @@ import Glibc
 
 /// What a slot's stages have gathered so far.
 struct NFSProgress: OptionSet {
-    let rawValue: UInt8
+    let rawValue: UInt16
     /// `stagedHandles[slot]` holds the node the entry reply names.
     static let haveHandle = NFSProgress(rawValue: 1)
     /// `stagedAttributes[slot]` holds its attributes.
@@ -29,6 +29,15 @@ struct NFSProgress: OptionSet {
     /// RENAME_NOREPLACE: a LOOKUP of the new name first (EEXIST when it is there). Not atomic
     /// (NFSv3 has no such RENAME); the same check Linux's NFS client makes.
     static let noReplaceCheck = NFSProgress(rawValue: 64)
+    /// UNLINK: a LOOKUP of the name first; a regular file with one link that the guest still has
+    /// open is renamed to its hidden name instead of removed ("silly rename", as NFS clients do).
+    static let removeCheck = NFSProgress(rawValue: 128)
+    /// RENAME over a name: the same check for the file it would replace.
+    static let replaceCheck = NFSProgress(rawValue: 256)
+    /// The RENAME of this stage moves `stagedNodes[slot]` to its hidden name.
+    static let hiding = NFSProgress(rawValue: 512)
+    /// The REMOVE of this stage removes `stagedNodes[slot]`'s hidden name.
+    static let removingHidden = NFSProgress(rawValue: 1024)
 }
 
 /// ACCESS3 bits (RFC 1813 §3.3.4).
@@ -53,6 +62,10 @@ extension NFSQueue {
 
     /// Every opcode that becomes RPCs (the rest are answered by NFSBackend.handle).
     func start(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
+        if let refused = Self.reservedNameErrno(opcode, request) {
+            reply.fail(refused)
+            return .done
+        }
         var call: NFSCall
         var secondaryID: UInt64 = 0
         var openFile = 0
@@ -89,18 +102,21 @@ extension NFSQueue {
             if Int32(bitPattern: request.arguments(as: fuse_create_in.self).flags) & O_EXCL != 0 {
                 progress = [.exclusive, .needsModeSetattr]
             }
-        case .unlink: call = .remove
+        case .unlink:
+            call = .lookup
+            progress = .removeCheck
         case .rmdir: call = .rmdir
         case .rename:
-            call = .rename
+            call = .lookup
+            progress = .replaceCheck
             secondaryID = request.arguments(as: fuse_rename_in.self).newdir
         case .rename2:
             let arguments = request.arguments(as: fuse_rename2_in.self)
             // NFSv3 RENAME always replaces and cannot exchange: EXCHANGE (and whiteouts) are
             // refused as by Linux's own NFS client; NOREPLACE looks first.
             guard arguments.flags & ~UInt32(RENAME_NOREPLACE) == 0 else { reply.fail(.invalid); return .done }
-            call = arguments.flags == 0 ? .rename : .lookup
-            if arguments.flags != 0 { progress = .noReplaceCheck }
+            call = .lookup
+            progress = arguments.flags == 0 ? .replaceCheck : .noReplaceCheck
             secondaryID = arguments.newdir
         case .link:
             call = .link
@@ -130,13 +146,37 @@ extension NFSQueue {
                      progress: progress)
     }
 
+    /// Names with the hidden-file prefix belong to the engine: they do not exist for LOOKUP, and
+    /// nothing may be created, removed or renamed under them.
+    static func reservedNameErrno(_ opcode: FUSEOpcode, _ request: FUSERequest) -> FUSEErrno? {
+        switch opcode {
+        case .lookup:
+            return HiddenName.isReserved(request.name) ? .noEntry : nil
+        case .unlink, .rmdir, .mkdir, .mknod, .create, .symlink, .link:
+            return HiddenName.isReserved(request.name) ? .notPermitted : nil
+        case .rename, .rename2:
+            return HiddenName.isReserved(request.name) || HiddenName.isReserved(request.secondName) ? .notPermitted : nil
+        default:
+            return nil
+        }
+    }
+
+    /// Ends an open: its node's open count drops, and the caller owns the open's pin (`node`, 0 when
+    /// `fh` was not open). `removeHidden`: it was the last open of a hidden file, which the caller
+    /// must now remove.
+    func endOpen(_ fh: UInt64) -> (node: UInt32, removeHidden: Bool) {
+        let node = device.files.close(fh)
+        guard node != 0 else { return (0, false) }
+        return (node, device.nodes.closed(node))
+    }
     /// FLUSH, FSYNC and RELEASE COMMIT what this open wrote unstably; RELEASE then forgets the open.
     /// An open whose data the server may have lost (its write verifier changed) fails them EIO.
     func closeOrSync(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
         let files = device.files
         switch opcode {
         case .releasedir:
-            _ = files.close(request.arguments(as: fuse_release_in.self).fh)
+            let ended = endOpen(request.arguments(as: fuse_release_in.self).fh)
+            if ended.node != 0 { device.nodes.unpin(ended.node) }
             reply.send(bodyBytes: 0)
             return .done
         case .fsyncdir:
@@ -146,12 +186,17 @@ extension NFSQueue {
         case .release:
             let fh = request.arguments(as: fuse_release_in.self).fh
             guard let index = files.index(fh) else { reply.send(bodyBytes: 0); return .done }
-            guard files.isDirty(index) else {
-                _ = files.close(fh)
+            if files.isDirty(index) {
+                return begin(request, reply: reply, token: token, call: .commit, secondaryID: 0, openFile: index, progress: [])
+            }
+            let ended = endOpen(fh)
+            guard ended.removeHidden else {
+                if ended.node != 0 { device.nodes.unpin(ended.node) }
                 reply.send(bodyBytes: 0)
                 return .done
             }
-            return begin(request, reply: reply, token: token, call: .commit, secondaryID: 0, openFile: index, progress: [])
+            return begin(request, reply: reply, token: token, call: .remove, secondaryID: 0, openFile: 0,
+                         progress: .removingHidden, stagedNode: ended.node)
         default:
             let fh = opcode == .flush ? request.arguments(as: fuse_flush_in.self).fh : request.arguments(as: fuse_fsync_in.self).fh
             guard let index = files.index(fh) else { reply.fail(.badFileDescriptor); return .done }
@@ -162,12 +207,17 @@ extension NFSQueue {
     }
 
     /// Records the request on its slot, pins its nodes and issues the first stage.
+    /// `stagedNode`: a node record the caller holds pinned, handed to the slot.
     func begin(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken, call: NFSCall, secondaryID: UInt64,
-               openFile: Int, progress: NFSProgress) -> BackendAnswer {
+               openFile: Int, progress: NFSProgress, stagedNode: UInt32 = 0) -> BackendAnswer {
         let slot = Int(token.slotIndex)
         precondition(slot < slotCount && states[slot] == .free, "slot already busy")
         guard let primary = device.nodes.pin(request.nodeID) else {
-            if request.opcodeRaw == FUSEOpcode.release.rawValue { _ = device.files.close(request.arguments(as: fuse_release_in.self).fh) }
+            if stagedNode != 0 { device.nodes.unpin(stagedNode) }
+            if request.opcodeRaw == FUSEOpcode.release.rawValue {
+                let ended = endOpen(request.arguments(as: fuse_release_in.self).fh)
+                if ended.node != 0 { device.nodes.unpin(ended.node) }
+            }
             reply.fail(Self.ESTALE)
             return .done
         }
@@ -175,11 +225,13 @@ extension NFSQueue {
         if secondaryID != 0 {
             guard let pinned = device.nodes.pin(secondaryID) else {
                 device.nodes.unpin(primary)
+                if stagedNode != 0 { device.nodes.unpin(stagedNode) }
                 reply.fail(Self.ESTALE)
                 return .done
             }
             secondary = pinned
         }
+        stagedNodes[slot] = stagedNode
         requests[slot] = request
         replies[slot] = reply
         tokens[slot] = token
@@ -189,6 +241,7 @@ extension NFSQueue {
         secondaryNodes[slot] = secondary
         openFiles[slot] = openFile
         self.progress[slot] = progress
+        if stagedNode != 0 { writeHiddenName(slot) }
         stagedHandleLengths[slot] = 0
         if progress.contains(.exclusive) {
             // Unique per request and kept across resends: a repeat of the same CREATE is recognised.
@@ -224,7 +277,7 @@ extension NFSQueue {
         case .none:
             preconditionFailure("a slot issued without a call")
         case .lookup:
-            let what = progress[slot].contains(.noReplaceCheck)
+            let what = progress[slot].contains(.noReplaceCheck) || progress[slot].contains(.replaceCheck)
                 ? directoryOperation(secondaryNodes[slot], request.secondName) : directoryOperation(primary, request.name)
             var arguments = LOOKUP3args(what: what)
             started = rpc_nfs3_lookup_async(rpc, callback, &arguments, tag)
@@ -295,14 +348,26 @@ extension NFSQueue {
             var arguments = CREATE3args(where: directoryOperation(primary, request.name), how: how)
             started = rpc_nfs3_create_async(rpc, callback, &arguments, tag)
         case .remove:
-            var arguments = REMOVE3args(object: directoryOperation(primary, request.name))
+            let object = progress[slot].contains(.removingHidden)
+                ? diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot))
+                : directoryOperation(primary, request.name)
+            var arguments = REMOVE3args(object: object)
             started = rpc_nfs3_remove_async(rpc, callback, &arguments, tag)
         case .rmdir:
             var arguments = RMDIR3args(object: directoryOperation(primary, request.name))
             started = rpc_nfs3_rmdir_async(rpc, callback, &arguments, tag)
         case .rename:
-            var arguments = RENAME3args(from: directoryOperation(primary, request.name),
+            var arguments: RENAME3args
+            if progress[slot].contains(.hiding) {
+                // UNLINK hides its name's file; RENAME the file its new name would replace.
+                let isUnlink = request.opcodeRaw == FUSEOpcode.unlink.rawValue
+                let directory = isUnlink ? primary : secondaryNodes[slot]
+                arguments = RENAME3args(from: directoryOperation(directory, isUnlink ? request.name : request.secondName),
+                                        to: diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot)))
+            } else {
+                arguments = RENAME3args(from: directoryOperation(primary, request.name),
                                         to: directoryOperation(secondaryNodes[slot], request.secondName))
+            }
             started = rpc_nfs3_rename_async(rpc, callback, &arguments, tag)
         case .link:
             var arguments = LINK3args(file: handle(secondaryNodes[slot]), link: directoryOperation(primary, request.name))
@@ -378,6 +443,15 @@ extension NFSQueue {
     /// The request's names are NUL-terminated in slot memory (the decoder checked the NUL).
     func cString(_ name: UnsafeRawBufferPointer) -> UnsafeMutablePointer<CChar> {
         UnsafeMutablePointer(mutating: name.baseAddress!.assumingMemoryBound(to: CChar.self))
+    }
+
+    func hiddenName(_ slot: Int) -> UnsafeMutableRawPointer { hiddenNames + slot * HiddenName.bytesMax }
+
+    func hiddenNameC(_ slot: Int) -> UnsafeMutablePointer<CChar> { hiddenName(slot).assumingMemoryBound(to: CChar.self) }
+
+    /// The hidden name of the slot's staged node.
+    func writeHiddenName(_ slot: Int) {
+        HiddenName.write(instance: device.instance, nodeID: device.nodes.id(of: stagedNodes[slot]), into: hiddenName(slot))
     }
 
     func directoryOperation(_ directory: UInt32, _ name: UnsafeRawBufferPointer) -> diropargs3 {
@@ -476,8 +550,10 @@ extension NFSQueue {
     func complete(_ slot: Int) {
         if primaryNodes[slot] != 0 { device.nodes.unpin(primaryNodes[slot]) }
         if secondaryNodes[slot] != 0 { device.nodes.unpin(secondaryNodes[slot]) }
+        if stagedNodes[slot] != 0 { device.nodes.unpin(stagedNodes[slot]) }
         primaryNodes[slot] = 0
         secondaryNodes[slot] = 0
+        stagedNodes[slot] = 0
         states[slot] = .free
         calls[slot] = .none
         sent[slot] = false

@@ -7,6 +7,9 @@ import FUSEWire
 // cannot carry) are mapped to the nearest errno an application can act on.
 
 public enum NFSStatus {
+    /// NFS3ERR_XDEV: a RENAME or LINK across file systems of the server.
+    public static let crossDevice: UInt32 = 18
+
     /// Every nfsstat3 value RFC 1813 defines (§2.6), for the table test.
     public static let allV3: [UInt32] = [
         0, 1, 2, 5, 6, 13, 17, 18, 19, 20, 21, 22, 27, 28, 30, 31, 63, 66, 69, 70, 71,

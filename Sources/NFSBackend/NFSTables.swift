@@ -22,6 +22,11 @@ public final class FileHandleTable: @unchecked Sendable {
     let handleLengths: UnsafeMutablePointer<UInt8>
     /// st_mode file-type bits, written like the handle.
     let kinds: UnsafeMutablePointer<UInt32>
+    /// FUSE opens of the node (each also holds a pin): an unlinked file that is still open is
+    /// renamed to a hidden name instead of removed, and removed by its last RELEASE.
+    let opens: UnsafeMutablePointer<Atomic<UInt32>>
+    /// 0 = visible; 1 = hidden (its last RELEASE removes it); 2 = removal claimed or done.
+    let hiddenStates: UnsafeMutablePointer<Atomic<UInt8>>
     /// Mutex-only: lookup counts, hash membership, the free list and the hash cells.
     let lookups: UnsafeMutablePointer<UInt64>
     let hashed: UnsafeMutablePointer<Bool>
@@ -52,6 +57,12 @@ public final class FileHandleTable: @unchecked Sendable {
         handleLengths.initialize(repeating: 0, count: capacity)
         kinds = .allocate(capacity: capacity)
         kinds.initialize(repeating: 0, count: capacity)
+        opens = .allocate(capacity: capacity)
+        hiddenStates = .allocate(capacity: capacity)
+        for index in 0..<capacity {
+            (opens + index).initialize(to: Atomic(0))
+            (hiddenStates + index).initialize(to: Atomic(0))
+        }
         lookups = .allocate(capacity: capacity)
         lookups.initialize(repeating: 0, count: capacity)
         hashed = .allocate(capacity: capacity)
@@ -82,6 +93,8 @@ public final class FileHandleTable: @unchecked Sendable {
         handles.deallocate()
         handleLengths.deallocate()
         kinds.deallocate()
+        opens.deallocate()
+        hiddenStates.deallocate()
         lookups.deallocate()
         hashed.deallocate()
         freeList.deallocate()
@@ -128,6 +141,52 @@ public final class FileHandleTable: @unchecked Sendable {
 
     public func kind(_ index: UInt32) -> UInt32 { kinds[Int(index)] }
 
+    /// One more pin of a record the caller already holds pinned.
+    public func retain(_ index: UInt32) {
+        let previous = pins[Int(index)].add(1, ordering: .acquiringAndReleasing).oldValue
+        precondition(previous >= 1, "retain of a free record")
+    }
+
+    /// The record holding `handle`, pinned, without counting a lookup (nil: the guest does not know it).
+    public func findPinned(handle: UnsafeRawBufferPointer) -> UInt32? {
+        guard handle.count >= 1 && handle.count <= nfsFileHandleBytesMax else { return nil }
+        return mutex.withLock { () -> UInt32? in
+            // A hashed record holds its alive pin (only forget and free unhash, both under this mutex).
+            guard let index = find(handle) else { return nil }
+            retain(index)
+            return index
+        }
+    }
+
+    // MARK: - Open counts and hidden ("silly renamed") files
+
+    /// A FUSE open of a pinned node: the open keeps a pin of its own until `closed`.
+    public func opened(_ index: UInt32) {
+        retain(index)
+        opens[Int(index)].add(1, ordering: .sequentiallyConsistent)
+    }
+
+    public func openCount(_ index: UInt32) -> UInt32 { opens[Int(index)].load(ordering: .sequentiallyConsistent) }
+
+    /// The open's end (its pin stays with the caller, who unpins it). True when the caller must
+    /// now remove the node's hidden name: it was the last open of a hidden node.
+    public func closed(_ index: UInt32) -> Bool {
+        let previous = opens[Int(index)].subtract(1, ordering: .sequentiallyConsistent).oldValue
+        precondition(previous >= 1, "close of a node with no open")
+        guard previous == 1 else { return false }
+        return hiddenStates[Int(index)].compareExchange(expected: 1, desired: 2, ordering: .sequentiallyConsistent).exchanged
+    }
+
+    /// The node was renamed to its hidden name. True when the caller must remove it at once: its
+    /// last open ended meanwhile. Exactly one of this and `closed` claims the removal.
+    public func hid(_ index: UInt32) -> Bool {
+        hiddenStates[Int(index)].store(1, ordering: .sequentiallyConsistent)
+        guard opens[Int(index)].load(ordering: .sequentiallyConsistent) == 0 else { return false }
+        return hiddenStates[Int(index)].compareExchange(expected: 1, desired: 2, ordering: .sequentiallyConsistent).exchanged
+    }
+
+    public func isHidden(_ index: UInt32) -> Bool { hiddenStates[Int(index)].load(ordering: .acquiring) != 0 }
+
     func free(_ index: UInt32) {
         let position = Int(index)
         mutex.withLock {
@@ -135,6 +194,8 @@ public final class FileHandleTable: @unchecked Sendable {
             generations[position].add(1, ordering: .releasing)
             lookups[position] = 0
             handleLengths[position] = 0
+            opens[position].store(0, ordering: .relaxed)
+            hiddenStates[position].store(0, ordering: .relaxed)
             freeList[freeCount] = index
             freeCount += 1
         }
@@ -258,6 +319,8 @@ public final class OpenFileTable: @unchecked Sendable {
     let dataLost: UnsafeMutablePointer<Atomic<Bool>>
     /// READDIR's cookie verifier of a directory open (one listing request at a time per open).
     let cookieVerifiers: UnsafeMutablePointer<UInt64>
+    /// The node record each open holds pinned (and counted in its node's opens).
+    let nodes: UnsafeMutablePointer<UInt32>
     let mutex = HostMutex()
     let freeList: UnsafeMutablePointer<UInt32>
     var freeCount = 0
@@ -281,6 +344,8 @@ public final class OpenFileTable: @unchecked Sendable {
         }
         cookieVerifiers = .allocate(capacity: capacity)
         cookieVerifiers.initialize(repeating: 0, count: capacity)
+        nodes = .allocate(capacity: capacity)
+        nodes.initialize(repeating: 0, count: capacity)
         freeList = .allocate(capacity: capacity)
         for index in stride(from: capacity - 1, through: 1, by: -1) {
             freeList[freeCount] = UInt32(index)
@@ -295,10 +360,12 @@ public final class OpenFileTable: @unchecked Sendable {
         writeVerifiers.deallocate()
         dataLost.deallocate()
         cookieVerifiers.deallocate()
+        nodes.deallocate()
         freeList.deallocate()
     }
 
-    public func open() -> UInt64? {
+    /// A new open of `node`, which the caller has counted with `FileHandleTable.opened`.
+    public func open(node: UInt32) -> UInt64? {
         mutex.withLock { () -> UInt64? in
             guard freeCount > 0 else { return nil }
             freeCount -= 1
@@ -307,6 +374,7 @@ public final class OpenFileTable: @unchecked Sendable {
             writeVerifiers[index].store(0, ordering: .relaxed)
             dataLost[index].store(false, ordering: .relaxed)
             cookieVerifiers[index] = 0
+            nodes[index] = node
             live[index].store(true, ordering: .releasing)
             return UInt64(generations[index].load(ordering: .relaxed)) << 32 | UInt64(index)
         }
@@ -320,21 +388,27 @@ public final class OpenFileTable: @unchecked Sendable {
         return index
     }
 
-    public func close(_ fh: UInt64) -> Bool {
-        guard let index = index(fh) else { return false }
-        return mutex.withLock { () -> Bool in
-            guard live[index].load(ordering: .relaxed) else { return false }
+    /// Ends the open `fh`: the node record it held (pinned and counted, for the caller to
+    /// `closed` and unpin), or 0 when `fh` was not open.
+    public func close(_ fh: UInt64) -> UInt32 {
+        guard let index = index(fh) else { return 0 }
+        return mutex.withLock { () -> UInt32 in
+            guard live[index].load(ordering: .relaxed) else { return 0 }
             live[index].store(false, ordering: .releasing)
             generations[index].add(1, ordering: .releasing)
+            let node = nodes[index]
+            nodes[index] = 0
             freeList[freeCount] = UInt32(index)
             freeCount += 1
-            return true
+            return node
         }
     }
 
-    public func closeAll() {
+    /// Every open ends (a new session); `release` gets each one's node.
+    public func closeAll(_ release: (UInt32) -> Void) {
         for index in 1..<capacity where live[index].load(ordering: .relaxed) {
-            _ = close(UInt64(generations[index].load(ordering: .relaxed)) << 32 | UInt64(index))
+            let node = close(UInt64(generations[index].load(ordering: .relaxed)) << 32 | UInt64(index))
+            if node != 0 { release(node) }
         }
     }
 

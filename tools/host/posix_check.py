@@ -1416,18 +1416,6 @@ def nfs3_enametoolong(s):
     s.listing(".")
 
 
-def nfs3_rename_file_over_file(s):
-    s.write("a", b"A")
-    s.write("b", b"BB")
-    fd = s.open("b", RD)
-    s.do(os.rename, "a", "b", expect="ok")
-    s.read("b", want=b"A")
-    # The server removed the replaced file: its handle is stale (no client-side "silly rename").
-    s.pread(fd, 10, 0, expect="ESTALE")
-    s.close(fd)
-    s.listing(".")
-
-
 def nfs3_rename_exchange(s):
     s.write("f", b"file")
     s.mkdir("d")
@@ -1435,23 +1423,6 @@ def nfs3_rename_exchange(s):
     s.do(rename_exchange, "f", "d", expect="EINVAL")
     s.stat("f", kind="reg")
     s.stat("d", kind="dir")
-    s.listing(".")
-
-
-def nfs3_unlink_basic(s):
-    s.write("f", b"x")
-    s.do(os.unlink, "f", expect="ok")
-    s.stat("f", expect="ENOENT")
-    fd = s.open("open", RW | CREAT)
-    s.do(os.unlink, "open", expect="ok")
-    # The server freed the file at once: an open descriptor of it sees ESTALE.
-    s.fwrite(fd, b"still here", expect="ESTALE")
-    s.pread(fd, 100, 0, expect="ESTALE")
-    s.close(fd)
-    s.write("h1", b"h")
-    s.link("h1", "h2")
-    s.do(os.unlink, "h1", expect="ok")
-    s.stat("h2", nlink=1)
     s.listing(".")
 
 
@@ -1498,9 +1469,7 @@ SEMANTICS = {
     "nfs3": {
         "utimensat_now_omit": nfs3_utimensat_now_omit,
         "enametoolong": nfs3_enametoolong,
-        "rename_file_over_file": nfs3_rename_file_over_file,
         "rename_exchange": nfs3_rename_exchange,
-        "unlink_basic": nfs3_unlink_basic,
         "utimensat_explicit": nfs3_utimensat_explicit,
     },
 }
