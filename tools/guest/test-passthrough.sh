@@ -24,7 +24,11 @@
 # independently of our engine. (c) then runs 6.12 with one queue (virtiofsd has only one), (e) uses
 # virtiofsd's cache=always, and (d) and the SIGTERM/connection checks are skipped (engine features).
 #
-# Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd]
+# With --nfs the engine serves the guests through its NFS backend (NFSv3) from a real nfs-ganesha
+# exporting each share (tools/nfs-server.sh): the same workload and host checks, (a), (b) and (c);
+# (d) and (e) are passthrough-backend features and are skipped.
+#
+# Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd | --nfs]
 # Ends with 'guest-passthrough: N passed, N failed'; exit status 0 only if none failed.
 # Logs (console, run-guest output, engine/virtiofsd logs): tools/.cache/guest/logs/passthrough-<time>/,
 # kept. The shares are in a mktemp directory, removed at the end unless something failed.
@@ -38,13 +42,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
     --virtiofsd) mode=virtiofsd; shift ;;
-    *) echo "usage: $0 [--quick] [--virtiofsd]" >&2; exit 2 ;;
+    --nfs) mode=nfs; shift ;;
+    *) echo "usage: $0 [--quick] [--virtiofsd | --nfs]" >&2; exit 2 ;;
   esac
 done
 
 tools/install-dependencies.sh guest
 engine_binary=.build/release/dpfs-engine
-if [ $mode = engine ]; then
+if [ $mode != virtiofsd ]; then
   swift build -c release --product dpfs-engine >/dev/null
 else
   [ -x "$virtiofsd" ] || { echo "no $virtiofsd (apt-get install -y qemu-system-x86)" >&2; exit 1; }
@@ -60,6 +65,7 @@ passed=0
 failed=0
 cleanup() {
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  if [ $mode = nfs ]; then tools/nfs-server.sh stop || true; fi
   if [ "$failed" = 0 ]; then rm -rf "$work"; else echo "shares kept in $work"; fi
 }
 trap cleanup EXIT
@@ -112,8 +118,16 @@ start_engine() { # name share queues cache
   local name=$1 share=$2 queues=$3 cache=$4
   rm -f "$sock"
   server_log="$logdir/engine-$name.log"
-  "$engine_binary" --vhost-user-socket "$sock" --backend passthrough --shared-dir "$share" \
-    --cache "$cache" --queues "$queues" --log-level info >"$server_log" 2>&1 &
+  local backend=(--backend passthrough --shared-dir "$share")
+  if [ $mode = nfs ]; then
+    # ganesha exports the share; the engine is its NFSv3 client.
+    local url
+    url=$(tools/nfs-server.sh start "$share" | grep "version=3") || { echo "nfs-ganesha did not start"; return 1; }
+    echo "nfs server: $url" >"$server_log"
+    backend=(--backend nfs --nfs-url "$url")
+  fi
+  "$engine_binary" --vhost-user-socket "$sock" "${backend[@]}" \
+    --cache "$cache" --queues "$queues" --log-level info >>"$server_log" 2>&1 &
   server_pid=$!
   wait_socket "$server_pid" "$sock" && return 0
   echo "engine did not create its socket:"; cat "$server_log"
@@ -259,14 +273,14 @@ host_checks() { # label share kernel-prefix
 # --- a + b: 6.1 write, then verify on a second connection ----------------------------------------
 share1="$work/share-1"
 populate_share "$share1"
-if [ $mode = engine ]; then start_engine one-queue "$share1" 1 never; fi
+if [ $mode != virtiofsd ]; then start_engine one-queue "$share1" 1 never; fi
 check "a: 6.1 guest, phase write" guest_run a-6.1-write "$share1" write --kernel 6.1 --timeout 600
 host_checks a "$share1" 6.1.
 check "b: 6.1 guest, phase verify (second boot, same $mode share)" guest_run b-6.1-verify "$share1" verify --kernel 6.1 --timeout 600
 verified() { [ "$(cat "$share1/guest-made/verified.txt" 2>&1)" = "verify phase was here" ]; }
 check "b: host sees the verify phase's file" verified
 check "b: manifest still holds on the host" manifest_matches "$share1"
-if [ $mode = engine ]; then
+if [ $mode != virtiofsd ]; then
   check "engine stops cleanly on SIGTERM" stop_engine
   check "engine saw two connections" grep -q "connection 2)" "$server_log"
 else
@@ -279,7 +293,7 @@ if [ $quick = 1 ]; then
 else
   share2="$work/share-2"
   populate_share "$share2"
-  if [ $mode = engine ]; then
+  if [ $mode != virtiofsd ]; then
     if start_engine two-queues "$share2" 2 auto; then
       check "c: 6.12 guest, two request queues, cache auto, phase write" guest_run c-6.12-write "$share2" write --kernel 6.12 --queues 2 --timeout 900
     else
@@ -302,7 +316,9 @@ else
 fi
 
 # --- d: two tenants, two directories -------------------------------------------------------------
-if [ $mode = virtiofsd ]; then
+if [ $mode = nfs ]; then
+  skip "d: two devices from one TOML file, isolation" "nfs mode: the passthrough backend's directories"
+elif [ $mode = virtiofsd ]; then
   skip "d: two devices from one TOML file, isolation" "virtiofsd mode: one device per process; this is the engine's configuration"
 else
   share_a="$work/share-a" share_b="$work/share-b"
@@ -377,6 +393,8 @@ fi
 # must still be on the host byte for byte once it unmounted.
 if [ $quick = 1 ]; then
   skip "e: cache always" "--quick"
+elif [ $mode = nfs ]; then
+  skip "e: cache always" "nfs mode: covered by the passthrough runs"
 else
   share3="$work/share-3"
   populate_share "$share3"

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# test-nfs-faults.sh — nfs-ganesha killed and restarted under load (tools/host/nfs_faults.py): every
+# fsync that returned success is durable in the export, every request during an outage completes
+# after the reconnect or fails EIO within the timeout, and a second device of the same engine on
+# another backend (passthrough) keeps serving meanwhile. One engine process serves both devices as
+# host mounts (TOML: two [[device]] tables with transport = "fuse"); ganesha runs from
+# tools/nfs-server.sh on loopback. Needs root and /dev/fuse. Exit status 0 when everything holds.
+#   tools/host/test-nfs-faults.sh [--timeout-ms MS]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+timeout_ms=4000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --timeout-ms) timeout_ms=$2; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" = 0 ] || { echo "test-nfs-faults: needs root"; exit 1; }
+engine=.build/release/dpfs-engine
+[ -x $engine ] || swift build -c release --product dpfs-engine || exit 1
+
+work=$(mktemp -d /tmp/dpfs-nfs-faults.XXXXXX)
+chmod 755 "$work"
+mkdir -p "$work/export" "$work/other" "$work/mnt-nfs" "$work/mnt-other"
+engine_pid=
+cleanup() {
+  if [ -n "$engine_pid" ]; then kill -TERM "$engine_pid" 2>/dev/null; wait "$engine_pid" 2>/dev/null; fi
+  umount -l "$work/mnt-nfs" "$work/mnt-other" 2>/dev/null
+  tools/nfs-server.sh stop
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+url=$(tools/nfs-server.sh start "$work/export" | grep "version=3") || { echo "test-nfs-faults: nfs-ganesha did not start"; exit 1; }
+cat >"$work/engine.toml" <<TOML
+[engine]
+log_level = "info"
+
+[[device]]
+name = "nfs"
+transport = "fuse"
+mount = "$work/mnt-nfs"
+backend = "nfs"
+nfs_url = "$url"
+nfs_timeout_ms = $timeout_ms
+cache = "never"
+
+[[device]]
+name = "local"
+transport = "fuse"
+mount = "$work/mnt-other"
+backend = "passthrough"
+shared_dir = "$work/other"
+cache = "never"
+TOML
+$engine --config "$work/engine.toml" >"$work/engine.log" 2>&1 &
+engine_pid=$!
+for _ in $(seq 100); do
+  [ "$(grep -c "INIT agreed" "$work/engine.log")" -ge 2 ] && break
+  kill -0 $engine_pid 2>/dev/null || break
+  sleep 0.1
+done
+if [ "$(grep -c "INIT agreed" "$work/engine.log")" -lt 2 ]; then
+  echo "test-nfs-faults: the engine did not serve both mounts"; cat "$work/engine.log"; exit 1
+fi
+status=0
+python3 tools/host/nfs_faults.py --nfs-mount "$work/mnt-nfs" --export "$work/export" --other-mount "$work/mnt-other" \
+  --server tools/nfs-server.sh --timeout-ms "$timeout_ms" || status=1
+kill -TERM $engine_pid; wait $engine_pid 2>/dev/null; engine_pid=
+grep -iE "reconnect|timed out|connection to|lost" "$work/engine.log" | tail -8 | sed 's/^/    engine: /'
+[ $status = 0 ] || { echo "--- engine log (last 40 lines)"; tail -40 "$work/engine.log"; }
+exit $status
