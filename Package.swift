@@ -95,7 +95,7 @@ let package = Package(
             name: "dpfs-bench",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "LoopbackTransport", "NullBackend", "PassthroughBackend",
-                "VhostUser", "VhostUserFrontend", "FUSEDevice",
+                "VhostUser", "VhostUserFrontend", "FUSEDevice", "NFSBackend", "CDPFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),

@@ -56,6 +56,8 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var nfsURL: String = ""
     /// An NFS request not answered in this time fails EIO.
     public var nfsTimeoutMilliseconds: Int = 30_000
+    /// TCP connections to the NFS server per request queue.
+    public var nfsConnections: Int = 1
 
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
@@ -129,6 +131,9 @@ public struct DeviceConfiguration: Equatable, Sendable {
         }
         guard (100...3_600_000).contains(nfsTimeoutMilliseconds) else {
             throw ConfigurationError(line: 0, "device \(name): nfs_timeout_ms must be 100...3600000")
+        }
+        guard (1...16).contains(nfsConnections) else {
+            throw ConfigurationError(line: 0, "device \(name): nfs_connections must be 1...16")
         }
         guard (16...(1 << 24)).contains(inodesMax) else { throw ConfigurationError(line: 0, "device \(name): inodes_max must be 16...16777216") }
         guard (16...(1 << 24)).contains(inodeDescriptorsMax) else {
@@ -210,6 +215,7 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "ring_depth": device.ringDepth = try integer(entry)
                 case "nfs_url": device.nfsURL = try string(entry)
                 case "nfs_timeout_ms": device.nfsTimeoutMilliseconds = try integer(entry)
+                case "nfs_connections": device.nfsConnections = try integer(entry)
                 case "cpus":
                     let text = try string(entry)
                     device.cpus = []

@@ -116,21 +116,19 @@ final class NFSQueue: @unchecked Sendable {
     /// at once, so one buffer per queue is enough).
     let gather: UnsafeMutableRawPointer
 
-    // The connection.
-    var rpc: OpaquePointer? = nil
-    var connection: NFSConnectionState = .down
-    var reconnectAtNanoseconds: UInt64 = 0
-    var backoffNanoseconds: UInt64
-    var currentUID: UInt32 = 0
-    var currentGID: UInt32 = 0
+    // The connections (NFSQueue+Connection.swift).
+    let connections: [NFSConnection]
+    /// The connection each in-flight slot's call went out on.
+    let slotConnections: UnsafeMutablePointer<UInt8>
+    var upCount = 0
+    var nextConnection = 0
+    /// With several connections: the epoll set of their sockets the poller sleeps on (else -1).
+    let epollFD: Int32
     var inFlight = 0
     var waiting = 0
     var pendingCount = 0
     var completedSinceLastPoll = 0
     var nextDeadlineScanNanoseconds: UInt64 = 0
-    var lastIdleServiceNanoseconds: UInt64 = 0
-    /// A callback asked for the connection to go (it cannot be destroyed from inside libnfs).
-    var teardownWanted = false
     /// Counters for reports and tests.
     var reconnects = 0
     var timeouts = 0
@@ -145,7 +143,13 @@ final class NFSQueue: @unchecked Sendable {
         slotCount = context.slotCount
         validity = device.configuration.validity
         timeoutNanoseconds = UInt64(device.configuration.requestTimeoutMilliseconds) * 1_000_000
-        backoffNanoseconds = UInt64(device.configuration.reconnectBackoffMillisecondsMin) * 1_000_000
+        let backoff = UInt64(device.configuration.reconnectBackoffMillisecondsMin) * 1_000_000
+        let connectionCount = device.configuration.connectionsPerQueue
+        connections = (0..<connectionCount).map { NFSConnection(index: $0, backoffNanoseconds: backoff) }
+        epollFD = connectionCount > 1 ? epoll_create1(Int32(EPOLL_CLOEXEC)) : -1
+        precondition(connectionCount == 1 || epollFD >= 0, "epoll_create1 failed: errno \(errno)")
+        slotConnections = .allocate(capacity: slotCount)
+        slotConnections.initialize(repeating: 0, count: slotCount)
         states = .allocate(capacity: slotCount)
         states.initialize(repeating: .free, count: slotCount)
         calls = .allocate(capacity: slotCount)
@@ -175,14 +179,18 @@ final class NFSQueue: @unchecked Sendable {
         stagedNodes.initialize(repeating: 0, count: slotCount)
         hiddenNames = .allocate(byteCount: slotCount * HiddenName.bytesMax, alignment: 8)
         hiddenNames.initializeMemory(as: UInt8.self, repeating: 0, count: slotCount * HiddenName.bytesMax)
-        tags = .allocate(capacity: slotCount + 1)
+        tags = .allocate(capacity: slotCount + connectionCount)
         gather = .allocate(byteCount: FUSELimits.writeBytesMax, alignment: 4096)
         let me = Unmanaged.passUnretained(self).toOpaque()
-        for slot in 0...slotCount { (tags + slot).initialize(to: NFSCallTag(queue: me, slot: UInt32(slot))) }
+        for slot in 0..<slotCount + connectionCount { (tags + slot).initialize(to: NFSCallTag(queue: me, slot: UInt32(slot))) }
     }
 
     deinit {
-        if let rpc { rpc_destroy_context(rpc) }
+        for link in connections {
+            if let rpc = link.rpc { rpc_destroy_context(rpc) }
+        }
+        if epollFD >= 0 { Glibc.close(epollFD) }
+        slotConnections.deallocate()
         states.deallocate()
         calls.deallocate()
         sent.deallocate()
@@ -204,7 +212,7 @@ final class NFSQueue: @unchecked Sendable {
         gather.deallocate()
     }
 
-    var connectTag: UnsafeMutableRawPointer { UnsafeMutableRawPointer(tags + slotCount) }
+    func connectTag(_ connection: Int) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(tags + slotCount + connection) }
 }
 
 public struct NFSBackend: Backend {
@@ -218,7 +226,8 @@ public struct NFSBackend: Backend {
     public mutating func attach(_ context: BackendContext) {
         let queue = NFSQueue(device: device, context: context)
         self.queue = queue
-        queue.connect(now: monotonicNanoseconds())
+        let now = monotonicNanoseconds()
+        for link in queue.connections { queue.connect(link, now: now) }
     }
 
     public mutating func sessionStarted(_ session: NegotiatedSession) {}
@@ -229,14 +238,21 @@ public struct NFSBackend: Backend {
     }
 
     public var eventFD: Int32 {
-        guard let queue, let rpc = queue.rpc, queue.connection != .down else { return -1 }
+        guard let queue else { return -1 }
+        if queue.epollFD >= 0 { return queue.epollFD }
+        let link = queue.connections[0]
+        guard let rpc = link.rpc, link.state != .down else { return -1 }
         return rpc_get_fd(rpc)
     }
 
     public var eventFDEvents: Int16 {
-        guard let queue, let rpc = queue.rpc else { return Int16(POLLIN) }
-        if queue.connection == .connecting { return Int16(truncatingIfNeeded: rpc_which_events(rpc)) }
-        return Int16(POLLIN) | (rpc_which_events(rpc) & Int32(POLLOUT) != 0 ? Int16(POLLOUT) : 0)
+        guard let queue else { return Int16(POLLIN) }
+        if queue.epollFD >= 0 {
+            queue.refreshEpollSet()
+            return Int16(POLLIN)
+        }
+        let wanted = NFSQueue.wantedEvents(queue.connections[0])
+        return wanted == 0 ? Int16(POLLIN) : Int16(truncatingIfNeeded: wanted)
     }
 
     /// Connections made after the first (reconnects) and requests failed by the timeout.

@@ -89,12 +89,17 @@ public struct NFSConfiguration: Sendable {
     /// A request not answered in this time fails with EIO (and the connection is re-made).
     public var requestTimeoutMilliseconds: Int
     /// Reconnect attempts start this far apart and double up to `reconnectBackoffMillisecondsMax`.
+    /// TCP connections per request queue (calls go round robin over those that are up).
+    public var connectionsPerQueue: Int
     public var reconnectBackoffMillisecondsMin: Int = 50
     public var reconnectBackoffMillisecondsMax: Int = 2000
 
     public init(url: NFSURL, validity: CacheValidity = CacheValidity(seconds: 1), openFlags: UInt32 = 0,
-                nodesMax: Int = 65_536, openFilesMax: Int = 16_384, requestTimeoutMilliseconds: Int = 30_000) {
+                nodesMax: Int = 65_536, openFilesMax: Int = 16_384, requestTimeoutMilliseconds: Int = 30_000,
+                connectionsPerQueue: Int = 1) {
         precondition(nodesMax >= 16 && nodesMax <= 1 << 24)
+        // A slot records its connection in 8 bits, and `expire` keeps them in a 64-bit set.
+        precondition(connectionsPerQueue >= 1 && connectionsPerQueue <= NFSConfiguration.connectionsPerQueueMax)
         precondition(openFilesMax >= 16 && openFilesMax <= 1 << 24)
         precondition(requestTimeoutMilliseconds >= 100 && requestTimeoutMilliseconds <= 3_600_000)
         self.url = url
@@ -103,5 +108,8 @@ public struct NFSConfiguration: Sendable {
         self.nodesMax = nodesMax
         self.openFilesMax = openFilesMax
         self.requestTimeoutMilliseconds = requestTimeoutMilliseconds
+        self.connectionsPerQueue = connectionsPerQueue
     }
+
+    public static let connectionsPerQueueMax = 16
 }

@@ -4,49 +4,78 @@ import DPFSPosix
 import FUSEWire
 import Glibc
 
-// The queue's one TCP connection: made without blocking (the sleeping poller waits for POLLOUT),
-// serviced from the poller's steps, torn down and re-made with back-off when it breaks, and the
-// deadline of every waiting request checked every 100 ms.
+// The queue's TCP connections (`nfs_connections`, default 1): each made without blocking (the
+// sleeping poller waits for POLLOUT), serviced from the poller's steps, torn down and re-made with
+// back-off when it breaks, on its own; calls go round robin over those that are up, and a request
+// whose connection broke waits for any of them. The deadline of every waiting request is checked
+// every 100 ms. With one connection the poller sleeps on its socket; with several, on an epoll
+// set of them (one descriptor, so the poller's event sources stay what they are).
+
+/// One connection of a queue and what belongs to it alone.
+final class NFSConnection {
+    let index: Int
+    var rpc: OpaquePointer? = nil
+    var state: NFSConnectionState = .down
+    var reconnectAtNanoseconds: UInt64 = 0
+    var backoffNanoseconds: UInt64
+    /// The AUTH_SYS ids the context carries now.
+    var currentUID: UInt32 = 0
+    var currentGID: UInt32 = 0
+    var inFlight = 0
+    /// A callback asked for the connection to go (it cannot be destroyed from inside libnfs).
+    var teardownWanted = false
+    var lastIdleServiceNanoseconds: UInt64 = 0
+    var everConnected = false
+    /// The socket and events registered in the queue's epoll set (-1 = none).
+    var registeredFD: Int32 = -1
+    var registeredEvents: UInt32 = 0
+
+    init(index: Int, backoffNanoseconds: UInt64) {
+        self.index = index
+        self.backoffNanoseconds = backoffNanoseconds
+    }
+}
 
 extension NFSQueue {
     static let deadlineScanNanoseconds: UInt64 = 100_000_000
-    /// With nothing in flight the socket is read at most this often while the poller spins (it
-    /// only carries a close from the server then, and a sleeping poller sees that by itself).
+    /// With nothing in flight a socket is read at most this often while the poller spins (it only
+    /// carries a close from the server then, and a sleeping poller sees that by itself).
     static let idleServiceNanoseconds: UInt64 = 1_000_000
 
     static let connected: rpc_cb = { _, status, _, tag in
         let tag = tag!.assumingMemoryBound(to: NFSCallTag.self).pointee
         let queue = Unmanaged<NFSQueue>.fromOpaque(tag.queue).takeUnretainedValue()
-        queue.connectFinished(success: status == RPC_STATUS_SUCCESS)
+        queue.connectFinished(queue.connections[Int(tag.slot) - queue.slotCount], success: status == RPC_STATUS_SUCCESS)
     }
 
-    func connect(now: UInt64) {
-        precondition(rpc == nil && connection == .down)
+    func connect(_ link: NFSConnection, now: UInt64) {
+        precondition(link.rpc == nil && link.state == .down)
         guard let context = rpc_init_context() else {
-            reconnectAtNanoseconds = now + backoffNanoseconds
+            link.reconnectAtNanoseconds = now + link.backoffNanoseconds
             return
         }
         // Our own reconnect: libnfs's would resend non-idempotent calls and never give up.
         rpc_set_autoreconnect(context, 0)
-        rpc_set_uid(context, Int32(bitPattern: currentUID))
-        rpc_set_gid(context, Int32(bitPattern: currentGID))
-        rpc = context
-        connection = .connecting
+        rpc_set_uid(context, Int32(bitPattern: link.currentUID))
+        rpc_set_gid(context, Int32(bitPattern: link.currentGID))
+        link.rpc = context
+        link.state = .connecting
         let started = rpc_connect_port_async(context, device.hostName, Int32(device.configuration.url.nfsPort),
-                                             Int32(NFS_PROGRAM), Int32(NFS_V3), Self.connected, connectTag)
-        if started != 0 { dropConnection(now: now) }
+                                             Int32(NFS_PROGRAM), Int32(NFS_V3), Self.connected, connectTag(link.index))
+        if started != 0 { dropConnection(link, now: now) }
     }
 
-    func connectFinished(success: Bool) {
+    func connectFinished(_ link: NFSConnection, success: Bool) {
         guard success else {
-            teardownWanted = true
+            link.teardownWanted = true
             return
         }
-        connection = .up
-        if reconnectAtNanoseconds != 0 { reconnects += 1 }
-        backoffNanoseconds = UInt64(device.configuration.reconnectBackoffMillisecondsMin) * 1_000_000
-        // Everything that waited for the connection goes now, oldest stage first is not needed:
-        // the server orders nothing across requests.
+        link.state = .up
+        upCount += 1
+        if link.everConnected { reconnects += 1 }
+        link.everConnected = true
+        link.backoffNanoseconds = UInt64(device.configuration.reconnectBackoffMillisecondsMin) * 1_000_000
+        // Everything that waited for a connection goes now (the server orders nothing across requests).
         guard waiting > 0 else { return }
         for slot in 0..<slotCount where states[slot] == .waiting {
             states[slot] = .free
@@ -55,52 +84,68 @@ extension NFSQueue {
         }
     }
 
-    /// Closes the connection (every call in flight gets its callback now) and schedules the next.
-    func dropConnection(now: UInt64) {
-        teardownWanted = false
-        guard let context = rpc else { return }
-        // Down first: the callbacks the disconnect runs must park their slots, not send again.
-        let wasUp = connection == .up
-        connection = .down
-        if wasUp { rpc_disconnect(context, "dpfs: connection dropped") }
+    /// Closes a connection (every call in flight on it gets its callback now) and schedules the next.
+    func dropConnection(_ link: NFSConnection, now: UInt64) {
+        link.teardownWanted = false
+        guard let context = link.rpc else { return }
+        // Down first: the callbacks the disconnect runs must park their slots, not send again here.
+        let wasUp = link.state == .up
+        link.state = .down
+        if wasUp {
+            upCount -= 1
+            rpc_disconnect(context, "dpfs: connection dropped")
+        }
+        unregister(link)
         // Calls still queued inside libnfs (never written) are failed by its destroy.
         rpc_destroy_context(context)
-        rpc = nil
-        connection = .down
-        reconnectAtNanoseconds = now + backoffNanoseconds
+        link.rpc = nil
+        link.reconnectAtNanoseconds = now + link.backoffNanoseconds
         let backoffMax = UInt64(device.configuration.reconnectBackoffMillisecondsMax) * 1_000_000
-        backoffNanoseconds = min(backoffNanoseconds * 2, backoffMax)
-        precondition(inFlight == 0, "a call outlived its connection")
+        link.backoffNanoseconds = min(link.backoffNanoseconds * 2, backoffMax)
+        precondition(link.inFlight == 0, "a call outlived its connection")
+    }
+
+    /// The next connection that is up, round robin; nil when none is.
+    func pickConnection() -> NFSConnection? {
+        guard upCount > 0 else { return nil }
+        let count = connections.count
+        for _ in 0..<count {
+            let link = connections[nextConnection]
+            nextConnection = nextConnection + 1 == count ? 0 : nextConnection + 1
+            if link.state == .up { return link }
+        }
+        return nil
     }
 
     /// One poller step's worth of connection work; returns the requests completed.
     func service() -> Int {
         completedSinceLastPoll = 0
-        let now: UInt64
-        switch connection {
-        case .up:
-            if inFlight > 0 {
-                if rpc_service(rpc!, Int32(POLLIN)) < 0 { teardownWanted = true }
-                now = pendingCount > 0 ? monotonicNanoseconds() : 0
-            } else {
-                now = monotonicNanoseconds()
-                if now &- lastIdleServiceNanoseconds >= Self.idleServiceNanoseconds {
-                    lastIdleServiceNanoseconds = now
-                    if rpc_service(rpc!, Int32(POLLIN)) < 0 { teardownWanted = true }
+        var now: UInt64 = 0
+        for link in connections {
+            switch link.state {
+            case .up:
+                if link.inFlight > 0 {
+                    if rpc_service(link.rpc!, Int32(POLLIN)) < 0 { link.teardownWanted = true }
+                } else {
+                    if now == 0 { now = monotonicNanoseconds() }
+                    if now &- link.lastIdleServiceNanoseconds >= Self.idleServiceNanoseconds {
+                        link.lastIdleServiceNanoseconds = now
+                        if rpc_service(link.rpc!, Int32(POLLIN)) < 0 { link.teardownWanted = true }
+                    }
                 }
+            case .connecting:
+                // The socket connects (POLLOUT), then libnfs pings the program and reads its answer.
+                let rpc = link.rpc!
+                var entry = pollfd(fd: rpc_get_fd(rpc), events: Int16(truncatingIfNeeded: rpc_which_events(rpc)), revents: 0)
+                if Glibc.poll(&entry, 1, 0) > 0 {
+                    if rpc_service(rpc, Int32(entry.revents)) < 0 { link.teardownWanted = true }
+                }
+            case .down:
+                if now == 0 { now = monotonicNanoseconds() }
+                if now >= link.reconnectAtNanoseconds { connect(link, now: now) }
             }
-        case .connecting:
-            now = monotonicNanoseconds()
-            // The socket connects (POLLOUT), then libnfs pings the program and reads its answer.
-            var entry = pollfd(fd: rpc_get_fd(rpc!), events: Int16(truncatingIfNeeded: rpc_which_events(rpc!)), revents: 0)
-            if Glibc.poll(&entry, 1, 0) > 0 {
-                if rpc_service(rpc!, Int32(entry.revents)) < 0 { teardownWanted = true }
-            }
-        case .down:
-            now = monotonicNanoseconds()
-            if now >= reconnectAtNanoseconds { connect(now: now) }
+            if link.teardownWanted { dropConnection(link, now: now == 0 ? monotonicNanoseconds() : now) }
         }
-        if teardownWanted { dropConnection(now: now == 0 ? monotonicNanoseconds() : now) }
         if pendingCount > 0 {
             let clock = now == 0 ? monotonicNanoseconds() : now
             if clock >= nextDeadlineScanNanoseconds {
@@ -113,16 +158,18 @@ extension NFSQueue {
 
     /// Writes what this step queued (libnfs sends only when asked to service POLLOUT).
     func flushOutput() {
-        guard connection == .up, let context = rpc, rpc_which_events(context) & Int32(POLLOUT) != 0 else { return }
-        if rpc_service(context, Int32(POLLOUT)) < 0 {
-            dropConnection(now: monotonicNanoseconds())
+        for link in connections {
+            guard link.state == .up, let context = link.rpc, rpc_which_events(context) & Int32(POLLOUT) != 0 else { continue }
+            if rpc_service(context, Int32(POLLOUT)) < 0 {
+                dropConnection(link, now: monotonicNanoseconds())
+            }
         }
     }
 
-    /// Fails what waited past its deadline; a call in flight past it takes the connection down
+    /// Fails what waited past its deadline; a call in flight past it takes its connection down
     /// (its callback then fails it, and the rest wait for the next connection).
     func expire(now: UInt64) {
-        var stalled = false
+        var stalled: UInt64 = 0
         for slot in 0..<slotCount where states[slot] != .free && deadlines[slot] <= now {
             if states[slot] == .waiting {
                 states[slot] = .free
@@ -130,23 +177,63 @@ extension NFSQueue {
                 timeouts += 1
                 finish(slot, .io)
             } else {
-                stalled = true
+                stalled |= 1 << UInt64(slotConnections[slot])
             }
         }
-        if stalled { dropConnection(now: now) }
+        guard stalled != 0 else { return }
+        for link in connections where stalled & (1 << UInt64(link.index)) != 0 { dropConnection(link, now: now) }
     }
 
     /// AUTH_SYS of the caller. libnfs builds a new authenticator when the ids change (its own
     /// allocation, counted separately by the allocation gate); a run of one user's calls costs none.
-    func become(uid: UInt32, gid: UInt32) {
-        guard let context = rpc else { return }
-        if uid != currentUID {
+    func become(_ link: NFSConnection, uid: UInt32, gid: UInt32) {
+        guard let context = link.rpc else { return }
+        if uid != link.currentUID {
             rpc_set_uid(context, Int32(bitPattern: uid))
-            currentUID = uid
+            link.currentUID = uid
         }
-        if gid != currentGID {
+        if gid != link.currentGID {
             rpc_set_gid(context, Int32(bitPattern: gid))
-            currentGID = gid
+            link.currentGID = gid
         }
+    }
+
+    // MARK: - The epoll set (several connections)
+
+    /// The events the poller should sleep on for one connection (poll(2) bits).
+    static func wantedEvents(_ link: NFSConnection) -> UInt32 {
+        guard let rpc = link.rpc, link.state != .down else { return 0 }
+        if link.state == .connecting { return UInt32(truncatingIfNeeded: rpc_which_events(rpc)) }
+        return UInt32(POLLIN) | (rpc_which_events(rpc) & Int32(POLLOUT) != 0 ? UInt32(POLLOUT) : 0)
+    }
+
+    /// Brings the epoll set in line with what each connection waits for. Called when the poller
+    /// is about to sleep: a change (a new socket, output that did not fit) costs one epoll_ctl.
+    func refreshEpollSet() {
+        for link in connections {
+            let fd = link.rpc.map { rpc_get_fd($0) } ?? -1
+            let wanted = Self.wantedEvents(link)
+            if link.registeredFD != -1 && (link.registeredFD != fd || wanted == 0) { unregister(link) }
+            guard fd >= 0, wanted != 0 else { continue }
+            var event = epoll_event()
+            // poll(2) and epoll share the values of IN and OUT.
+            event.events = wanted
+            event.data.u64 = UInt64(link.index)
+            if link.registeredFD == -1 {
+                if epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0 {
+                    link.registeredFD = fd
+                    link.registeredEvents = wanted
+                }
+            } else if link.registeredEvents != wanted {
+                if epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event) == 0 { link.registeredEvents = wanted }
+            }
+        }
+    }
+
+    func unregister(_ link: NFSConnection) {
+        guard link.registeredFD != -1 else { return }
+        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, link.registeredFD, nil)
+        link.registeredFD = -1
+        link.registeredEvents = 0
     }
 }

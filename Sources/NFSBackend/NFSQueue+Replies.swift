@@ -31,10 +31,12 @@ extension NFSQueue {
         precondition(states[slot] == .inFlight, "an answer for a slot with nothing in flight")
         states[slot] = .free
         inFlight -= 1
+        let link = connections[Int(slotConnections[slot])]
+        link.inFlight -= 1
         guard status == RPC_STATUS_SUCCESS, let data else {
             // The connection ended (or the answer did not decode: the connection is not to be
             // trusted either). What is safe to repeat waits for the next connection.
-            teardownWanted = true
+            link.teardownWanted = true
             if resendable(slot) || !sent[slot] {
                 states[slot] = .waiting
                 waiting += 1

@@ -262,13 +262,13 @@ extension NFSQueue {
     /// Sends the slot's current stage, or parks it until the connection is up.
     func issue(_ slot: Int) {
         precondition(states[slot] == .free)
-        guard connection == .up, let rpc else {
+        guard let link = pickConnection(), let rpc = link.rpc else {
             states[slot] = .waiting
             waiting += 1
             return
         }
         let request = requests[slot]
-        become(uid: request.uid, gid: request.gid)
+        become(link, uid: request.uid, gid: request.gid)
         let tag = UnsafeMutableRawPointer(tags + slot)
         let callback = Self.completed
         let primary = primaryNodes[slot]
@@ -419,6 +419,8 @@ extension NFSQueue {
         }
         states[slot] = .inFlight
         sent[slot] = true
+        slotConnections[slot] = UInt8(link.index)
+        link.inFlight += 1
         inFlight += 1
     }
 

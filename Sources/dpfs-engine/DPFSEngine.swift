@@ -58,6 +58,9 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("nfs-timeout-ms"), help: "NFS backend: a request not answered in this many milliseconds fails EIO.")
     var nfsTimeoutMilliseconds: Int = 30_000
 
+    @Option(name: .customLong("nfs-connections"), help: "NFS backend: TCP connections to the server per request queue (1...16).")
+    var nfsConnections: Int = 1
+
     @Option(help: "What the guest may cache (passthrough): never, metadata, auto or always.")
     var cache: String = "auto"
 
@@ -118,6 +121,7 @@ struct DPFSEngine: ParsableCommand {
                 withDataPath.dataPath = dataPath
                 withDataPath.nfsURL = nfsURL ?? ""
                 withDataPath.nfsTimeoutMilliseconds = nfsTimeoutMilliseconds
+                withDataPath.nfsConnections = nfsConnections
                 if let fuseMount {
                     withDataPath.transport = .fuse
                     withDataPath.mountPoint = fuseMount
@@ -224,7 +228,8 @@ struct DPFSEngine: ParsableCommand {
                 do {
                     let url = try NFSURL.parse(device.nfsURL)
                     let nfs = NFSConfiguration(url: url, nodesMax: device.inodesMax, openFilesMax: device.openFilesMax,
-                                               requestTimeoutMilliseconds: device.nfsTimeoutMilliseconds)
+                                               requestTimeoutMilliseconds: device.nfsTimeoutMilliseconds,
+                                               connectionsPerQueue: device.nfsConnections)
                     shared = try NFSDevice(configuration: nfs)
                 } catch {
                     throw StartupError("device \(device.name): \(error)")

@@ -44,6 +44,8 @@ mount = "$work/mnt-nfs"
 backend = "nfs"
 nfs_url = "$url"
 nfs_timeout_ms = $timeout_ms
+# Two connections: each is lost and re-made on its own.
+nfs_connections = 2
 cache = "never"
 
 [[device]]

@@ -18,6 +18,7 @@
 #include <sys/time.h>      // libnfs needs struct timeval before nfsc/libnfs.h
 #include <sys/mman.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>      // the NFS backend sleeps on an epoll set of its connections
 #include <sys/syscall.h>
 #include <fcntl.h>
 #include <dirent.h>

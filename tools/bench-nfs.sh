@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The NFS backend against its floor, measured in one run on one export: nfs-ganesha (FSAL_VFS,
+# tools/nfs-server.sh) exports a directory on loopback;
+#   1. dpfs-bench nfs-floor: a raw libnfs loop issuing the calls the engine makes (GETATTR, LOOKUP,
+#      READ 4 KiB, WRITE 4 KiB UNSTABLE) with DEPTH calls outstanding — nothing of the engine runs;
+#   2. dpfs-engine --backend nfs over vhost-user, driven by dpfs-bench vhost-user (the load generator
+#      playing QEMU and the guest): getattr-file, lookup-file, read-file, write-file of the same file.
+# Then one table: p50 of each, what the engine adds at p50, and throughput of each. Each side runs
+# alone (neither competes for the CPUs). Extra arguments go to both load generators.
+#   tools/bench-nfs.sh [--depths "1 16 64"] [--requests N] [--warmup N] [--connections N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+depths="1 16 64"
+requests=20000
+warmup=2000
+connections=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --depths) depths=$2; shift ;;
+    --requests) requests=$2; shift ;;
+    --warmup) warmup=$2; shift ;;
+    --connections) connections=$2; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+swift build -c release --product dpfs-engine >/dev/null
+swift build -c release --product dpfs-bench >/dev/null
+
+work=$(mktemp -d /tmp/dpfs-bench-nfs.XXXXXX)
+chmod 755 "$work"
+mkdir -p "$work/export"
+engine_pid=
+cleanup() {
+  [ -n "$engine_pid" ] && kill "$engine_pid" 2>/dev/null && wait "$engine_pid" 2>/dev/null
+  tools/nfs-server.sh stop || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+url=$(tools/nfs-server.sh start "$work/export" | grep "version=3")
+common=(--requests "$requests" --warmup "$warmup" --depths $depths --json)
+
+echo "machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "server: nfs-ganesha $(dpkg-query -W -f='${Version}' nfs-ganesha 2>/dev/null) FSAL_VFS, export on $(stat -f -c %T "$work/export"), $url"
+.build/release/dpfs-bench nfs-floor --url "$url" --connections "$connections" "${common[@]}" >"$work/floor.json"
+
+.build/release/dpfs-engine --vhost-user-socket "$work/engine.sock" --backend nfs --nfs-url "$url" \
+  --nfs-connections "$connections" --cache never --log-level warning >"$work/engine.log" 2>&1 &
+engine_pid=$!
+for _ in $(seq 100); do [ -S "$work/engine.sock" ] && break; sleep 0.1; done
+.build/release/dpfs-bench vhost-user --socket "$work/engine.sock" --label dpfs-engine-nfs --daemon-pid $engine_pid \
+  --operations getattr-file lookup-file read-file write-file "${common[@]}" >"$work/engine.json" 2>"$work/engine-bench.err" \
+  || { cat "$work/engine-bench.err" "$work/engine.log"; exit 1; }
+kill "$engine_pid"; wait "$engine_pid" 2>/dev/null || true; engine_pid=
+
+python3 - "$work/floor.json" "$work/engine.json" <<'PY'
+import json, sys
+floor = {(m["operation"], m["queue_depth"]): m for m in map(json.loads, open(sys.argv[1]))}
+engine = {(m["operation"].replace("-file", ""), m["queue_depth"]): m for m in map(json.loads, open(sys.argv[2]))}
+print(f"{'operation':10} {'depth':>5} {'floor p50 µs':>13} {'engine p50 µs':>14} {'added µs':>9} {'floor ops/s':>12} {'engine ops/s':>13} {'engine/floor':>13} {'engine cpu µs/op':>17}")
+for key in sorted(engine, key=lambda k: (["getattr", "lookup", "read", "write"].index(k[0]), k[1])):
+    e, f = engine[key], floor.get(key)
+    if f is None:
+        continue
+    cpu = e.get("daemon_cpu_us_per_op")
+    print(f"{key[0]:10} {key[1]:>5} {f['p50_ns'] / 1000:>13.1f} {e['p50_ns'] / 1000:>14.1f} {(e['p50_ns'] - f['p50_ns']) / 1000:>9.1f} "
+          f"{f['ops_per_second']:>12} {e['ops_per_second']:>13} {e['ops_per_second'] / f['ops_per_second']:>13.2f} {cpu if cpu is not None else '-':>17}")
+PY
