@@ -5,8 +5,10 @@
 #      READ 4 KiB, WRITE 4 KiB UNSTABLE) with DEPTH calls outstanding — nothing of the engine runs;
 #   2. dpfs-engine --backend nfs over vhost-user, driven by dpfs-bench vhost-user (the load generator
 #      playing QEMU and the guest): getattr-file, lookup-file, read-file, write-file of the same file.
-# Then one table: p50 of each, what the engine adds at p50, and throughput of each. Each side runs
-# alone (neither competes for the CPUs). Extra arguments go to both load generators.
+# Then one table: p50 of each, what the engine adds at p50, throughput and CPU per operation of
+# each (the engine's: all its threads, from /proc). Each side runs alone (neither competes for the
+# CPUs). Percentiles on both sides are the upper edges of the same log-linear histogram (≤ 1/32 high).
+# DPFS_ENGINE_ARGS adds engine options (e.g. "--busy-poll-us 0").
 #   tools/bench-nfs.sh [--depths "1 16 64"] [--requests N] [--warmup N] [--connections N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,24 +47,32 @@ echo "server: nfs-ganesha $(dpkg-query -W -f='${Version}' nfs-ganesha 2>/dev/nul
 .build/release/dpfs-bench nfs-floor --url "$url" --connections "$connections" "${common[@]}" >"$work/floor.json"
 
 .build/release/dpfs-engine --vhost-user-socket "$work/engine.sock" --backend nfs --nfs-url "$url" \
-  --nfs-connections "$connections" --cache never --log-level warning >"$work/engine.log" 2>&1 &
+  --nfs-connections "$connections" --cache never --log-level warning ${DPFS_ENGINE_ARGS:-} >"$work/engine.log" 2>&1 &
 engine_pid=$!
 for _ in $(seq 100); do [ -S "$work/engine.sock" ] && break; sleep 0.1; done
-.build/release/dpfs-bench vhost-user --socket "$work/engine.sock" --label dpfs-engine-nfs --daemon-pid $engine_pid \
-  --operations getattr-file lookup-file read-file write-file "${common[@]}" >"$work/engine.json" 2>"$work/engine-bench.err" \
-  || { cat "$work/engine-bench.err" "$work/engine.log"; exit 1; }
+# Depth 1 is latency: the generator spins for each answer, as the floor's poll loop has nothing else
+# to do. Deeper is throughput: the generator sleeps on its call eventfd (a guest waiting for its
+# interrupt), else its spinning takes one of the machine's CPUs from ganesha and the engine.
+: >"$work/engine.json"
+for depth in $depths; do
+  sleep_flag=$([ "$depth" = 1 ] || echo --sleep-when-idle)
+  engine_common=(--requests "$requests" --warmup "$warmup" --depths "$depth" --json)
+  .build/release/dpfs-bench vhost-user --socket "$work/engine.sock" --label dpfs-engine-nfs --daemon-pid $engine_pid $sleep_flag \
+    --operations getattr-file lookup-file read-file write-file "${engine_common[@]}" >>"$work/engine.json" 2>"$work/engine-bench.err" \
+    || { cat "$work/engine-bench.err" "$work/engine.log"; exit 1; }
+done
 kill "$engine_pid"; wait "$engine_pid" 2>/dev/null || true; engine_pid=
 
 python3 - "$work/floor.json" "$work/engine.json" <<'PY'
 import json, sys
 floor = {(m["operation"], m["queue_depth"]): m for m in map(json.loads, open(sys.argv[1]))}
 engine = {(m["operation"].replace("-file", ""), m["queue_depth"]): m for m in map(json.loads, open(sys.argv[2]))}
-print(f"{'operation':10} {'depth':>5} {'floor p50 µs':>13} {'engine p50 µs':>14} {'added µs':>9} {'floor ops/s':>12} {'engine ops/s':>13} {'engine/floor':>13} {'engine cpu µs/op':>17}")
+print(f"{'operation':10} {'depth':>5} {'floor p50 µs':>13} {'engine p50 µs':>14} {'added µs':>9} {'floor ops/s':>12} {'engine ops/s':>13} {'engine/floor':>13} {'floor cpu µs/op':>16} {'engine cpu µs/op':>17}")
 for key in sorted(engine, key=lambda k: (["getattr", "lookup", "read", "write"].index(k[0]), k[1])):
     e, f = engine[key], floor.get(key)
     if f is None:
         continue
     cpu = e.get("daemon_cpu_us_per_op")
     print(f"{key[0]:10} {key[1]:>5} {f['p50_ns'] / 1000:>13.1f} {e['p50_ns'] / 1000:>14.1f} {(e['p50_ns'] - f['p50_ns']) / 1000:>9.1f} "
-          f"{f['ops_per_second']:>12} {e['ops_per_second']:>13} {e['ops_per_second'] / f['ops_per_second']:>13.2f} {cpu if cpu is not None else '-':>17}")
+          f"{f['ops_per_second']:>12} {e['ops_per_second']:>13} {e['ops_per_second'] / f['ops_per_second']:>13.2f} {f['cpu_us_per_call']:>16} {cpu if cpu is not None else '-':>17}")
 PY

@@ -1,9 +1,10 @@
-// A log-linear histogram (8 sub-buckets per power of two, so any recorded value is known to within
-// 12.5%), held in caller memory so recording allocates nothing and costs one increment.
+// A log-linear histogram (32 sub-buckets per power of two, so any recorded value is known to within
+// 1/32 ≈ 3.1%: fine enough to see a few microseconds added to an NFS round trip of 40), held in
+// caller memory so recording allocates nothing and costs one increment.
 
 @frozen
 public struct LatencyHistogram: @unchecked Sendable {
-    public static let subBucketBits = 3
+    public static let subBucketBits = 5
     public static let bucketCount = 64 << subBucketBits
 
     public let counts: UnsafeMutablePointer<UInt64>
@@ -19,7 +20,7 @@ public struct LatencyHistogram: @unchecked Sendable {
     public static func bucket(of value: UInt64) -> Int {
         let subBuckets = UInt64(1) << subBucketBits
         if value < subBuckets { return Int(value) }
-        let exponent = 63 - value.leadingZeroBitCount            // value >= 8, so exponent >= 3
+        let exponent = 63 - value.leadingZeroBitCount            // value >= 32, so exponent >= 5
         let mantissa = Int(value >> UInt64(exponent - subBucketBits)) & (Int(subBuckets) - 1)
         return ((exponent - subBucketBits + 1) << subBucketBits) | mantissa
     }

@@ -1,13 +1,14 @@
 import ArgumentParser
 import CDPFS
+import DPFSCore
 import DPFSPosix
 import Glibc
 import NFSBackend
 
 /// `dpfs-bench nfs-floor`: the floor the NFS backend is measured against — a raw libnfs loop on
 /// one RPC context per connection, issuing the same NFSv3 calls the engine makes for GETATTR,
-/// LOOKUP, READ 4 KiB and WRITE 4 KiB (UNSTABLE) of one file, with `depth` calls outstanding. It
-/// sleeps in poll(2) on its sockets like any libnfs program; nothing of the engine runs. The
+/// LOOKUP, READ 4 KiB and WRITE 4 KiB (UNSTABLE) of one file, with `depth` calls outstanding. At
+/// depth 1 it spins on its socket, deeper it sleeps in poll(2); nothing of the engine runs. The
 /// difference between this and `dpfs-bench vhost-user` against an engine with `--backend nfs` on
 /// the same export is what the engine adds (tools/bench-nfs.sh runs both).
 struct NFSFloorBenchmark: ParsableCommand {
@@ -67,7 +68,7 @@ struct NFSFloorBenchmark: ParsableCommand {
         if !json {
             print("dpfs-bench nfs-floor: \(label), \(parsed), \(connections) connection(s), file \(file) (\(fileSize) B), "
                   + "\(requests) calls per point after \(warmup) warm-up")
-            print("operation  depth  ops/s        p50 ns    p99 ns    p99.9 ns  failures")
+            print("operation  depth  ops/s        p50 ns    p99 ns    p99.9 ns  cpu us/call  failures")
         }
         for name in operations {
             let operation = FloorOperation(rawValue: name)!
@@ -76,11 +77,12 @@ struct NFSFloorBenchmark: ParsableCommand {
                 if json {
                     print("{\"benchmark\":\"nfs-floor\",\"backend\":\"\(label)\",\"operation\":\"\(name)\",\"queue_depth\":\(depth),"
                           + "\"connections\":\(connections),\"requests\":\(requests),\"ops_per_second\":\(Int(result.opsPerSecond)),"
-                          + "\"p50_ns\":\(result.p50),\"p99_ns\":\(result.p99),\"p999_ns\":\(result.p999),\"failures\":\(result.failures)}")
+                          + "\"p50_ns\":\(result.p50),\"p99_ns\":\(result.p99),\"p999_ns\":\(result.p999),\"failures\":\(result.failures),"
+                          + "\"cpu_us_per_call\":\(VhostUserBenchmark.format(result.cpuMicrosecondsPerCall, decimals: 3))}")
                 } else {
                     print(name.padding(10) + " " + String(depth).padding(6) + " " + String(Int(result.opsPerSecond)).padding(12) + " "
                           + String(result.p50).padding(9) + " " + String(result.p99).padding(9) + " " + String(result.p999).padding(9)
-                          + " " + String(result.failures))
+                          + " " + VhostUserBenchmark.format(result.cpuMicrosecondsPerCall, decimals: 3).padding(12) + " " + String(result.failures))
                 }
             }
         }
@@ -100,7 +102,9 @@ final class FloorLoop {
     let data: UnsafeMutableRawPointer
     let fileBlocks: Int
     var startedNanoseconds: [UInt64] = []
-    var latencies: [UInt64] = []
+    /// The load generator's histogram, so both sides report percentiles the same way (the upper
+    /// edge of the bucket, ≤ 1/32 above the value).
+    let histogram: LatencyHistogram
     var outstanding = 0
     var issued = 0
     var failures = 0
@@ -124,6 +128,9 @@ final class FloorLoop {
         memset(data, 0x5A, 4096)
         fileBlocks = fileSize / 4096
         tags = .allocate(capacity: Self.tagsMax)
+        let counts = UnsafeMutablePointer<UInt64>.allocate(capacity: LatencyHistogram.bucketCount)
+        counts.initialize(repeating: 0, count: LatencyHistogram.bucketCount)
+        histogram = LatencyHistogram(counts: counts)
         var made: [OpaquePointer] = []
         for _ in 0..<connections {
             guard let rpc = rpc_init_context() else { throw ValidationError("rpc_init_context failed") }
@@ -149,6 +156,7 @@ final class FloorLoop {
         Glibc.free(name)
         data.deallocate()
         tags.deallocate()
+        histogram.counts.deallocate()
     }
 
     var fileHandleLength = 0
@@ -260,7 +268,7 @@ final class FloorLoop {
         let now = monotonicNanoseconds()
         outstanding -= 1
         if !success { failures += 1 }
-        if recording { latencies.append(now - startedNanoseconds[slot]) }
+        if recording { histogram.record(now - startedNanoseconds[slot]) }
         if issued < target { issue(slot: slot) }
     }
 
@@ -294,6 +302,14 @@ final class FloorLoop {
         let opsPerSecond: Double
         let p50: UInt64, p99: UInt64, p999: UInt64
         let failures: Int
+        /// This process's CPU time (user + system) per call, µs.
+        let cpuMicrosecondsPerCall: Double
+    }
+
+    static func cpuMicroseconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
     }
 
     func run(_ operation: FloorOperation, depth: Int, count: Int) {
@@ -302,7 +318,10 @@ final class FloorLoop {
         target = count
         startedNanoseconds = Array(repeating: 0, count: depth)
         for slot in 0..<min(depth, count) { issue(slot: slot) }
-        while outstanding > 0 { pump(contexts, timeoutMilliseconds: 1000) }
+        // Depth 1 spins for each answer (as the engine's poller busy-polls between requests);
+        // deeper sleeps in poll(2), leaving the CPUs to the server.
+        let timeout: Int32 = depth == 1 ? 0 : 1000
+        while outstanding > 0 { pump(contexts, timeoutMilliseconds: timeout) }
     }
 
     func measure(_ operation: FloorOperation, depth: Int, requests: Int, warmup: Int) throws -> Result {
@@ -310,17 +329,17 @@ final class FloorLoop {
         recording = false
         failures = 0
         if warmup > 0 { run(operation, depth: depth, count: warmup) }
-        latencies = []
-        latencies.reserveCapacity(requests)
+        histogram.reset()
         recording = true
         failures = 0
+        let cpuBefore = Self.cpuMicroseconds()
         let began = monotonicNanoseconds()
         run(operation, depth: depth, count: requests)
         let elapsed = monotonicNanoseconds() - began
+        let cpu = Self.cpuMicroseconds() - cpuBefore
         recording = false
-        latencies.sort()
-        func percentile(_ p: Double) -> UInt64 { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
-        return Result(opsPerSecond: Double(requests) / (Double(elapsed) / 1e9), p50: percentile(0.5), p99: percentile(0.99),
-                      p999: percentile(0.999), failures: failures)
+        return Result(opsPerSecond: Double(requests) / (Double(elapsed) / 1e9), p50: histogram.percentile(0.5),
+                      p99: histogram.percentile(0.99), p999: histogram.percentile(0.999), failures: failures,
+                      cpuMicrosecondsPerCall: cpu / Double(requests))
     }
 }

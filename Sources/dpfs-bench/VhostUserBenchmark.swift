@@ -41,6 +41,9 @@ struct VhostUserBenchmark: ParsableCommand {
     @Option(help: "Bytes the benchmark file is filled with at set-up (a multiple of 4096).")
     var fileSize: Int = 1 << 20
 
+    @Flag(help: "Real-file operations: sleep on the call eventfd while nothing completes (as a guest waits for its interrupt) instead of spinning a CPU.")
+    var sleepWhenIdle = false
+
     @Option(help: "The back-end's process id: report its CPU time (user + system, all threads) per operation.")
     var daemonPid: Int32?
 
@@ -204,6 +207,7 @@ struct VhostUserBenchmark: ParsableCommand {
         var files: FileLoadGenerator? = nil
         if operations.contains(where: { FileOperation(rawValue: $0) != nil }) {
             let generator = FileLoadGenerator(driver: driverState, kickFD: kicks[1].fd, fileName: file, fileSizeBytes: UInt64(fileSize))
+            if sleepWhenIdle { generator.callFD = calls[1].fd }
             try generator.setUp()
             driverState = generator.driver
             description += "; " + generator.setupDescription
