@@ -2,7 +2,8 @@
 # The whole test suite: what CI runs (.ci/run) and what a developer runs before pushing.
 #   1. release build (it enforces @_noAllocation/@_noLocks on the hot path)
 #   2. every unit, model-based and end-to-end test (swift test), including the allocation gate
-#   3. the allocation gate again against the release build
+#   3. the allocation gate again against the release build, and over the NFS backend against a real
+#      nfs-ganesha (libnfs's own mallocs counted and reported apart from the engine's, which are 0)
 #   4. the multi-threaded completion path under ThreadSanitizer
 #   5. hostile-input tests under AddressSanitizer
 #   6. the spin model of the slot/completion-ring protocol
@@ -42,6 +43,7 @@ step "install dependencies" tools/install-dependencies.sh guest
 step "release build" swift build -c release
 step "swift test" swift test
 step "allocation gate (release)" .build/release/dpfs-bench alloc-gate --requests 100000
+step "allocation gate, NFS data path (the engine's mallocs beside libnfs's own)" tools/alloc-gate-nfs.sh --requests 20000
 step "ThreadSanitizer" swift test --sanitize=thread --scratch-path .build-tsan \
   --filter "concurrentProducers|ModelTests|asynchronousCompletion|PollerLoopTests|PassthroughSharedTableTests"
 # Leak checking is off: the only leaks LeakSanitizer reports are XCTest's own runner objects, and

@@ -5,6 +5,7 @@ import FUSEDevice
 import FUSEWire
 import LoopbackTransport
 import MallocInterposerSwift
+import NFSBackend
 import NullBackend
 import Synchronization
 
@@ -23,8 +24,15 @@ struct AllocationGateCommand: ParsableCommand {
     @Option(help: "Warm-up requests per class.")
     var warmup: Int = 2_000
 
+    @Option(help: "Also gate the NFS backend against this export (nfs://HOST/PATH?version=3...): the engine's mallocs per request beside libnfs's own per call.")
+    var nfsURL: String?
+
+    @Flag(help: "Only the NFS part (needs --nfs-url).")
+    var nfsOnly = false
+
     func validate() throws {
         guard requests > 0, warmup > 0 else { throw ValidationError("--requests and --warmup must be positive") }
+        if nfsOnly && nfsURL == nil { throw ValidationError("--nfs-only needs --nfs-url") }
     }
 
     func run() throws {
@@ -39,6 +47,11 @@ struct AllocationGateCommand: ParsableCommand {
         let canary = MallocInterposerSwift.getStatistics().mallocCount
         print("{\"class\":\"canary\",\"mallocs\":\(canary),\"elements\":\(grown.count)}")
         var failed = canary == 0
+        if nfsOnly {
+            failed = try gateNFS() || failed
+            if failed { throw ExitCode.failure }
+            return
+        }
 
         for operation in LoadOperation.allCases {
             let result = try measure(operations: [operation], threaded: false)
@@ -81,7 +94,21 @@ struct AllocationGateCommand: ParsableCommand {
                 failed = failed || !result.passed
             }
         }
+        if nfsURL != nil { failed = try gateNFS() || failed }
         if failed { throw ExitCode.failure }
+    }
+
+    /// The NFS backend against a real server; true when it failed.
+    func gateNFS() throws -> Bool {
+        let url: NFSURL
+        do { url = try NFSURL.parse(nfsURL!) } catch { throw ValidationError("\(error)") }
+        let gate = try NFSGate(url: url)
+        var failed = false
+        for result in try gate.measure(requests: requests, warmup: warmup) {
+            print(result.json)
+            failed = failed || !result.passed
+        }
+        return failed
     }
 
     struct Result {
