@@ -58,6 +58,8 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var nfsTimeoutMilliseconds: Int = 30_000
     /// TCP connections to the NFS server per request queue.
     public var nfsConnections: Int = 1
+    /// MiB per request queue of uncommitted NFS writes kept for a resend (0 = none).
+    public var nfsJournalMegabytes: Int = 16
 
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
@@ -134,6 +136,9 @@ public struct DeviceConfiguration: Equatable, Sendable {
         }
         guard (1...16).contains(nfsConnections) else {
             throw ConfigurationError(line: 0, "device \(name): nfs_connections must be 1...16")
+        }
+        guard (0...4096).contains(nfsJournalMegabytes) else {
+            throw ConfigurationError(line: 0, "device \(name): nfs_journal_mb must be 0...4096")
         }
         guard (16...(1 << 24)).contains(inodesMax) else { throw ConfigurationError(line: 0, "device \(name): inodes_max must be 16...16777216") }
         guard (16...(1 << 24)).contains(inodeDescriptorsMax) else {
@@ -216,6 +221,7 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "nfs_url": device.nfsURL = try string(entry)
                 case "nfs_timeout_ms": device.nfsTimeoutMilliseconds = try integer(entry)
                 case "nfs_connections": device.nfsConnections = try integer(entry)
+                case "nfs_journal_mb": device.nfsJournalMegabytes = try integer(entry, minimum: 0)
                 case "cpus":
                     let text = try string(entry)
                     device.cpus = []

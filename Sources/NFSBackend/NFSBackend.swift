@@ -30,6 +30,8 @@ enum NFSCall: UInt8 {
     case none = 0
     case lookup, getattr, setattr, readlink, symlink, mknod, mkdir, create, remove, rmdir, rename, link
     case access, read, write, commit, fsstat, readdir, readdirplus
+    /// A journal entry written again after a COMMIT's verifier showed the server restarted.
+    case resendWrite
 }
 
 /// Where an unlinked-but-open file goes (Specs/nfs-semantics.md): the export's top directory
@@ -112,6 +114,18 @@ final class NFSQueue: @unchecked Sendable {
     /// An exclusive CREATE's verifier, kept for the resends of the same request.
     let createVerifiers: UnsafeMutablePointer<UInt64>
     let tags: UnsafeMutablePointer<NFSCallTag>
+    /// The journal entry a WRITE stage reserved (-1 = none), and the entry a resend stage writes.
+    let journalEntries: UnsafeMutablePointer<Int>
+    let resendEntries: UnsafeMutablePointer<Int>
+    /// What a COMMIT stage covers: the open's write count and the journal's answer count when sent.
+    let commitSnapshots: UnsafeMutablePointer<UInt64>
+    let journalSnapshots: UnsafeMutablePointer<UInt64>
+    /// The verifier a repair brings every covered entry to, and how many repairs this request made.
+    let resendVerifiers: UnsafeMutablePointer<UInt64>
+    let resendRounds: UnsafeMutablePointer<UInt8>
+    let journal: WriteJournal
+    /// This queue's number within the device.
+    let queueNumber: Int32
     /// WRITE payloads spread over several guest segments are gathered here (the call encodes them
     /// at once, so one buffer per queue is enough).
     let gather: UnsafeMutableRawPointer
@@ -180,6 +194,21 @@ final class NFSQueue: @unchecked Sendable {
         hiddenNames = .allocate(byteCount: slotCount * HiddenName.bytesMax, alignment: 8)
         hiddenNames.initializeMemory(as: UInt8.self, repeating: 0, count: slotCount * HiddenName.bytesMax)
         tags = .allocate(capacity: slotCount + connectionCount)
+        journalEntries = .allocate(capacity: slotCount)
+        journalEntries.initialize(repeating: -1, count: slotCount)
+        resendEntries = .allocate(capacity: slotCount)
+        resendEntries.initialize(repeating: -1, count: slotCount)
+        commitSnapshots = .allocate(capacity: slotCount)
+        commitSnapshots.initialize(repeating: 0, count: slotCount)
+        journalSnapshots = .allocate(capacity: slotCount)
+        journalSnapshots.initialize(repeating: 0, count: slotCount)
+        resendVerifiers = .allocate(capacity: slotCount)
+        resendVerifiers.initialize(repeating: 0, count: slotCount)
+        resendRounds = .allocate(capacity: slotCount)
+        resendRounds.initialize(repeating: 0, count: slotCount)
+        let journalBytes = device.configuration.journalBytesPerQueue
+        journal = WriteJournal(capacityBytes: journalBytes, entryCapacity: max(64, journalBytes / 1024))
+        queueNumber = device.queueNumbers.add(1, ordering: .relaxed).oldValue
         gather = .allocate(byteCount: FUSELimits.writeBytesMax, alignment: 4096)
         let me = Unmanaged.passUnretained(self).toOpaque()
         for slot in 0..<slotCount + connectionCount { (tags + slot).initialize(to: NFSCallTag(queue: me, slot: UInt32(slot))) }
@@ -209,6 +238,12 @@ final class NFSQueue: @unchecked Sendable {
         stagedNodes.deallocate()
         hiddenNames.deallocate()
         tags.deallocate()
+        journalEntries.deallocate()
+        resendEntries.deallocate()
+        commitSnapshots.deallocate()
+        journalSnapshots.deallocate()
+        resendVerifiers.deallocate()
+        resendRounds.deallocate()
         gather.deallocate()
     }
 
@@ -231,7 +266,10 @@ public struct NFSBackend: Backend {
     }
 
     public mutating func sessionStarted(_ session: NegotiatedSession) {}
-    public mutating func sessionEnded() {}
+    public mutating func sessionEnded() {
+        // Every open of the old session is gone, and with them what the journal kept for them.
+        queue?.journal.reset()
+    }
 
     public mutating func deviceSessionBegins(_ session: NegotiatedSession) {
         device.resetSession()
@@ -258,6 +296,9 @@ public struct NFSBackend: Backend {
     /// Connections made after the first (reconnects) and requests failed by the timeout.
     public var reconnects: Int { queue?.reconnects ?? 0 }
     public var timeouts: Int { queue?.timeouts ?? 0 }
+    /// Journal entries written again after a changed verifier, and WRITEs sent FILE_SYNC for want of room.
+    public var resentWrites: Int { queue?.journal.resent ?? 0 }
+    public var journalFallbacks: Int { queue?.journal.fullFallbacks ?? 0 }
 
     public mutating func poll() -> Int {
         guard let queue else { return 0 }

@@ -91,12 +91,14 @@ public struct NFSConfiguration: Sendable {
     /// Reconnect attempts start this far apart and double up to `reconnectBackoffMillisecondsMax`.
     /// TCP connections per request queue (calls go round robin over those that are up).
     public var connectionsPerQueue: Int
+    /// Each queue's copy of its uncommitted UNSTABLE writes (NFSJournal.swift); 0 disables it.
+    public var journalBytesPerQueue: Int
     public var reconnectBackoffMillisecondsMin: Int = 50
     public var reconnectBackoffMillisecondsMax: Int = 2000
 
     public init(url: NFSURL, validity: CacheValidity = CacheValidity(seconds: 1), openFlags: UInt32 = 0,
                 nodesMax: Int = 65_536, openFilesMax: Int = 16_384, requestTimeoutMilliseconds: Int = 30_000,
-                connectionsPerQueue: Int = 1) {
+                connectionsPerQueue: Int = 1, journalBytesPerQueue: Int = 16 << 20) {
         precondition(nodesMax >= 16 && nodesMax <= 1 << 24)
         // A slot records its connection in 8 bits, and `expire` keeps them in a 64-bit set.
         precondition(connectionsPerQueue >= 1 && connectionsPerQueue <= NFSConfiguration.connectionsPerQueueMax)
@@ -109,6 +111,8 @@ public struct NFSConfiguration: Sendable {
         self.openFilesMax = openFilesMax
         self.requestTimeoutMilliseconds = requestTimeoutMilliseconds
         self.connectionsPerQueue = connectionsPerQueue
+        precondition(journalBytesPerQueue >= 0 && journalBytesPerQueue <= 1 << 32)
+        self.journalBytesPerQueue = journalBytesPerQueue
     }
 
     public static let connectionsPerQueueMax = 16

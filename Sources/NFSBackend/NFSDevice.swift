@@ -2,6 +2,7 @@ import CDPFS
 import DPFSPosix
 import FUSEWire
 import Glibc
+import Synchronization
 
 // One NFS export served as one device. Built once at start-up: the MOUNT call that yields the
 // export's root file handle and FSINFO's transfer limits happen here, on the control plane, with a
@@ -24,6 +25,21 @@ public final class NFSDevice: @unchecked Sendable {
     /// This engine's number in hidden names (random per start, so engines sharing an export and
     /// successive sessions never pick the same name).
     public let instance: UInt64
+    /// Fault counters of all queues (rare events: a shared atomic each is cheap enough).
+    let reconnectCount = Atomic<Int>(0)
+    let timeoutCount = Atomic<Int>(0)
+    let resentWriteCount = Atomic<Int>(0)
+    let stableFallbackCount = Atomic<Int>(0)
+
+    /// What went wrong with the server and what the backend did about it, for the engine's log.
+    public var faultReport: String {
+        "NFS server faults: \(reconnectCount.load(ordering: .relaxed)) reconnect(s), \(timeoutCount.load(ordering: .relaxed)) request(s) failed EIO by the timeout, "
+            + "\(resentWriteCount.load(ordering: .relaxed)) uncommitted write(s) resent after a server restart, "
+            + "\(stableFallbackCount.load(ordering: .relaxed)) write(s) sent FILE_SYNC for want of journal room"
+    }
+
+    /// Hands each queue its number (an open's sole writer is named by it).
+    let queueNumbers = Atomic<Int32>(0)
     /// NUL-terminated server name for rpc_connect_port_async (kept for the device's lifetime).
     let hostName: UnsafeMutablePointer<CChar>
 

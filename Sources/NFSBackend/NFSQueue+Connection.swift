@@ -3,6 +3,7 @@ import DPFSCore
 import DPFSPosix
 import FUSEWire
 import Glibc
+import Synchronization
 
 // The queue's TCP connections (`nfs_connections`, default 1): each made without blocking (the
 // sleeping poller waits for POLLOUT), serviced from the poller's steps, torn down and re-made with
@@ -72,7 +73,10 @@ extension NFSQueue {
         }
         link.state = .up
         upCount += 1
-        if link.everConnected { reconnects += 1 }
+        if link.everConnected {
+            reconnects += 1
+            device.reconnectCount.add(1, ordering: .relaxed)
+        }
         link.everConnected = true
         link.backoffNanoseconds = UInt64(device.configuration.reconnectBackoffMillisecondsMin) * 1_000_000
         // Everything that waited for a connection goes now (the server orders nothing across requests).
@@ -175,6 +179,7 @@ extension NFSQueue {
                 states[slot] = .free
                 waiting -= 1
                 timeouts += 1
+                device.timeoutCount.add(1, ordering: .relaxed)
                 finish(slot, .io)
             } else {
                 stalled |= 1 << UInt64(slotConnections[slot])

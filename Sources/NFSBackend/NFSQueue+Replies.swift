@@ -2,6 +2,7 @@ import CDPFS
 import DPFSCore
 import FUSEWire
 import Glibc
+import Synchronization
 
 // Answers: libnfs runs `completed` from inside `rpc_service` once per call (a reply, or the
 // connection's end). What the server sent is read here and only here, and nothing of it is
@@ -17,7 +18,7 @@ extension NFSQueue {
     /// A stage may go again on a new connection when doing it twice does what doing it once does.
     func resendable(_ slot: Int) -> Bool {
         switch calls[slot] {
-        case .lookup, .getattr, .setattr, .readlink, .access, .read, .write, .commit, .fsstat, .readdir, .readdirplus:
+        case .lookup, .getattr, .setattr, .readlink, .access, .read, .write, .commit, .fsstat, .readdir, .readdirplus, .resendWrite:
             return true
         case .create:
             // UNCHECKED makes or finds the same file; EXCLUSIVE carries a verifier the server matches.
@@ -219,7 +220,13 @@ extension NFSQueue {
             let asked = min(requests[slot].payloadLength, device.writeBytesMax)
             guard Int(ok.count) <= asked else { return finish(slot, .io) }
             if ok.committed == UNSTABLE {
-                device.files.wrote(openFiles[slot], verifier: Self.verifier(ok.verf))
+                let verifier = Self.verifier(ok.verf)
+                if journalEntries[slot] >= 0 {
+                    // The journal keeps the bytes until a COMMIT with this verifier covers them.
+                    journal.acknowledge(journalEntries[slot], verifier: verifier)
+                    journalEntries[slot] = -1
+                }
+                device.files.wrote(openFiles[slot], verifier: verifier)
             }
             replies[slot].written(bytes: ok.count)
             complete(slot)
@@ -230,10 +237,35 @@ extension NFSQueue {
             var outcome: FUSEErrno? = nil
             if result.status.rawValue != 0 {
                 outcome = NFSStatus.errno(v3: result.status.rawValue)
-            } else if !device.files.committed(openFiles[slot], verifier: Self.verifier(result.COMMIT3res_u.resok.verf)) {
-                outcome = .io
+            } else {
+                let verifier = Self.verifier(result.COMMIT3res_u.resok.verf)
+                let openFile = openFiles[slot]
+                var repaired = false
+                var unrepaired = false
+                if repairable(openFile) {
+                    let handle = openHandle(slot)
+                    if let entry = journal.mismatch(fileHandle: handle, coveredBy: journalSnapshots[slot], verifier: verifier, from: 0) {
+                        // The server restarted since some of this data was written: write it again,
+                        // then COMMIT again (a few rounds at most, should it keep restarting).
+                        if resendRounds[slot] < Self.repairRoundsMax {
+                            resendRounds[slot] += 1
+                            resendVerifiers[slot] = verifier
+                            resendEntries[slot] = entry
+                            calls[slot] = .resendWrite
+                            return issue(slot)
+                        }
+                        unrepaired = true
+                    } else {
+                        journal.releaseCommitted(fileHandle: handle, coveredBy: journalSnapshots[slot])
+                        repaired = true
+                    }
+                }
+                if unrepaired || !device.files.committed(openFile, verifier: verifier, snapshot: commitSnapshots[slot], repaired: repaired) {
+                    outcome = .io
+                }
             }
             if isRelease {
+                journal.releaseCommitted(fileHandle: fh, coveredBy: 0, everything: true)
                 let ended = endOpen(fh)
                 if ended.removeHidden {
                     // The kernel does not look at RELEASE's answer: the hidden name goes next.
@@ -256,6 +288,31 @@ extension NFSQueue {
                 files: ok.tfiles, filesFree: ok.afiles, blockSizeBytes: UInt32(blockBytes),
                 nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: UInt32(blockBytes)))
             complete(slot)
+        case .resendWrite:
+            let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
+            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            let ok = result.WRITE3res_u.resok
+            let entry = resendEntries[slot]
+            guard Int(ok.count) == journal.entry(entry).pointee.length else { return finish(slot, .io) }
+            let verifier = Self.verifier(ok.verf)
+            device.resentWriteCount.add(1, ordering: .relaxed)
+            if ok.committed == UNSTABLE {
+                journal.rewritten(entry, verifier: verifier)
+            } else {
+                journal.rewritten(entry, verifier: resendVerifiers[slot])
+                journal.release(entry)
+            }
+            // A verifier that changed once more: the server restarted again, and what was resent
+            // before is to be resent against the new one.
+            if ok.committed == UNSTABLE && verifier != resendVerifiers[slot] { resendVerifiers[slot] = verifier }
+            if let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: journalSnapshots[slot],
+                                           verifier: resendVerifiers[slot], from: 0) {
+                resendEntries[slot] = next
+                return issue(slot)
+            }
+            resendEntries[slot] = -1
+            calls[slot] = .commit
+            issue(slot)
         case .readdir:
             let result = data.assumingMemoryBound(to: READDIR3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }

@@ -3,6 +3,7 @@ import DPFSCore
 import DPFSPosix
 import FUSEWire
 import Glibc
+import Synchronization
 
 // Requests as NFSv3 calls. A FUSE request becomes one to three RPCs on its slot ("stages"): the
 // main call, then a LOOKUP when a create-like call came back without the new file handle, a
@@ -38,6 +39,8 @@ struct NFSProgress: OptionSet {
     static let hiding = NFSProgress(rawValue: 512)
     /// The REMOVE of this stage removes `stagedNodes[slot]`'s hidden name.
     static let removingHidden = NFSProgress(rawValue: 1024)
+    /// The WRITE goes FILE_SYNC: the journal had no room for it (or it is disabled for a sole writer).
+    static let stableWrite = NFSProgress(rawValue: 2048)
 }
 
 /// ACCESS3 bits (RFC 1813 §3.3.4).
@@ -56,6 +59,8 @@ let regularType: UInt32 = 0o100000
 
 extension NFSQueue {
     static let ENFILE = FUSEErrno(23)
+    /// Repairs (resend, then COMMIT again) one FSYNC may make before it gives up with EIO.
+    static let repairRoundsMax: UInt8 = 4
     static let ESTALE = FUSEErrno(116)
 
     // MARK: - Starting a request
@@ -190,6 +195,7 @@ extension NFSQueue {
                 return begin(request, reply: reply, token: token, call: .commit, secondaryID: 0, openFile: index, progress: [])
             }
             let ended = endOpen(fh)
+            journal.releaseCommitted(fileHandle: fh, coveredBy: 0, everything: true)
             guard ended.removeHidden else {
                 if ended.node != 0 { device.nodes.unpin(ended.node) }
                 reply.send(bodyBytes: 0)
@@ -200,7 +206,8 @@ extension NFSQueue {
         default:
             let fh = opcode == .flush ? request.arguments(as: fuse_flush_in.self).fh : request.arguments(as: fuse_fsync_in.self).fh
             guard let index = files.index(fh) else { reply.fail(.badFileDescriptor); return .done }
-            if files.hasLostData(index) { reply.fail(.io); return .done }
+            // A changed verifier is repaired from the journal when this queue holds all the open's data.
+            if files.hasLostData(index) && !repairable(index) { reply.fail(.io); return .done }
             guard files.isDirty(index) else { reply.send(bodyBytes: 0); return .done }
             return begin(request, reply: reply, token: token, call: .commit, secondaryID: 0, openFile: index, progress: [])
         }
@@ -232,6 +239,9 @@ extension NFSQueue {
             secondary = pinned
         }
         stagedNodes[slot] = stagedNode
+        journalEntries[slot] = -1
+        resendEntries[slot] = -1
+        resendRounds[slot] = 0
         requests[slot] = request
         replies[slot] = reply
         tokens[slot] = token
@@ -383,11 +393,22 @@ extension NFSQueue {
         case .write:
             let fuse = request.arguments(as: fuse_write_in.self)
             let count = min(request.payloadLength, device.writeBytesMax)
-            let data = payload(request, count: count)
-            var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: UNSTABLE,
+            let data = journaledPayload(slot, request, count: count)
+            let stable = progress[slot].contains(.stableWrite) ? FILE_SYNC : UNSTABLE
+            var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: stable,
                                        data: .init(data_len: u_int(count), data_val: data))
             started = rpc_nfs3_write_async(rpc, callback, &arguments, tag)
+        case .resendWrite:
+            let entry = journal.entry(resendEntries[slot]).pointee
+            var arguments = WRITE3args(file: handle(primary), offset: entry.offsetInFile, count: count3(entry.length), stable: UNSTABLE,
+                                       data: .init(data_len: u_int(entry.length),
+                                                   data_val: journal.data(resendEntries[slot]).assumingMemoryBound(to: CChar.self)))
+            started = rpc_nfs3_write_async(rpc, callback, &arguments, tag)
         case .commit:
+            // What this COMMIT covers: every WRITE answered before it is sent (a resend after a
+            // reconnect covers the ones answered meanwhile too, which is just as true).
+            commitSnapshots[slot] = device.files.commitSnapshot(openFiles[slot])
+            journalSnapshots[slot] = journal.ackCounter
             var arguments = COMMIT3args(file: handle(primary), offset: 0, count: 0)
             started = rpc_nfs3_commit_async(rpc, callback, &arguments, tag)
         case .fsstat:
@@ -523,6 +544,61 @@ extension NFSQueue {
         }
     }
 
+    /// The FUSE file handle a WRITE, FLUSH, FSYNC or RELEASE names.
+    func openHandle(_ slot: Int) -> UInt64 {
+        let request = requests[slot]
+        switch FUSEOpcode(rawValue: request.opcodeRaw) {
+        case .write: return request.arguments(as: fuse_write_in.self).fh
+        case .release: return request.arguments(as: fuse_release_in.self).fh
+        case .flush: return request.arguments(as: fuse_flush_in.self).fh
+        case .fsync: return request.arguments(as: fuse_fsync_in.self).fh
+        default: return 0
+        }
+    }
+
+    /// This queue's journal holds every uncommitted byte written through the open.
+    func repairable(_ openFile: Int) -> Bool {
+        journal.isEnabled && device.files.isSoleWriter(openFile, queue: queueNumber)
+    }
+
+    /// A WRITE's data as it is sent. The first time: copied into the journal when this queue is the
+    /// open's only writer (and sent from the copy, so a repair resends exactly these bytes); when
+    /// the journal is full, sent FILE_SYNC instead; from another writer's open, sent as it is (a
+    /// changed verifier then fails the open's next FSYNC with EIO). A resend after a reconnect
+    /// takes the same path it took the first time.
+    func journaledPayload(_ slot: Int, _ request: FUSERequest, count: Int) -> UnsafeMutablePointer<CChar> {
+        if journalEntries[slot] >= 0 { return journal.data(journalEntries[slot]).assumingMemoryBound(to: CChar.self) }
+        let data = payload(request, count: count)
+        guard !progress[slot].contains(.stableWrite), journal.isEnabled,
+              device.files.claimWriter(openFiles[slot], queue: queueNumber) else { return data }
+        let fh = request.arguments(as: fuse_write_in.self).fh
+        var reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
+        if reserved == nil {
+            // Entries of opens that ended through another queue are only found by looking.
+            reclaimClosedEntries()
+            reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
+        }
+        guard let entry = reserved else {
+            device.stableFallbackCount.add(1, ordering: .relaxed)
+            progress[slot].insert(.stableWrite)
+            return data
+        }
+        journalEntries[slot] = entry
+        let copy = journal.data(entry)
+        copy.copyMemory(from: data, byteCount: count)
+        return copy.assumingMemoryBound(to: CChar.self)
+    }
+
+    /// Releases the journal entries of opens that are no longer open.
+    func reclaimClosedEntries() {
+        var index = journal.entryTail
+        while index < journal.entryHead {
+            let entry = journal.entry(index).pointee
+            if entry.state == .acknowledged && device.files.index(entry.fileHandle) == nil { journal.release(index) }
+            index += 1
+        }
+    }
+
     /// WRITE data: the guest's memory in place when it is one segment, else gathered (libnfs
     /// encodes the call before returning, so one gather buffer serves the whole queue).
     func payload(_ request: FUSERequest, count: Int) -> UnsafeMutablePointer<CChar> {
@@ -553,6 +629,10 @@ extension NFSQueue {
         if primaryNodes[slot] != 0 { device.nodes.unpin(primaryNodes[slot]) }
         if secondaryNodes[slot] != 0 { device.nodes.unpin(secondaryNodes[slot]) }
         if stagedNodes[slot] != 0 { device.nodes.unpin(stagedNodes[slot]) }
+        // A WRITE that did not come back UNSTABLE keeps nothing in the journal.
+        if journalEntries[slot] >= 0 { journal.release(journalEntries[slot]) }
+        journalEntries[slot] = -1
+        resendEntries[slot] = -1
         primaryNodes[slot] = 0
         secondaryNodes[slot] = 0
         stagedNodes[slot] = 0

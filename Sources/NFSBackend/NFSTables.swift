@@ -310,8 +310,14 @@ public final class OpenFileTable: @unchecked Sendable {
     public let capacity: Int
     let generations: UnsafeMutablePointer<Atomic<UInt32>>
     let live: UnsafeMutablePointer<Atomic<Bool>>
-    /// Unstable data written and not yet committed.
-    let dirty: UnsafeMutablePointer<Atomic<Bool>>
+    /// UNSTABLE answers counted per open, and the count the last successful COMMIT covered (the
+    /// count when it was sent): the open is dirty while the first is ahead. A WRITE answered while
+    /// a COMMIT is in flight is not covered by it, and stays dirty for the next FSYNC.
+    let writtenSequences: UnsafeMutablePointer<Atomic<UInt64>>
+    let committedSequences: UnsafeMutablePointer<Atomic<UInt64>>
+    /// The one queue that wrote through this open (-1: none yet; -2: several). Only a sole writer's
+    /// journal holds all its uncommitted data, so only then can a changed verifier be repaired.
+    let writers: UnsafeMutablePointer<Atomic<Int32>>
     /// The verifier the server gave the first unstable WRITE since the last COMMIT (0 = none yet).
     let writeVerifiers: UnsafeMutablePointer<Atomic<UInt64>>
     /// Two unstable WRITEs got different verifiers, or a COMMIT's differs: the server restarted
@@ -332,13 +338,17 @@ public final class OpenFileTable: @unchecked Sendable {
         self.capacity = capacity
         generations = .allocate(capacity: capacity)
         live = .allocate(capacity: capacity)
-        dirty = .allocate(capacity: capacity)
+        writtenSequences = .allocate(capacity: capacity)
+        committedSequences = .allocate(capacity: capacity)
+        writers = .allocate(capacity: capacity)
         writeVerifiers = .allocate(capacity: capacity)
         dataLost = .allocate(capacity: capacity)
         for index in 0..<capacity {
             (generations + index).initialize(to: Atomic(1))
             (live + index).initialize(to: Atomic(false))
-            (dirty + index).initialize(to: Atomic(false))
+            (writtenSequences + index).initialize(to: Atomic(0))
+            (committedSequences + index).initialize(to: Atomic(0))
+            (writers + index).initialize(to: Atomic(-1))
             (writeVerifiers + index).initialize(to: Atomic(0))
             (dataLost + index).initialize(to: Atomic(false))
         }
@@ -356,7 +366,9 @@ public final class OpenFileTable: @unchecked Sendable {
     deinit {
         generations.deallocate()
         live.deallocate()
-        dirty.deallocate()
+        writtenSequences.deallocate()
+        committedSequences.deallocate()
+        writers.deallocate()
         writeVerifiers.deallocate()
         dataLost.deallocate()
         cookieVerifiers.deallocate()
@@ -370,7 +382,9 @@ public final class OpenFileTable: @unchecked Sendable {
             guard freeCount > 0 else { return nil }
             freeCount -= 1
             let index = Int(freeList[freeCount])
-            dirty[index].store(false, ordering: .relaxed)
+            writtenSequences[index].store(0, ordering: .relaxed)
+            committedSequences[index].store(0, ordering: .relaxed)
+            writers[index].store(-1, ordering: .relaxed)
             writeVerifiers[index].store(0, ordering: .relaxed)
             dataLost[index].store(false, ordering: .relaxed)
             cookieVerifiers[index] = 0
@@ -412,25 +426,60 @@ public final class OpenFileTable: @unchecked Sendable {
         }
     }
 
-    /// Unstable data was written through this open since its last COMMIT.
-    public func isDirty(_ index: Int) -> Bool { dirty[index].load(ordering: .relaxed) }
+    /// Unstable data was written through this open that no successful COMMIT covered.
+    public func isDirty(_ index: Int) -> Bool {
+        writtenSequences[index].load(ordering: .acquiring) > committedSequences[index].load(ordering: .acquiring)
+    }
+
+    /// What a COMMIT sent now covers (pass it back to `committed`).
+    public func commitSnapshot(_ index: Int) -> UInt64 { writtenSequences[index].load(ordering: .acquiring) }
+
+    /// Records `queue` as a writer of the open: true while it is the only one.
+    public func claimWriter(_ index: Int, queue: Int32) -> Bool {
+        var current = writers[index].load(ordering: .acquiring)
+        while true {
+            if current == queue { return true }
+            if current == -2 { return false }
+            let desired: Int32 = current == -1 ? queue : -2
+            let (exchanged, original) = writers[index].compareExchange(expected: current, desired: desired, ordering: .acquiringAndReleasing)
+            if exchanged { return desired == queue }
+            current = original
+        }
+    }
+
+    /// The open's writes all went through `queue` (or there were none).
+    public func isSoleWriter(_ index: Int, queue: Int32) -> Bool {
+        let current = writers[index].load(ordering: .acquiring)
+        return current == queue || current == -1
+    }
 
     /// The server may have dropped data this open wrote (FSYNC, FLUSH and RELEASE fail EIO).
     public func hasLostData(_ index: Int) -> Bool { dataLost[index].load(ordering: .relaxed) }
 
     /// An unstable WRITE came back with `verifier`.
     func wrote(_ index: Int, verifier: UInt64) {
-        dirty[index].store(true, ordering: .relaxed)
+        writtenSequences[index].add(1, ordering: .acquiringAndReleasing)
         let (exchanged, original) = writeVerifiers[index].compareExchange(expected: 0, desired: verifier, ordering: .relaxed)
         if !exchanged && original != verifier { dataLost[index].store(true, ordering: .relaxed) }
     }
 
-    /// A COMMIT came back with `verifier`: true when everything written since the last one is safe.
-    func committed(_ index: Int, verifier: UInt64) -> Bool {
-        // Clean first: a WRITE answered while this COMMIT was in flight marks the open dirty again.
-        dirty[index].store(false, ordering: .relaxed)
+    /// A COMMIT sent at `snapshot` came back with `verifier`: true when everything written since
+    /// the last one is safe. `repaired`: the queue's journal wrote again whatever the server may
+    /// have dropped, and a COMMIT with this verifier then covered it.
+    func committed(_ index: Int, verifier: UInt64, snapshot: UInt64, repaired: Bool = false) -> Bool {
         let written = writeVerifiers[index].exchange(0, ordering: .relaxed)
-        if written != 0 && written != verifier { dataLost[index].store(true, ordering: .relaxed) }
+        if repaired {
+            dataLost[index].store(false, ordering: .relaxed)
+        } else if written != 0 && written != verifier {
+            dataLost[index].store(true, ordering: .relaxed)
+        }
+        var covered = committedSequences[index].load(ordering: .acquiring)
+        while covered < snapshot {
+            let (exchanged, original) = committedSequences[index].compareExchange(expected: covered, desired: snapshot,
+                                                                                  ordering: .acquiringAndReleasing)
+            if exchanged { break }
+            covered = original
+        }
         return !dataLost[index].load(ordering: .relaxed)
     }
 }

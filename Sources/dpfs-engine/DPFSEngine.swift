@@ -61,6 +61,9 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("nfs-connections"), help: "NFS backend: TCP connections to the server per request queue (1...16).")
     var nfsConnections: Int = 1
 
+    @Option(name: .customLong("nfs-journal-mb"), help: "NFS backend: MiB per request queue kept of data written but not yet committed, resent when the server restarts (0: none; fsync then fails EIO after a restart).")
+    var nfsJournalMegabytes: Int = 16
+
     @Option(help: "What the guest may cache (passthrough): never, metadata, auto or always.")
     var cache: String = "auto"
 
@@ -122,6 +125,7 @@ struct DPFSEngine: ParsableCommand {
                 withDataPath.nfsURL = nfsURL ?? ""
                 withDataPath.nfsTimeoutMilliseconds = nfsTimeoutMilliseconds
                 withDataPath.nfsConnections = nfsConnections
+                withDataPath.nfsJournalMegabytes = nfsJournalMegabytes
                 if let fuseMount {
                     withDataPath.transport = .fuse
                     withDataPath.mountPoint = fuseMount
@@ -173,6 +177,7 @@ struct DPFSEngine: ParsableCommand {
         let clock = CycleClock.calibrate(milliseconds: 20)
         var threads: [PinnedThread] = []
         var servers: [any EngineServer] = []
+        var nfsDevices: [(name: String, device: NFSDevice)] = []
         logger.info("dpfs-engine starting: \(configuration.devices.count) device(s), \(PinnedThread.onlineCPUs) CPUs online")
         for device in configuration.devices {
             let deviceLogger = Logger(label: "dpfs-engine.\(device.name)")
@@ -229,8 +234,10 @@ struct DPFSEngine: ParsableCommand {
                     let url = try NFSURL.parse(device.nfsURL)
                     let nfs = NFSConfiguration(url: url, nodesMax: device.inodesMax, openFilesMax: device.openFilesMax,
                                                requestTimeoutMilliseconds: device.nfsTimeoutMilliseconds,
-                                               connectionsPerQueue: device.nfsConnections)
+                                               connectionsPerQueue: device.nfsConnections,
+                                               journalBytesPerQueue: device.nfsJournalMegabytes << 20)
                     shared = try NFSDevice(configuration: nfs)
+                    nfsDevices.append((device.name, shared))
                 } catch {
                     throw StartupError("device \(device.name): \(error)")
                 }
@@ -252,6 +259,7 @@ struct DPFSEngine: ParsableCommand {
         logger.info("ready")
         for thread in threads { thread.join() }
         for server in servers { logger.info("\(server.stopAndReport())") }
+        for (name, device) in nfsDevices { logger.info("\(name): \(device.faultReport)") }
         logger.info("dpfs-engine stopped")
     }
 }

@@ -73,3 +73,46 @@ import Testing
         }
     }
 }
+
+/// The NFS backend's write journal: what a changed verifier makes the queue write again.
+@Suite struct WriteJournalTests {
+    @Test("an acknowledged entry is found by a covering COMMIT with another verifier, and released by a matching one")
+    func mismatchAndRelease() throws {
+        let journal = WriteJournal(capacityBytes: 16384, entryCapacity: 8)
+        let a = try #require(journal.reserve(fileHandle: 7, offsetInFile: 0, length: 4096))
+        let b = try #require(journal.reserve(fileHandle: 7, offsetInFile: 4096, length: 4096))
+        let other = try #require(journal.reserve(fileHandle: 9, offsetInFile: 0, length: 100))
+        journal.acknowledge(a, verifier: 1)
+        journal.acknowledge(other, verifier: 1)
+        let snapshot = journal.ackCounter
+        journal.acknowledge(b, verifier: 1)   // after the COMMIT was sent: not covered
+        #expect(journal.mismatch(fileHandle: 7, coveredBy: snapshot, verifier: 1, from: 0) == nil)
+        #expect(journal.mismatch(fileHandle: 7, coveredBy: snapshot, verifier: 2, from: 0) == a)
+        #expect(journal.mismatch(fileHandle: 7, coveredBy: journal.ackCounter, verifier: 2, from: a + 1) == b)
+        journal.rewritten(a, verifier: 2)
+        #expect(journal.mismatch(fileHandle: 7, coveredBy: snapshot, verifier: 2, from: 0) == nil)
+        journal.releaseCommitted(fileHandle: 7, coveredBy: snapshot)
+        #expect(journal.entriesInUse == 2, "a (at the tail) is gone; b, not covered, and the other open's entry stay")
+        journal.releaseCommitted(fileHandle: 7, coveredBy: journal.ackCounter)
+        journal.releaseCommitted(fileHandle: 9, coveredBy: 0, everything: true)
+        #expect(journal.entriesInUse == 0 && journal.bytesInUse == 0)
+        #expect(journal.resent == 1)
+    }
+
+    @Test("a full journal refuses (the WRITE then goes FILE_SYNC), and data never wraps inside an entry")
+    func fullAndWrap() throws {
+        let journal = WriteJournal(capacityBytes: 10000, entryCapacity: 4)
+        let first = try #require(journal.reserve(fileHandle: 1, offsetInFile: 0, length: 6000))
+        #expect(journal.reserve(fileHandle: 1, offsetInFile: 0, length: 6000) == nil, "no room for a second 6000 bytes")
+        #expect(journal.fullFallbacks == 1)
+        journal.acknowledge(first, verifier: 5)
+        journal.release(first)
+        // Head at 6000: 6000 more would cross the end, so it starts at the next lap (10000).
+        let second = try #require(journal.reserve(fileHandle: 1, offsetInFile: 0, length: 6000))
+        #expect(journal.entry(second).pointee.position == 10000)
+        #expect(journal.data(second) == journal.bytes!)
+        #expect(journal.reserve(fileHandle: 1, offsetInFile: 0, length: 10001) == nil, "larger than the journal")
+        let disabled = WriteJournal(capacityBytes: 0, entryCapacity: 1)
+        #expect(!disabled.isEnabled && disabled.reserve(fileHandle: 1, offsetInFile: 0, length: 1) == nil)
+    }
+}

@@ -160,7 +160,14 @@ def main():
         thread.start()
     windows = []
     time.sleep(args.warmup_seconds)
-    for seconds in outages:
+    # Written UNSTABLE before the crash, fsync'ed after the restart: the server's write verifier
+    # changed, so the engine must write it again before the fsync may succeed.
+    pending_path = os.path.join(args.nfs_mount, "pending.bin")
+    pending_bytes = b"".join(content(100000 + i) for i in range(8))
+    pending_fd = os.open(pending_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(pending_fd, pending_bytes)
+    pending_result = "not tried"
+    for index, seconds in enumerate(outages):
         began = time.monotonic()
         subprocess.run([args.server, "kill"], check=True)
         time.sleep(seconds)
@@ -168,6 +175,14 @@ def main():
         windows.append((began, time.monotonic()))
         print(f"nfs_faults: server down {time.monotonic() - began:.1f} s (timeout {timeout:.1f} s)")
         time.sleep(args.warmup_seconds + timeout)
+        if index == 0:
+            try:
+                os.fsync(pending_fd)
+                pending_result = "ok"
+            except OSError as failure:
+                pending_result = errno.errorcode.get(failure.errno, str(failure.errno))
+            os.close(pending_fd)
+            print(f"nfs_faults: fsync of data written before the crash, after the restart: {pending_result}")
     for loop in (data, meta, other):
         loop.stop.set()
     for thread in threads:
@@ -188,6 +203,12 @@ def main():
     print(f"nfs_faults: data: {len(promised)} files promised by fsync, {len(lost)} not in the export intact")
     if lost:
         bad.append(f"fsync'ed files lost or wrong in the export: {lost[:10]}")
+    if pending_result != "ok":
+        bad.append(f"fsync of data written before the first crash failed after the restart: {pending_result}")
+    else:
+        with open(os.path.join(args.export, "pending.bin"), "rb") as f:
+            if f.read() != pending_bytes:
+                bad.append("pending.bin is not intact in the export after its fsync succeeded")
     after = [t for t in data.completions if t > windows[-1][1]]
     if not after:
         bad.append("no data step succeeded after the last restart")
