@@ -9,19 +9,23 @@
 # each (the engine's: all its threads, from /proc). Each side runs alone (neither competes for the
 # CPUs). Percentiles on both sides are the upper edges of the same log-linear histogram (≤ 1/32 high).
 # DPFS_ENGINE_ARGS adds engine options (e.g. "--busy-poll-us 0").
-#   tools/bench-nfs.sh [--depths "1 16 64"] [--requests N] [--warmup N] [--connections N]
+# The two sides alternate for --rounds rounds (default 3) and each figure is the median over them,
+# so a drift of this shared VM during the run moves both sides alike.
+#   tools/bench-nfs.sh [--depths "1 16 64"] [--requests N] [--warmup N] [--connections N] [--rounds N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 depths="1 16 64"
 requests=20000
 warmup=2000
 connections=1
+rounds=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --depths) depths=$2; shift ;;
     --requests) requests=$2; shift ;;
     --warmup) warmup=$2; shift ;;
     --connections) connections=$2; shift ;;
+    --rounds) rounds=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -44,8 +48,6 @@ common=(--requests "$requests" --warmup "$warmup" --depths $depths --json)
 
 echo "machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "server: nfs-ganesha $(dpkg-query -W -f='${Version}' nfs-ganesha 2>/dev/null) FSAL_VFS, export on $(stat -f -c %T "$work/export"), $url"
-.build/release/dpfs-bench nfs-floor --url "$url" --connections "$connections" "${common[@]}" >"$work/floor.json"
-
 .build/release/dpfs-engine --vhost-user-socket "$work/engine.sock" --backend nfs --nfs-url "$url" \
   --nfs-connections "$connections" --cache never --log-level warning ${DPFS_ENGINE_ARGS:-} >"$work/engine.log" 2>&1 &
 engine_pid=$!
@@ -54,19 +56,34 @@ for _ in $(seq 100); do [ -S "$work/engine.sock" ] && break; sleep 0.1; done
 # to do. Deeper is throughput: the generator sleeps on its call eventfd (a guest waiting for its
 # interrupt), else its spinning takes one of the machine's CPUs from ganesha and the engine.
 : >"$work/engine.json"
-for depth in $depths; do
-  sleep_flag=$([ "$depth" = 1 ] || echo --sleep-when-idle)
-  engine_common=(--requests "$requests" --warmup "$warmup" --depths "$depth" --json)
-  .build/release/dpfs-bench vhost-user --socket "$work/engine.sock" --label dpfs-engine-nfs --daemon-pid $engine_pid $sleep_flag \
-    --operations getattr-file lookup-file read-file write-file "${engine_common[@]}" >>"$work/engine.json" 2>"$work/engine-bench.err" \
-    || { cat "$work/engine-bench.err" "$work/engine.log"; exit 1; }
+: >"$work/floor.json"
+for round in $(seq "$rounds"); do
+  echo "round $round of $rounds"
+  .build/release/dpfs-bench nfs-floor --url "$url" --connections "$connections" "${common[@]}" >>"$work/floor.json"
+  for depth in $depths; do
+    sleep_flag=$([ "$depth" = 1 ] || echo --sleep-when-idle)
+    engine_common=(--requests "$requests" --warmup "$warmup" --depths "$depth" --json)
+    .build/release/dpfs-bench vhost-user --socket "$work/engine.sock" --label dpfs-engine-nfs --daemon-pid $engine_pid $sleep_flag \
+      --operations getattr-file lookup-file read-file write-file "${engine_common[@]}" >>"$work/engine.json" 2>"$work/engine-bench.err" \
+      || { cat "$work/engine-bench.err" "$work/engine.log"; exit 1; }
+  done
 done
 kill "$engine_pid"; wait "$engine_pid" 2>/dev/null || true; engine_pid=
 
 python3 - "$work/floor.json" "$work/engine.json" <<'PY'
-import json, sys
-floor = {(m["operation"], m["queue_depth"]): m for m in map(json.loads, open(sys.argv[1]))}
-engine = {(m["operation"].replace("-file", ""), m["queue_depth"]): m for m in map(json.loads, open(sys.argv[2]))}
+import json, statistics, sys
+def medians(path, rename):
+    runs = {}
+    for m in map(json.loads, open(path)):
+        runs.setdefault((rename(m["operation"]), m["queue_depth"]), []).append(m)
+    merged = {}
+    for key, ms in runs.items():
+        merged[key] = {field: statistics.median([m[field] for m in ms if m.get(field) is not None] or [0])
+                       for field in ("p50_ns", "ops_per_second", "cpu_us_per_call", "daemon_cpu_us_per_op")}
+        merged[key]["rounds"] = len(ms)
+    return merged
+floor = medians(sys.argv[1], lambda o: o)
+engine = medians(sys.argv[2], lambda o: o.replace("-file", ""))
 print(f"{'operation':10} {'depth':>5} {'floor p50 µs':>13} {'engine p50 µs':>14} {'added µs':>9} {'floor ops/s':>12} {'engine ops/s':>13} {'engine/floor':>13} {'floor cpu µs/op':>16} {'engine cpu µs/op':>17}")
 for key in sorted(engine, key=lambda k: (["getattr", "lookup", "read", "write"].index(k[0]), k[1])):
     e, f = engine[key], floor.get(key)
@@ -74,5 +91,5 @@ for key in sorted(engine, key=lambda k: (["getattr", "lookup", "read", "write"].
         continue
     cpu = e.get("daemon_cpu_us_per_op")
     print(f"{key[0]:10} {key[1]:>5} {f['p50_ns'] / 1000:>13.1f} {e['p50_ns'] / 1000:>14.1f} {(e['p50_ns'] - f['p50_ns']) / 1000:>9.1f} "
-          f"{f['ops_per_second']:>12} {e['ops_per_second']:>13} {e['ops_per_second'] / f['ops_per_second']:>13.2f} {f['cpu_us_per_call']:>16} {cpu if cpu is not None else '-':>17}")
+          f"{f['ops_per_second']:>12.0f} {e['ops_per_second']:>13.0f} {e['ops_per_second'] / f['ops_per_second']:>13.2f} {f['cpu_us_per_call']:>16.1f} {cpu:>17.1f}")
 PY

@@ -296,7 +296,7 @@ public struct NFSBackend: Backend {
     /// Connections made after the first (reconnects) and requests failed by the timeout.
     public var reconnects: Int { queue?.reconnects ?? 0 }
     public var timeouts: Int { queue?.timeouts ?? 0 }
-    /// Journal entries written again after a changed verifier, and WRITEs sent FILE_SYNC for want of room.
+    /// Journal entries written again after a changed verifier, and WRITEs the full journal could not keep.
     public var resentWrites: Int { queue?.journal.resent ?? 0 }
     public var journalFallbacks: Int { queue?.journal.fullFallbacks ?? 0 }
 

@@ -29,13 +29,13 @@ public final class NFSDevice: @unchecked Sendable {
     let reconnectCount = Atomic<Int>(0)
     let timeoutCount = Atomic<Int>(0)
     let resentWriteCount = Atomic<Int>(0)
-    let stableFallbackCount = Atomic<Int>(0)
+    let unjournaledWriteCount = Atomic<Int>(0)
 
     /// What went wrong with the server and what the backend did about it, for the engine's log.
     public var faultReport: String {
         "NFS server faults: \(reconnectCount.load(ordering: .relaxed)) reconnect(s), \(timeoutCount.load(ordering: .relaxed)) request(s) failed EIO by the timeout, "
             + "\(resentWriteCount.load(ordering: .relaxed)) uncommitted write(s) resent after a server restart, "
-            + "\(stableFallbackCount.load(ordering: .relaxed)) write(s) sent FILE_SYNC for want of journal room"
+            + "\(unjournaledWriteCount.load(ordering: .relaxed)) write(s) not journaled for want of room (their opens' fsync fails EIO after a restart)"
     }
 
     /// Hands each queue its number (an open's sole writer is named by it).

@@ -9,8 +9,9 @@
 // acknowledged when the server answers UNSTABLE (with its verifier and a sequence number a COMMIT
 // compares against), and released once a COMMIT covering it matched, or when the WRITE failed, was
 // answered stable, or its open ended. Entries are released out of order; the tail moves past every
-// released entry at the tail end. A WRITE that finds no room goes FILE_SYNC instead (durable when
-// answered, nothing to keep): a full journal slows writes down and loses nothing.
+// released entry at the tail end. A WRITE that finds no room is sent unjournaled and its open can
+// no longer be repaired (a changed verifier then fails its FSYNC with EIO: nothing is lost
+// silently); an application that fsyncs at least every `capacityBytes` keeps the repair.
 
 struct JournalEntry {
     enum State: UInt8 { case free, reserved, acknowledged, released }
@@ -70,7 +71,7 @@ final class WriteJournal {
         bytes! + Int(entry(index).pointee.position % UInt64(capacityBytes))
     }
 
-    /// Room for `length` contiguous bytes and one entry, or nil (the caller then writes FILE_SYNC).
+    /// Room for `length` contiguous bytes and one entry, or nil (the caller sends it unjournaled).
     /// The returned entry index is a counter value; it stays valid until released.
     func reserve(fileHandle: UInt64, offsetInFile: UInt64, length: Int) -> Int? {
         guard isEnabled, length > 0, length <= capacityBytes, entryHead - entryTail < entryCapacity else {

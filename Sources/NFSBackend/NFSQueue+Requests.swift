@@ -39,8 +39,6 @@ struct NFSProgress: OptionSet {
     static let hiding = NFSProgress(rawValue: 512)
     /// The REMOVE of this stage removes `stagedNodes[slot]`'s hidden name.
     static let removingHidden = NFSProgress(rawValue: 1024)
-    /// The WRITE goes FILE_SYNC: the journal had no room for it (or it is disabled for a sole writer).
-    static let stableWrite = NFSProgress(rawValue: 2048)
 }
 
 /// ACCESS3 bits (RFC 1813 §3.3.4).
@@ -394,8 +392,7 @@ extension NFSQueue {
             let fuse = request.arguments(as: fuse_write_in.self)
             let count = min(request.payloadLength, device.writeBytesMax)
             let data = journaledPayload(slot, request, count: count)
-            let stable = progress[slot].contains(.stableWrite) ? FILE_SYNC : UNSTABLE
-            var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: stable,
+            var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: UNSTABLE,
                                        data: .init(data_len: u_int(count), data_val: data))
             started = rpc_nfs3_write_async(rpc, callback, &arguments, tag)
         case .resendWrite:
@@ -562,15 +559,15 @@ extension NFSQueue {
     }
 
     /// A WRITE's data as it is sent. The first time: copied into the journal when this queue is the
-    /// open's only writer (and sent from the copy, so a repair resends exactly these bytes); when
-    /// the journal is full, sent FILE_SYNC instead; from another writer's open, sent as it is (a
-    /// changed verifier then fails the open's next FSYNC with EIO). A resend after a reconnect
-    /// takes the same path it took the first time.
+    /// open's only writer (and sent from the copy, so a repair resends exactly these bytes). When
+    /// the journal is full, or the open has other writers, it is sent as it is and the open can no
+    /// longer be repaired: a changed verifier then fails its next FSYNC with EIO, as without a
+    /// journal. (FILE_SYNC instead would be safe too, but costs the server an fsync per WRITE: 5×
+    /// slower here.) A resend after a reconnect takes the same path it took the first time.
     func journaledPayload(_ slot: Int, _ request: FUSERequest, count: Int) -> UnsafeMutablePointer<CChar> {
         if journalEntries[slot] >= 0 { return journal.data(journalEntries[slot]).assumingMemoryBound(to: CChar.self) }
         let data = payload(request, count: count)
-        guard !progress[slot].contains(.stableWrite), journal.isEnabled,
-              device.files.claimWriter(openFiles[slot], queue: queueNumber) else { return data }
+        guard journal.isEnabled, device.files.claimWriter(openFiles[slot], queue: queueNumber) else { return data }
         let fh = request.arguments(as: fuse_write_in.self).fh
         var reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
         if reserved == nil {
@@ -579,8 +576,8 @@ extension NFSQueue {
             reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
         }
         guard let entry = reserved else {
-            device.stableFallbackCount.add(1, ordering: .relaxed)
-            progress[slot].insert(.stableWrite)
+            device.unjournaledWriteCount.add(1, ordering: .relaxed)
+            device.files.giveUpRepair(openFiles[slot])
             return data
         }
         journalEntries[slot] = entry
@@ -589,13 +586,13 @@ extension NFSQueue {
         return copy.assumingMemoryBound(to: CChar.self)
     }
 
-    /// Releases the journal entries of opens that are no longer open.
+    /// Releases the journal's oldest entries while they belong to opens that are no longer open
+    /// (amortised: each entry is looked at once on its way out).
     func reclaimClosedEntries() {
-        var index = journal.entryTail
-        while index < journal.entryHead {
-            let entry = journal.entry(index).pointee
-            if entry.state == .acknowledged && device.files.index(entry.fileHandle) == nil { journal.release(index) }
-            index += 1
+        while journal.entryTail < journal.entryHead {
+            let entry = journal.entry(journal.entryTail).pointee
+            guard entry.state == .acknowledged, device.files.index(entry.fileHandle) == nil else { return }
+            journal.release(journal.entryTail)
         }
     }
 

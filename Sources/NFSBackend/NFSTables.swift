@@ -447,6 +447,9 @@ public final class OpenFileTable: @unchecked Sendable {
         }
     }
 
+    /// The journal could not keep one of this open's writes: it cannot be repaired any more.
+    public func giveUpRepair(_ index: Int) { writers[index].store(-2, ordering: .releasing) }
+
     /// The open's writes all went through `queue` (or there were none).
     public func isSoleWriter(_ index: Int, queue: Int32) -> Bool {
         let current = writers[index].load(ordering: .acquiring)
