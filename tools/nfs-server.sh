@@ -7,6 +7,8 @@
 #   tools/nfs-server.sh stop                 stops ganesha (rpcbind stays: other users may need it)
 #   tools/nfs-server.sh kill                 SIGKILL ganesha (the fault tests' server crash)
 #   tools/nfs-server.sh restart              start ganesha again with the same export
+#   tools/nfs-server.sh pause | resume       SIGSTOP / SIGCONT ganesha (a stalled server: its sockets
+#                                            stay open, nothing is answered)
 #   tools/nfs-server.sh status               exit 0 when ganesha answers on 2049
 #
 # Needs root (ganesha's FSAL_VFS opens files by handle). Everything lives under $DPFS_NFS_STATE
@@ -116,5 +118,9 @@ case "$command" in
     start_ganesha
     ;;
   status) port_open $nfs_port ;;
-  *) echo "usage: $0 start [EXPORT_DIR] | stop | kill | restart | status" >&2; exit 2 ;;
+  pause|resume)
+    [ -f "$state/ganesha.pid" ] || { echo "no server is running" >&2; exit 1; }
+    kill "-$([ "$command" = pause ] && echo STOP || echo CONT)" "$(cat "$state/ganesha.pid")"
+    ;;
+  *) echo "usage: $0 start [EXPORT_DIR] | stop | kill | restart | pause | resume | status" >&2; exit 2 ;;
 esac

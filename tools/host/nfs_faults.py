@@ -2,7 +2,8 @@
 """nfs_faults.py — the NFS server crashes under load; what a user was promised must still hold.
 
 Three loops run at once while this script SIGKILLs nfs-ganesha and starts it again (twice: once
-for less than the engine's request timeout, once for longer):
+for less than the engine's request timeout, once for longer), and then stalls it (SIGSTOP for
+longer than the timeout: its connections stay open and nothing is answered, then SIGCONT):
   data      on the NFS mount: a new file per step, written, fsync'ed; a step counts as promised
             only when fsync returned success;
   metadata  on the NFS mount: mkdir, create, rename, unlink, rmdir chains on fresh names;
@@ -149,7 +150,7 @@ def main():
     timeout = args.timeout_ms / 1000.0
     # Shorter than the timeout: requests wait and complete after the reconnect. Longer: they fail
     # EIO when their deadline passes.
-    outages = [timeout * 0.5, timeout * 1.6]
+    outages = [("crash", timeout * 0.5), ("crash", timeout * 1.6), ("stall", timeout * 1.6)]
 
     promised = []
     data, meta, other = Loop("data"), Loop("metadata"), Loop("other device")
@@ -167,13 +168,13 @@ def main():
     pending_fd = os.open(pending_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.write(pending_fd, pending_bytes)
     pending_result = "not tried"
-    for index, seconds in enumerate(outages):
+    for index, (kind, seconds) in enumerate(outages):
         began = time.monotonic()
-        subprocess.run([args.server, "kill"], check=True)
+        subprocess.run([args.server, "kill" if kind == "crash" else "pause"], check=True)
         time.sleep(seconds)
-        subprocess.run([args.server, "restart"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([args.server, "restart" if kind == "crash" else "resume"], check=True, stdout=subprocess.DEVNULL)
         windows.append((began, time.monotonic()))
-        print(f"nfs_faults: server down {time.monotonic() - began:.1f} s (timeout {timeout:.1f} s)")
+        print(f"nfs_faults: server {'down' if kind == 'crash' else 'stalled'} {time.monotonic() - began:.1f} s (timeout {timeout:.1f} s)")
         time.sleep(args.warmup_seconds + timeout)
         if index == 0:
             try:
