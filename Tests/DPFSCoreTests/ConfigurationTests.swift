@@ -120,6 +120,13 @@ import Testing
         ("[[device]]\nsocket = \"/a\"\nshared_dir = \"/srv\"", "only for the passthrough backend"),
         ("[[device]]\nsocket = \"/a\"\nbackend = \"passthrough\"\nshared_dir = \"/srv\"\ncache = \"sometimes\"", "line 5: cache must be one of"),
         ("[[device]]\nsocket = \"/a\"\nbackend = \"passthrough\"\nshared_dir = \"/srv\"\ninodes_max = 3", "inodes_max"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"", "needs nfs_url"),
+        ("[[device]]\nsocket = \"/a\"\nnfs_url = \"nfs://h/e\"", "only for the nfs backend"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://h/e\"\nnfs_connections = 0", "nfs_connections must be 1...16"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://h/e\"\nnfs_connections = 17", "nfs_connections must be 1...16"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://h/e\"\nnfs_journal_mb = -1", "line 5"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://h/e\"\nnfs_journal_mb = 5000", "nfs_journal_mb must be 0...4096"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://h/e\"\nnfs_timeout_ms = 10", "nfs_timeout_ms"),
     ])
     func mistakes(text: String, expected: String) {
         do {
@@ -128,6 +135,20 @@ import Testing
         } catch {
             #expect(error.description.contains(expected), "\(error.description) does not mention '\(expected)'")
         }
+    }
+
+    @Test("an NFS device takes its URL, timeout, connections and journal size")
+    func nfsDevice() throws {
+        let text = "[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://127.0.0.1/export?version=3\"\n"
+            + "nfs_timeout_ms = 5000\nnfs_connections = 4\nnfs_journal_mb = 0\n"
+        let device = try #require(try EngineConfiguration.parse(text).devices.first)
+        #expect(device.backend == .nfs)
+        #expect(device.nfsURL == "nfs://127.0.0.1/export?version=3")
+        #expect(device.nfsTimeoutMilliseconds == 5000)
+        #expect(device.nfsConnections == 4)
+        #expect(device.nfsJournalMegabytes == 0)
+        let defaults = try #require(try EngineConfiguration.parse("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://h/e\"").devices.first)
+        #expect(defaults.nfsConnections == 1 && defaults.nfsJournalMegabytes == 16 && defaults.nfsTimeoutMilliseconds == 30_000)
     }
 
     @Test("strings keep '#' and escapes; comments after values are dropped")
