@@ -144,8 +144,8 @@ final class WriteJournal {
         var index = entryTail
         while index < entryHead {
             let record = entry(index).pointee
-            if record.fileHandle == fileHandle && (record.state == .acknowledged || (everything && record.state == .reserved))
-                && (everything || record.ackSequence <= ackSequence) {
+            // A reserved entry belongs to a WRITE still in flight: its slot releases it.
+            if record.fileHandle == fileHandle && record.state == .acknowledged && (everything || record.ackSequence <= ackSequence) {
                 release(index)
             }
             index += 1
