@@ -8,7 +8,7 @@
 # Then one table: p50 of each, what the engine adds at p50, throughput and CPU per operation of
 # each (the engine's: all its threads, from /proc). Each side runs alone (neither competes for the
 # CPUs). Percentiles on both sides are the upper edges of the same log-linear histogram (≤ 1/32 high).
-# DPFS_ENGINE_ARGS adds engine options (e.g. "--busy-poll-us 0").
+# DPFS_ENGINE_ARGS adds engine options (e.g. "--busy-poll-us 0"); DPFS_ENGINE_BINARY runs another build.
 # The two sides alternate for --rounds rounds (default 3) and each figure is the median over them,
 # so a drift of this shared VM during the run moves both sides alike.
 #   tools/bench-nfs.sh [--depths "1 16 64"] [--requests N] [--warmup N] [--connections N] [--rounds N]
@@ -48,7 +48,7 @@ common=(--requests "$requests" --warmup "$warmup" --depths $depths --json)
 
 echo "machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "server: nfs-ganesha $(dpkg-query -W -f='${Version}' nfs-ganesha 2>/dev/null) FSAL_VFS, export on $(stat -f -c %T "$work/export"), $url"
-.build/release/dpfs-engine --vhost-user-socket "$work/engine.sock" --backend nfs --nfs-url "$url" \
+${DPFS_ENGINE_BINARY:-.build/release/dpfs-engine} --vhost-user-socket "$work/engine.sock" --backend nfs --nfs-url "$url" \
   --nfs-connections "$connections" --cache never --log-level warning ${DPFS_ENGINE_ARGS:-} >"$work/engine.log" 2>&1 &
 engine_pid=$!
 for _ in $(seq 100); do [ -S "$work/engine.sock" ] && break; sleep 0.1; done

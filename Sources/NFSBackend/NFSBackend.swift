@@ -138,9 +138,6 @@ final class NFSQueue: @unchecked Sendable {
     var nextConnection = 0
     /// With several connections: the epoll set of their sockets the poller sleeps on (else -1).
     let epollFD: Int32
-    /// service()'s poll(2) set of the sockets with calls in flight, and their connections.
-    let readiness: UnsafeMutablePointer<pollfd>
-    let readinessLinks: UnsafeMutablePointer<Int>
     var inFlight = 0
     var waiting = 0
     var pendingCount = 0
@@ -165,10 +162,6 @@ final class NFSQueue: @unchecked Sendable {
         connections = (0..<connectionCount).map { NFSConnection(index: $0, backoffNanoseconds: backoff) }
         epollFD = connectionCount > 1 ? epoll_create1(Int32(EPOLL_CLOEXEC)) : -1
         precondition(connectionCount == 1 || epollFD >= 0, "epoll_create1 failed: errno \(errno)")
-        readiness = .allocate(capacity: connectionCount)
-        readiness.initialize(repeating: pollfd(), count: connectionCount)
-        readinessLinks = .allocate(capacity: connectionCount)
-        readinessLinks.initialize(repeating: 0, count: connectionCount)
         slotConnections = .allocate(capacity: slotCount)
         slotConnections.initialize(repeating: 0, count: slotCount)
         states = .allocate(capacity: slotCount)
@@ -227,8 +220,6 @@ final class NFSQueue: @unchecked Sendable {
         }
         if epollFD >= 0 { Glibc.close(epollFD) }
         slotConnections.deallocate()
-        readiness.deallocate()
-        readinessLinks.deallocate()
         states.deallocate()
         calls.deallocate()
         sent.deallocate()

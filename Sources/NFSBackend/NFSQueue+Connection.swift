@@ -123,29 +123,20 @@ extension NFSQueue {
 
     /// One poller step's worth of connection work; returns the requests completed.
     ///
-    /// rpc_service costs about 7 000 instructions before it reads anything (libnfs 4.0 walks all
-    /// 1 024 buckets of its pending-call table for timeouts on every call), so sockets with calls in
-    /// flight are asked first with one poll(2) for all of them, and only a readable one is serviced.
+    /// Each rpc_service call costs about 7 000 instructions before it reads anything (libnfs 4.0
+    /// walks all 1 024 buckets of its pending-call table for timeouts on every call). Asking the
+    /// sockets with one poll(2) first and servicing only the readable ones was measured (A/B,
+    /// tools/bench-nfs.sh, 2026-12-03) and lost: the extra syscall per answer added 5–20 µs at QD1
+    /// on this VM, more than the walk it saved. So a socket with calls in flight is serviced
+    /// directly.
     func service() -> Int {
         completedSinceLastPoll = 0
         var now: UInt64 = 0
-        var asked = 0
-        for link in connections where link.state == .up && link.inFlight > 0 {
-            readiness[asked] = pollfd(fd: rpc_get_fd(link.rpc!), events: Int16(POLLIN), revents: 0)
-            readinessLinks[asked] = link.index
-            asked += 1
-        }
-        if asked > 0 && Glibc.poll(readiness, nfds_t(asked), 0) > 0 {
-            for position in 0..<asked where readiness[position].revents != 0 {
-                let link = connections[readinessLinks[position]]
-                if rpc_service(link.rpc!, Int32(readiness[position].revents)) < 0 { link.teardownWanted = true }
-            }
-        }
         for link in connections {
             switch link.state {
             case .up:
                 if link.inFlight > 0 {
-                    // Serviced above when its socket had something.
+                    if rpc_service(link.rpc!, Int32(POLLIN)) < 0 { link.teardownWanted = true }
                 } else {
                     if now == 0 { now = monotonicNanoseconds() }
                     if now &- link.lastIdleServiceNanoseconds >= Self.idleServiceNanoseconds {
