@@ -16,7 +16,8 @@
 #   9. the NFS backend mounted on this host against a real nfs-ganesha on loopback: the same POSIX
 #      (with the documented NFS differences asserted), integrity, stress and crash checks
 #      and guests storing files through it (6.1, reboot, 6.12 multi-queue); ganesha killed and
-#      restarted under load (fsync'ed data durable, EIO within the timeout, a second device serving)
+#      restarted under load (fsync'ed data durable, EIO within the timeout, a second device serving);
+#      a test double of a server that lies in its answers
 #  10. a short dpfs-bench core run and a vhost-user run (they must work; speed is reported, not gated)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,7 @@ step "host mounts through /dev/fuse (classic, io_uring, kernel passthrough)" too
 step "NFS backend host mount against nfs-ganesha (POSIX, integrity, stress, SIGKILL)" tools/host/test-host-mount.sh --modes nfs
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
+step "NFS server that lies (bad handles, names, counts, targets, endless listing)" tools/host/test-nfs-hostile.sh
 step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
 step "dpfs-bench vhost-user smoke run (in-process engine)" .build/release/dpfs-bench vhost-user --in-process-engine \
   --requests 20000 --warmup 2000 --operations getattr statfs read write --depths 1 16

@@ -106,7 +106,9 @@ extension NFSQueue {
             guard let target = result.READLINK3res_u.resok.data else { return finish(slot, .io) }
             let length = strnlen(target, FUSELimits.symlinkTargetBytesMax + 1)
             let reply = replies[slot]
-            guard length >= 1, length <= FUSELimits.symlinkTargetBytesMax, length <= reply.dataCapacity else {
+            // An empty target is no symlink a server may have; one longer than PATH_MAX no guest can take.
+            guard length >= 1 else { return finish(slot, .io) }
+            guard length <= FUSELimits.symlinkTargetBytesMax, length <= reply.dataCapacity else {
                 return finish(slot, .nameTooLong)
             }
             var cursor = reply.data
@@ -443,6 +445,7 @@ extension NFSQueue {
     /// READDIR: the NFS cookie of each entry is its FUSE offset, so the guest's next call goes on
     /// from the last entry that fitted, however the listing is cut.
     func listed(_ slot: Int, _ ok: READDIR3resok) {
+        let from = requests[slot].arguments(as: fuse_read_in.self).offset
         let reply = replies[slot]
         let request = requests[slot]
         var writer = DirectoryEntryWriter(destination: reply.body,
@@ -454,6 +457,8 @@ extension NFSQueue {
             entriesMax -= 1
             let value = current.pointee
             entry = value.nextentry
+            // A server handing out the cookie it was asked to continue from would list forever.
+            if from != 0 && value.cookie == from { return finish(slot, Self.ELOOP) }
             guard let name = Self.name(value.name), !HiddenName.isReserved(name) else { continue }
             guard writer.append(inode: value.fileid, nextOffset: value.cookie, type: 0, name: name) else { break }
         }
@@ -464,6 +469,7 @@ extension NFSQueue {
     /// READDIRPLUS: every entry but "." and ".." with a handle and attributes becomes a node the
     /// kernel will FORGET; the others carry node 0 (the kernel then makes no dentry for them).
     func listedPlus(_ slot: Int, _ ok: READDIRPLUS3resok) {
+        let from = requests[slot].arguments(as: fuse_read_in.self).offset
         let reply = replies[slot]
         let request = requests[slot]
         var writer = DirectoryEntryWriter(destination: reply.body,
@@ -476,6 +482,8 @@ extension NFSQueue {
             entriesMax -= 1
             let value = current.pointee
             entry = value.nextentry
+            // A server handing out the cookie it was asked to continue from would list forever.
+            if from != 0 && value.cookie == from { return finish(slot, Self.ELOOP) }
             guard let name = Self.name(value.name), !HiddenName.isReserved(name) else { continue }
             let needed = EntryOutLayout.size + DirentLayout.alignedSize(nameLength: name.count)
             guard writer.bytesWritten + needed <= writer.capacity else { break }

@@ -60,6 +60,8 @@ extension NFSQueue {
     /// Repairs (resend, then COMMIT again) one FSYNC may make before it gives up with EIO.
     static let repairRoundsMax: UInt8 = 4
     static let ESTALE = FUSEErrno(116)
+    /// A listing that does not advance (Linux's NFS client answers ELOOP too).
+    static let ELOOP = FUSEErrno(40)
 
     // MARK: - Starting a request
 

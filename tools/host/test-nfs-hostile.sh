@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# test-nfs-hostile.sh — the NFS backend against a server that lies (tools/host/hostile_nfs_server.py:
+# a handle longer than NFSv3 allows, a name with '/', a READ answering more than asked or less
+# than it claims, symlink targets empty and longer than PATH_MAX, nanoseconds past a second, a
+# listing that never ends). Through a host mount: each lie is an error for its own system call
+# (EIO, ENAMETOOLONG, ELOOP) or is left out, never a crash, never a hang past the timeout, and
+# the honest file still reads afterwards. Needs root and /dev/fuse.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+engine=.build/release/dpfs-engine
+[ -x $engine ] || swift build -c release --product dpfs-engine || exit 1
+port=${DPFS_HOSTILE_PORT:-20499}
+work=$(mktemp -d /tmp/dpfs-nfs-hostile.XXXXXX)
+mkdir -p "$work/mnt"
+server_pid= engine_pid=
+cleanup() {
+  [ -n "$engine_pid" ] && kill -TERM "$engine_pid" 2>/dev/null && wait "$engine_pid" 2>/dev/null
+  umount -l "$work/mnt" 2>/dev/null
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+python3 tools/host/hostile_nfs_server.py --port "$port" --ready "$work/ready" &
+server_pid=$!
+for _ in $(seq 50); do [ -f "$work/ready" ] && break; sleep 0.1; done
+$engine --fuse-mount "$work/mnt" --backend nfs --cache never --nfs-timeout-ms 2000 \
+  --nfs-url "nfs://127.0.0.1/hostile?version=3&nfsport=$port&mountport=$port" >"$work/engine.log" 2>&1 &
+engine_pid=$!
+for _ in $(seq 100); do grep -q "INIT agreed" "$work/engine.log" 2>/dev/null && break; kill -0 $engine_pid 2>/dev/null || break; sleep 0.1; done
+grep -q "INIT agreed" "$work/engine.log" || { echo "test-nfs-hostile: the engine did not mount"; cat "$work/engine.log"; exit 1; }
+status=0
+python3 - "$work/mnt" <<'PY' || status=1
+import errno, os, sys, time
+mnt = sys.argv[1]
+bad = []
+def expect(what, function, want):
+    started = time.monotonic()
+    try:
+        got = ("ok", function())
+    except OSError as failure:
+        got = (errno.errorcode.get(failure.errno, str(failure.errno)), None)
+    elapsed = time.monotonic() - started
+    verdict = "ok" if (got[0] == want if isinstance(want, str) else got == ("ok", want)) else "FAIL"
+    print(f"test-nfs-hostile: {verdict} {what}: {got[0] if got[0] != 'ok' else repr(got[1])[:60]} ({elapsed:.2f} s)")
+    if verdict != "ok":
+        bad.append(what)
+    if elapsed > 2 * 2.0 + 2:
+        bad.append(f"{what} took {elapsed:.1f} s")
+def read(name):
+    with open(os.path.join(mnt, name), "rb") as f:
+        return f.read()
+expect("the honest file reads", lambda: read("good"), b"hello world")
+expect("a READ answering more than asked", lambda: read("long-read"), "EIO")
+expect("a READ claiming more than it sends", lambda: read("short-data"), "EIO")
+expect("a 5000-byte symlink target", lambda: os.readlink(os.path.join(mnt, "long-link")), "ENAMETOOLONG")
+expect("an empty symlink target", lambda: os.readlink(os.path.join(mnt, "empty-link")), "EIO")
+expect("nanoseconds past a second are clamped", lambda: os.stat(os.path.join(mnt, "odd-times")).st_mtime_ns % 1_000_000_000,
+       999_999_999)
+expect("a 65-byte handle", lambda: os.stat(os.path.join(mnt, "badhandle")), "EIO")
+# Listed last: READDIRPLUS hands the kernel entries it may then use instead of a LOOKUP.
+expect("the listing leaves out the name with '/'", lambda: sorted(os.listdir(mnt)),
+       sorted(["good", "long-read", "short-data", "long-link", "empty-link", "odd-times", "badhandle", "many"]))
+expect("a listing that never ends", lambda: len(os.listdir(os.path.join(mnt, "many"))), "ELOOP")
+expect("the honest file still reads", lambda: read("good"), b"hello world")
+print(f"test-nfs-hostile: {'all hold' if not bad else f'{len(bad)} failed: {bad}'}")
+sys.exit(1 if bad else 0)
+PY
+kill -0 $engine_pid 2>/dev/null || { echo "test-nfs-hostile: FAIL the engine died"; status=1; }
+[ $status = 0 ] || tail -20 "$work/engine.log"
+exit $status
