@@ -69,7 +69,9 @@ public final class NFSDevice: @unchecked Sendable {
     }
 
     public var report: String {
-        "nfs \(configuration.url) (read ≤ \(readBytesMax) B, write ≤ \(writeBytesMax) B per RPC; \(configuration.nodesMax) nodes, \(configuration.openFilesMax) open files)"
+        "nfs \(configuration.url) (read ≤ \(readBytesMax) B, write ≤ \(writeBytesMax) B per RPC; \(configuration.nodesMax) nodes, "
+            + "\(configuration.openFilesMax) open files; per queue \(configuration.connectionsPerQueue) connection(s), "
+            + "\(configuration.journalBytesPerQueue >> 20) MiB write journal; timeout \(configuration.requestTimeoutMilliseconds) ms)"
     }
 
     /// The kernel of a new session knows none of the old inodes or opens.
