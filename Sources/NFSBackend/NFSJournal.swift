@@ -74,24 +74,33 @@ final class WriteJournal {
     /// Room for `length` contiguous bytes and one entry, or nil (the caller sends it unjournaled).
     /// The returned entry index is a counter value; it stays valid until released.
     func reserve(fileHandle: UInt64, offsetInFile: UInt64, length: Int) -> Int? {
-        guard isEnabled, length > 0, length <= capacityBytes, entryHead - entryTail < entryCapacity else {
+        guard let position = placement(length) else {
             if isEnabled { fullFallbacks += 1 }
             return nil
         }
-        var position = head
-        let inRing = Int(position % UInt64(capacityBytes))
-        // Contiguous: skip the ring's end when the data would wrap.
-        if inRing + length > capacityBytes { position += UInt64(capacityBytes - inRing) }
-        guard position + UInt64(length) - tail <= UInt64(capacityBytes) else {
-            fullFallbacks += 1
-            return nil
-        }
+        if entryTail == entryHead { tail = position }
         let index = entryHead
         entryHead += 1
         head = position + UInt64(length)
         entry(index).pointee = JournalEntry(state: .reserved, fileHandle: fileHandle, offsetInFile: offsetInFile, length: length,
                                             position: position, verifier: 0, ackSequence: 0)
         return index
+    }
+
+    /// No room for `length` more bytes or one more entry.
+    func isFull(forLength length: Int) -> Bool { placement(length) == nil }
+
+    /// Where `length` contiguous bytes would go, or nil when they do not fit. Data never wraps: it
+    /// skips the ring's end (those bytes count as used until the tail passes them), except in an
+    /// empty ring, which may start anywhere.
+    func placement(_ length: Int) -> UInt64? {
+        guard isEnabled, length > 0, length <= capacityBytes, entryHead - entryTail < entryCapacity else { return nil }
+        var position = head
+        let inRing = Int(position % UInt64(capacityBytes))
+        if inRing + length > capacityBytes { position += UInt64(capacityBytes - inRing) }
+        let oldest = entryTail == entryHead ? position : tail
+        guard position + UInt64(length) - oldest <= UInt64(capacityBytes) else { return nil }
+        return position
     }
 
     /// The server answered the WRITE UNSTABLE with `verifier`.

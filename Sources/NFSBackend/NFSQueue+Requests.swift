@@ -573,8 +573,10 @@ extension NFSQueue {
         let fh = request.arguments(as: fuse_write_in.self).fh
         var reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
         if reserved == nil {
-            // Entries of opens that ended through another queue are only found by looking.
+            // Entries of opens that ended through another queue are only found by looking; an
+            // open that holds the tail uncommitted for long gives up its repair so the ring moves.
             reclaimClosedEntries()
+            if journal.isFull(forLength: count) { evictTailOpen() }
             reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
         }
         guard let entry = reserved else {
@@ -586,6 +588,20 @@ extension NFSQueue {
         let copy = journal.data(entry)
         copy.copyMemory(from: data, byteCount: count)
         return copy.assumingMemoryBound(to: CChar.self)
+    }
+
+    /// The open whose entry holds the journal's tail stops being repairable and its entries here
+    /// go, unless a COMMIT or repair of it is in flight on this queue (it then keeps them). Its next
+    /// FSYNC after a server restart fails EIO instead: the oldest open pays, not the newest.
+    func evictTailOpen() {
+        guard journal.entryTail < journal.entryHead else { return }
+        let victim = journal.entry(journal.entryTail).pointee
+        guard victim.state == .acknowledged, let openFile = device.files.index(victim.fileHandle) else { return }
+        for slot in 0..<slotCount where calls[slot] == .commit || calls[slot] == .resendWrite {
+            if openHandle(slot) == victim.fileHandle { return }
+        }
+        device.files.giveUpRepair(openFile)
+        journal.releaseCommitted(fileHandle: victim.fileHandle, coveredBy: 0, everything: true)
     }
 
     /// Releases the journal's oldest entries while they belong to opens that are no longer open

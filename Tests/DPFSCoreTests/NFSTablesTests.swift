@@ -99,7 +99,7 @@ import Testing
         #expect(journal.resent == 1)
     }
 
-    @Test("a full journal refuses (the WRITE then goes FILE_SYNC), and data never wraps inside an entry")
+    @Test("a full journal refuses (the WRITE then goes unjournaled), and data never wraps inside an entry")
     func fullAndWrap() throws {
         let journal = WriteJournal(capacityBytes: 10000, entryCapacity: 4)
         let first = try #require(journal.reserve(fileHandle: 1, offsetInFile: 0, length: 6000))
@@ -107,11 +107,18 @@ import Testing
         #expect(journal.fullFallbacks == 1)
         journal.acknowledge(first, verifier: 5)
         journal.release(first)
-        // Head at 6000: 6000 more would cross the end, so it starts at the next lap (10000).
+        // Head at 6000: 6000 more would cross the end, so it starts at the next lap (10000); the ring
+        // is empty, so the skip costs nothing.
         let second = try #require(journal.reserve(fileHandle: 1, offsetInFile: 0, length: 6000))
         #expect(journal.entry(second).pointee.position == 10000)
         #expect(journal.data(second) == journal.bytes!)
         #expect(journal.reserve(fileHandle: 1, offsetInFile: 0, length: 10001) == nil, "larger than the journal")
+        // 4000 bytes are left before the ring's end; 4001 would have to skip them, and the skipped
+        // bytes count as used until the tail passes them.
+        #expect(!journal.isFull(forLength: 4000) && journal.isFull(forLength: 4001))
+        journal.acknowledge(second, verifier: 5)
+        journal.release(second)
+        #expect(!journal.isFull(forLength: 10000) && journal.isFull(forLength: 10001))
         let disabled = WriteJournal(capacityBytes: 0, entryCapacity: 1)
         #expect(!disabled.isEnabled && disabled.reserve(fileHandle: 1, offsetInFile: 0, length: 1) == nil)
     }
