@@ -8,6 +8,21 @@
 #define _GNU_SOURCE
 #endif
 
+// fd_set names its member `fds_bits` under _GNU_SOURCE (__USE_XOPEN) and `__fds_bits` without it,
+// and Swift's Glibc and Dispatch modules are built without it. A module that imports both theirs
+// and ours then holds two different definitions of one struct, which clang reports as errors
+// and, depending on the order the implicit module cache is filled in, as a fatal one (seen in a
+// ThreadSanitizer build). So sys/select.h, which defines fd_set, is read here first with
+// __USE_XOPEN hidden: fd_set matches theirs; nothing else in that header depends on it.
+#include <features.h>
+#ifdef __USE_XOPEN
+#undef __USE_XOPEN
+#include <sys/select.h>
+#define __USE_XOPEN 1
+#else
+#include <sys/select.h>
+#endif
+
 #include <stdint.h>
 #include <stddef.h>
 #include <errno.h>
