@@ -190,12 +190,9 @@ extension NFSQueue {
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             guard accessAllowed(slot, granted: result.ACCESS3res_u.resok.access) else { return finish(slot, .accessDenied) }
             if requests[slot].opcodeRaw == FUSEOpcode.access.rawValue { return succeed(slot) }
-            device.nodes.opened(primaryNodes[slot])
-            guard let fh = device.files.open(node: primaryNodes[slot]) else {
-                _ = device.nodes.closed(primaryNodes[slot])
-                device.nodes.unpin(primaryNodes[slot])
-                return finish(slot, Self.ENFILE)
-            }
+            // Counted since the OPEN began (`countedOpen`); the count and its pin pass to the open.
+            guard let fh = device.files.open(node: primaryNodes[slot]) else { return finish(slot, Self.ENFILE) }
+            progress[slot].remove(.countedOpen)
             replies[slot].open(fileHandle: fh, openFlags: device.configuration.openFlags)
             complete(slot)
         case .read:

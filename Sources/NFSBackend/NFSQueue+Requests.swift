@@ -39,6 +39,9 @@ struct NFSProgress: OptionSet {
     static let hiding = NFSProgress(rawValue: 512)
     /// The REMOVE of this stage removes `stagedNodes[slot]`'s hidden name.
     static let removingHidden = NFSProgress(rawValue: 1024)
+    /// OPEN counts its node open from the start, not from the answer: an UNLINK racing the OPEN
+    /// (the kernel holds no lock across them) must see the file as open and hide it.
+    static let countedOpen = NFSProgress(rawValue: 2048)
 }
 
 /// ACCESS3 bits (RFC 1813 §3.3.4).
@@ -128,6 +131,7 @@ extension NFSQueue {
             secondaryID = request.arguments(as: fuse_link_in.self).oldnodeid
         case .open, .opendir:
             call = .access
+            progress = .countedOpen
         case .access:
             // F_OK: the node exists, or the kernel would not have its id.
             guard request.arguments(as: fuse_access_in.self).mask & 7 != 0 else { reply.send(bodyBytes: 0); return .done }
@@ -239,6 +243,8 @@ extension NFSQueue {
             secondary = pinned
         }
         stagedNodes[slot] = stagedNode
+        // The count holds a pin of its own, handed to the open when it succeeds.
+        if progress.contains(.countedOpen) { device.nodes.opened(primary) }
         journalEntries[slot] = -1
         resendEntries[slot] = -1
         resendRounds[slot] = 0
@@ -641,6 +647,12 @@ extension NFSQueue {
 
     /// Ends a request whose reply is written: unpins, frees the slot, completes the token.
     func complete(_ slot: Int) {
+        if progress[slot].contains(.countedOpen) {
+            // The OPEN failed: its count goes. Should that leave a file hidden meanwhile with no open,
+            // its hidden name stays on the server (as after a crash): a failed OPEN racing an UNLINK.
+            _ = device.nodes.closed(primaryNodes[slot])
+            device.nodes.unpin(primaryNodes[slot])
+        }
         if primaryNodes[slot] != 0 { device.nodes.unpin(primaryNodes[slot]) }
         if secondaryNodes[slot] != 0 { device.nodes.unpin(secondaryNodes[slot]) }
         if stagedNodes[slot] != 0 { device.nodes.unpin(stagedNodes[slot]) }

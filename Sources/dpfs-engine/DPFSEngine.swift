@@ -232,7 +232,10 @@ struct DPFSEngine: ParsableCommand {
                 let shared: NFSDevice
                 do {
                     let url = try NFSURL.parse(device.nfsURL)
-                    let nfs = NFSConfiguration(url: url, nodesMax: device.inodesMax, openFilesMax: device.openFilesMax,
+                    // The same cache modes as the passthrough backend: what the guest may keep, and for how long.
+                    let mode = PassthroughCacheMode(rawValue: device.cacheMode.rawValue)!
+                    let nfs = NFSConfiguration(url: url, validity: mode.validity, openFlags: mode.openFlags,
+                                               nodesMax: device.inodesMax, openFilesMax: device.openFilesMax,
                                                requestTimeoutMilliseconds: device.nfsTimeoutMilliseconds,
                                                connectionsPerQueue: device.nfsConnections,
                                                journalBytesPerQueue: device.nfsJournalMegabytes << 20)
