@@ -52,6 +52,7 @@ enum HiddenName {
         destination.storeBytes(of: 0, toByteOffset: 33, as: UInt8.self)
     }
 
+    @_noAllocation @_noLocks
     static func hex(_ value: UInt64, into destination: UnsafeMutableRawPointer) {
         for digit in 0..<16 {
             let nibble = UInt8(truncatingIfNeeded: value >> UInt64(60 - 4 * digit)) & 0xF

@@ -65,6 +65,7 @@ final class WriteJournal {
         entries.deallocate()
     }
 
+    @_noAllocation @_noLocks
     func entry(_ index: Int) -> UnsafeMutablePointer<JournalEntry> { entries + index % entryCapacity }
 
     func data(_ index: Int) -> UnsafeMutableRawPointer {
@@ -93,6 +94,7 @@ final class WriteJournal {
     /// Where `length` contiguous bytes would go, or nil when they do not fit. Data never wraps: it
     /// skips the ring's end (those bytes count as used until the tail passes them), except in an
     /// empty ring, which may start anywhere.
+    @_noAllocation @_noLocks
     func placement(_ length: Int) -> UInt64? {
         guard isEnabled, length > 0, length <= capacityBytes, entryHead - entryTail < entryCapacity else { return nil }
         var position = head

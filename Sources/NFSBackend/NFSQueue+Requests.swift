@@ -637,7 +637,9 @@ extension NFSQueue {
     }
 
     /// FUSE's rdev is the kernel's new_encode_dev: minor bits 0...7 and 20...31, major 8...19.
+    @_noAllocation @_noLocks
     static func major(_ rdev: UInt32) -> UInt32 { (rdev & 0xF_FF00) >> 8 }
+    @_noAllocation @_noLocks
     static func minor(_ rdev: UInt32) -> UInt32 { (rdev & 0xFF) | ((rdev >> 12) & 0xF_FF00) }
     static func encodeDevice(major: UInt32, minor: UInt32) -> UInt32 {
         (minor & 0xFF) | ((major & 0xFFF) << 8) | ((minor & ~0xFF) << 12)
