@@ -130,7 +130,7 @@ for mode in $modes; do
   # (Over NFS the share holds the engine's .dpfs-hidden directory: stress works one level down.)
   stress_mount=$mnt stress_share=$share
   if [ $mode = nfs ]; then mkdir -p "$mnt/stress"; stress_mount=$mnt/stress stress_share=$share/stress; fi
-  if python3 tools/host/stress.py --mount "$stress_mount" --backing "$stress_share" --processes 4 --seconds $stress_seconds --seed $seed >"$work/stress-$mode.out" 2>&1; then
+  if python3 tools/host/stress.py --mount "$stress_mount" --backing "$stress_share" --processes 4 --seconds $stress_seconds --seed $seed $semantics >"$work/stress-$mode.out" 2>&1; then
     ok "$mode-stress"; tail -1 "$work/stress-$mode.out" | sed 's/^/    /'
   else
     bad "$mode-stress" "$(tail -8 "$work/stress-$mode.out")"
