@@ -93,3 +93,40 @@ int CDPFS_fuse_backing_close(int fuse_fd, int backing_id) {
     return result < 0 ? -errno : result;
 }
 
+
+// libnfs 4.0 exports these from libnfs.so.13 but declares them in its private header only.
+struct rpc_pdu;
+struct rpc_pdu *rpc_allocate_pdu2(struct rpc_context *rpc, int program, int version, int procedure, rpc_cb cb,
+                                  void *private_data, zdrproc_t zdr_decode_fn, int zdr_bufsize, size_t alloc_hint);
+int rpc_queue_pdu(struct rpc_context *rpc, struct rpc_pdu *pdu);
+void rpc_free_pdu(struct rpc_context *rpc, struct rpc_pdu *pdu);
+
+// The start of libnfs 4.0's private `struct rpc_pdu`: the encoder sits after the queue link and the
+// xid. Checked on every call (the encoder's operation and buffer size are known), never assumed.
+struct CDPFS_libnfs40_pdu_head {
+    struct rpc_pdu *next;
+    uint32_t xid;
+    ZDR zdr;
+};
+
+// libnfs's encode buffer before any alloc hint (ZDR_ENCODEBUF_MINSIZE in its private header).
+enum { CDPFS_libnfs_encode_bytes_min = 4096 };
+
+int CDPFS_nfs4_compound_async(struct rpc_context *rpc, rpc_cb cb, COMPOUND4args *args, void *private_data,
+                              size_t payload_bytes) {
+    if (payload_bytes > (size_t)64 << 20) return -2;
+    struct rpc_pdu *pdu = rpc_allocate_pdu2(rpc, NFS4_PROGRAM, NFS_V4, NFSPROC4_COMPOUND, cb, private_data,
+                                            (zdrproc_t)zdr_COMPOUND4res, sizeof(COMPOUND4res), payload_bytes);
+    if (pdu == NULL) return -1;
+    struct CDPFS_libnfs40_pdu_head *head = (struct CDPFS_libnfs40_pdu_head *)pdu;
+    if (head->zdr.x_op != ZDR_ENCODE || head->zdr.size != (int)(CDPFS_libnfs_encode_bytes_min + payload_bytes)) {
+        rpc_free_pdu(rpc, pdu);
+        return -4;
+    }
+    if (zdr_COMPOUND4args(&head->zdr, args) == 0) {
+        rpc_free_pdu(rpc, pdu);
+        return -2;
+    }
+    if (rpc_queue_pdu(rpc, pdu) != 0) return -1;
+    return 0;
+}

@@ -55,12 +55,21 @@
 #include <nfsc/libnfs-raw.h>
 #include <nfsc/libnfs-raw-mount.h>
 #include <nfsc/libnfs-raw-nfs.h>
+#include <nfsc/libnfs-raw-nfs4.h>
 
 // libnfs 4.0 exports these from libnfs.so but declares them only in its private header: the NFS
 // backend turns libnfs's own reconnect (which resends every request, even non-idempotent ones)
 // off and runs its own.
 void rpc_set_autoreconnect(struct rpc_context *rpc, int num_retries);
 void rpc_set_timeout(struct rpc_context *rpc, int timeout);
+
+/// Queues an NFSv4 COMPOUND with room for `payload_bytes` beyond libnfs's 4 KiB encode buffer.
+/// libnfs 4.0's own `rpc_nfs4_compound_async` gives every COMPOUND exactly 4 096 bytes, so no WRITE
+/// above about 3.9 KB can be encoded (it returns -2). Returns 0 when queued, -1 out of memory, -2
+/// when the arguments do not fit even so, -4 when libnfs's private pdu layout is not the one of
+/// libnfs 4.0 (the caller must then refuse NFSv4 rather than guess).
+int CDPFS_nfs4_compound_async(struct rpc_context *rpc, rpc_cb cb, COMPOUND4args *args, void *private_data,
+                              size_t payload_bytes);
 
 #ifdef __linux__
 
