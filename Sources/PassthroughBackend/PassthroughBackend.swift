@@ -76,6 +76,9 @@ public struct PassthroughBackend: Backend {
     var currentUID: UInt32 = 0
     var currentGID: UInt32 = 0
     var groupsDropped = false
+    /// The thread the credentials and the umask above were set on: a queue restarted after a
+    /// reconnect or a memory change runs this value on a new thread, which has none of them.
+    var preparedThread: pthread_t = 0
     let switchesCredentials: Bool
     let validity: CacheValidity
     let openFlags: UInt32
@@ -178,6 +181,7 @@ public struct PassthroughBackend: Backend {
 
     /// Act as the caller for the host's permission checks.
     mutating func become(_ request: FUSERequest) {
+        if preparedThread != pthread_self() { prepareThread() }
         guard switchesCredentials else { return }
         if !groupsDropped {
             // First request on this thread: set both ids instead of trusting the cache, whatever
@@ -200,8 +204,26 @@ public struct PassthroughBackend: Backend {
         }
     }
 
+    /// A thread this backend has not run on yet: its own umask of 0 (guest create modes arrive
+    /// with the caller's umask applied; the rest of the process keeps the operator's), root's fs
+    /// ids, and a note for `become` to drop the supplementary groups and set both ids afresh.
+    /// Without this, a new thread inherited the previous thread's cached ids and ran a request
+    /// whose uid matched the cache with the new thread's ids: root's.
+    mutating func prepareThread() {
+        preparedThread = pthread_self()
+        // Failing, creates get the process umask on top: modes come out narrower, never wider.
+        _ = CDPFS_thread_private_umask_zero()
+        groupsDropped = false
+        guard switchesCredentials else { return }
+        _ = setfsgid(0)
+        _ = setfsuid(0)
+        currentUID = 0
+        currentGID = 0
+    }
+
     /// Back to root for the engine's own bookkeeping (re-opening an inode for statx, closing).
     mutating func becomeEngine() {
+        if preparedThread != pthread_self() { prepareThread() }
         guard switchesCredentials else { return }
         if currentUID != 0 { _ = setfsuid(0); currentUID = 0 }
         if currentGID != 0 { _ = setfsgid(0); currentGID = 0 }

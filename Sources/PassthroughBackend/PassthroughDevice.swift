@@ -146,7 +146,7 @@ public final class PassthroughDevice: @unchecked Sendable {
         _ = fstat(root, &status)
         // The kernel sends modes with the caller's umask already applied (and the umask itself);
         // the engine's own umask must not take a second bite (a 0777 create would come out 0755).
-        umask(0)
+        // Each queue thread sets a umask of 0 for itself only (PassthroughBackend.prepareThread).
         rootFD = root
         rootDirectoryFD = readable
         procFD = proc

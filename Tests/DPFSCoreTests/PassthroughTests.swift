@@ -31,6 +31,12 @@ func makeClient(_ directory: SharedDirectory, useIOURing: Bool = true, inodesMax
     return FUSEClient(backend: PassthroughBackend(device: device, useIOURing: useIOURing))
 }
 
+/// Hands a value to another thread in a test that joins that thread before using the value again.
+final class UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
 func expectErrno(_ expected: Int32, _ sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
     do {
         try body()
@@ -220,6 +226,56 @@ func expectErrno(_ expected: Int32, _ sourceLocation: SourceLocation = #_sourceL
         #expect(lstat(directory.host("f"), &status) == 0 && status.st_mtim.tv_nsec == 123_456_789)
         let now = try client.setattr(entry.nodeID) { $0.valid = UInt32(FATTR_MTIME | FATTR_MTIME_NOW) }
         #expect(now.modificationSeconds > 1_700_000_000)
+    }
+
+    @Test("a queue moved to a new thread acts as the caller there too, and creates keep the guest's exact modes under any umask")
+    func newThreadCredentialsAndModes() throws {
+        try #require(geteuid() == 0, "the engine switches credentials only as root")
+        let directory = SharedDirectory()
+        let client = try makeClient(directory)
+        #expect(chmod(directory.path, 0o777) == 0)
+        let rootOnly = try client.mkdir(1, "root-only", mode: 0o755)
+        client.uid = 1000
+        client.gid = 1000
+        // This thread now acts as 1000; the backend remembers that.
+        let (entry, handle) = try client.create(1, "mine", mode: 0o600)
+        try client.release(entry.nodeID, handle)
+        // A queue restarted after a reconnect runs the same backend on a new thread, whose fs ids
+        // are root's: the same caller must still be 1000 there. And a umask of 077 on that thread
+        // must not narrow what the guest asked for (the kernel applied the guest's umask already).
+        let shared = UncheckedBox(client)
+        let rootOnlyNode = rootOnly.nodeID
+        let problems = try withThreadUmask(0o077) { () -> [String] in
+            var problems: [String] = []
+            // As the engine's queue threads are: made by a control thread acting as root.
+            _ = setfsgid(0)
+            _ = setfsuid(0)
+            do {
+                _ = try shared.value.mkdir(rootOnlyNode, "escalated")
+                problems.append("uid 1000 made a directory in root's 0755 directory on a new thread")
+            } catch let failure as FUSEFailure {
+                if failure.errno != EACCES { problems.append("mkdir in root-only: \(failure)") }
+            } catch {
+                problems.append("mkdir in root-only: \(error)")
+            }
+            do {
+                let (file, fileHandle) = try shared.value.create(1, "exact", mode: 0o666)
+                try shared.value.release(file.nodeID, fileHandle)
+                _ = try shared.value.mkdir(1, "exact-dir", mode: 0o777)
+            } catch {
+                problems.append("create: \(error)")
+            }
+            return problems
+        }
+        #expect(problems.isEmpty, "\(problems)")
+        var status = stat()
+        #expect(lstat(directory.host("root-only/escalated"), &status) != 0)
+        #expect(lstat(directory.host("exact"), &status) == 0 && status.st_mode & 0o7777 == 0o666 && status.st_uid == 1000)
+        #expect(lstat(directory.host("exact-dir"), &status) == 0 && status.st_mode & 0o7777 == 0o777)
+        // The poller runs on this test's thread again: leave it with root's fs credentials.
+        client.uid = 0
+        client.gid = 0
+        _ = try client.getattr(1)
     }
 
     @Test("the caller's credentials decide: another user's 0600 file cannot be read")

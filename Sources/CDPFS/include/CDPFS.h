@@ -143,6 +143,16 @@ static inline int CDPFS_thread_drop_supplementary_groups(void) {
     return (int)syscall(SYS_setgroups, 0, NULL);
 }
 
+/// Gives the calling thread a file-system context of its own (CLONE_FS: umask, cwd, root) and a
+/// umask of 0 in it. The kernel sends create modes with the guest caller's umask already applied,
+/// so a poller creating for a guest must not apply a second one; a process-wide umask(0) would
+/// also widen everything else the process creates. Returns 0, or -1 with errno.
+static inline int CDPFS_thread_private_umask_zero(void) {
+    if (unshare(CLONE_FS) != 0) return -1;
+    umask(0);
+    return 0;
+}
+
 /// `stx_mnt_id` sits at byte 144 of the kernel's 256-byte `struct statx`; whether the glibc or the
 /// kernel declaration is in force depends on include order (glibc 2.36's predates the field), so
 /// it is read at its ABI offset.
