@@ -18,7 +18,9 @@
 #      and guests storing files through it (6.1, reboot, 6.12 multi-queue); ganesha killed and
 #      restarted under load (fsync'ed data durable, EIO within the timeout, a second device serving);
 #      a test double of a server that lies in its answers
-#  10. a short dpfs-bench core run and a vhost-user run (they must work; speed is reported, not gated)
+#  10. who can reach the engine: every socket owner-only (or its group's) under umask 0 and 077, an
+#      unprivileged user refused with EACCES, a second engine refused on a live socket path
+#  11. a short dpfs-bench core run and a vhost-user run (they must work; speed is reported, not gated)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +54,8 @@ step "ThreadSanitizer" swift test --sanitize=thread --scratch-path .build-tsan \
 step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan \
   --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests|PassthroughTests|PassthroughSharedTableTests|PollerLoopTests|QuiesceTests"
 step "spin model" tools/check-spin-model.sh
+step "who can reach the engine: sockets 0600/0660 under any umask, nobody gets EACCES, no takeover of a live socket" \
+  tools/host/test-socket-security.sh
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
 step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
 step "guests store files through the passthrough backend (6.1, reboot, 6.12 multi-queue, two tenants)" tools/guest/test-passthrough.sh

@@ -49,6 +49,9 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var fuseTransport: String = "auto"
     /// Offer kernel passthrough (fuse transport, passthrough backend).
     public var fusePassthrough: Bool = false
+    /// Let every host user reach the host mount (the kernel's `allow_other`, always with
+    /// `default_permissions`); off: only the user who mounted it (root).
+    public var fuseAllowOther: Bool = false
     /// Ring entries per FUSE-over-io_uring queue.
     public var ringDepth: Int = 16
     /// The NFS backend's export, `nfs://HOST/PATH?version=3[&nfsport=N][&mountport=N]` (checked by
@@ -60,6 +63,10 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var nfsConnections: Int = 1
     /// MiB per request queue of uncommitted NFS writes kept for a resend (0 = none).
     public var nfsJournalMegabytes: Int = 16
+    /// The group (name or number) that may connect to the vhost-user socket besides its owner
+    /// (mode 0660); empty: the owner only (0600). A VMM running as another user (libvirt's
+    /// `libvirt-qemu`) needs its group here.
+    public var socketGroup: String = ""
 
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
@@ -92,11 +99,13 @@ public struct DeviceConfiguration: Equatable, Sendable {
             }
             guard mountPoint.isEmpty else { throw ConfigurationError(line: 0, "device \(name): mount is only for transport = \"fuse\"") }
             guard !fusePassthrough else { throw ConfigurationError(line: 0, "device \(name): fuse_passthrough is only for transport = \"fuse\"") }
+            guard !fuseAllowOther else { throw ConfigurationError(line: 0, "device \(name): fuse_allow_other is only for transport = \"fuse\"") }
         case .fuse:
             guard mountPoint.hasPrefix("/"), mountPoint.utf8.count < 4096 else {
                 throw ConfigurationError(line: 0, "device \(name): transport fuse needs an absolute mount path (mount, --fuse-mount)")
             }
             guard socketPath.isEmpty else { throw ConfigurationError(line: 0, "device \(name): socket is only for transport = \"vhost-user\"") }
+            guard socketGroup.isEmpty else { throw ConfigurationError(line: 0, "device \(name): socket_group is only for transport = \"vhost-user\"") }
             guard fuseTransportNames.contains(fuseTransport) else {
                 throw ConfigurationError(line: 0, "device \(name): fuse_transport must be one of \(fuseTransportNames.joined(separator: ", "))")
             }
@@ -222,6 +231,8 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "nfs_timeout_ms": device.nfsTimeoutMilliseconds = try integer(entry)
                 case "nfs_connections": device.nfsConnections = try integer(entry)
                 case "nfs_journal_mb": device.nfsJournalMegabytes = try integer(entry, minimum: 0)
+                case "socket_group": device.socketGroup = try string(entry)
+                case "fuse_allow_other": device.fuseAllowOther = try boolean(entry)
                 case "cpus":
                     let text = try string(entry)
                     device.cpus = []
@@ -241,18 +252,29 @@ public struct EngineConfiguration: Equatable, Sendable {
             devices.append(device)
         }
         guard !devices.isEmpty else { throw ConfigurationError(line: 0, "no [[device]] configured") }
-        var seenSockets = Set<String>(), seenNames = Set<String>()
-        var seenMounts = Set<String>()
-        for device in devices {
-            if device.transport == .fuse {
-                guard seenMounts.insert(device.mountPoint).inserted else { throw ConfigurationError(line: 0, "two devices mount \(device.mountPoint)") }
-                guard seenNames.insert(device.name).inserted else { throw ConfigurationError(line: 0, "two devices are named \(device.name)") }
-                continue
-            }
-            guard seenSockets.insert(device.socketPath).inserted else { throw ConfigurationError(line: 0, "two devices share socket \(device.socketPath)") }
-            guard seenNames.insert(device.name).inserted else { throw ConfigurationError(line: 0, "two devices are named \(device.name)") }
-        }
+        try checkDistinct(devices)
         return EngineConfiguration(logLevel: logLevel, devices: devices)
+    }
+
+    /// No two devices share a name, a socket or a mount point, however the paths are spelled (two
+    /// listeners on one path would leave one of them orphaned; the engine also refuses a socket
+    /// another process still listens on).
+    static func checkDistinct(_ devices: [DeviceConfiguration]) throws(ConfigurationError) {
+        var seenNames = Set<String>(), seenPaths = Set<String>()
+        for device in devices {
+            guard seenNames.insert(device.name).inserted else { throw ConfigurationError(line: 0, "two devices are named \(device.name)") }
+            let path = normalizedPath(device.transport == .fuse ? device.mountPoint : device.socketPath)
+            guard seenPaths.insert(path).inserted else {
+                throw ConfigurationError(line: 0, device.transport == .fuse ? "two devices mount \(path)" : "two devices share socket \(path)")
+            }
+        }
+    }
+
+    /// A path with repeated slashes, "." components and a trailing slash taken out.
+    public static func normalizedPath(_ path: String) -> String {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true).filter { $0 != "." }
+        let joined = parts.joined(separator: "/")
+        return path.hasPrefix("/") ? "/" + joined : joined
     }
 
     static func string(_ entry: (key: String, value: TOMLValue, line: Int)) throws(ConfigurationError) -> String {

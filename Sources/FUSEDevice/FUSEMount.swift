@@ -16,7 +16,9 @@ public struct FUSEDeviceError: Error, CustomStringConvertible, Sendable {
 /// How the host mount is made.
 public struct FUSEMountOptions: Sendable {
     public var mountPoint: String
-    /// Let every user of the host use the mount (root only; the kernel's `allow_other`).
+    /// Let every user of the host use the mount (root only; the kernel's `allow_other`). Off by
+    /// default: only the user who mounted it reaches it. A multi-user mount (a share every host
+    /// user works in under their own permissions) turns it on, always with `defaultPermissions`.
     public var allowOther: Bool
     /// Permission checks by the host kernel against the mode bits it caches (`default_permissions`),
     /// as a local file system does them: the exact EACCES/EPERM of the caller's credentials, checked
@@ -28,9 +30,12 @@ public struct FUSEMountOptions: Sendable {
     /// What `mount` and /proc/mounts show as the source.
     public var sourceName: String
 
-    public init(mountPoint: String, allowOther: Bool = getuid() == 0, defaultPermissions: Bool = true,
+    public init(mountPoint: String, allowOther: Bool = false, defaultPermissions: Bool = true,
                 readBytesMax: Int = 1 << 20, sourceName: String = "dpfs") {
         precondition(readBytesMax >= 4096 && readBytesMax <= 1 << 20)
+        // Without default_permissions the kernel checks nothing and every user allow_other lets in
+        // would depend on each backend's own checks (the null backend makes none).
+        precondition(!allowOther || defaultPermissions, "allow_other needs default_permissions")
         self.mountPoint = mountPoint
         self.allowOther = allowOther
         self.defaultPermissions = defaultPermissions

@@ -11,45 +11,26 @@ public final class VhostUserServer<B: Backend>: @unchecked Sendable {
     public let socketPath: String
     public let device: VhostUserDevice<B>
     let logger: Logger
+    let socket: ListeningSocket
     let listener: Int32
     public private(set) var connectionsServed = 0
 
-    /// Binds and listens now, so a front-end started right after can connect.
-    public init(socketPath: String, device: VhostUserDevice<B>, logger: Logger) throws(SystemCallError) {
+    /// Binds and listens now, so a front-end started right after can connect. The socket admits
+    /// this process's user and `access`'s group only (UnixSocketListener: the guest's memory and
+    /// every FUSE header's uid come from whoever connects).
+    public init(socketPath: String, access: SocketAccess = SocketAccess(), device: VhostUserDevice<B>,
+                logger: Logger) throws(SocketPathError) {
         precondition(!socketPath.isEmpty)
         self.socketPath = socketPath
         self.device = device
         self.logger = logger
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(socketPath.utf8)
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard pathBytes.count < capacity else { throw SystemCallError(call: "socket path longer than \(capacity - 1) bytes", errno: ENAMETOOLONG) }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in pathBytes.enumerated() { raw[index] = byte }
-        }
-        unlink(socketPath)
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemCallError(call: "socket", errno: errno) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0 else {
-            let error = errno
-            Glibc.close(fd)
-            throw SystemCallError(call: "bind(\(socketPath))", errno: error)
-        }
-        guard listen(fd, 1) == 0 else {
-            let error = errno
-            Glibc.close(fd)
-            throw SystemCallError(call: "listen(\(socketPath))", errno: error)
-        }
-        listener = fd
+        // One front-end at a time; a second waits in the backlog until the first is gone.
+        socket = try UnixSocketListener.listen(path: socketPath, access: access, backlog: 1)
+        listener = socket.fd
     }
 
     deinit {
-        Glibc.close(listener)
-        unlink(socketPath)
+        socket.close()
     }
 
     /// Serves front-ends until `stop` is set; checks it at least every 200 ms.

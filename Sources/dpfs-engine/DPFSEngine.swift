@@ -37,6 +37,12 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("fuse-mount"), help: "Mount the backend on this host directory through /dev/fuse (one device; root).")
     var fuseMount: String?
 
+    @Option(name: .customLong("socket-group"), help: "Group (name or number) that may connect to the vhost-user socket besides its owner (mode 0660; default: owner only, 0600).")
+    var socketGroup: String?
+
+    @Flag(name: .customLong("fuse-allow-other"), help: "Host mount: let every host user use the mount, each with their own permissions (allow_other; default: only the user who mounted it).")
+    var fuseAllowOther = false
+
     @Option(name: .customLong("fuse-transport"), help: "Host mount transport: auto (io_uring when the kernel offers it), classic or uring.")
     var fuseTransport: String = "auto"
 
@@ -126,12 +132,14 @@ struct DPFSEngine: ParsableCommand {
                 withDataPath.nfsTimeoutMilliseconds = nfsTimeoutMilliseconds
                 withDataPath.nfsConnections = nfsConnections
                 withDataPath.nfsJournalMegabytes = nfsJournalMegabytes
+                withDataPath.socketGroup = socketGroup ?? ""
                 if let fuseMount {
                     withDataPath.transport = .fuse
                     withDataPath.mountPoint = fuseMount
                     withDataPath.fuseTransport = fuseTransport
                     withDataPath.fusePassthrough = fusePassthrough
                     withDataPath.ringDepth = ringDepth
+                    withDataPath.fuseAllowOther = fuseAllowOther
                 }
                 try withDataPath.validate()
                 engineConfiguration = EngineConfiguration(devices: [withDataPath])
@@ -303,7 +311,7 @@ extension DPFSEngine {
         case .fuse:
             let pollerConfiguration = PollerConfiguration(slotCount: device.slotsPerQueue, batchMax: device.batchMax, initPolicy: initPolicy)
             let hostConfiguration = FUSEHostConfiguration(
-                name: device.name, mount: FUSEMountOptions(mountPoint: device.mountPoint),
+                name: device.name, mount: FUSEMountOptions(mountPoint: device.mountPoint, allowOther: device.fuseAllowOther),
                 transport: FUSETransportChoice(rawValue: device.fuseTransport)!, queues: device.requestQueues,
                 poller: pollerConfiguration, ringDepth: device.ringDepth, busyPollMicroseconds: device.busyPollMicroseconds,
                 cpus: device.cpus, kernelPassthrough: device.fusePassthrough)
@@ -331,8 +339,16 @@ extension DPFSEngine {
             busyPollMicroseconds: device.busyPollMicroseconds, cpus: device.cpus)
         let vhostDevice = try VhostUserDevice(configuration: deviceConfiguration, logger: logger,
                                               cyclesPerNanosecond: clock.cyclesPerNanosecond, makeBackend: makeBackend)
-        let server = try VhostUserServer(socketPath: device.socketPath, device: vhostDevice, logger: logger)
-        logger.info("\(vhostDevice.report); \(report); socket \(device.socketPath)")
+        let server: VhostUserServer<B>
+        let access: SocketAccess
+        do throws(SocketPathError) {
+            access = SocketAccess(groupID: device.socketGroup.isEmpty ? nil : try UnixSocketListener.groupID(named: device.socketGroup))
+            server = try VhostUserServer(socketPath: device.socketPath, access: access, device: vhostDevice, logger: logger)
+        } catch {
+            throw StartupError("device \(device.name): \(error)")
+        }
+        let group = access.groupID.map { " group \($0)" } ?? " owner only"
+        logger.info("\(vhostDevice.report); \(report); socket \(device.socketPath) (mode \(String(access.mode, radix: 8))\(group))")
         return server
     }
 }

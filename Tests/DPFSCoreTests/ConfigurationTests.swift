@@ -109,6 +109,11 @@ import Testing
         ("[[device]]\nsocket = \"/a", "line 2: unterminated string"),
         ("[[device]]\nname = \"x\"", "has no socket"),
         ("[[device]]\nsocket = \"/a\"\n[[device]]\nsocket = \"/a\"", "share socket"),
+        ("[[device]]\nsocket = \"/run/x/a.sock\"\n[[device]]\nsocket = \"/run//x/./a.sock\"", "two devices share socket /run/x/a.sock"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/mnt/a\"\n[[device]]\ntransport = \"fuse\"\nmount = \"/mnt/a/\"", "two devices mount /mnt/a"),
+        ("[[device]]\ntransport = \"fuse\"\nmount = \"/mnt/a\"\nsocket_group = \"kvm\"", "socket_group is only for transport = \"vhost-user\""),
+        ("[[device]]\nsocket = \"/a\"\nfuse_allow_other = true", "fuse_allow_other is only for transport = \"fuse\""),
+        ("[[device]]\nsocket = \"/a\"\nsocket_group = 36", "line 3: 'socket_group' must be a string"),
         ("[[device]]\nsocket = \"/a\"\nslots = \"256\"", "line 3: 'slots' must be an integer"),
         ("[engine]\nlog_level = \"loud\"", "log_level"),
         ("[servers]\nx = 1", "unknown table [servers]"),
@@ -135,6 +140,18 @@ import Testing
         } catch {
             #expect(error.description.contains(expected), "\(error.description) does not mention '\(expected)'")
         }
+    }
+
+    @Test("socket_group and fuse_allow_other are read; both are off unless asked for")
+    func accessKeys() throws {
+        let socket = try #require(try EngineConfiguration.parse("[[device]]\nsocket = \"/a\"\nsocket_group = \"libvirt-qemu\"").devices.first)
+        #expect(socket.socketGroup == "libvirt-qemu")
+        let mount = try #require(try EngineConfiguration.parse("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\nfuse_allow_other = true").devices.first)
+        #expect(mount.fuseAllowOther)
+        let plain = try #require(try EngineConfiguration.parse("[[device]]\ntransport = \"fuse\"\nmount = \"/m\"\n[[device]]\nsocket = \"/m.sock\"").devices)
+        #expect(!plain[0].fuseAllowOther && plain[1].socketGroup.isEmpty)
+        #expect(EngineConfiguration.normalizedPath("//run/./dpfs//a.sock/") == "/run/dpfs/a.sock")
+        #expect(EngineConfiguration.normalizedPath("./a.sock") == "a.sock")
     }
 
     @Test("an NFS device takes its URL, timeout, connections and journal size")

@@ -80,8 +80,9 @@ start_engine() {
   esac
   local backend="--backend passthrough --shared-dir $share"
   [ $mode = nfs ] && backend="--backend nfs --nfs-url $nfs_url"
-  # cache never: every operation reaches the engine (what these checks are about).
-  $engine --fuse-mount "$mnt" $backend --cache never $args >"$log" 2>&1 &
+  # cache never: every operation reaches the engine (what these checks are about). allow_other:
+  # the checks run as three uids, each with its own permissions (default_permissions is always on).
+  $engine --fuse-mount "$mnt" $backend --cache never --fuse-allow-other $args >"$log" 2>&1 &
   engine_pid=$!
   for _ in $(seq 1 100); do
     if grep -q "INIT agreed" "$log" 2>/dev/null && stat "$mnt" >/dev/null 2>&1; then return 0; fi
