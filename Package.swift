@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 //
-// DPFS in Swift: a file-system virtualization engine. The module graph follows the request path
-// (../shared/ARCHITECTURE.md §2): transport → engine core → FUSE wire → backend. Each module has one
+// DPFS in Swift: a file-system virtualization engine. The module graph follows the request path:
+// transport → engine core → FUSE wire → backend. Each module has one
 // job, and everything that touches the operating system sits in `DPFSPosix`, never in the pure cores.
 import PackageDescription
 

@@ -13,8 +13,9 @@
 #
 # Needs root (ganesha's FSAL_VFS opens files by handle). Everything lives under $DPFS_NFS_STATE
 # (default /tmp/dpfs-nfs): config, log, pid file, recovery directory. The export defaults to
-# $DPFS_NFS_STATE/export. Facts behind the settings: ../shared/reference/dpfs-reference.md §20 —
-# rpcbind must run first (ganesha exits if it cannot register), Debian's plugin directory is not the
+# $DPFS_NFS_STATE/export. $DPFS_NFS_STATE is made 0700, and one that exists is used only when it is
+# a directory of this user and no symbolic link: ganesha runs as root with the configuration kept
+# there, so nobody else may write it. Facts behind the settings: rpcbind must run first (ganesha exits if it cannot register), Debian's plugin directory is not the
 # compiled-in default, Graceless skips the 90 s grace period, numeric owners keep uids intact on v4.
 set -euo pipefail
 
@@ -52,9 +53,21 @@ start_rpcbind() {
   fi
 }
 
+# private_state_dir: $state exists, is ours, is no symbolic link, and only we can use it.
+private_state_dir() {
+  mkdir -p "$(dirname "$state")"
+  mkdir -m 0700 "$state" 2>/dev/null || true
+  if [ -L "$state" ] || [ ! -d "$state" ] || [ "$(stat -c %u "$state")" != "$(id -u)" ]; then
+    echo "refusing $state: not a directory of this user (a symbolic link, or someone else's)" >&2
+    exit 1
+  fi
+  chmod 0700 "$state"
+}
+
 write_config() {
   local export_dir=$1
-  mkdir -p "$state/recovery" "$export_dir"
+  mkdir -p -m 0700 "$state/recovery"
+  mkdir -p "$export_dir"
   cat >"$state/ganesha.conf" <<EOF
 NFS_CORE_PARAM {
   Bind_addr = 127.0.0.1; NFS_Port = $nfs_port; MNT_Port = $mount_port; Protocols = 3, 4;
@@ -100,7 +113,7 @@ stop_ganesha() {
 case "$command" in
   start)
     install_packages
-    mkdir -p "$state"
+    private_state_dir
     export_dir=$(realpath -m "${2:-$state/export}")
     stop_ganesha TERM
     start_rpcbind

@@ -1,5 +1,5 @@
 // The vhost-user wire protocol (QEMU docs/interop/vhost-user.rst; ids and bits as in rust-vmm
-// vhost `message.rs`; see ../shared/reference/virtio-fs-protocol.md §1). Payloads are read at
+// vhost `message.rs`). Payloads are read at
 // explicit little-endian offsets, never through Swift struct layout.
 
 /// Front-end → back-end request ids this back-end knows.
