@@ -41,6 +41,7 @@ public struct PollerConfiguration: Sendable {
         plan.reserve(UInt32.self, count: slotCount)   // free list
         plan.reserve(UInt32.self, count: slotCount)   // completed list
         plan.reserve(PollerMetrics.self, count: 1)
+        plan.reserve(UInt64.self, count: PollerMetrics.opcodeCountSlots)
         plan.reserve(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
         SharedSession.plan(&plan)
         PollerWake.plan(&plan)
@@ -121,6 +122,9 @@ public struct Poller<T: Transport, B: Backend> {
     /// `stateSamplingInterval`: recording every transition of every request cost ~10 ns a request.
     public let stateHistograms: UnsafeMutablePointer<UInt64>
     public static var stateSamplingInterval: UInt64 { 16 }
+    /// Requests dispatched, by opcode (`PollerMetrics.opcodeCountSlot`): what the engine itself
+    /// served. Plain counters the poller alone writes.
+    public let opcodeCounts: UnsafeMutablePointer<UInt64>
     /// Time from fetch to publish of each request, in cycles: the engine's whole share of its latency.
     public let residenceHistogram: LatencyHistogram
     /// The device's FUSE session, shared with the pollers of its other queues.
@@ -152,6 +156,8 @@ public struct Poller<T: Transport, B: Backend> {
         self.session = session ?? SharedSession(arena: &arena)
         metrics = arena.allocate(PollerMetrics.self, count: 1)
         metrics.initialize(to: PollerMetrics())
+        opcodeCounts = arena.allocate(UInt64.self, count: PollerMetrics.opcodeCountSlots)
+        opcodeCounts.initialize(repeating: 0, count: PollerMetrics.opcodeCountSlots)
         stateHistograms = arena.allocate(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
         residenceHistogram = LatencyHistogram(counts: stateHistograms + LatencyHistogram.bucketCount * SlotState.count)
         // Lowest index on top, so a quiet engine reuses the same few (cache-hot) slots.
@@ -169,6 +175,11 @@ public struct Poller<T: Transport, B: Backend> {
     public var slotsInUse: Int { configuration.slotCount - freeCount }
 
     /// The histogram of time spent in `state`, in cycles.
+    /// Requests of `opcode` this poller dispatched (read after it stopped, or as a snapshot).
+    public func requestsDispatched(_ opcode: FUSEOpcode) -> UInt64 {
+        opcodeCounts[PollerMetrics.opcodeCountSlot(opcode.rawValue)]
+    }
+
     public func histogram(for state: SlotState) -> LatencyHistogram {
         LatencyHistogram(counts: stateHistograms + Int(state.rawValue) * LatencyHistogram.bucketCount)
     }
@@ -176,6 +187,7 @@ public struct Poller<T: Transport, B: Backend> {
     /// Zeroes counters and histograms (after a warm-up, say). Only while the poller is not stepping.
     public func resetMeasurements() {
         metrics.pointee = PollerMetrics()
+        opcodeCounts.update(repeating: 0, count: PollerMetrics.opcodeCountSlots)
         stateHistograms.update(repeating: 0, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
     }
 
@@ -327,6 +339,7 @@ public struct Poller<T: Transport, B: Backend> {
 
     @inlinable
     mutating func dispatch(_ index: Int, opcodeRaw: UInt32, now: UInt64) {
+        opcodeCounts[PollerMetrics.opcodeCountSlot(opcodeRaw)] &+= 1
         let reply = slots.reply(index)
         if opcodeRaw == FUSEOpcode.`init`.rawValue {
             let outcome = negotiateInit(slots.request(index), policy: configuration.initPolicy, reply: reply)

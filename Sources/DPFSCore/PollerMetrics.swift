@@ -25,4 +25,13 @@ public struct PollerMetrics {
     public var backendsWithoutReply: UInt64 = 0
 
     public init() {}
+
+    /// Per-opcode request counters: FUSE opcodes are below 64 (CUSE_INIT, 4096, and anything
+    /// else shares the last counter).
+    public static let opcodeCountSlots = 64
+
+    @inlinable
+    public static func opcodeCountSlot(_ opcodeRaw: UInt32) -> Int {
+        Int(min(opcodeRaw, UInt32(opcodeCountSlots - 1)))
+    }
 }

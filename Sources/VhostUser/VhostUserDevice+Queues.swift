@@ -170,6 +170,11 @@ extension VhostUserDevice {
         runners[index].poller.metrics.pointee
     }
 
+    /// Requests of `opcode` queue `index` dispatched (racy plain read: for reports).
+    public func requestsDispatched(_ opcode: FUSEOpcode, queue index: Int) -> UInt64 {
+        runners[index].poller.requestsDispatched(opcode)
+    }
+
     // MARK: - The poller thread
 
     /// A queue's thread: the shared poller loop (DPFSPosix), which sleeps on the kick eventfd, the

@@ -285,9 +285,13 @@ protocol EngineServer: Sendable {
 extension VhostUserServer: EngineServer {
     func stopAndReport() -> String {
         device.reset()
-        var replies: UInt64 = 0
-        for queue in 0..<device.configuration.queueCount { replies += device.metrics(queue: queue).repliesSent }
-        return "device \(device.configuration.name): \(connectionsServed) connection(s), \(replies) replies sent"
+        var replies: UInt64 = 0, reads: UInt64 = 0, writes: UInt64 = 0
+        for queue in 0..<device.configuration.queueCount {
+            replies += device.metrics(queue: queue).repliesSent
+            reads += device.requestsDispatched(.read, queue: queue)
+            writes += device.requestsDispatched(.write, queue: queue)
+        }
+        return "device \(device.configuration.name): \(connectionsServed) connection(s), \(replies) replies sent; engine served \(reads) READ, \(writes) WRITE"
     }
 }
 
