@@ -64,6 +64,7 @@ extension PassthroughBackend {
         }
         guard let node = pinNode(request.nodeID) else { return reply.fail(.noEntry) }
         defer { unpinNode(node) }
+        shareGroup(of: node)
         switch opcode {
         case .lookup:
             lookup(request, node: node, reply: reply)
@@ -248,6 +249,7 @@ extension PassthroughBackend {
     mutating func open(_ request: FUSERequest, reply: FUSEReply, directory: Bool) {
         guard let node = pinNode(request.nodeID) else { return reply.fail(.noEntry) }
         defer { unpinNode(node) }
+        shareGroup(of: node)
         var flags = Int32(bitPattern: request.arguments(as: fuse_open_in.self).flags)
         // O_NOFOLLOW too: the kernel resolved the path already (it never opens a symlink node),
         // and on the engine's re-open through /proc/self/fd it would refuse the magic link (ELOOP).
@@ -300,6 +302,40 @@ extension PassthroughBackend {
 
     // MARK: Attributes
 
+    /// chown(2) as the caller. A group the caller holds only as a supplementary group is not in the
+    /// request (FUSE sends one uid and one gid) but the kernel that sent it checked it
+    /// (default_permissions): with that group as the fs gid for this one call, the host file system
+    /// sees the membership and still checks that the caller owns the file.
+    mutating func changeOwner(_ node: PinnedNode, uid: UInt32, gid: UInt32) -> Int32 {
+        let borrows = switchesCredentials && currentUID != 0 && gid != UInt32.max && gid != currentGID
+        if borrows { _ = setfsgid(gid) }
+        let result = fchownat(node.fd, Self.emptyPath, uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+        let failure = Glibc.errno
+        if borrows { _ = setfsgid(currentGID) }
+        Glibc.errno = failure
+        return result
+    }
+
+    /// FUSE carries no supplementary groups, and the engine acts with none; the kernel that sent
+    /// the request checked the caller's (default_permissions). Where the node's group grants more
+    /// than its "other" bits and nothing less, the caller may only have got here as a member: the
+    /// thread then holds that group for the request, so the host file system agrees with the
+    /// kernel (a lookup or a create in a group-writable directory, an open of a group-readable
+    /// file, a setgid directory's bit kept). Never for the owner or the caller's own group, and
+    /// never where membership would take a right away ("other" granting what the group does not).
+    mutating func shareGroup(of node: PinnedNode) {
+        guard switchesCredentials, currentUID != 0 else { return }
+        var status = stat()
+        var wanted = UInt32.max
+        if fstat(node.fd, &status) == 0, status.st_uid != currentUID, status.st_gid != currentGID {
+            let groupBits = (status.st_mode >> 3) & 0o7, otherBits = status.st_mode & 0o7
+            if groupBits & ~otherBits != 0 && otherBits & ~groupBits == 0 { wanted = status.st_gid }
+        }
+        guard wanted != sharedGroup else { return }
+        let result = wanted == UInt32.max ? CDPFS_thread_drop_supplementary_groups() : CDPFS_thread_set_one_supplementary_group(wanted)
+        sharedGroup = result == 0 ? wanted : UInt32.max
+    }
+
     mutating func setAttributes(_ request: FUSERequest, node: PinnedNode, reply: FUSEReply) {
         let a = request.arguments(as: fuse_setattr_in.self)
         let valid = a.valid
@@ -324,8 +360,13 @@ extension PassthroughBackend {
         if valid & UInt32(FATTR_UID | FATTR_GID) != 0 || valid & changes == 0 {
             let uid = valid & UInt32(FATTR_UID) != 0 ? a.uid : UInt32.max
             let gid = valid & UInt32(FATTR_GID) != 0 ? a.gid : UInt32.max
-            guard fchownat(node.fd, Self.emptyPath, uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else {
-                return reply.fail(Self.lastErrno)
+            guard changeOwner(node, uid: uid, gid: gid) == 0 else {
+                let failure = Glibc.errno
+                // An empty SETATTR that the host refuses a caller who does not own the file is the
+                // kernel dropping set-ID bits after that caller's write (file_remove_privs): the
+                // kernel checked it may, so the engine drops them as a local write would.
+                if valid & changes == 0 && failure == EPERM && killSetIDAsEngine(node.fd) { return replyAttributes(node.fd, reply: reply) }
+                return reply.fail(Self.errno(failure))
             }
         }
         if valid & UInt32(FATTR_SIZE) != 0 {

@@ -76,6 +76,9 @@ public struct PassthroughBackend: Backend {
     var currentUID: UInt32 = 0
     var currentGID: UInt32 = 0
     var groupsDropped = false
+    /// The one supplementary group this thread holds for the current request (`shareGroup`), or
+    /// UInt32.max for none.
+    var sharedGroup = UInt32.max
     /// The thread the credentials and the umask above were set on: a queue restarted after a
     /// reconnect or a memory change runs this value on a new thread, which has none of them.
     var preparedThread: pthread_t = 0
@@ -188,6 +191,7 @@ public struct PassthroughBackend: Backend {
             // the thread did before.
             _ = CDPFS_thread_drop_supplementary_groups()
             groupsDropped = true
+            sharedGroup = UInt32.max
             _ = setfsgid(request.gid)
             _ = setfsuid(request.uid)
             currentGID = request.gid
@@ -480,7 +484,9 @@ public struct PassthroughBackend: Backend {
     mutating func write(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
         let arguments = request.arguments(as: fuse_write_in.self)
         guard let handle = device.handles.pin(arguments.fh) else { reply.fail(.badFileDescriptor); return .done }
-        if arguments.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { killSetID(handle.fd) }
+        // The kernel asks for it only when the writer lacks CAP_FSETID, and a writer need not own
+        // the file: the engine drops the bits itself (as the host's write path would).
+        if arguments.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { _ = killSetIDAsEngine(handle.fd) }
         let queue = self.queue!
         let slot = Int(token.slotIndex)
         let iovecs = queue.iovecs + slot * queue.iovecsPerSlot
@@ -518,13 +524,25 @@ public struct PassthroughBackend: Backend {
     /// The kernel asks the server to drop set-ID bits on a write by a caller without CAP_FSETID.
     /// As a local file system does (file_remove_privs): set-user-ID always goes, set-group-ID only
     /// with group execute (without it the bit marks mandatory locking, not a privilege).
-    func killSetID(_ fd: Int32) {
+    /// Done with the engine's credentials (a caller who is not the owner may not chmod), then back
+    /// to the caller's. Returns whether the file now has no bits a write should have dropped.
+    mutating func killSetIDAsEngine(_ fd: Int32) -> Bool {
         var s = stat()
-        guard fstat(fd, &s) == 0, s.st_mode & (S_ISUID | S_ISGID) != 0 else { return }
+        guard fstat(fd, &s) == 0 else { return false }
         var mode = s.st_mode & ~S_ISUID
         if mode & (S_ISGID | S_IXGRP) == (S_ISGID | S_IXGRP) { mode &= ~S_ISGID }
-        guard mode != s.st_mode else { return }
-        _ = fchmod(fd, mode & 0o7777)
+        guard mode != s.st_mode else { return true }
+        let (uid, gid) = (currentUID, currentGID)
+        becomeEngine()
+        // A path, not the descriptor: an O_PATH node descriptor cannot fchmod.
+        let result = fchmodat(device.procFD, procName(fd), mode & 0o7777, 0)
+        if switchesCredentials && (uid != 0 || gid != 0) {
+            _ = setfsgid(gid)
+            _ = setfsuid(uid)
+            currentUID = uid
+            currentGID = gid
+        }
+        return result == 0
     }
 
     mutating func fsync(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {

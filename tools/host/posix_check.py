@@ -9,7 +9,7 @@ test for; hard expectations on both sides catch the cases where both sides are w
 
 How: every case in CASES runs once in a fresh empty directory of the subject and once in one of
 the reference, as each uid given with --uids (uid 0 is root; for another uid a forked child
-drops to it with setgroups([]), setgid(uid), setuid(uid); the uid need not exist in
+drops to it with setgroups([SUPPLEMENTARY]), setgid(uid), setuid(uid); the uid need not exist in
 /etc/passwd). Root prepares the case directory (owned by the uid, mode 0755) and any fixtures
 (root-owned or other-owned files and directories for the EACCES/EPERM cases) before the child
 starts. The case body performs operations through a Side object that records each outcome: "ok"
@@ -60,6 +60,10 @@ import time
 import traceback
 
 OTHER = 4321  # owner of "someone else's" fixtures; must not be one of --uids
+# Every unprivileged case runner holds this group as a supplementary group (never as its own gid),
+# as a user in a project group does. A FUSE request carries only the caller's uid and gid; the
+# kernel that sent it has checked the supplementary groups already (default_permissions).
+SUPPLEMENTARY = 4343
 ANY, ROOT, USER = "any", "root", "user"  # who a case runs as
 
 # ------------------------------------------------------------------ libc calls os does not offer
@@ -856,6 +860,59 @@ def write_clears_suid(s):
     s.stat("suid_sgid_noexec", mode=s.priv(0o6644, 0o2644))  # setgid without group-x stays (in group)
 
 
+def setup_other_setid(me, other):
+    for name in ("other_setid_w", "other_setid_rw"):
+        fx_file(name, 0o6777, owner=other, data=b"x")
+
+
+def write_by_non_owner_clears_setid(s):
+    # A write by someone else (no CAP_FSETID) succeeds and clears set-user-ID, and set-group-ID
+    # with group execute; root keeps both.
+    for name, flags in (("other_setid_w", WR), ("other_setid_rw", RW)):
+        fd = s.open(name, flags, expect="ok")
+        s.fwrite(fd, b"y", expect="ok")
+        s.close(fd)
+        s.stat(name, mode=s.priv(0o6777, 0o777))
+
+
+# ------------------------------------------------------------------ cases: supplementary groups
+
+
+def setup_supplementary(me, other):
+    fx_file("mine", 0o644, owner=me, data=b"m")
+    os.symlink("mine", "mine_link")
+    os.lchown("mine_link", *me)
+    fx_file("group_file", 0o640, owner=(other[0], SUPPLEMENTARY), data=b"group readable")
+    fx_dir("group_dir", 0o770, owner=(other[0], SUPPLEMENTARY))
+    fx_dir("sg", 0o2770, owner=(other[0], SUPPLEMENTARY))
+
+
+def chgrp_supplementary(s):
+    s.chown("mine", -1, SUPPLEMENTARY, expect="ok")  # one's own file, to a supplementary group
+    s.stat("mine", gid=SUPPLEMENTARY)
+    s.chown("mine_link", -1, SUPPLEMENTARY, follow=False, expect="ok")
+    s.stat("mine_link", gid=SUPPLEMENTARY)
+    s.chown("mine", -1, s.other, expect=s.priv("ok", "EPERM"))  # a group not held
+    s.chown("group_file", -1, SUPPLEMENTARY, expect=s.priv("ok", "EPERM"))  # not the owner
+
+
+def access_supplementary(s):
+    s.read("group_file", want=b"group readable")  # group read, granted through the supplementary group
+    s.check("access('group_file', R_OK)", os.access("group_file", os.R_OK), True)
+    s.check("access('group_file', W_OK)", os.access("group_file", os.W_OK), s.root)
+    s.close(s.open("group_file", WR, expect=s.priv("ok", "EACCES")))
+    s.write("group_dir/new", b"n")  # created in a directory writable through the group
+    s.stat("group_dir/new", gid=s.gid, mode=0o644)
+    s.listing("group_dir")
+
+
+def create_in_setgid_dir_supplementary(s):
+    s.close(s.open("sg/f", WR | CREAT, 0o2755, expect="ok"))
+    s.stat("sg/f", gid=SUPPLEMENTARY, mode=0o2755)  # in the group: the setgid bit is kept
+    s.mkdir("sg/d", 0o755, expect="ok")
+    s.stat("sg/d", gid=SUPPLEMENTARY, mode=0o2755)
+
+
 # ------------------------------------------------------------------ cases: chmod, chown, link, mkdir ...
 
 
@@ -1350,6 +1407,10 @@ CASES = [
     ("eperm_link", ANY, setup_hardlink_protect, eperm_link),
     ("setgid_rules", ANY, setup_sgid, setgid_rules),
     ("write_clears_suid", ANY, setup_suid, write_clears_suid),
+    ("write_by_non_owner_clears_setid", ANY, setup_other_setid, write_by_non_owner_clears_setid),
+    ("chgrp_supplementary", ANY, setup_supplementary, chgrp_supplementary),
+    ("access_supplementary", ANY, setup_supplementary, access_supplementary),
+    ("create_in_setgid_dir_supplementary", ANY, setup_supplementary, create_in_setgid_dir_supplementary),
     ("chmod_modes", ANY, None, chmod_modes),
     ("chown_root", ROOT, None, chown_root),
     ("chown_clears_suid", ROOT, None, chown_clears_suid),
@@ -1570,7 +1631,7 @@ def run_child(uid, work, timeout):
         try:
             os.close(rfd)
             if uid != 0:
-                os.setgroups([])
+                os.setgroups([SUPPLEMENTARY])
                 os.setgid(uid)
                 os.setuid(uid)
             signal.alarm(timeout)

@@ -3,8 +3,11 @@
 # way a user checks a file system. For each transport the kernel allows (classic /dev/fuse,
 # FUSE-over-io_uring, and io_uring with kernel passthrough):
 #   1. POSIX behaviour: tools/host/posix_check.py runs the same cases on the mount and on a native
-#      directory of the file system the share lives on, as root and as two unprivileged uids, and
-#      requires the same outcome (success, or the same errno) and the same observable result;
+#      directory of the file system the share lives on, as root and as two unprivileged uids (each
+#      holding a supplementary group), and requires the same outcome (success, or the same errno)
+#      and the same observable result; classic and passthrough run them again with cache auto on a
+#      second mount; posix_check, integrity and stress run their --self-test too (deliberate
+#      breakages must be reported);
 #   2. data integrity: tools/host/integrity.py, random operations on the mount and on a reference
 #      directory side by side, contents compared byte for byte;
 #   3. concurrent stress: tools/host/stress.py, several processes creating, writing, renaming,
@@ -114,11 +117,34 @@ for mode in $modes; do
   esac
   [ $mode = passthrough ] && { grep -q "kernel passthrough on" "$log" || bad "$mode-passthrough-agreed" "the kernel did not agree passthrough"; }
 
-  # 1. POSIX behaviour against the share's own file system, root and two unprivileged uids.
-  if python3 tools/host/posix_check.py --subject "$mnt" --reference "$reference" --uids 0,1000,1001 $semantics >"$work/posix-$mode.out" 2>&1; then
+  # 1. POSIX behaviour against the share's own file system, root and two unprivileged uids. The
+  #    checkers check themselves too (--self-test): deliberate breakages must be reported, on this
+  #    very mount, or the run fails — a checker that cannot fail proves nothing.
+  if python3 tools/host/posix_check.py --subject "$mnt" --reference "$reference" --uids 0,1000,1001 $semantics --self-test >"$work/posix-$mode.out" 2>&1; then
     ok "$mode-posix"; tail -1 "$work/posix-$mode.out" | sed 's/^/    /'
   else
     bad "$mode-posix" "$(grep -E 'FAIL|posix_check:' "$work/posix-$mode.out" | head -20)"
+  fi
+  # 1b. The same cases with the kernel caching (cache auto), on a second mount of the share: writes
+  #     then go through the page cache, and set-ID bits are dropped by a SETATTR the kernel sends
+  #     for the writer, who need not own the file (cache never sends them with the WRITE instead).
+  if [ $mode = classic ] || [ $mode = passthrough ]; then
+    cached=$work/mnt-cached-$mode
+    mkdir -p "$cached" "$work/reference-cached-$mode"
+    chmod 755 "$work/reference-cached-$mode"
+    flags="--fuse-transport classic"
+    [ $mode = passthrough ] && flags="--fuse-transport uring --fuse-passthrough"
+    $engine --fuse-mount "$cached" --backend passthrough --shared-dir "$share" --cache auto --fuse-allow-other $flags \
+      >"$work/engine-cached-$mode.log" 2>&1 &
+    cached_pid=$!
+    for _ in $(seq 1 100); do grep -q "INIT agreed" "$work/engine-cached-$mode.log" 2>/dev/null && break; sleep 0.1; done
+    if python3 tools/host/posix_check.py --subject "$cached" --reference "$work/reference-cached-$mode" --uids 0,1000,1001 \
+        >"$work/posix-cached-$mode.out" 2>&1; then
+      ok "$mode-posix-cache-auto"; tail -1 "$work/posix-cached-$mode.out" | sed 's/^/    /'
+    else
+      bad "$mode-posix-cache-auto" "$(grep -E 'FAIL|posix_check:' "$work/posix-cached-$mode.out" | head -20)"
+    fi
+    kill -TERM $cached_pid; wait $cached_pid 2>/dev/null
   fi
   # 2. Data integrity, a fresh seed each run (printed, so a failure can be replayed).
   seed=${DPFS_INTEGRITY_SEED:-$(( $(date +%s) % 1000000 ))}
@@ -127,11 +153,16 @@ for mode in $modes; do
   else
     bad "$mode-integrity" "seed $seed: $(tail -5 "$work/integrity-$mode.out")"
   fi
+  if python3 tools/host/integrity.py --subject "$mnt" --reference "$reference" --seed $seed --steps 1200 --self-test >"$work/integrity-self-$mode.out" 2>&1; then
+    ok "$mode-integrity-self-test"; tail -1 "$work/integrity-self-$mode.out" | sed 's/^/    /'
+  else
+    bad "$mode-integrity-self-test" "seed $seed: $(tail -6 "$work/integrity-self-$mode.out")"
+  fi
   # 3. Concurrent stress: the mount's view equals the share's afterwards.
   # (Over NFS the share holds the engine's .dpfs-hidden directory: stress works one level down.)
   stress_mount=$mnt stress_share=$share
   if [ $mode = nfs ]; then mkdir -p "$mnt/stress"; stress_mount=$mnt/stress stress_share=$share/stress; fi
-  if python3 tools/host/stress.py --mount "$stress_mount" --backing "$stress_share" --processes 4 --seconds $stress_seconds --seed $seed $semantics >"$work/stress-$mode.out" 2>&1; then
+  if python3 tools/host/stress.py --mount "$stress_mount" --backing "$stress_share" --processes 4 --seconds $stress_seconds --seed $seed $semantics --self-test >"$work/stress-$mode.out" 2>&1; then
     ok "$mode-stress"; tail -1 "$work/stress-$mode.out" | sed 's/^/    /'
   else
     bad "$mode-stress" "$(tail -8 "$work/stress-$mode.out")"

@@ -143,6 +143,12 @@ static inline int CDPFS_thread_drop_supplementary_groups(void) {
     return (int)syscall(SYS_setgroups, 0, NULL);
 }
 
+/// The calling thread holds exactly `group` as its supplementary group (the raw syscall: this
+/// thread only), for one request whose caller the kernel found to be a member.
+static inline int CDPFS_thread_set_one_supplementary_group(gid_t group) {
+    return (int)syscall(SYS_setgroups, 1, &group);
+}
+
 /// Gives the calling thread a file-system context of its own (CLONE_FS: umask, cwd, root) and a
 /// umask of 0 in it. The kernel sends create modes with the guest caller's umask already applied,
 /// so a poller creating for a guest must not apply a second one; a process-wide umask(0) would
