@@ -1489,6 +1489,30 @@ def nfs3_enametoolong(s):
     s.listing(".")
 
 
+def nfs3_chgrp_supplementary(s):
+    # AUTH_SYS carries the caller's uid and gid only: a group held only as a supplementary group
+    # is unknown to the server, which refuses the chgrp to it.
+    s.chown("mine", -1, SUPPLEMENTARY, expect=s.priv("ok", "EPERM"))
+    s.stat("mine", gid=s.priv(SUPPLEMENTARY, s.gid))
+    s.chown("mine_link", -1, SUPPLEMENTARY, follow=False, expect=s.priv("ok", "EPERM"))
+    s.chown("mine", -1, s.other, expect=s.priv("ok", "EPERM"))
+    s.chown("group_file", -1, SUPPLEMENTARY, expect=s.priv("ok", "EPERM"))
+
+
+def nfs3_access_supplementary(s):
+    # The kernel grants through the supplementary group (access(2) says so); the server, which
+    # does not know it, refuses the reads and creates themselves.
+    s.check("access('group_file', R_OK)", os.access("group_file", os.R_OK), True)
+    s.read("group_file", want=s.priv(b"group readable", None), expect=s.priv("ok", "EACCES"))
+    s.write("group_dir/new", b"n", expect=s.priv("ok", "EACCES"))
+    s.listing("group_dir", expect=s.priv("ok", "EACCES"))
+
+
+def nfs3_create_in_setgid_dir_supplementary(s):
+    s.close(s.open("sg/f", WR | CREAT, 0o2755, expect=s.priv("ok", "EACCES")))
+    s.mkdir("sg/d", 0o755, expect=s.priv("ok", "EACCES"))
+
+
 def nfs3_rename_exchange(s):
     s.write("f", b"file")
     s.mkdir("d")
@@ -1551,6 +1575,9 @@ SEMANTICS = {
         "utimensat_now_omit": nfs3_utimensat_now_omit,
         "enametoolong": nfs3_enametoolong,
         "rename_exchange": nfs3_rename_exchange,
+        "chgrp_supplementary": nfs3_chgrp_supplementary,
+        "access_supplementary": nfs3_access_supplementary,
+        "create_in_setgid_dir_supplementary": nfs3_create_in_setgid_dir_supplementary,
         "utimensat_explicit": nfs3_utimensat_explicit,
     },
 }
