@@ -68,6 +68,12 @@ step "control: with passthrough off the same count sees the engine serve READ an
 step "NFS backend host mount against nfs-ganesha (POSIX, integrity, stress, SIGKILL)" tools/host/test-host-mount.sh --modes nfs
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
+step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \
+  tools/host/test-nfs-crash.sh
+step "control: the same crash without the write journal loses data (the check must fail)" \
+  bash -c 'tools/host/test-nfs-crash.sh --journal-mb 0; [ $? = 1 ]'
+step "NFS crash through FUSE-over-io_uring (a queue per CPU): no byte lost behind a successful fsync" \
+  tools/host/test-nfs-crash.sh --transport uring --no-silent-loss
 step "NFS server that lies (bad handles, names, counts, targets, endless listing)" tools/host/test-nfs-hostile.sh
 step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
 step "dpfs-bench vhost-user smoke run (in-process engine)" .build/release/dpfs-bench vhost-user --in-process-engine \
