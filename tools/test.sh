@@ -61,6 +61,10 @@ step "who can reach the engine: sockets 0600/0660 under any umask, nobody gets E
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
 step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
 step "guests store files through the passthrough backend (6.1, reboot, 6.12 multi-queue, two tenants)" tools/guest/test-passthrough.sh
+step "the same guest workload and host checks pass on the C virtiofsd (the harness is right on a known-good server)" \
+  tools/guest/test-passthrough.sh --virtiofsd
+step "control: the same harness against the null backend, which stores nothing, must report failures" \
+  tools/guest/test-passthrough.sh --null-control
 step "host mounts through /dev/fuse (classic, io_uring, kernel passthrough)" tools/host/test-host-mount.sh
 step "kernel passthrough: an open file's reads and writes never reach the engine (counted)" tools/host/test-kernel-passthrough.sh
 step "control: with passthrough off the same count sees the engine serve READ and WRITE (the check must fail)" \

@@ -28,7 +28,11 @@
 # exporting each share (tools/nfs-server.sh): the same workload and host checks, (a), (b) and (c);
 # (d) and (e) are passthrough-backend features and are skipped.
 #
-# Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd | --nfs]
+# With --null-control the engine serves (a) from the null backend, which stores nothing: the negative
+# control of this harness. It ends with 'control: ...' and exits 0 only when the guest ran its
+# workload and the checks reported failures, as they must when nothing is stored.
+#
+# Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd | --nfs | --null-control]
 # Ends with 'guest-passthrough: N passed, N failed'; exit status 0 only if none failed.
 # Logs (console, run-guest output, engine/virtiofsd logs): tools/.cache/guest/logs/passthrough-<time>/,
 # kept. The shares are in a mktemp directory, removed at the end unless something failed.
@@ -43,7 +47,8 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; shift ;;
     --virtiofsd) mode=virtiofsd; shift ;;
     --nfs) mode=nfs; shift ;;
-    *) echo "usage: $0 [--quick] [--virtiofsd | --nfs]" >&2; exit 2 ;;
+    --null-control) mode=null; shift ;;
+    *) echo "usage: $0 [--quick] [--virtiofsd | --nfs | --null-control]" >&2; exit 2 ;;
   esac
 done
 
@@ -66,7 +71,7 @@ failed=0
 cleanup() {
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   if [ $mode = nfs ]; then tools/nfs-server.sh stop || true; fi
-  if [ "$failed" = 0 ]; then rm -rf "$work"; else echo "shares kept in $work"; fi
+  if [ "$failed" = 0 ] || [ $mode = null ]; then rm -rf "$work"; else echo "shares kept in $work"; fi
 }
 trap cleanup EXIT
 
@@ -126,6 +131,7 @@ start_engine() { # name share queues cache
     echo "nfs server: $url" >"$server_log"
     backend=(--backend nfs --nfs-url "$url")
   fi
+  [ $mode = null ] && backend=(--backend null)
   "$engine_binary" --vhost-user-socket "$sock" "${backend[@]}" \
     --cache "$cache" --queues "$queues" --log-level info >>"$server_log" 2>&1 &
   server_pid=$!
@@ -276,6 +282,18 @@ populate_share "$share1"
 if [ $mode != virtiofsd ]; then start_engine one-queue "$share1" 1 never; fi
 check "a: 6.1 guest, phase write" guest_run a-6.1-write "$share1" write --kernel 6.1 --timeout 600
 host_checks a "$share1" 6.1.
+if [ $mode = null ]; then
+  # The workload must have run (it prints RESULT lines) and found what a store that keeps nothing
+  # does wrong; the host checks must have found nothing of the guest's in the share.
+  results=$(grep -c '^RESULT ' "$logdir/a-6.1-write.out" || true)
+  echo "logs: $logdir"
+  if [ "${results:-0}" -gt 0 ] && [ "$failed" -ge 5 ]; then
+    echo "control: against the null backend the guest ran ($results RESULT lines) and $failed of $((passed + failed)) checks failed, as they must"
+    exit 0
+  fi
+  echo "control: FAILED, the harness did not catch a backend that stores nothing (RESULT lines ${results:-0}, $failed of $((passed + failed)) checks failed)"
+  exit 1
+fi
 check "b: 6.1 guest, phase verify (second boot, same $mode share)" guest_run b-6.1-verify "$share1" verify --kernel 6.1 --timeout 600
 verified() { [ "$(cat "$share1/guest-made/verified.txt" 2>&1)" = "verify phase was here" ]; }
 check "b: host sees the verify phase's file" verified

@@ -93,6 +93,9 @@ phase_isolation() {
   if [ -L escape-link ]; then
     echo "escape-link -> $(readlink escape-link)"
     if [ "$(cat escape-link 2>/dev/null)" = "device $foreign" ]; then bad escape-link "reached device $foreign's marker"; else ok escape-link; fi
+  else
+    # The host planted it: missing, the check above could never fail.
+    bad escape-link "the host-made escape-link is missing"
   fi
   # '..' of the mount's root must be the root itself as far as the back-end is concerned.
   if [ "$(stat -c %i "$mnt/.")" = "$(stat -c %i "$mnt")" ]; then ok root-inode; else bad root-inode "inode of . differs"; fi
