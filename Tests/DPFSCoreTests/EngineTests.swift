@@ -74,7 +74,10 @@ import Testing
     }
 
     @Test("every opcode gets a well-formed answer from the null backend", arguments: FUSEOpcode.allCases)
-    func everyOpcodeAnswered(opcode: FUSEOpcode) {
+    func everyOpcodeAnswered(opcode: FUSEOpcode) throws {
+        // The exact answer Specs/fuse-coverage.md's "standard request" column records.
+        let row = try #require(try SpecCoverageTests.rows(of: "fuse-coverage.md", between: "opcodes").first { $0[0] == opcode.wireName })
+        let expected = row[6]
         let rig = TestRig(backend: NullBackend())
         rig.establishSession()
         var request = TestRequest.valid(opcode)
@@ -82,8 +85,11 @@ import Testing
         if opcode == .`init` { request.unique = 0xABCD }
         let reply = rig.roundTrip(request.bytes, writableBytes: opcode.expectsReply ? 16 + 4096 : 0)
         if !opcode.expectsReply {
+            #expect(expected == "none")
             #expect(reply.usedLength == 0)
         } else {
+            let got = reply.error == 0 ? "ok" : SpecCoverageTests.errnoName(-reply.error)
+            #expect(got == expected, "\(opcode.wireName): the null backend answered \(got), the spec says \(expected)")
             #expect(reply.usedLength >= 16)
             #expect(reply.outLength == reply.usedLength, "out.len must equal the used length")
             #expect(reply.unique == 0xABCD)

@@ -18,6 +18,13 @@ import VhostUserFrontend
         }
     }
 
+    /// The errno names the coverage tables use.
+    static let errnoNames: [Int32: String] = [
+        1: "EPERM", 2: "ENOENT", 5: "EIO", 9: "EBADF", 17: "EEXIST", 20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL",
+        38: "ENOSYS", 61: "ENODATA", 95: "EOPNOTSUPP",
+    ]
+    static func errnoName(_ value: Int32) -> String { errnoNames[value] ?? "errno \(value)" }
+
     static func shapeName(_ shape: ArgumentShape) -> String {
         switch shape {
         case .empty: return "empty"
@@ -45,6 +52,15 @@ import VhostUserFrontend
             #expect(String(OpcodeTable.fixedSize(of: number)) == row[3], "\(row[0]) fixed size")
             let replyMin = opcode.expectsReply ? String(OpcodeTable.replyBytesMin(of: number) - OutHeaderLayout.size) : "none"
             #expect(replyMin == row[4], "\(row[0]) reply body minimum")
+            // The standard request's answer is `none` exactly for one-way opcodes, else ok or an
+            // errno name, and the prose of the null backend column names that errno.
+            let standard = row[6]
+            if opcode.expectsReply {
+                #expect(standard == "ok" || Self.errnoNames.values.contains(standard), "\(row[0]) standard request '\(standard)'")
+                if standard != "ok" { #expect(row[5].contains(standard), "\(row[0]): the prose '\(row[5])' does not name \(standard)") }
+            } else {
+                #expect(standard == "none", "\(row[0]) is one-way: its standard request has no answer")
+            }
         }
         // Numbers that are not opcodes are refused with ENOSYS.
         for number: UInt32 in [0, 7, 19, 54, 4096] {
