@@ -1,4 +1,5 @@
 import Foundation
+import LoopbackTransport
 import Testing
 
 /// The zero-allocation gate (ARCHITECTURE §4, §9.4). Malloc counters are process-wide, so the
@@ -42,10 +43,15 @@ import Testing
         let text = String(decoding: data, as: UTF8.self)
         let lines = try text.split(separator: "\n").map { try JSONDecoder().decode(Line.self, from: Data($0.utf8)) }
 
-        let canary = try #require(lines.first { $0.class == "canary" })
-        #expect(canary.mallocs > 0, "the malloc counter saw nothing: the gate would pass vacuously")
-        let classes = lines.filter { $0.class != "canary" }
-        #expect(classes.count >= 18, "every loopback request class must be measured:\n\(text)")
+        for name in ["canary", "canary-poller-thread"] {
+            let canary = try #require(lines.first { $0.class == name })
+            #expect(canary.mallocs > 0, "\(name): the malloc counter saw nothing: the gate would pass vacuously")
+        }
+        let classes = lines.filter { !$0.class.hasPrefix("canary") }
+        // Every loopback class once alone, and all of them together with the poller on a thread.
+        let loopback = classes.filter { !["vhostUser-", "passthrough-", "fuse-"].contains(where: $0.class.hasPrefix) }
+        #expect(loopback.map(\.class).sorted() == (LoadOperation.allCases.map { "\($0)" } + ["allClassesThreaded"]).sorted(),
+                "every loopback request class must be measured, alone and threaded:\n\(text)")
         #expect(classes.filter { $0.class.hasPrefix("vhostUser-") }.count == 8, "the vhost-user data path must be measured:\n\(text)")
         #expect(classes.filter { $0.class.hasPrefix("passthrough-") }.count == 7,
                 "the passthrough backend must be measured, READ and WRITE on both data paths:\n\(text)")
