@@ -56,8 +56,9 @@
 #endif
 #define NBACKENDS  2      /* backend threads                                   */
 #ifndef C
-#define C          4      /* CompletionRing.capacity: a power of two.  The     */
-#endif                    /* engine uses max(2, slotCount), so C >= slotCount  */
+#define C          4      /* CompletionRing.capacity.  The engine uses         */
+#endif                    /* max(2, 2 * slotCount); tools/check-spin-model.sh  */
+                          /* reads that rule and checks the engine's sizing.    */
 #ifndef MAXREQ
 #define MAXREQ     5      /* requests fetched in total: keeps the run finite   */
 #endif

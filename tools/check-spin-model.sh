@@ -30,6 +30,15 @@ fi
 command -v gcc >/dev/null 2>&1 || { echo "error: gcc not found" >&2; exit 2; }
 [ -f "$MODEL" ] || { echo "error: $MODEL not found" >&2; exit 2; }
 
+# The engine's ring sizing, read from the code (PollerConfiguration.completionRingCapacity), so the
+# "engine sizing" checks model the ring the engine builds, and this script stops when the rule
+# changes instead of checking a ring the engine no longer has.
+ring_factor=$(sed -n 's/.*completionRingCapacity: Int { max(2, \([0-9][0-9]*\) \* slotCount) }.*/\1/p' Sources/DPFSCore/Poller.swift)
+[ -n "$ring_factor" ] || {
+  echo "error: PollerConfiguration.completionRingCapacity is no longer max(2, K * slotCount): update the engine-sizing checks" >&2
+  exit 2
+}
+
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/spin-slot-ring.XXXXXX")"
 cleanup() {
   local pids
@@ -152,7 +161,9 @@ check() {
 check "safety (FAULTY_BACKEND: doubled token, 5 requests)"   safety   pass "" -DFAULTY_BACKEND -DMAXREQ=5
 check "liveness (FAULTY_BACKEND, weak fairness, 4 requests)" liveness pass "" -DFAULTY_BACKEND -DMAXREQ=4
 check "safety (correct model, 3 slots, C=4, 6 requests)"     safety   pass "" -DMAXREQ=6
-check "safety (engine sizing: 4 slots, C=4, 5 requests)"     safety   pass "" -DNSLOTS=4 -DC=4 -DMAXREQ=5
+check "safety (engine sizing: 4 slots, C=$((ring_factor * 4)), 5 requests)" safety pass "" -DNSLOTS=4 -DC=$((ring_factor * 4)) -DMAXREQ=5
+check "safety (engine sizing, FAULTY_BACKEND: 2 slots, C=$((ring_factor * 2)), 5 requests)" safety pass "" \
+      -DFAULTY_BACKEND -DNSLOTS=2 -DC=$((ring_factor * 2)) -DMAXREQ=5
 check "liveness (correct model, weak fairness, 5 requests)"  liveness pass "" -DMAXREQ=5
 
 # -- mutants: spin must find the bug ----------------------------------------
