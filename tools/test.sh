@@ -47,12 +47,12 @@ step "release build" swift build -c release
 step "swift test" swift test
 step "allocation gate (release)" .build/release/dpfs-bench alloc-gate --requests 100000
 step "allocation gate, NFS data path (the engine's mallocs beside libnfs's own)" tools/alloc-gate-nfs.sh --requests 20000
-step "ThreadSanitizer" swift test --sanitize=thread --scratch-path .build-tsan \
-  --filter "concurrentProducers|ModelTests|asynchronousCompletion|PollerLoopTests|PassthroughSharedTableTests"
+step "ThreadSanitizer" tools/sanitizer-tests.sh thread .build-tsan \
+  "concurrentProducers|ModelTests|asynchronousCompletion|PollerLoopTests|PassthroughSharedTableTests"
 # Leak checking is off: the only leaks LeakSanitizer reports are XCTest's own runner objects, and
 # this step is about out-of-bounds access on hostile input.
-step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan \
-  --filter "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests|PassthroughTests|PassthroughSharedTableTests|PollerLoopTests|QuiesceTests"
+step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 tools/sanitizer-tests.sh address .build-asan \
+  "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests|PassthroughTests|PassthroughSharedTableTests|PollerLoopTests|QuiesceTests|SocketListenerTests"
 step "spin model" tools/check-spin-model.sh
 step "the NFS differences documented (Specs/nfs-semantics.md) are exactly those posix_check asserts, and the check can fail" \
   bash -c 'python3 tools/host/check-semantics-table.py && python3 tools/host/check-semantics-table.py --self-test'
