@@ -16,7 +16,7 @@ truncate/ftruncate (grow and shrink), rename (within and across the four directo
 their subdirectories, sometimes onto a directory or into a missing one), link, unlink, fsync and
 fdatasync (files and directories), mkdir/rmdir (also after unlinking a directory's files) and
 directory rename, open with O_TRUNC, O_APPEND
-writes, fstat/lstat/listdir, and closing and reopening descriptors (at most --fds open per tree;
+writes, fallocate (allocate, keep size, punch a hole; --no-fallocate leaves it out), fstat/lstat/listdir, and closing and reopening descriptors (at most --fds open per tree;
 they survive renames and unlinks of their file). After every operation that changes names, both
 trees are scanned and their names and types compared (that also keeps the list of existing paths
 the next choices are made from). Every 1000 steps and at the end, both trees are walked and every
@@ -40,6 +40,7 @@ and both results, then exit status 1; on success the final line
 that every corruption is reported.
 """
 import argparse
+import ctypes
 import errno
 import hashlib
 import os
@@ -59,8 +60,19 @@ O = os
 WEIGHTS = {
     "create": 8, "pwrite": 20, "pread": 15, "truncate": 6, "rename": 6, "link": 4, "unlink": 5,
     "fsync": 3, "mkdir": 2, "rmdir": 2, "clear_dir": 1, "rename_dir": 1, "open_trunc": 3, "append": 6,
-    "reopen": 5, "close": 2, "fstat": 3, "stat": 3, "listdir": 2,
+    "reopen": 5, "close": 2, "fstat": 3, "stat": 3, "listdir": 2, "fallocate": 4,
 }
+
+# fallocate(2) modes (linux/falloc.h): allocate, allocate without growing, punch a hole.
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def fallocate(fd, mode, offset, length):
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
 
 
 class Divergence(Exception):
@@ -156,6 +168,9 @@ class Run:
         self.outcomes = {}  # operation kind -> {outcome: calls on both sides}
         self.kind = "setup"
         self.sabotage = sabotage  # (step, kind) for --self-test
+        self.weights = dict(WEIGHTS)
+        if args.no_fallocate:
+            self.weights["fallocate"] = 0
         for root in roots:
             for d in TOP_DIRS:
                 os.mkdir(os.path.join(root, d))
@@ -359,6 +374,20 @@ class Run:
         self.verify("before truncating", path=path, start=length)
         self.both(f"truncate {path} {length}", lambda i, root: os.truncate(os.path.join(root, path), length))
 
+    def op_fallocate(self):
+        """fallocate through a writable descriptor: allocate (growing the file, within --size-max),
+        allocate keeping the size, or punch a hole (which discards bytes: compared first)."""
+        slot = self.pick_slot(1.0, access="w")
+        if slot is None or slot.flags & O.O_APPEND:
+            return self.op_pwrite()
+        mode = self.rng.choice([0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE])
+        n = self.length()
+        off = self.rng.randrange(0, self.size_max - n + 1)
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            self.verify("before punching a hole", slot=slot, start=off, end=off + n)
+        self.both(f"fallocate {slot} mode={mode:#x} offset={off} len={n}",
+                  lambda i, root: fallocate(slot.fds[i], mode, off, n))
+
     def op_rename(self):
         src = self.pick_file()
         r = self.rng.random()
@@ -484,7 +513,7 @@ class Run:
 
     # --- the loop
     def run(self, steps, progress=True):
-        names, weights = list(WEIGHTS), list(WEIGHTS.values())
+        names, weights = list(self.weights), list(self.weights.values())
         tick = max(1, steps // 10)
         for self.step_no in range(1, steps + 1):
             kind = self.kind = self.rng.choices(names, weights)[0]
@@ -602,6 +631,8 @@ def main():
     ap.add_argument("--fds", type=int, default=8, help="most descriptors kept open per tree")
     ap.add_argument("--keep", action="store_true", help="keep the integrity.<pid> directories")
     ap.add_argument("--self-test", action="store_true", help="check that corruption is detected")
+    ap.add_argument("--no-fallocate", action="store_true",
+                    help="leave fallocate out (a subject without it, e.g. NFSv3, answers EOPNOTSUPP)")
     args = ap.parse_args()
     if args.size_max < 4096 or args.files < 1 or args.steps < 0:
         ap.error("--size-max must be at least 4096, --files at least 1")

@@ -120,13 +120,18 @@ def other_loop(loop, mount):
             fd = loop.call("open", os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             loop.call("write", os.write, fd, body)
             loop.call("close", os.close, fd)
-            with open(path, "rb") as f:
-                if f.read() != body:
-                    loop.failures["wrong-bytes"] = loop.failures.get("wrong-bytes", 0) + 1
+            # Through loop.call too: a failing read-back is a failure of the other device, counted.
+            if loop.call("read-back", read_whole, path) != body:
+                loop.failures["wrong-bytes"] = loop.failures.get("wrong-bytes", 0) + 1
             loop.completions.append(time.monotonic())
         except OSError:
-            pass
+            pass  # counted by loop.call; the loop goes on
         time.sleep(0.005)
+
+
+def read_whole(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def listing(root):
