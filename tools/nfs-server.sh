@@ -9,7 +9,11 @@
 #   tools/nfs-server.sh restart              start ganesha again with the same export
 #   tools/nfs-server.sh pause | resume       SIGSTOP / SIGCONT ganesha (a stalled server: its sockets
 #                                            stay open, nothing is answered)
-#   tools/nfs-server.sh status               exit 0 when ganesha answers on 2049
+#   tools/nfs-server.sh status               exit 0 when our ganesha listens on its port
+#
+# Ports: free ones picked at start (kept in $DPFS_NFS_STATE/ports for restart), unless
+# DPFS_NFS_PORT / DPFS_MOUNT_PORT name them; "started" means the ganesha process this script
+# started listens on both (ss), not that something answers on a well-known port.
 #
 # Needs root (ganesha's FSAL_VFS opens files by handle). Everything lives under $DPFS_NFS_STATE
 # (default /tmp/dpfs-nfs): config, log, pid file, recovery directory. The export defaults to
@@ -20,9 +24,14 @@
 set -euo pipefail
 
 state=${DPFS_NFS_STATE:-/tmp/dpfs-nfs}
-nfs_port=2049
-mount_port=20048
 command=${1:-}
+nfs_port= mount_port=
+[ -f "$state/ports" ] && read -r nfs_port mount_port <"$state/ports"
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# listening_pid PORT PID: that process listens on 127.0.0.1:PORT.
+listening_pid() { ss -H -ltnp "( sport = :$1 )" 2>/dev/null | grep -q "pid=$2,"; }
 
 install_packages() {
   local missing=()
@@ -89,13 +98,16 @@ start_ganesha() {
   rm -f "$state/ganesha.pid"
   setsid ganesha.nfsd -F -f "$state/ganesha.conf" -L "$state/ganesha.log" -p "$state/ganesha.pid" \
     </dev/null >>"$state/ganesha.out" 2>&1 &
-  echo $! >"$state/ganesha.pid"
-  for _ in $(seq 100); do port_open $nfs_port && port_open $mount_port && break; sleep 0.1; done
-  if ! port_open $nfs_port; then
-    echo "ganesha did not start; its log:" >&2
-    tail -20 "$state/ganesha.log" >&2 || true
-    exit 1
-  fi
+  local pid=$!
+  echo $pid >"$state/ganesha.pid"
+  for _ in $(seq 150); do
+    listening_pid "$nfs_port" "$pid" && listening_pid "$mount_port" "$pid" && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "ganesha (pid $pid) does not listen on ports $nfs_port and $mount_port; its log:" >&2
+  tail -20 "$state/ganesha.log" >&2 || true
+  exit 1
 }
 
 stop_ganesha() {
@@ -107,7 +119,6 @@ stop_ganesha() {
   for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$state/ganesha.pid"
-  for _ in $(seq 50); do port_open $nfs_port || break; sleep 0.1; done
 }
 
 case "$command" in
@@ -116,6 +127,10 @@ case "$command" in
     private_state_dir
     export_dir=$(realpath -m "${2:-$state/export}")
     stop_ganesha TERM
+    nfs_port=${DPFS_NFS_PORT:-$(free_port)}
+    mount_port=${DPFS_MOUNT_PORT:-$(free_port)}
+    while [ "$mount_port" = "$nfs_port" ]; do mount_port=$(free_port); done
+    echo "$nfs_port $mount_port" >"$state/ports"
     start_rpcbind
     write_config "$export_dir"
     start_ganesha
@@ -130,7 +145,7 @@ case "$command" in
     start_rpcbind
     start_ganesha
     ;;
-  status) port_open $nfs_port ;;
+  status) [ -f "$state/ganesha.pid" ] && listening_pid "$nfs_port" "$(cat "$state/ganesha.pid")" ;;
   pause|resume)
     [ -f "$state/ganesha.pid" ] || { echo "no server is running" >&2; exit 1; }
     kill "-$([ "$command" = pause ] && echo STOP || echo CONT)" "$(cat "$state/ganesha.pid")"

@@ -35,6 +35,9 @@ public struct PollerWake: @unchecked Sendable {
 
     /// Poller side, before its last look at the completion ring.
     @inlinable
+    /// Whether the poller has announced that it sleeps (tests wait on this instead of sleeping).
+    public var isSleeping: Bool { sleepingFlag.pointee.load(ordering: .acquiring) }
+
     public func announceSleep() {
         sleepingFlag.pointee.store(true, ordering: .sequentiallyConsistent)
         atomicMemoryFence(ordering: .sequentiallyConsistent)

@@ -74,6 +74,16 @@ final class LoopHarness: @unchecked Sendable {
     }
 }
 
+/// Polls `condition` until it holds or `seconds` pass (generous: these are not timing tests).
+func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+    while monotonicNanoseconds() < deadline {
+        if condition() { return true }
+        usleep(1_000)
+    }
+    return condition()
+}
+
 @Suite(.serialized) struct PollerLoopTests {
     @Test("a completion pushed while the poller sleeps is answered at once, not at the sleep's timeout")
     func completionWakesSleepingPoller() throws {
@@ -83,7 +93,8 @@ final class LoopHarness: @unchecked Sendable {
         _ = harness.rig.rig.poller.step()
         #expect(harness.state.pending.count == 1)
         try harness.start()
-        usleep(200_000)   // the poller is asleep now (no busy-poll budget)
+        // Observed, not assumed: the poller announces its sleep (no busy-poll budget, so at once).
+        #expect(waitUntil(seconds: 10) { harness.rig.rig.poller.wake.isSleeping }, "the poller never went to sleep")
         let started = monotonicNanoseconds()
         harness.complete()
         let used = harness.reap(within: 5)
@@ -104,7 +115,8 @@ final class LoopHarness: @unchecked Sendable {
         try harness.start()
         harness.stop.store(true, ordering: .releasing)
         harness.rig.rig.poller.wake.signalUnconditionally()
-        usleep(300_000)
+        // Once the backend was asked to quiesce, the loop can only be waiting for the request.
+        #expect(waitUntil(seconds: 10) { harness.state.quiesceCalls.load(ordering: .acquiring) == 1 }, "the backend was not asked to quiesce")
         let returnedEarly = harness.finished.load(ordering: .acquiring)
         #expect(!returnedEarly, "the loop returned with a request still pending")
         #expect(harness.state.quiesceCalls.load(ordering: .acquiring) == 1, "the backend was not asked to quiesce")
