@@ -6,7 +6,7 @@ server answers the engine's start-up (MOUNT, FSINFO, LOOKUP of .dpfs-hidden) and
 honestly enough to mount, and then lies in the ways listed in TREE below. It is a test double for
 error paths only (the real server of every other test is nfs-ganesha).
 
-  hostile_nfs_server.py --port N [--ready FILE]
+  hostile_nfs_server.py --port N [--ready FILE]     (--port 0: a free port, written to FILE)
 
 Tree (the root holds):
   good          a regular file of 11 bytes, served honestly ("hello world")
@@ -220,7 +220,8 @@ def main():
     listener.bind(("127.0.0.1", args.port))
     listener.listen(16)
     if args.ready:
-        open(args.ready, "w").write("listening\n")
+        # The port actually bound (--port 0: one the kernel picked, free by construction).
+        open(args.ready, "w").write(f"{listener.getsockname()[1]}\n")
     while True:
         connection, _ = listener.accept()
         threading.Thread(target=serve, args=(connection,), daemon=True).start()

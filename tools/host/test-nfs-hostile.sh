@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 engine=.build/release/dpfs-engine
 [ -x $engine ] || swift build -c release --product dpfs-engine || exit 1
-port=${DPFS_HOSTILE_PORT:-20499}
+port=${DPFS_HOSTILE_PORT:-0}   # 0: the server binds a free port and says which
 work=$(mktemp -d /tmp/dpfs-nfs-hostile.XXXXXX)
 mkdir -p "$work/mnt"
 server_pid= engine_pid=
@@ -22,7 +22,9 @@ cleanup() {
 trap cleanup EXIT
 python3 tools/host/hostile_nfs_server.py --port "$port" --ready "$work/ready" &
 server_pid=$!
-for _ in $(seq 50); do [ -f "$work/ready" ] && break; sleep 0.1; done
+for _ in $(seq 50); do [ -s "$work/ready" ] && break; sleep 0.1; done
+port=$(cat "$work/ready" 2>/dev/null)
+[ -n "$port" ] && kill -0 "$server_pid" 2>/dev/null || { echo "test-nfs-hostile: the test server did not start"; exit 1; }
 $engine --fuse-mount "$work/mnt" --backend nfs --cache never --nfs-timeout-ms 2000 \
   --nfs-url "nfs://127.0.0.1/hostile?version=3&nfsport=$port&mountport=$port" >"$work/engine.log" 2>&1 &
 engine_pid=$!
