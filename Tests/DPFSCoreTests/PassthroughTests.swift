@@ -10,7 +10,8 @@ import Testing
 // POSIX behaviour of the passthrough backend through the loopback transport, each answer compared
 // with the errno a local file system gives. Every test gets a fresh shared directory.
 
-final class SharedDirectory {
+/// A fresh directory under /tmp, removed with its contents when the value goes.
+final class SharedDirectory: Sendable {
     let path: String
     init() {
         var template = Array("/tmp/dpfs-passthrough-XXXXXX".utf8CString)

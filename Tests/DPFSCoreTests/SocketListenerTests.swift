@@ -7,18 +7,6 @@ import Testing
 // The vhost-user socket admits its owner (and one group) only, whatever the umask, and is never
 // bound over a live listener, a symbolic link or a file that is not a socket.
 
-final class SocketDirectory: Sendable {
-    let path: String
-    init() {
-        var template = Array("/tmp/dpfs-sockets-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(made != nil)
-        path = String(cString: made!)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-    func at(_ name: String) -> String { path + "/" + name }
-}
-
 func fileMode(_ path: String) -> (type: mode_t, permissions: mode_t, gid: gid_t)? {
     var status = stat()
     guard lstat(path, &status) == 0 else { return nil }
@@ -43,23 +31,23 @@ func connectErrno(_ path: String) -> Int32 {
     @Test("the socket is owner-only (0600), or 0660 with its group, under umask 0 and umask 077",
           arguments: [mode_t(0), 0o077, 0o022])
     func modes(umaskBits: mode_t) throws {
-        let directory = SocketDirectory()
+        let directory = SharedDirectory()
         let group = Self.otherGroup
         let result = try withThreadUmask(umaskBits) { () -> [String] in
             var problems: [String] = []
             do {
-                let owner = try UnixSocketListener.listen(path: directory.at("owner.sock"), access: SocketAccess(), backlog: 1)
-                let shared = try UnixSocketListener.listen(path: directory.at("group.sock"), access: SocketAccess(groupID: group), backlog: 1)
-                if let mode = fileMode(directory.at("owner.sock")), mode.type == S_IFSOCK, mode.permissions == 0o600 {} else {
-                    problems.append("owner.sock: \(String(describing: fileMode(directory.at("owner.sock"))))")
+                let owner = try UnixSocketListener.listen(path: directory.host("owner.sock"), access: SocketAccess(), backlog: 1)
+                let shared = try UnixSocketListener.listen(path: directory.host("group.sock"), access: SocketAccess(groupID: group), backlog: 1)
+                if let mode = fileMode(directory.host("owner.sock")), mode.type == S_IFSOCK, mode.permissions == 0o600 {} else {
+                    problems.append("owner.sock: \(String(describing: fileMode(directory.host("owner.sock"))))")
                 }
-                if let mode = fileMode(directory.at("group.sock")), mode.type == S_IFSOCK, mode.permissions == 0o660, mode.gid == group {} else {
-                    problems.append("group.sock: \(String(describing: fileMode(directory.at("group.sock"))))")
+                if let mode = fileMode(directory.host("group.sock")), mode.type == S_IFSOCK, mode.permissions == 0o660, mode.gid == group {} else {
+                    problems.append("group.sock: \(String(describing: fileMode(directory.host("group.sock"))))")
                 }
-                if connectErrno(directory.at("owner.sock")) != 0 { problems.append("owner cannot connect") }
+                if connectErrno(directory.host("owner.sock")) != 0 { problems.append("owner cannot connect") }
                 owner.close()
                 shared.close()
-                if fileMode(directory.at("owner.sock")) != nil { problems.append("close left owner.sock behind") }
+                if fileMode(directory.host("owner.sock")) != nil { problems.append("close left owner.sock behind") }
             } catch {
                 problems.append("\(error)")
             }
@@ -70,8 +58,8 @@ func connectErrno(_ path: String) -> Int32 {
 
     @Test("a socket another process listens on is refused, named, and keeps its listener")
     func liveSocketRefused() throws {
-        let directory = SocketDirectory()
-        let path = directory.at("live.sock")
+        let directory = SharedDirectory()
+        let path = directory.host("live.sock")
         let first = try UnixSocketListener.listen(path: path, access: SocketAccess(), backlog: 1)
         defer { first.close() }
         #expect {
@@ -87,8 +75,8 @@ func connectErrno(_ path: String) -> Int32 {
 
     @Test("a stale socket (its listener died without removing it) is replaced")
     func staleSocketReplaced() throws {
-        let directory = SocketDirectory()
-        let path = directory.at("stale.sock")
+        let directory = SharedDirectory()
+        let path = directory.host("stale.sock")
         let dead = try UnixSocketListener.listen(path: path, access: SocketAccess(), backlog: 1)
         close(dead.fd)   // as a SIGKILL leaves it: the file stays, nobody listens
         #expect(connectErrno(path) == ECONNREFUSED)
@@ -99,26 +87,26 @@ func connectErrno(_ path: String) -> Int32 {
 
     @Test("a symbolic link or a file that is not a socket is never followed or replaced")
     func notASocket() throws {
-        let directory = SocketDirectory()
-        let target = directory.at("victim")
+        let directory = SharedDirectory()
+        let target = directory.host("victim")
         #expect(FileManager.default.createFile(atPath: target, contents: Data("keep".utf8)))
-        #expect(symlink(target, directory.at("link.sock")) == 0)
-        #expect { _ = try UnixSocketListener.listen(path: directory.at("link.sock"), access: SocketAccess(), backlog: 1) } throws: {
+        #expect(symlink(target, directory.host("link.sock")) == 0)
+        #expect { _ = try UnixSocketListener.listen(path: directory.host("link.sock"), access: SocketAccess(), backlog: 1) } throws: {
             "\($0)".contains("is a symbolic link")
         }
         #expect { _ = try UnixSocketListener.listen(path: target, access: SocketAccess(), backlog: 1) } throws: {
             "\($0)".contains("is not a socket")
         }
         #expect(FileManager.default.contents(atPath: target) == Data("keep".utf8))
-        #expect(fileMode(directory.at("link.sock"))?.type == S_IFLNK)
+        #expect(fileMode(directory.host("link.sock"))?.type == S_IFLNK)
     }
 
     @Test("closing removes the socket file only while it is still the one bound")
     func closeRemovesOnlyItsOwn() throws {
-        let directory = SocketDirectory()
-        let path = directory.at("moved.sock")
+        let directory = SharedDirectory()
+        let path = directory.host("moved.sock")
         let first = try UnixSocketListener.listen(path: path, access: SocketAccess(), backlog: 1)
-        #expect(rename(path, directory.at("elsewhere.sock")) == 0)
+        #expect(rename(path, directory.host("elsewhere.sock")) == 0)
         #expect(FileManager.default.createFile(atPath: path, contents: Data("someone else's".utf8)))
         first.close()
         #expect(FileManager.default.contents(atPath: path) == Data("someone else's".utf8))
