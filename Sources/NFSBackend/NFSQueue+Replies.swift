@@ -85,7 +85,13 @@ extension NFSQueue {
             }
         case .setattr:
             let result = data.assumingMemoryBound(to: SETATTR3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+            guard result.status.rawValue == 0 else {
+                if setIDDropRefused(slot, result) {
+                    progress[slot].insert(.asEngine)
+                    return issue(slot)
+                }
+                return fail(slot, v3: result.status.rawValue)
+            }
             let after = result.SETATTR3res_u.resok.obj_wcc.after
             if progress[slot].contains(.stagedTarget) {
                 // The exclusive CREATE's mode is set.
@@ -321,6 +327,24 @@ extension NFSQueue {
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             listedPlus(slot, result.READDIRPLUS3res_u.resok)
         }
+    }
+
+    /// A virtio-fs guest without handle_killpriv_v2 drops set-ID bits after a write with a SETATTR
+    /// of the mode without them, sent as the writer, who need not own the file: the server refuses
+    /// it (NFS3ERR_PERM). When the refused SETATTR asked for nothing else, and the attributes that
+    /// came with the refusal show it only takes set-ID bits away, it is sent once more as the
+    /// engine (the guest kernel authorised it; a guest can act as any uid anyway).
+    func setIDDropRefused(_ slot: Int, _ result: SETATTR3res) -> Bool {
+        guard result.status.rawValue == 1, !progress[slot].contains(.asEngine), !progress[slot].contains(.stagedTarget),
+              requests[slot].uid != 0 else { return false }
+        let fuse = requests[slot].arguments(as: fuse_setattr_in.self)
+        guard fuse.valid & ~UInt32(FATTR_FH | FATTR_LOCKOWNER) == UInt32(FATTR_MODE) else { return false }
+        let after = result.SETATTR3res_u.resfail.obj_wcc.after
+        guard after.attributes_follow != 0 else { return false }
+        let current = after.post_op_attr_u.attributes.mode & 0o7777
+        let wanted = fuse.mode & 0o7777
+        let setID: UInt32 = 0o6000
+        return wanted != current && wanted & ~setID == current & ~setID && wanted & setID & ~current == 0
     }
 
     func fail(_ slot: Int, v3 status: UInt32) {

@@ -42,6 +42,9 @@ struct NFSProgress: OptionSet {
     /// OPEN counts its node open from the start, not from the answer: an UNLINK racing the OPEN
     /// (the kernel holds no lock across them) must see the file as open and hide it.
     static let countedOpen = NFSProgress(rawValue: 2048)
+    /// Sent again with the engine's own ids (AUTH_SYS uid 0): a SETATTR that only drops set-ID bits,
+    /// which the server refused the writer who asked for it (see `setIDDropRefused`).
+    static let asEngine = NFSProgress(rawValue: 4096)
 }
 
 /// ACCESS3 bits (RFC 1813 §3.3.4).
@@ -284,7 +287,7 @@ extension NFSQueue {
             return
         }
         let request = requests[slot]
-        become(link, uid: request.uid, gid: request.gid)
+        if progress[slot].contains(.asEngine) { become(link, uid: 0, gid: 0) } else { become(link, uid: request.uid, gid: request.gid) }
         let tag = UnsafeMutableRawPointer(tags + slot)
         let callback = Self.completed
         let primary = primaryNodes[slot]

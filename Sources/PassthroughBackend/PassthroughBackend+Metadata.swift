@@ -302,6 +302,17 @@ extension PassthroughBackend {
 
     // MARK: Attributes
 
+    /// Whether `mode` is the node's mode with set-user-ID and/or set-group-ID taken away and nothing
+    /// else changed: what a kernel sends to drop privileges after a write, which the writer may ask
+    /// for whoever owns the file (anything else stays the host's owner-only chmod).
+    static func onlyDropsSetID(_ fd: Int32, to mode: mode_t) -> Bool {
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { return false }
+        let current = status.st_mode & 0o7777
+        let setID: mode_t = 0o6000   // set-user-ID | set-group-ID
+        return mode != current && mode & ~setID == current & ~setID && mode & setID & ~current == 0
+    }
+
     /// chown(2) as the caller. A group the caller holds only as a supplementary group is not in the
     /// request (FUSE sends one uid and one gid) but the kernel that sent it checked it
     /// (default_permissions): with that group as the fs gid for this one call, the host file system
@@ -350,7 +361,15 @@ extension PassthroughBackend {
             guard !isSymlink else { return reply.fail(.notSupported) }
             let mode = mode_t(a.mode & 0o7777)
             let result = handle.map { fchmod($0.fd, mode) } ?? fchmodat(device.procFD, procName(node.fd), mode, 0)
-            guard result == 0 else { return reply.fail(Self.lastErrno) }
+            guard result == 0 else {
+                let failure = Glibc.errno
+                // Without handle_killpriv_v2 (virtio-fs guests) the kernel drops set-ID bits after a
+                // write by sending the mode without them, as the writer, who need not own the file.
+                if failure == EPERM && Self.onlyDropsSetID(node.fd, to: mode) && killSetIDAsEngine(node.fd) {
+                    return replyAttributes(node.fd, reply: reply)
+                }
+                return reply.fail(Self.errno(failure))
+            }
         }
         // A SETATTR that changes nothing is a chown(-1, -1), or the kernel dropping set-ID bits
         // (file_remove_privs): it strips ATTR_KILL_SUID/SGID and leaves the killing to the server

@@ -25,21 +25,23 @@
 # unchanged, since the backend keeps unlinked open files alive as a local file system does.
 # Needs root (mount(2), setuid children) and /dev/fuse. Uses .build/release/dpfs-engine (built if
 # missing). Exit status: number of failed checks.
-#   tools/host/test-host-mount.sh [--quick] [--modes "classic uring passthrough nfs"]
+#   tools/host/test-host-mount.sh [--quick] [--modes "classic uring passthrough nfs"] [--integrity-steps N]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 quick=0
+integrity_steps=
 modes="classic uring passthrough"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --modes) modes=$2; shift ;;
+    --integrity-steps) integrity_steps=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
-steps=$([ $quick = 1 ] && echo 5000 || echo 30000)
+steps=${integrity_steps:-$([ $quick = 1 ] && echo 5000 || echo 30000)}
 stress_seconds=$([ $quick = 1 ] && echo 5 || echo 15)
 
 [ "$(id -u)" = 0 ] || { echo "test-host-mount: needs root (mount(2))"; exit 1; }

@@ -16,6 +16,8 @@
 #                         FOREIGN-marker.txt (the other device's), not even through a host-made
 #                         escape-link; writes guest-made-OWN.txt for the host to look for.
 #                         dpfs.own=OWN (default b), dpfs.foreign=FOREIGN (default a)
+#   dpfs.groups-refused=read,create,chgrp  what a user holding a group only as a supplementary
+#                         group is expected to be refused (default: nothing, as locally)
 # Files it relies on (made by the host before boot): host-made/hello.txt ("hello from the host")
 # and host-made/manifest (md5sum format, paths relative to the share).
 # What it leaves (phase write), all paths relative to the share:
@@ -40,9 +42,10 @@ md5() { md5sum <"$1" | cut -d' ' -f1; }
 # than never/none; harmless there).
 dropcaches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-phase=write own=b foreign=a
+phase=write own=b foreign=a groups_refused=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
+    dpfs.groups-refused=*) groups_refused=${arg#dpfs.groups-refused=} ;;
     dpfs.phase=*) phase=${arg#dpfs.phase=} ;;
     dpfs.own=*) own=${arg#dpfs.own=} ;;
     dpfs.foreign=*) foreign=${arg#dpfs.foreign=} ;;
@@ -358,6 +361,41 @@ phase_write() {
   if [ "$pfail" = 0 ]; then ok "parallel-writers($cpus)"; else bad parallel-writers "$pfail of $cpus failed"; fi
   cpu=0
   while [ "$cpu" -lt "$cpus" ]; do record "par-$cpu"; cpu=$((cpu + 1)); done
+
+  # 14. a user in a project group, held as a supplementary group (FUSE sends only the caller's
+  #     uid and gid; the guest kernel checked the rest), and a write by someone who does not own
+  #     a set-ID file. Each of read, create (in a set-group-ID directory) and chgrp is granted as
+  #     locally, unless dpfs.groups-refused lists it: a back-end that cannot know such groups
+  #     (the NFS backend's AUTH_SYS: all three; QEMU 7.2's C virtiofsd: create) refuses it.
+  grep -q '^tenant:' /etc/passwd 2>/dev/null || echo 'tenant:x:1000:1000:tenant:/:/bin/sh' >>/etc/passwd
+  grep -q '^tenant:' /etc/group 2>/dev/null || echo 'tenant:x:1000:' >>/etc/group
+  grep -q '^project:' /etc/group 2>/dev/null || echo 'project:x:4343:tenant' >>/etc/group
+  as_tenant() { su -s /bin/sh -c "$1" tenant; }
+  refused() { case ",$groups_refused," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+  # expect_group NAME STATUS DETAIL: STATUS 0 = the call and its effect as locally.
+  expect_group() {
+    if refused "$1"; then
+      if [ "$2" != 0 ]; then ok "supplementary-$1-refused"; else bad "supplementary-$1-refused" "granted: $3"; fi
+    else
+      if [ "$2" = 0 ]; then ok "supplementary-$1"; else bad "supplementary-$1" "$3"; fi
+    fi
+  }
+  mkdir guest-made/project && chown 4321:4343 guest-made/project && chmod 2770 guest-made/project
+  echo "group readable" >guest-made/project-file && chown 4321:4343 guest-made/project-file && chmod 640 guest-made/project-file
+  echo mine >guest-made/tenant-file && chown 1000:1000 guest-made/tenant-file
+  echo x >guest-made/other-setid && chown 4321:4321 guest-made/other-setid && chmod 6777 guest-made/other-setid
+  if [ "$(as_tenant 'id -G' 2>&1)" = "1000 4343" ]; then ok tenant-groups; else bad tenant-groups "id -G: '$(as_tenant 'id -G' 2>&1)'"; fi
+  out=$(as_tenant 'cat guest-made/project-file' 2>&1)
+  [ "$out" = "group readable" ]; expect_group read $? "'$out'"
+  as_tenant 'echo n >guest-made/project/new' 2>/dev/null && [ "$(stat -c '%u %g %a' guest-made/project/new 2>&1)" = "1000 4343 644" ]
+  expect_group create $? "'$(stat -c '%u %g %a' guest-made/project/new 2>&1)'"
+  as_tenant 'chgrp 4343 guest-made/tenant-file' 2>/dev/null && [ "$(stat -c %g guest-made/tenant-file)" = 4343 ]
+  expect_group chgrp $? "gid $(stat -c %g guest-made/tenant-file)"
+  if as_tenant 'echo y >>guest-made/other-setid' && [ "$(stat -c %a guest-made/other-setid)" = 777 ] && [ "$(tr '\n' ' ' <guest-made/other-setid)" = "x y " ]; then
+    ok non-owner-write-clears-setid
+  else
+    bad non-owner-write-clears-setid "mode $(stat -c %a guest-made/other-setid), '$(tr '\n' ' ' <guest-made/other-setid)'"
+  fi
 
   # 13. df on the mount.
   if out=$(df "$mnt") && echo "$out" && [ "$(echo "$out" | tail -n 1 | awk '{ print $2 }')" -gt 0 ]; then ok df; else bad df "df failed or zero blocks"; fi
