@@ -143,6 +143,8 @@ public protocol Backend: SendableMetatype {
 
 extension Backend {
     public mutating func attach(_ context: BackendContext) {}
+    public mutating func sessionStarted(_ session: NegotiatedSession) {}
+    public mutating func sessionEnded() {}
     public mutating func deviceSessionBegins(_ session: NegotiatedSession) {}
     @inlinable public mutating func poll() -> Int { 0 }
     @inlinable public mutating func submit() {}

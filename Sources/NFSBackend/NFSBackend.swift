@@ -266,7 +266,6 @@ public struct NFSBackend: Backend {
         for link in queue.connections { queue.connect(link, now: now) }
     }
 
-    public mutating func sessionStarted(_ session: NegotiatedSession) {}
     public mutating func sessionEnded() {
         // Every open of the old session is gone, and with them what the journal kept for them.
         queue?.journal.reset()

@@ -119,7 +119,6 @@ public struct PassthroughBackend: Backend {
     public mutating func sessionStarted(_ session: NegotiatedSession) {
         kernelPassthroughAgreed = session.flags & InitFlags.passthrough != 0 && device.kernelPassthrough != nil
     }
-    public mutating func sessionEnded() {}
 
     /// The kernel of a new session knows none of the old inodes: drop them all (no request of the
     /// new session exists yet, and the old session's requests were all answered).

@@ -27,8 +27,6 @@ struct SlowBackend: Backend {
     let delayMicroseconds: UInt32
 
     mutating func attach(_ context: BackendContext) { if context.queueIndex == 1 { log.context = context } }
-    mutating func sessionStarted(_ session: NegotiatedSession) {}
-    mutating func sessionEnded() {}
 
     mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
         guard request.opcodeRaw == FUSEOpcode.getattr.rawValue, let context = log.context else {

@@ -97,7 +97,6 @@ public struct ScriptedBackend: Backend {
 
     public mutating func attach(_ context: BackendContext) { state.context = context }
     public mutating func sessionStarted(_ session: NegotiatedSession) { state.sessions += 1 }
-    public mutating func sessionEnded() {}
     public mutating func quiesce() { state.quiesceCalls.add(1, ordering: .releasing) }
 
     public mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
