@@ -341,10 +341,7 @@ extension NFSQueue {
         guard fuse.valid & ~UInt32(FATTR_FH | FATTR_LOCKOWNER) == UInt32(FATTR_MODE) else { return false }
         let after = result.SETATTR3res_u.resfail.obj_wcc.after
         guard after.attributes_follow != 0 else { return false }
-        let current = after.post_op_attr_u.attributes.mode & 0o7777
-        let wanted = fuse.mode & 0o7777
-        let setID: UInt32 = 0o6000
-        return wanted != current && wanted & ~setID == current & ~setID && wanted & setID & ~current == 0
+        return SetIDBits.onlyDrops(from: after.post_op_attr_u.attributes.mode, to: fuse.mode)
     }
 
     func fail(_ slot: Int, v3 status: UInt32) {

@@ -302,15 +302,13 @@ extension PassthroughBackend {
 
     // MARK: Attributes
 
-    /// Whether `mode` is the node's mode with set-user-ID and/or set-group-ID taken away and nothing
-    /// else changed: what a kernel sends to drop privileges after a write, which the writer may ask
-    /// for whoever owns the file (anything else stays the host's owner-only chmod).
+    /// Whether `mode` only takes set-ID bits away from the node's mode (SetIDBits.onlyDrops): what
+    /// a kernel sends to drop privileges after a write, which the writer may ask for whoever owns
+    /// the file (anything else stays the host's owner-only chmod).
     static func onlyDropsSetID(_ fd: Int32, to mode: mode_t) -> Bool {
         var status = stat()
         guard fstat(fd, &status) == 0 else { return false }
-        let current = status.st_mode & 0o7777
-        let setID: mode_t = 0o6000   // set-user-ID | set-group-ID
-        return mode != current && mode & ~setID == current & ~setID && mode & setID & ~current == 0
+        return SetIDBits.onlyDrops(from: UInt32(status.st_mode), to: UInt32(mode))
     }
 
     /// chown(2) as the caller. A group the caller holds only as a supplementary group is not in the

@@ -232,6 +232,15 @@ public struct PassthroughBackend: Backend {
         if currentGID != 0 { _ = setfsgid(0); currentGID = 0 }
     }
 
+    /// Back to the caller's ids after a stretch as the engine (`becomeEngine`), as `become` left them.
+    mutating func resumeCaller(uid: UInt32, gid: UInt32) {
+        guard switchesCredentials && (uid != 0 || gid != 0) else { return }
+        _ = setfsgid(gid)
+        _ = setfsuid(uid)
+        currentUID = uid
+        currentGID = gid
+    }
+
     mutating func pinNode(_ nodeID: UInt64) -> PinnedNode? {
         if nodeID == Self.rootNodeID { return PinnedNode(index: 0, fd: device.rootFD, kind: FileType.directory) }
         guard let node = device.inodes.pin(nodeID) else { return nil }
@@ -242,12 +251,7 @@ public struct PassthroughBackend: Backend {
         let (uid, gid) = (currentUID, currentGID)
         becomeEngine()
         let fd = device.inodes.reopen(node, mountFD: device.rootDirectoryFD)
-        if switchesCredentials && (uid != 0 || gid != 0) {
-            _ = setfsgid(gid)
-            _ = setfsuid(uid)
-            currentUID = uid
-            currentGID = gid
-        }
+        resumeCaller(uid: uid, gid: gid)
         guard fd >= 0 else {
             device.inodes.unpin(node.index)
             return nil
@@ -535,12 +539,7 @@ public struct PassthroughBackend: Backend {
         becomeEngine()
         // A path, not the descriptor: an O_PATH node descriptor cannot fchmod.
         let result = fchmodat(device.procFD, procName(fd), mode & 0o7777, 0)
-        if switchesCredentials && (uid != 0 || gid != 0) {
-            _ = setfsgid(gid)
-            _ = setfsuid(uid)
-            currentUID = uid
-            currentGID = gid
-        }
+        resumeCaller(uid: uid, gid: gid)
         return result == 0
     }
 
