@@ -89,10 +89,17 @@ final class PassthroughGate {
         }
     }
 
-    /// Measures each class: `requests` operations after `warmup`, mallocs counted in between.
-    func measure(requests: Int, warmup: Int, onlyData: Bool = false) throws -> [(String, AllocationGateCommand.Result)] {
-        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 16)
-        defer { reply.deallocate() }
+    /// The request classes measured, in order.
+    enum Class: String, CaseIterable { case getattr, lookup, read, write, createUnlink }
+
+    /// Every request of every class, laid out once (header + arguments) before anything is measured.
+    struct Prepared {
+        var getattr: [UInt8], lookup: [UInt8], forgetLookups: [UInt8], read: [UInt8], write: [UInt8]
+        var create: [UInt8], release: [UInt8], unlink: [UInt8], forget: [UInt8]
+    }
+
+    /// Looks up and opens gate.dat and builds every class's requests against its node and handle.
+    func prepare(reply: UnsafeMutableRawBufferPointer) throws -> Prepared {
         let name = Array("gate.dat".utf8) + [0]
         let temporary = Array("gate.tmp".utf8) + [0]
         let lookup = Self.request(.lookup, node: 1, args: name)
@@ -104,7 +111,6 @@ final class PassthroughGate {
         (error, _) = Self.request(.open, node: node, args: Self.bytes(open)).withUnsafeBytes { roundTrip($0, writable: 32, reply: reply) }
         guard error == 0 else { throw SystemCallError(call: "OPEN gate.dat", errno: -error) }
         let handle = reply.load(fromByteOffset: 16, as: UInt64.self)
-
         var read = fuse_read_in()
         read.fh = handle
         read.size = 4096
@@ -116,60 +122,65 @@ final class PassthroughGate {
         create.mode = 0o100644
         var forget = fuse_forget_in()
         forget.nlookup = 1
-        let getattr = Self.request(.getattr, node: node, args: Self.bytes(fuse_getattr_in()))
-        let readRequest = Self.request(.read, node: node, args: Self.bytes(read))
-        let writeRequest = Self.request(.write, node: node, args: Self.bytes(write) + [UInt8](repeating: 0x5A, count: 4096))
-        let createRequest = Self.request(.create, node: 1, args: Self.bytes(create) + temporary)
-        var releaseRequest = Self.request(.release, node: 0, args: Self.bytes(fuse_release_in()))
-        let unlinkRequest = Self.request(.unlink, node: 1, args: temporary)
-        var forgetRequest = Self.request(.forget, node: 0, args: Self.bytes(forget))
-        let forgetLookups = Self.request(.forget, node: node, args: Self.bytes(forget))
+        return Prepared(
+            getattr: Self.request(.getattr, node: node, args: Self.bytes(fuse_getattr_in())), lookup: lookup,
+            forgetLookups: Self.request(.forget, node: node, args: Self.bytes(forget)),
+            read: Self.request(.read, node: node, args: Self.bytes(read)),
+            write: Self.request(.write, node: node, args: Self.bytes(write) + [UInt8](repeating: 0x5A, count: 4096)),
+            create: Self.request(.create, node: 1, args: Self.bytes(create) + temporary),
+            release: Self.request(.release, node: 0, args: Self.bytes(fuse_release_in())),
+            unlink: Self.request(.unlink, node: 1, args: temporary),
+            forget: Self.request(.forget, node: 0, args: Self.bytes(forget)))
+    }
 
-        enum Class: CaseIterable { case getattr, lookup, read, write, createUnlink }
+    /// One operation of a class; true when its replies were the expected ones. Allocates nothing.
+    func once(_ kind: Class, _ prepared: inout Prepared, reply: UnsafeMutableRawBufferPointer) -> Bool {
+        let none = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        switch kind {
+        case .getattr:
+            let result = prepared.getattr.withUnsafeBytes { roundTrip($0, writable: 16 + 104, reply: reply) }
+            return result.0 == 0 && result.1 == 16 + 104
+        case .lookup:
+            let result = prepared.lookup.withUnsafeBytes { roundTrip($0, writable: 16 + 128, reply: reply) }
+            _ = prepared.forgetLookups.withUnsafeBytes { roundTrip($0, writable: 0, reply: none) }
+            return result.0 == 0
+        case .read:
+            let result = prepared.read.withUnsafeBytes { roundTrip($0, writable: 16 + 4096, reply: none) }
+            return result.0 == 0 && result.1 == 16 + 4096
+        case .write:
+            return prepared.write.withUnsafeBytes { roundTrip($0, writable: 16 + 8, reply: reply) }.0 == 0
+        case .createUnlink:
+            let created = prepared.create.withUnsafeBytes { roundTrip($0, writable: 16 + 144, reply: reply) }.0
+            let createdNode = reply.load(fromByteOffset: 16 + EntryOutLayout.nodeID, as: UInt64.self)
+            let createdHandle = reply.load(fromByteOffset: 16 + EntryOutLayout.size, as: UInt64.self)
+            prepared.release.withUnsafeMutableBytes {
+                $0.storeBytes(of: createdNode, toByteOffset: InHeaderLayout.nodeID, as: UInt64.self)
+                $0.storeBytes(of: createdHandle, toByteOffset: InHeaderLayout.size, as: UInt64.self)
+            }
+            prepared.forget.withUnsafeMutableBytes { $0.storeBytes(of: createdNode, toByteOffset: InHeaderLayout.nodeID, as: UInt64.self) }
+            let released = prepared.release.withUnsafeBytes { roundTrip($0, writable: 16, reply: reply) }.0
+            let unlinked = prepared.unlink.withUnsafeBytes { roundTrip($0, writable: 16, reply: reply) }.0
+            _ = prepared.forget.withUnsafeBytes { roundTrip($0, writable: 0, reply: none) }
+            return created == 0 && released == 0 && unlinked == 0
+        }
+    }
+
+    /// Measures each class: `requests` operations after `warmup`, mallocs counted in between.
+    func measure(requests: Int, warmup: Int, onlyData: Bool = false) throws -> [(String, AllocationGateCommand.Result)] {
+        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 16)
+        defer { reply.deallocate() }
+        var prepared = try prepare(reply: reply)
         var results: [(String, AllocationGateCommand.Result)] = []
         for kind in Class.allCases where !onlyData || kind == .read || kind == .write {
+            for _ in 0..<warmup { _ = once(kind, &prepared, reply: reply) }
             var completed = 0
-            var unexpected = 0
-            func one() {
-                let result: (Int32, UInt32)
-                switch kind {
-                case .getattr:
-                    result = getattr.withUnsafeBytes { roundTrip($0, writable: 16 + 104, reply: reply) }
-                    if result.1 != 16 + 104 { unexpected += 1 }
-                case .lookup:
-                    result = lookup.withUnsafeBytes { roundTrip($0, writable: 16 + 128, reply: reply) }
-                    _ = forgetLookups.withUnsafeBytes { roundTrip($0, writable: 0, reply: UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
-                case .read:
-                    result = readRequest.withUnsafeBytes { roundTrip($0, writable: 16 + 4096, reply: UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
-                    if result.1 != 16 + 4096 { unexpected += 1 }
-                case .write:
-                    result = writeRequest.withUnsafeBytes { roundTrip($0, writable: 16 + 8, reply: reply) }
-                case .createUnlink:
-                    result = createRequest.withUnsafeBytes { roundTrip($0, writable: 16 + 144, reply: reply) }
-                    let createdNode = reply.load(fromByteOffset: 16 + EntryOutLayout.nodeID, as: UInt64.self)
-                    let createdHandle = reply.load(fromByteOffset: 16 + EntryOutLayout.size, as: UInt64.self)
-                    releaseRequest.withUnsafeMutableBytes {
-                        $0.storeBytes(of: createdNode, toByteOffset: InHeaderLayout.nodeID, as: UInt64.self)
-                        $0.storeBytes(of: createdHandle, toByteOffset: InHeaderLayout.size, as: UInt64.self)
-                    }
-                    forgetRequest.withUnsafeMutableBytes { $0.storeBytes(of: createdNode, toByteOffset: InHeaderLayout.nodeID, as: UInt64.self) }
-                    let released = releaseRequest.withUnsafeBytes { roundTrip($0, writable: 16, reply: reply) }.0
-                    let unlinked = unlinkRequest.withUnsafeBytes { roundTrip($0, writable: 16, reply: reply) }.0
-                    if released != 0 || unlinked != 0 { unexpected += 1 }
-                    _ = forgetRequest.withUnsafeBytes { roundTrip($0, writable: 0, reply: UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
-                }
-                if result.0 == 0 { completed += 1 } else { unexpected += 1 }
-            }
-            for _ in 0..<warmup { one() }
-            completed = 0
-            unexpected = 0
             MallocInterposerSwift.reset()
             MallocInterposerSwift.hook()
-            for _ in 0..<requests { one() }
+            for _ in 0..<requests where once(kind, &prepared, reply: reply) { completed += 1 }
             MallocInterposerSwift.unhook()
             results.append(("\(label)-\(kind)", AllocationGateCommand.Result(
                 requests: requests, completed: completed, mallocs: MallocInterposerSwift.getStatistics().mallocCount,
-                unexpectedReplies: unexpected)))
+                unexpectedReplies: requests - completed)))
         }
         return results
     }
