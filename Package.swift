@@ -53,10 +53,13 @@ let package = Package(
             dependencies: ["DPFSCore", "FUSEWire", "Virtio"],
             swiftSettings: swiftSettings
         ),
-        .target(name: "NullBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
+        // The contract every backend is written against: typed per-operation arguments and replies,
+        // defaults for what a backend does not answer, and the one opcode switch (FileSystem).
+        .target(name: "BackendKit", dependencies: ["CDPFS", "DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
+        .target(name: "NullBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "BackendKit"], swiftSettings: swiftSettings),
         // A host directory shared with the guest: confined openat2 resolution, the caller's
         // credentials, io_uring data path, inode and open-file tables shared by a device's queues.
-        .target(name: "PassthroughBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix"], swiftSettings: swiftSettings),
+        .target(name: "PassthroughBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit"], swiftSettings: swiftSettings),
         // An NFS export (NFSv3 over libnfs's raw asynchronous RPC layer): file handles, never paths;
         // each queue's own connection driven from its poller; reconnect, resend and timeouts.
         .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix"], swiftSettings: swiftSettings),
@@ -113,7 +116,7 @@ let package = Package(
             name: "DPFSCoreTests",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix",
-                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend",
+                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,3 +1,4 @@
+import BackendKit
 import CDPFS
 import DPFSCore
 import FUSEWire
@@ -23,7 +24,7 @@ public struct NullBackendConfiguration: Sendable {
     }
 }
 
-public struct NullBackend: Backend {
+public struct NullBackend: FileSystem {
     public static let rootNodeID: UInt64 = 1
     public static let fileNodeID: UInt64 = 2
 
@@ -84,114 +85,156 @@ public struct NullBackend: Backend {
         return true
     }
 
-    @inlinable
-    public mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
-        guard let opcode = FUSEOpcode(rawValue: request.opcodeRaw) else {
-            reply.fail(.notImplemented)
-            return .done
-        }
+    // MARK: - Names and attributes
+
+    @inlinable @inline(__always)
+    public mutating func lookup(_ operation: Operation<NameArguments>, reply: EntryReply) -> BackendAnswer {
+        guard operation.nodeID == Self.rootNodeID else { return reply.fail(operation.nodeID == Self.fileNodeID ? .notDirectory : .noEntry) }
+        guard isFileName(operation.arguments.name.bytes) else { return reply.fail(.noEntry) }
         let validity = configuration.cacheValidity
-        switch opcode {
-        case .forget, .batchForget, .notifyReply:
-            // Two inodes that live forever: lookup counts need no bookkeeping.
-            reply.none()
-        case .lookup:
-            if request.nodeID == Self.fileNodeID { reply.fail(.notDirectory) }
-            else if request.nodeID != Self.rootNodeID { reply.fail(.noEntry) }
-            else if isFileName(request.name) {
-                reply.entry(nodeID: Self.fileNodeID, generation: 0, entryValid: validity, attrValid: validity,
-                            attributes: fileAttributes)
-            } else { reply.fail(.noEntry) }
-        case .getattr, .setattr:
-            // SETATTR is accepted and changes nothing: sizes, modes and times of a null device are fixed.
-            guard let attributes = attributes(of: request.nodeID) else { reply.fail(.noEntry); break }
-            reply.attributes(attributes, valid: validity)
-        case .statx:
-            guard let attributes = attributes(of: request.nodeID) else { reply.fail(.noEntry); break }
-            reply.statx(attributes, valid: validity, mask: Self.statxBasicStats)
-        case .open:
-            if request.nodeID == Self.rootNodeID { reply.fail(.isDirectory) }
-            else if request.nodeID == Self.fileNodeID { reply.open(fileHandle: Self.fileNodeID, openFlags: 0) }
-            else { reply.fail(.noEntry) }
-        case .opendir:
-            if request.nodeID == Self.fileNodeID { reply.fail(.notDirectory) }
-            else if request.nodeID == Self.rootNodeID { reply.open(fileHandle: Self.rootNodeID, openFlags: 0) }
-            else { reply.fail(.noEntry) }
-        case .read:
-            guard request.nodeID == Self.fileNodeID else { reply.fail(request.nodeID == Self.rootNodeID ? .isDirectory : .noEntry); break }
-            let offset: UInt64 = request.argument(at: 8)
-            let size: UInt32 = request.argument(at: 16)
-            let remaining = offset < configuration.fileSizeBytes ? configuration.fileSizeBytes - offset : 0
-            let bytes = min(UInt64(size), remaining, UInt64(reply.dataCapacity))
-            // Null: the data is whatever the guest's buffer held; nothing is copied.
-            reply.sendInPlace(dataBytes: Int(bytes))
-        case .write:
-            guard request.nodeID == Self.fileNodeID else { reply.fail(request.nodeID == Self.rootNodeID ? .isDirectory : .noEntry); break }
-            reply.written(bytes: UInt32(request.payloadLength))
-        case .readdir, .readdirplus:
-            guard request.nodeID == Self.rootNodeID else { reply.fail(request.nodeID == Self.fileNodeID ? .notDirectory : .noEntry); break }
-            readDirectory(request, reply: reply, plus: opcode == .readdirplus)
-        case .statfs:
-            let blocks = (configuration.fileSizeBytes + 4095) / 4096
-            reply.statistics(FileSystemStatistics(
-                blocks: blocks, blocksFree: 0, blocksAvailable: 0, files: 2, filesFree: 0, blockSizeBytes: 4096,
-                nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: 4096))
-        case .release, .releasedir, .flush, .fsync, .fsyncdir, .syncfs, .access, .setlk, .setlkw, .fallocate:
-            guard attributes(of: request.nodeID) != nil else { reply.fail(.noEntry); break }
-            reply.send(bodyBytes: 0)
-        case .getlk:
-            // Nobody holds locks on a null device.
-            reply.lock(start: 0, end: 0, type: Self.lockTypeUnlocked, pid: 0)
-        case .getxattr, .removexattr:
-            reply.fail(.noData)
-        case .listxattr:
-            let size: UInt32 = request.argument(at: 0)
-            if size == 0 { reply.xattrSize(0) } else { reply.send(bodyBytes: 0) }
-        case .setxattr:
-            reply.fail(.notSupported)
-        case .readlink:
-            reply.fail(.invalid)
-        case .create, .tmpfile:
-            // The namespace is fixed: only the existing file can be "created", as O_CREAT opens it.
-            let flags: UInt32 = request.argument(at: 0)
-            if request.nodeID != Self.rootNodeID { reply.fail(.notDirectory) }
-            else if opcode == .create && isFileName(request.name) {
-                if flags & Self.openExclusive != 0 { reply.fail(.exists) }
-                else {
-                    reply.created(nodeID: Self.fileNodeID, generation: 0, entryValid: validity, attrValid: validity,
-                                  attributes: fileAttributes, fileHandle: Self.fileNodeID, openFlags: 0)
-                }
-            } else { reply.fail(.notPermitted) }
-        case .mknod, .mkdir, .symlink, .link, .unlink, .rmdir, .rename, .rename2:
-            reply.fail(.notPermitted)
-        case .lseek:
-            let offset: UInt64 = request.argument(at: 8)
-            let whence: UInt32 = request.argument(at: 16)
-            let size = configuration.fileSizeBytes
-            switch whence {
-            case 3: if offset < size { reply.value(offset) } else { reply.fail(.noDeviceOrAddress) }   // SEEK_DATA
-            case 4: if offset < size { reply.value(size) } else { reply.fail(.noDeviceOrAddress) }     // SEEK_HOLE
-            default: reply.fail(.invalid)   // SET/CUR/END are resolved by the kernel itself
-            }
-        case .copyFileRange, .copyFileRange64:
-            let arguments = request.arguments(as: fuse_copy_file_range_in.self)
-            guard request.nodeID == Self.fileNodeID, arguments.nodeid_out == Self.fileNodeID else { reply.fail(.invalid); break }
-            let length = arguments.len
-            if opcode == .copyFileRange { reply.written(bytes: UInt32(min(length, UInt64(UInt32.max)))) }
-            else { reply.value(length) }
-        case .interrupt, .bmap, .ioctl, .poll, .setupMapping, .removeMapping:
-            // Not meaningful here: no blocking, no block device, no ioctls, no DAX window.
-            reply.fail(.notImplemented)
-        case .`init`, .destroy:
-            preconditionFailure("the engine answers INIT and DESTROY itself")
-        }
-        return .done
+        return reply.entry(nodeID: Self.fileNodeID, generation: 0, entryValid: validity, attrValid: validity, attributes: fileAttributes)
     }
 
+    // FORGET: two inodes that live forever need no lookup counts (the default does nothing).
+
+    @inlinable @inline(__always)
+    public mutating func getattr(_ operation: Operation<GetattrArguments>, reply: AttributesReply) -> BackendAnswer {
+        guard let attributes = attributes(of: operation.nodeID) else { return reply.fail(.noEntry) }
+        return reply.attributes(attributes, valid: configuration.cacheValidity)
+    }
+
+    /// Accepted and changes nothing: sizes, modes and times of a null device are fixed.
+    public mutating func setattr(_ operation: Operation<SetattrArguments>, reply: AttributesReply) -> BackendAnswer {
+        guard let attributes = attributes(of: operation.nodeID) else { return reply.fail(.noEntry) }
+        return reply.attributes(attributes, valid: configuration.cacheValidity)
+    }
+
+    public mutating func statx(_ operation: Operation<StatxArguments>, reply: StatxReply) -> BackendAnswer {
+        guard let attributes = attributes(of: operation.nodeID) else { return reply.fail(.noEntry) }
+        return reply.statx(attributes, valid: configuration.cacheValidity, mask: Self.statxBasicStats)
+    }
+
+    public mutating func readlink(_ operation: Operation<NoArguments>, reply: DataReply) -> BackendAnswer { reply.fail(.invalid) }
+
+    public mutating func statfs(_ operation: Operation<NoArguments>, reply: StatisticsReply) -> BackendAnswer {
+        reply.statistics(FileSystemStatistics(
+            blocks: (configuration.fileSizeBytes + 4095) / 4096, blocksFree: 0, blocksAvailable: 0, files: 2, filesFree: 0,
+            blockSizeBytes: 4096, nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: 4096))
+    }
+
+    public mutating func access(_ operation: Operation<AccessArguments>, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+
+    // MARK: - The fixed namespace
+
+    /// The namespace is fixed: only the existing file can be "created", as O_CREAT opens it.
+    public mutating func create(_ operation: Operation<CreateArguments>, reply: CreatedReply) -> BackendAnswer {
+        guard operation.nodeID == Self.rootNodeID else { return reply.fail(.notDirectory) }
+        guard isFileName(operation.arguments.name.bytes) else { return reply.fail(.notPermitted) }
+        guard operation.arguments.flags & Self.openExclusive == 0 else { return reply.fail(.exists) }
+        let validity = configuration.cacheValidity
+        return reply.created(nodeID: Self.fileNodeID, generation: 0, entryValid: validity, attrValid: validity,
+                             attributes: fileAttributes, fileHandle: Self.fileNodeID, openFlags: 0)
+    }
+
+    public mutating func tmpfile(_ operation: Operation<CreateArguments>, reply: CreatedReply) -> BackendAnswer {
+        reply.fail(operation.nodeID == Self.rootNodeID ? .notPermitted : .notDirectory)
+    }
+
+    public mutating func mknod(_ operation: Operation<MakeNodeArguments>, reply: EntryReply) -> BackendAnswer { reply.fail(.notPermitted) }
+    public mutating func mkdir(_ operation: Operation<MakeNodeArguments>, reply: EntryReply) -> BackendAnswer { reply.fail(.notPermitted) }
+    public mutating func symlink(_ operation: Operation<SymlinkArguments>, reply: EntryReply) -> BackendAnswer { reply.fail(.notPermitted) }
+    public mutating func link(_ operation: Operation<LinkArguments>, reply: EntryReply) -> BackendAnswer { reply.fail(.notPermitted) }
+    public mutating func unlink(_ operation: Operation<NameArguments>, reply: StatusReply) -> BackendAnswer { reply.fail(.notPermitted) }
+    public mutating func rmdir(_ operation: Operation<NameArguments>, reply: StatusReply) -> BackendAnswer { reply.fail(.notPermitted) }
+    public mutating func rename(_ operation: Operation<RenameArguments>, reply: StatusReply) -> BackendAnswer { reply.fail(.notPermitted) }
+
+    // MARK: - Files and directories
+
+    public mutating func open(_ operation: Operation<OpenArguments>, reply: OpenedReply) -> BackendAnswer {
+        guard operation.nodeID == Self.fileNodeID else { return reply.fail(operation.nodeID == Self.rootNodeID ? .isDirectory : .noEntry) }
+        return reply.open(fileHandle: Self.fileNodeID, openFlags: 0)
+    }
+
+    public mutating func opendir(_ operation: Operation<OpenArguments>, reply: OpenedReply) -> BackendAnswer {
+        guard operation.nodeID == Self.rootNodeID else { return reply.fail(operation.nodeID == Self.fileNodeID ? .notDirectory : .noEntry) }
+        return reply.open(fileHandle: Self.rootNodeID, openFlags: 0)
+    }
+
+    @inlinable @inline(__always)
+    public mutating func read(_ operation: Operation<ReadArguments>, reply: DataReply) -> BackendAnswer {
+        guard operation.nodeID == Self.fileNodeID else { return reply.fail(operation.nodeID == Self.rootNodeID ? .isDirectory : .noEntry) }
+        let offset = operation.arguments.offset
+        let remaining = offset < configuration.fileSizeBytes ? configuration.fileSizeBytes - offset : 0
+        let bytes = min(UInt64(operation.arguments.size), remaining, UInt64(reply.dataCapacity))
+        // Null: the data is whatever the guest's buffer held; nothing is copied.
+        return reply.sendInPlace(dataBytes: Int(bytes))
+    }
+
+    @inlinable @inline(__always)
+    public mutating func write(_ operation: Operation<WriteArguments>, reply: WrittenReply) -> BackendAnswer {
+        guard operation.nodeID == Self.fileNodeID else { return reply.fail(operation.nodeID == Self.rootNodeID ? .isDirectory : .noEntry) }
+        return reply.written(bytes: operation.arguments.size)
+    }
+
+    public mutating func readdir(_ operation: Operation<ReadArguments>, reply: DataReply) -> BackendAnswer {
+        readDirectory(operation, reply: reply, plus: false)
+    }
+
+    public mutating func readdirplus(_ operation: Operation<ReadArguments>, reply: DataReply) -> BackendAnswer {
+        readDirectory(operation, reply: reply, plus: true)
+    }
+
+    public mutating func release(_ operation: Operation<ReleaseArguments>, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+    public mutating func releasedir(_ operation: Operation<ReleaseArguments>, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+    public mutating func flush(_ operation: Operation<FlushArguments>, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+    public mutating func fsync(_ operation: Operation<FsyncArguments>, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+    public mutating func fsyncdir(_ operation: Operation<FsyncArguments>, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+    public mutating func syncfs(_ operation: Operation<NoArguments>, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+    public mutating func fallocate(_ operation: Operation<FallocateArguments>, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+
+    public mutating func lseek(_ operation: Operation<LseekArguments>, reply: OffsetReply) -> BackendAnswer {
+        let offset = operation.arguments.offset
+        let size = configuration.fileSizeBytes
+        switch operation.arguments.whence {
+        case 3: return offset < size ? reply.offset(offset) : reply.fail(.noDeviceOrAddress)   // SEEK_DATA
+        case 4: return offset < size ? reply.offset(size) : reply.fail(.noDeviceOrAddress)     // SEEK_HOLE
+        default: return reply.fail(.invalid)   // SET/CUR/END are resolved by the kernel itself
+        }
+    }
+
+    public mutating func copyFileRange(_ operation: Operation<CopyFileRangeArguments>, reply: CopiedReply) -> BackendAnswer {
+        guard operation.nodeID == Self.fileNodeID, operation.arguments.nodeOut == Self.fileNodeID else { return reply.fail(.invalid) }
+        return reply.copied(bytes: operation.arguments.length)
+    }
+
+    // MARK: - Locks and extended attributes
+
+    public mutating func setlk(_ operation: Operation<LockArguments>, wait: Bool, reply: StatusReply) -> BackendAnswer { exists(operation.nodeID, reply) }
+
+    /// Nobody holds locks on a null device.
+    public mutating func getlk(_ operation: Operation<LockArguments>, reply: LockReply) -> BackendAnswer {
+        reply.lock(start: 0, end: 0, type: Self.lockTypeUnlocked, pid: 0)
+    }
+
+    public mutating func getxattr(_ operation: Operation<XattrQueryArguments>, reply: DataReply) -> BackendAnswer { reply.fail(.noData) }
+    public mutating func removexattr(_ operation: Operation<NameArguments>, reply: StatusReply) -> BackendAnswer { reply.fail(.noData) }
+    public mutating func setxattr(_ operation: Operation<SetxattrArguments>, reply: StatusReply) -> BackendAnswer { reply.fail(.notSupported) }
+
+    /// No names: an empty list, or its length 0.
+    public mutating func listxattr(_ operation: Operation<XattrQueryArguments>, reply: DataReply) -> BackendAnswer {
+        operation.arguments.size == 0 ? reply.xattrSize(0) : reply.send(bodyBytes: 0)
+    }
+
+    /// Success for the two nodes that exist.
     @inlinable
-    func readDirectory(_ request: FUSERequest, reply: FUSEReply, plus: Bool) {
-        let offset: UInt64 = request.argument(at: 8)
-        let size: UInt32 = request.argument(at: 16)
+    func exists(_ nodeID: UInt64, _ reply: StatusReply) -> BackendAnswer {
+        attributes(of: nodeID) == nil ? reply.fail(.noEntry) : reply.ok()
+    }
+
+    func readDirectory(_ operation: Operation<ReadArguments>, reply: DataReply, plus: Bool) -> BackendAnswer {
+        guard operation.nodeID == Self.rootNodeID else { return reply.fail(operation.nodeID == Self.fileNodeID ? .notDirectory : .noEntry) }
+        let offset = operation.arguments.offset
+        let size = operation.arguments.size
         let validity = configuration.cacheValidity
         var writer = DirectoryEntryWriter(destination: reply.body, capacity: min(Int(size), reply.bodyCapacity))
         var dots: (UInt8, UInt8) = (UInt8(ascii: "."), UInt8(ascii: "."))
@@ -227,6 +270,6 @@ public struct NullBackend: Backend {
             if !fits { break }
             position += 1
         }
-        reply.send(bodyBytes: writer.bytesWritten)
+        return reply.send(bodyBytes: writer.bytesWritten)
     }
 }

@@ -1,3 +1,4 @@
+import BackendKit
 import CDPFS
 import DPFSCore
 import DPFSPosix
@@ -223,7 +224,7 @@ public final class LockWaiters: @unchecked Sendable {
 
 extension PassthroughBackend {
     /// The kernel's `fuse_file_lock` as a host `flock` (OFD locks need l_pid 0).
-    static func hostLock(_ lock: fuse_file_lock) -> flock {
+    static func hostLock(_ lock: LockArguments) -> flock {
         var result = flock()
         result.l_type = Int16(truncatingIfNeeded: lock.type)
         result.l_whence = Int16(SEEK_SET)
@@ -235,12 +236,12 @@ extension PassthroughBackend {
     }
 
     /// The lock owner's descriptor on the inode behind `handle`.
-    mutating func ownerDescriptor(_ request: FUSERequest, handle: PinnedNode, owner: UInt64) -> Int32 {
+    mutating func ownerDescriptor(nodeID: UInt64, handle: PinnedNode, owner: UInt64) -> Int32 {
         let accessMode = Int32(bitPattern: handle.kind) & O_ACCMODE
         let procFD = device.procFD
         let handleFD = handle.fd
         // Opened through the guest's own open file (same access), so no new permission is granted.
-        return device.lockOwners.descriptor(inodeID: request.nodeID, owner: owner) {
+        return device.lockOwners.descriptor(inodeID: nodeID, owner: owner) {
             let name = procName(handleFD)
             var fd: Int32
             repeat { fd = openat(procFD, name, accessMode | O_CLOEXEC | O_NONBLOCK) } while fd < 0 && Glibc.errno == EINTR
@@ -248,35 +249,42 @@ extension PassthroughBackend {
         }
     }
 
-    mutating func lock(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
-        let arguments = request.arguments(as: fuse_lk_in.self)
-        guard arguments.lk_flags & UInt32(FUSE_LK_FLOCK) == 0 else { reply.fail(.notImplemented); return .done }
-        guard let handle = device.handles.pin(arguments.fh) else { reply.fail(.badFileDescriptor); return .done }
+    /// GETLK: the lock that would conflict, asked as the engine (the owner's OFD descriptor).
+    public mutating func getlk(_ operation: Operation<LockArguments>, reply: LockReply) -> BackendAnswer {
+        becomeEngine()
+        let arguments = operation.arguments
+        guard !arguments.isFlock else { return reply.fail(.notImplemented) }
+        guard let handle = device.handles.pin(arguments.handle) else { return reply.fail(.badFileDescriptor) }
         defer { device.handles.unpin(handle.index) }
-        let fd = ownerDescriptor(request, handle: handle, owner: arguments.owner)
-        guard fd >= 0 else { reply.fail(Self.lastErrno); return .done }
-        var lock = Self.hostLock(arguments.lk)
-        switch opcode {
-        case .getlk:
-            guard fcntl(fd, F_OFD_GETLK, &lock) == 0 else { reply.fail(Self.lastErrno); return .done }
-            let end = lock.l_len == 0 ? UInt64(Int64.max) : UInt64(lock.l_start + lock.l_len - 1)
-            reply.lock(start: UInt64(lock.l_start), end: lock.l_type == Int16(F_UNLCK) ? 0 : end, type: UInt32(lock.l_type),
-                       pid: lock.l_pid > 0 ? UInt32(lock.l_pid) : 0)
-        case .setlk, .setlkw:
-            if fcntl(fd, F_OFD_SETLK, &lock) == 0 { reply.send(bodyBytes: 0); return .done }
-            let error = Glibc.errno
-            guard opcode == .setlkw, error == EAGAIN || error == EACCES, let context = queue?.context else {
-                reply.fail(Self.errno(error == EACCES ? EAGAIN : error))
-                return .done
-            }
-            guard device.lockWaiters.enqueue(fd: fd, lock: lock, unique: request.unique, token: token, reply: reply, context: context) else {
-                reply.fail(FUSEErrno(ENOLCK))
-                return .done
-            }
-            return .pending
-        default:
-            reply.fail(.notImplemented)
+        let fd = ownerDescriptor(nodeID: operation.nodeID, handle: handle, owner: arguments.owner)
+        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+        var lock = Self.hostLock(arguments)
+        guard fcntl(fd, F_OFD_GETLK, &lock) == 0 else { return reply.fail(Self.lastErrno) }
+        let end = lock.l_len == 0 ? UInt64(Int64.max) : UInt64(lock.l_start + lock.l_len - 1)
+        return reply.lock(start: UInt64(lock.l_start), end: lock.l_type == Int16(F_UNLCK) ? 0 : end, type: UInt32(lock.l_type),
+                          pid: lock.l_pid > 0 ? UInt32(lock.l_pid) : 0)
+    }
+
+    /// SETLK, and SETLKW (`wait`): a conflicting lock parks the request with the lock waiters,
+    /// which answer it when the lock is granted or the request interrupted.
+    public mutating func setlk(_ operation: Operation<LockArguments>, wait: Bool, reply: StatusReply) -> BackendAnswer {
+        becomeEngine()
+        let arguments = operation.arguments
+        guard !arguments.isFlock else { return reply.fail(.notImplemented) }
+        guard let handle = device.handles.pin(arguments.handle) else { return reply.fail(.badFileDescriptor) }
+        defer { device.handles.unpin(handle.index) }
+        let fd = ownerDescriptor(nodeID: operation.nodeID, handle: handle, owner: arguments.owner)
+        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+        var lock = Self.hostLock(arguments)
+        if fcntl(fd, F_OFD_SETLK, &lock) == 0 { return reply.ok() }
+        let error = Glibc.errno
+        guard wait, error == EAGAIN || error == EACCES, let context = queue?.context else {
+            return reply.fail(Self.errno(error == EACCES ? EAGAIN : error))
         }
-        return .done
+        guard device.lockWaiters.enqueue(fd: fd, lock: lock, unique: operation.unique, token: operation.token,
+                                         reply: reply.wire, context: context) else {
+            return reply.fail(FUSEErrno(ENOLCK))
+        }
+        return .pending
     }
 }

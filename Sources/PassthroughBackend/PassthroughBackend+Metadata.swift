@@ -1,3 +1,4 @@
+import BackendKit
 import CDPFS
 import DPFSCore
 import DPFSPosix
@@ -9,109 +10,254 @@ import Synchronization
 // errno is the host file system's own, passed through unchanged.
 
 extension PassthroughBackend {
-    mutating func metadata(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply) {
-        switch opcode {
-        case .open, .opendir:
-            open(request, reply: reply, directory: opcode == .opendir)
-            return
-        case .release, .releasedir:
-            // The handle's descriptor closes when its last in-flight user is done.
-            let arguments = request.arguments(as: fuse_release_in.self)
-            let fh = arguments.fh
-            if arguments.release_flags & UInt32(FUSE_RELEASE_FLUSH) != 0 {
-                device.lockOwners.release(inodeID: request.nodeID, owner: arguments.lock_owner)
-            }
-            if kernelPassthroughAgreed, let pinned = device.handles.pin(fh) {
-                device.releaseBacking(handleIndex: pinned.index)
-                device.handles.unpin(pinned.index)
-            }
-            if device.handles.remove(fh) { reply.send(bodyBytes: 0) } else { reply.fail(.badFileDescriptor) }
-            return
-        case .flush:
-            // A close(2) in the guest: the closing owner's POSIX locks on the file go, as locally.
-            device.lockOwners.release(inodeID: request.nodeID, owner: request.arguments(as: fuse_flush_in.self).lock_owner)
-            reply.send(bodyBytes: 0)
-            return
-        case .readdir, .readdirplus:
-            readDirectory(request, reply: reply, plus: opcode == .readdirplus)
-            return
-        case .lseek, .fallocate:
-            withHandle(request.arguments(as: fuse_lseek_in.self).fh, reply: reply) { handle in
-                if opcode == .lseek {
-                    let arguments = request.arguments(as: fuse_lseek_in.self)
-                    let result = Glibc.lseek(handle.fd, off_t(Int64(bitPattern: arguments.offset)), Int32(arguments.whence))
-                    if result < 0 { reply.fail(Self.lastErrno) } else { reply.value(UInt64(result)) }
-                } else {
-                    let arguments = request.arguments(as: fuse_fallocate_in.self)
-                    let result = CDPFS.fallocate(handle.fd, Int32(bitPattern: arguments.mode),
-                                                 off_t(Int64(bitPattern: arguments.offset)), off_t(Int64(bitPattern: arguments.length)))
-                    if result < 0 { reply.fail(Self.lastErrno) } else { reply.send(bodyBytes: 0) }
-                }
-            }
-            return
-        case .copyFileRange, .copyFileRange64:
-            copyFileRange(request, reply: reply, wide: opcode == .copyFileRange64)
-            return
-        case .syncfs:
-            if CDPFS.syncfs(device.rootDirectoryFD) == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
-            return
-        case .bmap, .ioctl, .poll, .setupMapping, .removeMapping, .notifyReply:
-            // No meaning for a directory share (no block device, no ioctls, no DAX window).
-            reply.fail(.notImplemented)
-            return
-        default:
-            break
-        }
-        guard let node = pinNode(request.nodeID) else { return reply.fail(.noEntry) }
-        defer { unpinNode(node) }
+    /// The prologue of an operation on a node: act as the caller, pin the node (nil: it is not
+    /// in the table), and hold the node's group where only a member could have got here.
+    mutating func pinAsCaller(_ nodeID: UInt64, _ caller: Caller) -> PinnedNode? {
+        become(caller)
+        guard let node = pinNode(nodeID) else { return nil }
         shareGroup(of: node)
-        switch opcode {
-        case .lookup:
-            lookup(request, node: node, reply: reply)
-        case .getattr:
-            replyAttributes(node.fd, reply: reply)
-        case .statx:
-            let arguments = request.arguments(as: CDPFS_fuse_statx_in.self)
-            var s = statx()
-            let syncFlags = Int32(bitPattern: arguments.sx_flags) & (AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC)
-            let failure = CDPFS_statx(node.fd, Self.emptyPath, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | syncFlags,
-                                      arguments.sx_mask | UInt32(STATX_BASIC_STATS), &s)
-            guard failure == 0 else { return reply.fail(Self.errno(failure)) }
-            reply.statx(Self.attributes(s), valid: validity, mask: s.stx_mask & UInt32(STATX_BASIC_STATS))
-        case .setattr:
-            setAttributes(request, node: node, reply: reply)
-        case .readlink:
-            guard node.kind == FileType.symlink else { return reply.fail(.invalid) }
-            let length = readlinkat(node.fd, Self.emptyPath, reply.body.assumingMemoryBound(to: CChar.self), reply.bodyCapacity)
-            if length < 0 { reply.fail(Self.lastErrno) } else { reply.send(bodyBytes: length) }
-        case .mknod, .mkdir, .symlink:
-            makeEntry(opcode, request, parent: node, reply: reply)
-        case .create, .tmpfile:
-            create(request, parent: node, reply: reply, temporary: opcode == .tmpfile)
-        case .link:
-            link(request, node: node, reply: reply)
-        case .unlink, .rmdir:
-            guard !Self.isDotOrDotDot(request.name) else { return reply.fail(.invalid) }
-            let result = unlinkat(node.fd, Self.cString(request.name), opcode == .rmdir ? AT_REMOVEDIR : 0)
-            if result == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
-        case .rename, .rename2:
-            rename(request, oldParent: node, reply: reply, withFlags: opcode == .rename2)
-        case .statfs:
-            var s = statfs()
-            guard fstatfs(node.fd, &s) == 0 else { return reply.fail(Self.lastErrno) }
-            reply.statistics(FileSystemStatistics(
-                blocks: UInt64(s.f_blocks), blocksFree: UInt64(s.f_bfree), blocksAvailable: UInt64(s.f_bavail),
-                files: UInt64(s.f_files), filesFree: UInt64(s.f_ffree), blockSizeBytes: UInt32(s.f_bsize),
-                nameBytesMax: UInt32(s.f_namelen), fragmentSizeBytes: UInt32(s.f_frsize)))
-        case .access:
-            let mask = Int32(request.arguments(as: fuse_access_in.self).mask)
-            guard node.kind != FileType.symlink else { return reply.send(bodyBytes: 0) }
-            if faccessat(device.procFD, procName(node.fd), mask, AT_EACCESS) == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
-        case .getxattr, .listxattr, .setxattr, .removexattr:
-            extendedAttributes(opcode, request, node: node, reply: reply)
-        default:
-            reply.fail(.notImplemented)
+        return node
+    }
+
+    // MARK: - Names
+
+    public mutating func lookup(_ operation: Operation<NameArguments>, reply: EntryReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        return lookup(operation.arguments.name, in: node, nodeID: operation.nodeID, reply: reply)
+    }
+
+    public mutating func mkdir(_ operation: Operation<MakeNodeArguments>, reply: EntryReply) -> BackendAnswer {
+        guard let parent = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(parent) }
+        let arguments = operation.arguments
+        guard !arguments.name.isDotOrDotDot else { return reply.fail(.exists) }
+        let result = mkdirat(parent.fd, arguments.name.cString, mode_t(arguments.mode & ~arguments.umask & 0o7777))
+        return finishEntry(result, parent: parent, name: arguments.name, reply: reply)
+    }
+
+    public mutating func mknod(_ operation: Operation<MakeNodeArguments>, reply: EntryReply) -> BackendAnswer {
+        guard let parent = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(parent) }
+        let arguments = operation.arguments
+        guard !arguments.name.isDotOrDotDot else { return reply.fail(.exists) }
+        let result = mknodat(parent.fd, arguments.name.cString, mode_t(arguments.mode & ~arguments.umask), dev_t(arguments.rdev))
+        return finishEntry(result, parent: parent, name: arguments.name, reply: reply)
+    }
+
+    /// The target is stored as given and never followed on the host.
+    public mutating func symlink(_ operation: Operation<SymlinkArguments>, reply: EntryReply) -> BackendAnswer {
+        guard let parent = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(parent) }
+        let arguments = operation.arguments
+        guard !arguments.name.isDotOrDotDot else { return reply.fail(.exists) }
+        let result = symlinkat(arguments.target.cString, parent.fd, arguments.name.cString)
+        return finishEntry(result, parent: parent, name: arguments.name, reply: reply)
+    }
+
+    public mutating func link(_ operation: Operation<LinkArguments>, reply: EntryReply) -> BackendAnswer {
+        guard let parent = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(parent) }
+        return link(operation.arguments, newParent: parent, reply: reply)
+    }
+
+    public mutating func unlink(_ operation: Operation<NameArguments>, reply: StatusReply) -> BackendAnswer {
+        remove(operation, flags: 0, reply: reply)
+    }
+
+    public mutating func rmdir(_ operation: Operation<NameArguments>, reply: StatusReply) -> BackendAnswer {
+        remove(operation, flags: AT_REMOVEDIR, reply: reply)
+    }
+
+    mutating func remove(_ operation: Operation<NameArguments>, flags: Int32, reply: StatusReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        guard !operation.arguments.name.isDotOrDotDot else { return reply.fail(.invalid) }
+        return unlinkat(node.fd, operation.arguments.name.cString, flags) == 0 ? reply.ok() : reply.fail(Self.lastErrno)
+    }
+
+    public mutating func rename(_ operation: Operation<RenameArguments>, reply: StatusReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        return rename(operation.arguments, oldParent: node, reply: reply)
+    }
+
+    public mutating func create(_ operation: Operation<CreateArguments>, reply: CreatedReply) -> BackendAnswer {
+        guard let parent = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(parent) }
+        return create(operation.arguments, parent: parent, reply: reply, temporary: false)
+    }
+
+    public mutating func tmpfile(_ operation: Operation<CreateArguments>, reply: CreatedReply) -> BackendAnswer {
+        guard let parent = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(parent) }
+        return create(operation.arguments, parent: parent, reply: reply, temporary: true)
+    }
+
+    // MARK: - Attributes
+
+    public mutating func getattr(_ operation: Operation<GetattrArguments>, reply: AttributesReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        return replyAttributes(node.fd, reply: reply)
+    }
+
+    public mutating func statx(_ operation: Operation<StatxArguments>, reply: StatxReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        let arguments = operation.arguments
+        var s = CDPFS.statx()
+        let syncFlags = Int32(bitPattern: arguments.statxFlags) & (AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC)
+        let failure = CDPFS_statx(node.fd, Self.emptyPath, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | syncFlags,
+                                  arguments.mask | UInt32(STATX_BASIC_STATS), &s)
+        guard failure == 0 else { return reply.fail(Self.errno(failure)) }
+        return reply.statx(Self.attributes(s), valid: validity, mask: s.stx_mask & UInt32(STATX_BASIC_STATS))
+    }
+
+    public mutating func setattr(_ operation: Operation<SetattrArguments>, reply: AttributesReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        return setAttributes(operation.arguments, node: node, reply: reply)
+    }
+
+    public mutating func readlink(_ operation: Operation<NoArguments>, reply: DataReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        guard node.kind == FileType.symlink else { return reply.fail(.invalid) }
+        let length = readlinkat(node.fd, Self.emptyPath, reply.body.assumingMemoryBound(to: CChar.self), reply.bodyCapacity)
+        return length < 0 ? reply.fail(Self.lastErrno) : reply.send(bodyBytes: length)
+    }
+
+    public mutating func statfs(_ operation: Operation<NoArguments>, reply: StatisticsReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        var s = CDPFS.statfs()
+        guard fstatfs(node.fd, &s) == 0 else { return reply.fail(Self.lastErrno) }
+        return reply.statistics(FileSystemStatistics(
+            blocks: UInt64(s.f_blocks), blocksFree: UInt64(s.f_bfree), blocksAvailable: UInt64(s.f_bavail),
+            files: UInt64(s.f_files), filesFree: UInt64(s.f_ffree), blockSizeBytes: UInt32(s.f_bsize),
+            nameBytesMax: UInt32(s.f_namelen), fragmentSizeBytes: UInt32(s.f_frsize)))
+    }
+
+    public mutating func access(_ operation: Operation<AccessArguments>, reply: StatusReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        guard node.kind != FileType.symlink else { return reply.ok() }
+        let mask = Int32(bitPattern: operation.arguments.mask)
+        return faccessat(device.procFD, procName(node.fd), mask, AT_EACCESS) == 0 ? reply.ok() : reply.fail(Self.lastErrno)
+    }
+
+    // MARK: - Open files
+
+    public mutating func open(_ operation: Operation<OpenArguments>, reply: OpenedReply) -> BackendAnswer {
+        become(operation.caller)
+        return open(operation, reply: reply, directory: false)
+    }
+
+    public mutating func opendir(_ operation: Operation<OpenArguments>, reply: OpenedReply) -> BackendAnswer {
+        become(operation.caller)
+        return open(operation, reply: reply, directory: true)
+    }
+
+    public mutating func release(_ operation: Operation<ReleaseArguments>, reply: StatusReply) -> BackendAnswer {
+        become(operation.caller)
+        return release(operation.arguments, nodeID: operation.nodeID, reply: reply)
+    }
+
+    public mutating func releasedir(_ operation: Operation<ReleaseArguments>, reply: StatusReply) -> BackendAnswer {
+        become(operation.caller)
+        return release(operation.arguments, nodeID: operation.nodeID, reply: reply)
+    }
+
+    /// The handle's descriptor closes when its last in-flight user is done.
+    mutating func release(_ arguments: ReleaseArguments, nodeID: UInt64, reply: StatusReply) -> BackendAnswer {
+        if arguments.flushesLocks { device.lockOwners.release(inodeID: nodeID, owner: arguments.lockOwner) }
+        if kernelPassthroughAgreed, let pinned = device.handles.pin(arguments.handle) {
+            device.releaseBacking(handleIndex: pinned.index)
+            device.handles.unpin(pinned.index)
         }
+        return device.handles.remove(arguments.handle) ? reply.ok() : reply.fail(.badFileDescriptor)
+    }
+
+    /// A close(2) in the guest: the closing owner's POSIX locks on the file go, as locally.
+    public mutating func flush(_ operation: Operation<FlushArguments>, reply: StatusReply) -> BackendAnswer {
+        become(operation.caller)
+        device.lockOwners.release(inodeID: operation.nodeID, owner: operation.arguments.lockOwner)
+        return reply.ok()
+    }
+
+    public mutating func readdir(_ operation: Operation<ReadArguments>, reply: DataReply) -> BackendAnswer {
+        become(operation.caller)
+        return readDirectory(operation.arguments, reply: reply, plus: false)
+    }
+
+    public mutating func readdirplus(_ operation: Operation<ReadArguments>, reply: DataReply) -> BackendAnswer {
+        become(operation.caller)
+        return readDirectory(operation.arguments, reply: reply, plus: true)
+    }
+
+    public mutating func lseek(_ operation: Operation<LseekArguments>, reply: OffsetReply) -> BackendAnswer {
+        become(operation.caller)
+        let arguments = operation.arguments
+        guard let handle = device.handles.pin(arguments.handle) else { return reply.fail(.badFileDescriptor) }
+        defer { device.handles.unpin(handle.index) }
+        let result = Glibc.lseek(handle.fd, off_t(Int64(bitPattern: arguments.offset)), Int32(arguments.whence))
+        return result < 0 ? reply.fail(Self.lastErrno) : reply.offset(UInt64(result))
+    }
+
+    public mutating func fallocate(_ operation: Operation<FallocateArguments>, reply: StatusReply) -> BackendAnswer {
+        become(operation.caller)
+        let arguments = operation.arguments
+        guard let handle = device.handles.pin(arguments.handle) else { return reply.fail(.badFileDescriptor) }
+        defer { device.handles.unpin(handle.index) }
+        let result = CDPFS.fallocate(handle.fd, Int32(bitPattern: arguments.mode),
+                                     off_t(Int64(bitPattern: arguments.offset)), off_t(Int64(bitPattern: arguments.length)))
+        return result < 0 ? reply.fail(Self.lastErrno) : reply.ok()
+    }
+
+    public mutating func copyFileRange(_ operation: Operation<CopyFileRangeArguments>, reply: CopiedReply) -> BackendAnswer {
+        become(operation.caller)
+        return copyFileRange(operation.arguments, reply: reply, wide: reply.isSixtyFourBit)
+    }
+
+    public mutating func syncfs(_ operation: Operation<NoArguments>, reply: StatusReply) -> BackendAnswer {
+        become(operation.caller)
+        return CDPFS.syncfs(device.rootDirectoryFD) == 0 ? reply.ok() : reply.fail(Self.lastErrno)
+    }
+
+    // MARK: - Extended attributes
+
+    public mutating func getxattr(_ operation: Operation<XattrQueryArguments>, reply: DataReply) -> BackendAnswer {
+        queryAttributes(operation, reply: reply)
+    }
+
+    public mutating func listxattr(_ operation: Operation<XattrQueryArguments>, reply: DataReply) -> BackendAnswer {
+        queryAttributes(operation, reply: reply)
+    }
+
+    public mutating func setxattr(_ operation: Operation<SetxattrArguments>, reply: StatusReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        let fd = xattrDescriptor(node)
+        guard fd >= 0 else { return reply.fail(fd == Self.noUserAttributes ? .notPermitted : Self.lastErrno) }
+        defer { _ = close(fd) }
+        let scratch = queue!.scratch
+        var value = operation.arguments.value
+        let length = Int(operation.arguments.size)
+        guard length <= PassthroughQueueState.scratchBytes, value.read(into: scratch, byteCount: length) == length else {
+            return reply.fail(.invalid)
+        }
+        let flags = Int32(bitPattern: operation.arguments.flags)
+        return fsetxattr(fd, operation.arguments.name.cString, scratch, length, flags) == 0 ? reply.ok() : reply.fail(Self.lastErrno)
+    }
+
+    public mutating func removexattr(_ operation: Operation<NameArguments>, reply: StatusReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        let fd = xattrDescriptor(node)
+        guard fd >= 0 else { return reply.fail(fd == Self.noUserAttributes ? .noData : Self.lastErrno) }
+        defer { _ = close(fd) }
+        return fremovexattr(fd, operation.arguments.name.cString) == 0 ? reply.ok() : reply.fail(Self.lastErrno)
     }
 
     func withHandle(_ fh: UInt64, reply: FUSEReply, _ body: (PinnedNode) -> Void) {
@@ -122,52 +268,41 @@ extension PassthroughBackend {
 
     // MARK: Names
 
-    mutating func lookup(_ request: FUSERequest, node: PinnedNode, reply: FUSEReply) {
+    mutating func lookup(_ name: Name, in node: PinnedNode, nodeID: UInt64, reply: EntryReply) -> BackendAnswer {
         guard node.kind == FileType.directory else { return reply.fail(.notDirectory) }
-        let name = request.name
-        if Self.isDotOrDotDot(name) {
+        if name.isDotOrDotDot {
             // "." is the directory itself; ".." at the root stays at the root. The kernel sends
             // neither without export support, which is not negotiated; a ".." below the root would
             // need a path the engine does not keep, so it is refused.
-            if name.count == 1 || request.nodeID == Self.rootNodeID {
+            if name.count == 1 || nodeID == Self.rootNodeID {
                 let fd = openat(node.fd, Self.dotPath, O_PATH | O_NOFOLLOW | O_CLOEXEC)
                 guard fd >= 0 else { return reply.fail(Self.lastErrno) }
-                if request.nodeID == Self.rootNodeID {
+                if nodeID == Self.rootNodeID {
                     _ = close(fd)
-                    var s = statx()
+                    var s = CDPFS.statx()
                     guard Self.status(device.rootFD, &s) == 0 else { return reply.fail(.io) }
                     return reply.entry(nodeID: Self.rootNodeID, generation: 0, entryValid: validity, attrValid: validity,
                                        attributes: Self.attributes(s))
                 }
-                return enter(fd: fd, reply: reply, handle: nil)
+                enter(fd: fd, reply: reply.wire, handle: nil)
+                return .done
             }
             return reply.fail(.noEntry)
         }
-        lookupEntry(parent: node, name: Self.cString(name), reply: reply)
+        lookupEntry(parent: node, name: name.cString, reply: reply.wire)
+        return .done
     }
 
-    mutating func makeEntry(_ opcode: FUSEOpcode, _ request: FUSERequest, parent: PinnedNode, reply: FUSEReply) {
-        guard !Self.isDotOrDotDot(request.name) else { return reply.fail(.exists) }
-        let name = Self.cString(request.name)
-        let result: Int32
-        switch opcode {
-        case .mkdir:
-            let arguments = request.arguments(as: fuse_mkdir_in.self)
-            result = mkdirat(parent.fd, name, mode_t(arguments.mode & ~arguments.umask & 0o7777))
-        case .mknod:
-            let arguments = request.arguments(as: fuse_mknod_in.self)
-            result = mknodat(parent.fd, name, mode_t(arguments.mode & ~arguments.umask), dev_t(arguments.rdev))
-        default:
-            // SYMLINK: name, then the target (stored as given; never followed on the host).
-            result = symlinkat(Self.cString(request.secondName), parent.fd, name)
-        }
+    /// After a MKDIR, MKNOD, SYMLINK or LINK: the new entry, looked up, or the call's errno.
+    mutating func finishEntry(_ result: Int32, parent: PinnedNode, name: Name, reply: EntryReply) -> BackendAnswer {
         guard result == 0 else { return reply.fail(Self.lastErrno) }
-        lookupEntry(parent: parent, name: name, reply: reply)
+        lookupEntry(parent: parent, name: name.cString, reply: reply.wire)
+        return .done
     }
 
-    mutating func create(_ request: FUSERequest, parent: PinnedNode, reply: FUSEReply, temporary: Bool) {
-        let arguments = request.arguments(as: fuse_create_in.self)
-        if !temporary && Self.isDotOrDotDot(request.name) { return reply.fail(.isDirectory) }
+    mutating func create(_ arguments: CreateArguments, parent: PinnedNode, reply typed: CreatedReply, temporary: Bool) -> BackendAnswer {
+        let reply = typed.wire
+        if !temporary && arguments.name.isDotOrDotDot { return typed.fail(.isDirectory) }
         var flags = Int32(bitPattern: arguments.flags) & ~(O_NOCTTY | O_CLOEXEC | O_DIRECT)
         flags |= O_CLOEXEC | O_NOFOLLOW
         if device.configuration.cacheMode == .always { flags = adjustForWritebackCache(flags) }
@@ -177,27 +312,28 @@ extension PassthroughBackend {
             flags = (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW)) | O_TMPFILE
             fd = CDPFS_openat2(parent.fd, Self.dotPath, UInt64(UInt32(bitPattern: flags)), mode, device.resolveFlags)
         } else {
-            fd = CDPFS_openat2(parent.fd, Self.cString(request.name), UInt64(UInt32(bitPattern: flags | O_CREAT)), mode, device.resolveFlags)
+            fd = CDPFS_openat2(parent.fd, arguments.name.cString, UInt64(UInt32(bitPattern: flags | O_CREAT)), mode, device.resolveFlags)
         }
-        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+        guard fd >= 0 else { return typed.fail(Self.lastErrno) }
         // The inode's O_PATH descriptor comes from the open file itself, so a rename racing with
         // this CREATE cannot make the entry name another file.
         let pathFD = openat(device.procFD, procName(fd), O_PATH | O_CLOEXEC)
         guard pathFD >= 0 else {
             let failure = Self.lastErrno
             _ = close(fd)
-            return reply.fail(failure)
+            return typed.fail(failure)
         }
         guard let handleIndex = device.handles.insert(fd: fd, kind: UInt32(bitPattern: flags)) else {
             _ = close(fd)
             _ = close(pathFD)
             logTableFull("open-file", limit: device.configuration.openFilesMax)
-            return reply.fail(FUSEErrno(ENFILE))
+            return typed.fail(FUSEErrno(ENFILE))
         }
         let handle = device.handles.id(of: handleIndex)
         enter(fd: pathFD, reply: reply, handle: handle)
         // When the entry could not be made (inode table full), the open file is of no use.
         if reply.replyLength.pointee == UInt32(OutHeaderLayout.size) { _ = device.handles.remove(handle) }
+        return .done
     }
 
     /// With writeback caching the kernel reads pages of files opened write-only and appends by
@@ -208,13 +344,12 @@ extension PassthroughBackend {
         return adjusted
     }
 
-    mutating func link(_ request: FUSERequest, node newParent: PinnedNode, reply: FUSEReply) {
-        let oldNodeID = request.arguments(as: fuse_link_in.self).oldnodeid
-        guard let old = pinNode(oldNodeID) else { return reply.fail(.noEntry) }
+    mutating func link(_ arguments: LinkArguments, newParent: PinnedNode, reply: EntryReply) -> BackendAnswer {
+        guard let old = pinNode(arguments.target) else { return reply.fail(.noEntry) }
         defer { unpinNode(old) }
-        guard !Self.isDotOrDotDot(request.name) else { return reply.fail(.exists) }
+        guard !arguments.name.isDotOrDotDot else { return reply.fail(.exists) }
         guard old.kind != FileType.directory else { return reply.fail(.notPermitted) }
-        let name = Self.cString(request.name)
+        let name = arguments.name.cString
         // linkat through /proc/self/fd follows the engine's own descriptor, not a guest path.
         let result: Int32
         if old.kind == FileType.symlink {
@@ -222,35 +357,25 @@ extension PassthroughBackend {
         } else {
             result = linkat(device.procFD, procName(old.fd), newParent.fd, name, AT_SYMLINK_FOLLOW)
         }
-        guard result == 0 else { return reply.fail(Self.lastErrno) }
-        lookupEntry(parent: newParent, name: name, reply: reply)
+        return finishEntry(result, parent: newParent, name: arguments.name, reply: reply)
     }
 
-    mutating func rename(_ request: FUSERequest, oldParent: PinnedNode, reply: FUSEReply, withFlags: Bool) {
-        let newDirectory: UInt64
-        var flags: UInt32 = 0
-        if withFlags {
-            let arguments = request.arguments(as: fuse_rename2_in.self)
-            newDirectory = arguments.newdir
-            flags = arguments.flags
-        } else {
-            newDirectory = request.arguments(as: fuse_rename_in.self).newdir
-        }
-        guard !Self.isDotOrDotDot(request.name), !Self.isDotOrDotDot(request.secondName) else { return reply.fail(.invalid) }
-        guard flags & ~UInt32(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) == 0 else { return reply.fail(.invalid) }
-        guard let newParent = pinNode(newDirectory) else { return reply.fail(.noEntry) }
+    mutating func rename(_ arguments: RenameArguments, oldParent: PinnedNode, reply: StatusReply) -> BackendAnswer {
+        guard !arguments.name.isDotOrDotDot, !arguments.newName.isDotOrDotDot else { return reply.fail(.invalid) }
+        guard arguments.flags & ~UInt32(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) == 0 else { return reply.fail(.invalid) }
+        guard let newParent = pinNode(arguments.newParent) else { return reply.fail(.noEntry) }
         defer { unpinNode(newParent) }
-        let result = renameat2(oldParent.fd, Self.cString(request.name), newParent.fd, Self.cString(request.secondName), flags)
-        if result == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
+        let result = renameat2(oldParent.fd, arguments.name.cString, newParent.fd, arguments.newName.cString, arguments.flags)
+        return result == 0 ? reply.ok() : reply.fail(Self.lastErrno)
     }
 
     // MARK: Open files
 
-    mutating func open(_ request: FUSERequest, reply: FUSEReply, directory: Bool) {
-        guard let node = pinNode(request.nodeID) else { return reply.fail(.noEntry) }
+    mutating func open(_ operation: Operation<OpenArguments>, reply: OpenedReply, directory: Bool) -> BackendAnswer {
+        guard let node = pinNode(operation.nodeID) else { return reply.fail(.noEntry) }
         defer { unpinNode(node) }
         shareGroup(of: node)
-        var flags = Int32(bitPattern: request.arguments(as: fuse_open_in.self).flags)
+        var flags = Int32(bitPattern: operation.arguments.flags)
         // O_NOFOLLOW too: the kernel resolved the path already (it never opens a symlink node),
         // and on the engine's re-open through /proc/self/fd it would refuse the magic link (ELOOP).
         flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC | O_DIRECT | O_PATH | O_NOFOLLOW)
@@ -271,7 +396,7 @@ extension PassthroughBackend {
         let handle = device.handles.id(of: index)
         if directory { return reply.open(fileHandle: handle, openFlags: 0) }
         let (replyFlags, backingID) = passthroughOpen(handle: handle, inodeIndex: node.index, kind: node.kind)
-        reply.open(fileHandle: handle, openFlags: replyFlags, backingID: backingID)
+        return reply.open(fileHandle: handle, openFlags: replyFlags, backingID: backingID)
     }
 
     /// The open flags of a regular file's OPEN or CREATE reply, with kernel passthrough where the
@@ -286,18 +411,16 @@ extension PassthroughBackend {
         return (OpenReplyFlags.passthrough, id)
     }
 
-    func copyFileRange(_ request: FUSERequest, reply: FUSEReply, wide: Bool) {
-        let arguments = request.arguments(as: fuse_copy_file_range_in.self)
-        guard let input = device.handles.pin(arguments.fh_in) else { return reply.fail(.badFileDescriptor) }
+    func copyFileRange(_ arguments: CopyFileRangeArguments, reply: CopiedReply, wide: Bool) -> BackendAnswer {
+        guard let input = device.handles.pin(arguments.handleIn) else { return reply.fail(.badFileDescriptor) }
         defer { device.handles.unpin(input.index) }
-        guard let output = device.handles.pin(arguments.fh_out) else { return reply.fail(.badFileDescriptor) }
+        guard let output = device.handles.pin(arguments.handleOut) else { return reply.fail(.badFileDescriptor) }
         defer { device.handles.unpin(output.index) }
-        var inputOffset = off_t(Int64(bitPattern: arguments.off_in))
-        var outputOffset = off_t(Int64(bitPattern: arguments.off_out))
-        let length = wide ? Int(min(arguments.len, UInt64(Int.max))) : Int(min(arguments.len, UInt64(UInt32.max)))
+        var inputOffset = off_t(Int64(bitPattern: arguments.offsetIn))
+        var outputOffset = off_t(Int64(bitPattern: arguments.offsetOut))
+        let length = wide ? Int(min(arguments.length, UInt64(Int.max))) : Int(min(arguments.length, UInt64(UInt32.max)))
         let copied = copy_file_range(input.fd, &inputOffset, output.fd, &outputOffset, length, UInt32(arguments.flags))
-        if copied < 0 { return reply.fail(Self.lastErrno) }
-        if wide { reply.value(UInt64(copied)) } else { reply.written(bytes: UInt32(copied)) }
+        return copied < 0 ? reply.fail(Self.lastErrno) : reply.copied(bytes: UInt64(copied))
     }
 
     // MARK: Attributes
@@ -345,8 +468,8 @@ extension PassthroughBackend {
         sharedGroup = result == 0 ? wanted : UInt32.max
     }
 
-    mutating func setAttributes(_ request: FUSERequest, node: PinnedNode, reply: FUSEReply) {
-        let a = request.arguments(as: fuse_setattr_in.self)
+    mutating func setAttributes(_ arguments: SetattrArguments, node: PinnedNode, reply: AttributesReply) -> BackendAnswer {
+        let a = arguments.fields
         let valid = a.valid
         var handle: PinnedNode? = nil
         if valid & UInt32(FATTR_FH) != 0 {
@@ -415,14 +538,13 @@ extension PassthroughBackend {
             }
             guard result == 0 else { return reply.fail(Self.lastErrno) }
         }
-        replyAttributes(node.fd, reply: reply)
+        return replyAttributes(node.fd, reply: reply)
     }
 
     // MARK: Directories
 
-    mutating func readDirectory(_ request: FUSERequest, reply: FUSEReply, plus: Bool) {
-        let arguments = request.arguments(as: fuse_read_in.self)
-        guard let handle = device.handles.pin(arguments.fh) else { return reply.fail(.badFileDescriptor) }
+    mutating func readDirectory(_ arguments: ReadArguments, reply: DataReply, plus: Bool) -> BackendAnswer {
+        guard let handle = device.handles.pin(arguments.handle) else { return reply.fail(.badFileDescriptor) }
         defer { device.handles.unpin(handle.index) }
         guard handle.kind & UInt32(O_DIRECTORY) != 0 else { return reply.fail(.notDirectory) }
         // The guest's offset is the host's d_off of the previous entry: seek there every time, so a
@@ -463,7 +585,7 @@ extension PassthroughBackend {
                 if !fits { full = true; break }
             }
         }
-        reply.send(bodyBytes: writer.bytesWritten)
+        return reply.send(bodyBytes: writer.bytesWritten)
     }
 
     /// One READDIRPLUS entry: "." and ".." carry no entry (node 0, which the kernel skips); every
@@ -478,7 +600,7 @@ extension PassthroughBackend {
                                      attributes: none, nextOffset: nextOffset, type: type, name: name)
         }
         let fd = CDPFS_openat2(directory, Self.cString(name), UInt64(O_PATH | O_NOFOLLOW | O_CLOEXEC), 0, device.resolveFlags)
-        var s = statx()
+        var s = CDPFS.statx()
         guard fd >= 0, Self.status(fd, &s) == 0 else {
             if fd >= 0 { _ = close(fd) }
             // Gone since the listing was read (or not reachable): list it without an entry.
@@ -498,44 +620,38 @@ extension PassthroughBackend {
 
     // MARK: Extended attributes
 
-    mutating func extendedAttributes(_ opcode: FUSEOpcode, _ request: FUSERequest, node: PinnedNode, reply: FUSEReply) {
-        // Symlinks carry no user xattrs on Linux, and the engine never opens one.
-        guard node.kind == FileType.regular || node.kind == FileType.directory else {
-            return reply.fail(opcode == .listxattr ? .notSupported : (opcode == .setxattr ? .notPermitted : .noData))
-        }
-        let fd = reopen(node, flags: O_RDONLY | O_NONBLOCK)
-        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
+    /// Marks a node that has no user extended attributes (`xattrDescriptor`).
+    static let noUserAttributes: Int32 = -2
+
+    /// A read-only descriptor of `node` for the f*xattr calls: -1 with errno on failure, or
+    /// `noUserAttributes` for symlinks and special files (Linux gives them no user xattrs, and the
+    /// engine never opens one).
+    mutating func xattrDescriptor(_ node: PinnedNode) -> Int32 {
+        guard node.kind == FileType.regular || node.kind == FileType.directory else { return Self.noUserAttributes }
+        return reopen(node, flags: O_RDONLY | O_NONBLOCK)
+    }
+
+    /// GETXATTR (a name) and LISTXATTR (none): `size` 0 asks only for the length.
+    mutating func queryAttributes(_ operation: Operation<XattrQueryArguments>, reply: DataReply) -> BackendAnswer {
+        guard let node = pinAsCaller(operation.nodeID, operation.caller) else { return reply.fail(.noEntry) }
+        defer { unpinNode(node) }
+        let name = operation.arguments.name
+        let fd = xattrDescriptor(node)
+        guard fd >= 0 else { return reply.fail(fd == Self.noUserAttributes ? (name == nil ? .notSupported : .noData) : Self.lastErrno) }
         defer { _ = close(fd) }
         let scratch = queue!.scratch
-        switch opcode {
-        case .getxattr, .listxattr:
-            let size = Int(request.arguments(as: fuse_getxattr_in.self).size)
-            let room = size == 0 ? 0 : min(size, FUSELimits.xattrValueBytesMax)
-            let length = opcode == .getxattr
-                ? fgetxattr(fd, Self.cString(request.name), room == 0 ? nil : scratch, room)
-                : flistxattr(fd, room == 0 ? nil : scratch.assumingMemoryBound(to: CChar.self), room)
-            guard length >= 0 else { return reply.fail(Self.lastErrno) }
-            if size == 0 { return reply.xattrSize(UInt32(length)) }
-            guard length <= reply.dataCapacity else { return reply.fail(.range) }
-            var cursor = reply.data
-            _ = cursor.write(from: scratch, byteCount: length)
-            reply.sendInPlace(dataBytes: length)
-        case .setxattr:
-            // Without FUSE_SETXATTR_EXT the kernel sends the 8-byte compat struct {size, flags}, shorter
-            // than fuse_setxattr_in, so the flags are read as that struct's second field.
-            let flags: UInt32 = request.argument(at: 4)
-            var cursor = request.payload
-            let length = request.payloadLength
-            guard length <= PassthroughQueueState.scratchBytes, cursor.read(into: scratch, byteCount: length) == length else {
-                return reply.fail(.invalid)
-            }
-            if fsetxattr(fd, Self.cString(request.name), scratch, length, Int32(bitPattern: flags)) == 0 {
-                reply.send(bodyBytes: 0)
-            } else {
-                reply.fail(Self.lastErrno)
-            }
-        default:
-            if fremovexattr(fd, Self.cString(request.name)) == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
+        let size = Int(operation.arguments.size)
+        let room = size == 0 ? 0 : min(size, FUSELimits.xattrValueBytesMax)
+        let length = if let name {
+            fgetxattr(fd, name.cString, room == 0 ? nil : scratch, room)
+        } else {
+            flistxattr(fd, room == 0 ? nil : scratch.assumingMemoryBound(to: CChar.self), room)
         }
+        guard length >= 0 else { return reply.fail(Self.lastErrno) }
+        if size == 0 { return reply.xattrSize(UInt32(length)) }
+        guard length <= reply.dataCapacity else { return reply.fail(.range) }
+        var cursor = reply.data
+        _ = cursor.write(from: scratch, byteCount: length)
+        return reply.sendInPlace(dataBytes: length)
     }
 }

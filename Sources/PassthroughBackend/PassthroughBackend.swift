@@ -1,3 +1,4 @@
+import BackendKit
 import CDPFS
 import DPFSCore
 import DPFSPosix
@@ -69,7 +70,7 @@ enum PendingKind: UInt8 {
     case none = 0, read = 1, write = 2, fsync = 3
 }
 
-public struct PassthroughBackend: Backend {
+public struct PassthroughBackend: FileSystem {
     public let device: PassthroughDevice
     var queue: PassthroughQueueState? = nil
     /// The fs credentials this thread currently has (the engine starts as root).
@@ -182,7 +183,7 @@ public struct PassthroughBackend: Backend {
     static var lastErrno: FUSEErrno { errno(Glibc.errno) }
 
     /// Act as the caller for the host's permission checks.
-    mutating func become(_ request: FUSERequest) {
+    mutating func become(_ caller: Caller) {
         if preparedThread != pthread_self() { prepareThread() }
         guard switchesCredentials else { return }
         if !groupsDropped {
@@ -191,19 +192,19 @@ public struct PassthroughBackend: Backend {
             _ = CDPFS_thread_drop_supplementary_groups()
             groupsDropped = true
             sharedGroup = UInt32.max
-            _ = setfsgid(request.gid)
-            _ = setfsuid(request.uid)
-            currentGID = request.gid
-            currentUID = request.uid
+            _ = setfsgid(caller.gid)
+            _ = setfsuid(caller.uid)
+            currentGID = caller.gid
+            currentUID = caller.uid
             return
         }
-        if request.gid != currentGID {
-            _ = setfsgid(request.gid)
-            currentGID = request.gid
+        if caller.gid != currentGID {
+            _ = setfsgid(caller.gid)
+            currentGID = caller.gid
         }
-        if request.uid != currentUID {
-            _ = setfsuid(request.uid)
-            currentUID = request.uid
+        if caller.uid != currentUID {
+            _ = setfsuid(caller.uid)
+            currentUID = caller.uid
         }
     }
 
@@ -321,7 +322,7 @@ public struct PassthroughBackend: Backend {
     /// Enters an O_PATH descriptor into the inode table and replies with its entry (or, with a
     /// handle, with the entry and the open file: CREATE, TMPFILE).
     mutating func enter(fd: Int32, reply: FUSEReply, handle: UInt64?) {
-        var s = statx()
+        var s = CDPFS.statx()
         let failure = Self.status(fd, &s)
         guard failure == 0 else {
             _ = close(fd)
@@ -370,11 +371,11 @@ public struct PassthroughBackend: Backend {
     static let tableFullLogged = Atomic<Bool>(false)
 
     /// Replies with the attributes of `fd`.
-    func replyAttributes(_ fd: Int32, reply: FUSEReply) {
-        var s = statx()
+    func replyAttributes(_ fd: Int32, reply: AttributesReply) -> BackendAnswer {
+        var s = CDPFS.statx()
         let failure = Self.status(fd, &s)
         guard failure == 0 else { return reply.fail(Self.errno(failure)) }
-        reply.attributes(Self.attributes(s), valid: validity)
+        return reply.attributes(Self.attributes(s), valid: validity)
     }
 
     /// Re-opens an inode the engine holds with real access flags, through /proc/self/fd.
@@ -391,54 +392,30 @@ public struct PassthroughBackend: Backend {
 
     // MARK: - Requests
 
-    public mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
-        guard let opcode = FUSEOpcode(rawValue: request.opcodeRaw) else {
-            reply.fail(.notImplemented)
-            return .done
-        }
-        switch opcode {
-        case .forget:
-            let arguments = request.arguments(as: fuse_forget_in.self)
-            if request.nodeID != Self.rootNodeID { device.inodes.forget(request.nodeID, count: arguments.nlookup) }
-            reply.none()
-        case .batchForget:
-            var cursor = request.payload
-            var remaining = request.payloadLength / 16
-            var entry = fuse_forget_one()
-            while remaining > 0 {
-                guard withUnsafeMutableBytes(of: &entry, { cursor.read(into: $0.baseAddress!, byteCount: 16) }) == 16 else { break }
-                if entry.nodeid != Self.rootNodeID { device.inodes.forget(entry.nodeid, count: entry.nlookup) }
-                remaining -= 1
-            }
-            reply.none()
-        case .read:
-            return read(request, reply: reply, token: token)
-        case .write:
-            return write(request, reply: reply, token: token)
-        case .fsync, .fsyncdir:
-            return fsync(request, reply: reply, token: token)
-        case .getlk, .setlk, .setlkw:
-            becomeEngine()
-            return lock(opcode, request, reply: reply, token: token)
-        case .interrupt:
-            // Only a waiting SETLKW can be interrupted (nothing else blocks). The kernel ignores the
-            // answer unless it is ENOSYS or EAGAIN.
-            _ = device.lockWaiters.cancel(unique: request.arguments(as: fuse_interrupt_in.self).unique)
-            reply.send(bodyBytes: 0)
-        default:
-            become(request)
-            metadata(opcode, request, reply: reply)
-        }
-        return .done
+    /// FORGET and BATCH_FORGET (decoded by the adapter). The root is never forgotten.
+    public mutating func forget(nodeID: UInt64, lookups: UInt64) {
+        if nodeID != Self.rootNodeID { device.inodes.forget(nodeID, count: lookups) }
+    }
+
+    /// Only a waiting SETLKW can be interrupted (nothing else blocks). The kernel ignores the
+    /// answer unless it is ENOSYS or EAGAIN.
+    public mutating func interrupt(_ operation: Operation<InterruptArguments>, reply: StatusReply) -> BackendAnswer {
+        _ = device.lockWaiters.cancel(unique: operation.arguments.target)
+        return reply.ok()
     }
 
     // MARK: Data
 
-    mutating func read(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
-        let arguments = request.arguments(as: fuse_read_in.self)
-        guard let handle = device.handles.pin(arguments.fh) else { reply.fail(.badFileDescriptor); return .done }
+    @inline(__always)
+    public mutating func read(_ operation: Operation<ReadArguments>, reply typed: DataReply) -> BackendAnswer {
+        // One copy of the fields before anything else: the calls below could change memory the
+        // compiler would otherwise read the arguments from again.
+        let arguments = operation.arguments.fields
+        let reply = typed.wire
+        let token = operation.token
+        guard let handle = device.handles.pin(arguments.fh) else { return typed.fail(.badFileDescriptor) }
         let queue = self.queue!
-        let slot = Int(token.slotIndex)
+        let slot = operation.slotIndex
         let iovecs = queue.iovecs + slot * queue.iovecsPerSlot
         var cursor = reply.data
         let count = gather(&cursor, bytes: min(Int(arguments.size), reply.dataCapacity), into: iovecs, capacity: queue.iovecsPerSlot)
@@ -484,17 +461,21 @@ public struct PassthroughBackend: Backend {
         return total
     }
 
-    mutating func write(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
-        let arguments = request.arguments(as: fuse_write_in.self)
-        guard let handle = device.handles.pin(arguments.fh) else { reply.fail(.badFileDescriptor); return .done }
+    @inline(__always)
+    public mutating func write(_ operation: Operation<WriteArguments>, reply typed: WrittenReply) -> BackendAnswer {
+        let arguments = operation.arguments.fields
+        let reply = typed.wire
+        let token = operation.token
+        let payloadLength = Int(arguments.size)
+        guard let handle = device.handles.pin(arguments.fh) else { return typed.fail(.badFileDescriptor) }
         // The kernel asks for it only when the writer lacks CAP_FSETID, and a writer need not own
         // the file: the engine drops the bits itself (as the host's write path would).
         if arguments.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { _ = killSetIDAsEngine(handle.fd) }
         let queue = self.queue!
-        let slot = Int(token.slotIndex)
+        let slot = operation.slotIndex
         let iovecs = queue.iovecs + slot * queue.iovecsPerSlot
-        var cursor = request.payload
-        let count = gather(&cursor, bytes: request.payloadLength, into: iovecs, capacity: queue.iovecsPerSlot)
+        var cursor = operation.arguments.payload
+        let count = gather(&cursor, bytes: payloadLength, into: iovecs, capacity: queue.iovecsPerSlot)
         let offset = off_t(Int64(bitPattern: arguments.offset))
         let appends = Int32(bitPattern: handle.kind) & O_APPEND != 0
         switch device.dataPath {
@@ -503,7 +484,7 @@ public struct PassthroughBackend: Backend {
             // rewrite of the same bytes at the same offset is harmless) goes to io_uring whole.
             // Appending writes never take this path: repeating one would append twice.
             let result = pwritev2(handle.fd, iovecs, Int32(count), offset, RWF_NOWAIT)
-            if result == request.payloadLength { return finishInline(result, reply: reply, handle: handle, read: false) }
+            if result == payloadLength { return finishInline(result, reply: reply, handle: handle, read: false) }
             if result < 0 && Glibc.errno != EAGAIN { return finishInline(-1, reply: reply, handle: handle, read: false) }
         case .inlineFirst:
             // No non-blocking buffered writes on this file system (tmpfs, ext4): a page-cache copy
@@ -543,19 +524,28 @@ public struct PassthroughBackend: Backend {
         return result == 0
     }
 
-    mutating func fsync(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
-        let arguments = request.arguments(as: fuse_fsync_in.self)
-        guard let handle = device.handles.pin(arguments.fh) else { reply.fail(.badFileDescriptor); return .done }
-        let dataOnly = arguments.fsync_flags & UInt32(FUSE_FSYNC_FDATASYNC) != 0
+    public mutating func fsync(_ operation: Operation<FsyncArguments>, reply: StatusReply) -> BackendAnswer {
+        syncHandle(operation, reply: reply)
+    }
+
+    public mutating func fsyncdir(_ operation: Operation<FsyncArguments>, reply: StatusReply) -> BackendAnswer {
+        syncHandle(operation, reply: reply)
+    }
+
+    /// FSYNC and FSYNCDIR: through the io_uring when there is one.
+    mutating func syncHandle(_ operation: Operation<FsyncArguments>, reply: StatusReply) -> BackendAnswer {
+        guard let handle = device.handles.pin(operation.arguments.handle) else { return reply.fail(.badFileDescriptor) }
+        let dataOnly = operation.arguments.dataOnly
         let queue = self.queue!
-        let slot = Int(token.slotIndex)
+        let slot = operation.slotIndex
         if let ring = queue.ring, ring.fsync(fd: handle.fd, dataOnly: dataOnly, userData: UInt64(slot)) {
-            park(slot, .fsync, reply: reply, token: token, handle: handle.index)
+            park(slot, .fsync, reply: reply.wire, token: operation.token, handle: handle.index)
             return .pending
         }
-        if (dataOnly ? fdatasync(handle.fd) : Glibc.fsync(handle.fd)) == 0 { reply.send(bodyBytes: 0) } else { reply.fail(Self.lastErrno) }
+        let result = dataOnly ? fdatasync(handle.fd) : Glibc.fsync(handle.fd)
+        let answer = result == 0 ? reply.ok() : reply.fail(Self.lastErrno)
         device.handles.unpin(handle.index)
-        return .done
+        return answer
     }
 
     func park(_ slot: Int, _ kind: PendingKind, reply: FUSEReply, token: CompletionToken, handle: UInt32) {
