@@ -33,8 +33,17 @@ public struct PollerConfiguration: Sendable {
     /// (spin found that with exactly `slotCount` cells a duplicate can make a legitimate push fail).
     public var completionRingCapacity: Int { max(2, 2 * slotCount) }
 
-    /// Bytes of arena the poller's memory takes.
-    public var arenaBytes: Int {
+    /// Bytes of arena a poller serving backend `B` takes: its own memory and `B`'s per-request
+    /// contexts.
+    public func arenaBytes<B: Backend>(for backend: B.Type) -> Int {
+        var plan = ArenaPlan()
+        plan.reserve(byteCount: arenaBytesWithoutBackend)
+        B.requestContextLayout.plan(&plan, slotCount: slotCount)
+        return plan.bytes
+    }
+
+    /// Bytes of arena the poller's own memory takes.
+    var arenaBytesWithoutBackend: Int {
         var plan = ArenaPlan()
         SlotTable.plan(&plan, count: slotCount, segmentsPerSlot: segmentsPerSlot)
         CompletionRing.plan(&plan, capacity: completionRingCapacity)
@@ -166,8 +175,12 @@ public struct Poller<T: Transport, B: Backend> {
         }
         freeCount = configuration.slotCount
         wake = PollerWake(arena: &arena)
+        let layout = B.requestContextLayout
+        let contexts = layout.bytes == 0 ? nil
+            : arena.allocate(byteCount: layout.stride * configuration.slotCount, alignment: max(layout.alignment, 64))
         self.backend.attach(BackendContext(queueIndex: queueIndex, slotCount: configuration.slotCount,
-                                           completions: completions, wake: wake))
+                                           completions: completions, wake: wake,
+                                           requestContexts: contexts, requestContextStride: layout.stride))
     }
 
     /// Slots currently in use (fetched and not yet published).

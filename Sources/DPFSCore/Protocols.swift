@@ -71,6 +71,35 @@ public enum BackendAnswer: Equatable, Sendable {
     case pending
 }
 
+/// The size and alignment of one request's backend state (as SPDK's fsdev modules declare
+/// `get_ctx_size`): the poller's arena plan carves one such context beside each slot, zero-filled,
+/// and the backend reaches it by slot index (`BackendContext.requestContext(slot:)`).
+@frozen
+public struct RequestContextLayout: Equatable, Sendable {
+    public let bytes: Int
+    public let alignment: Int
+
+    @inlinable
+    public init(bytes: Int, alignment: Int) {
+        precondition(bytes >= 0 && bytes <= 1 << 20, "a request context is at most 1 MiB")
+        precondition(alignment >= 1 && alignment <= 4096 && alignment & (alignment - 1) == 0)
+        self.bytes = bytes
+        self.alignment = alignment
+    }
+
+    /// No per-request state.
+    public static let none = RequestContextLayout(bytes: 0, alignment: 1)
+
+    /// Bytes from one slot's context to the next.
+    @inlinable public var stride: Int { (bytes + alignment - 1) & ~(alignment - 1) }
+
+    /// Adds the contexts of `slotCount` slots to an arena plan.
+    public func plan(_ plan: inout ArenaPlan, slotCount: Int) {
+        guard bytes > 0 else { return }
+        plan.reserve(byteCount: stride * slotCount, alignment: max(alignment, 64))
+    }
+}
+
 /// What a poller gives the backend it serves, once, before the first request (`Backend.attach`).
 /// A handle: copies refer to the same ring and wake-up state, so worker threads may hold one.
 @frozen
@@ -83,14 +112,31 @@ public struct BackendContext: @unchecked Sendable {
     public let completions: CompletionRing
     /// Wakes the poller when it sleeps.
     public let wake: PollerWake
+    /// The backend's per-request contexts (`Backend.requestContextLayout`), one per slot, carved
+    /// from the poller's arena; nil when the backend declared none.
+    public let requestContexts: UnsafeMutableRawPointer?
+    public let requestContextStride: Int
 
     @inlinable
-    public init(queueIndex: Int, slotCount: Int, completions: CompletionRing, wake: PollerWake) {
+    public init(queueIndex: Int, slotCount: Int, completions: CompletionRing, wake: PollerWake,
+                requestContexts: UnsafeMutableRawPointer? = nil, requestContextStride: Int = 0) {
         precondition(queueIndex >= 0 && slotCount >= 1)
+        precondition(requestContexts == nil || requestContextStride > 0)
         self.queueIndex = queueIndex
         self.slotCount = slotCount
         self.completions = completions
         self.wake = wake
+        self.requestContexts = requestContexts
+        self.requestContextStride = requestContextStride
+    }
+
+    /// The context of the request in `slot` (the slot of its completion token).
+    @inlinable
+    @_noAllocation @_noLocks
+    public func requestContext(slot: Int) -> UnsafeMutableRawPointer {
+        // The slot comes from the poller's own token: checked in debug builds, free on the data path.
+        assert(slot >= 0 && slot < slotCount && requestContexts != nil, "slot out of range or no contexts declared")
+        return requestContexts.unsafelyUnwrapped + slot &* requestContextStride
     }
 
     /// Completes a pending request from any thread and wakes the poller if it sleeps.
@@ -112,6 +158,9 @@ public struct BackendContext: @unchecked Sendable {
 /// Sharing: one backend value serves one request queue. State that belongs to the device (inode and
 /// open-file tables) lives in an object the device builds once and hands to every queue's backend.
 public protocol Backend: SendableMetatype {
+    /// The state one request needs while the backend works on it (none by default): the arena
+    /// holds one per slot, so a backend keeps no per-slot tables of its own.
+    static var requestContextLayout: RequestContextLayout { get }
     /// Called once by the poller, before any request: the completion ring, limits, wake-up.
     mutating func attach(_ context: BackendContext)
     /// The device's FUSE session started (INIT succeeded on some queue). Delivered to every queue's
@@ -142,6 +191,7 @@ public protocol Backend: SendableMetatype {
 }
 
 extension Backend {
+    public static var requestContextLayout: RequestContextLayout { .none }
     public mutating func attach(_ context: BackendContext) {}
     public mutating func sessionStarted(_ session: NegotiatedSession) {}
     public mutating func sessionEnded() {}

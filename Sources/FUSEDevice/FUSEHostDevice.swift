@@ -130,7 +130,7 @@ public final class FUSEHostDevice<B: Backend>: @unchecked Sendable {
 
         var rings: [IOURing] = []
         do {
-            arena = try HugepageArena(bytes: queueCount * (pollerConfiguration.arenaBytes + geometry.memoryBytes) + 4096)
+            arena = try HugepageArena(bytes: queueCount * (pollerConfiguration.arenaBytes(for: B.self) + geometry.memoryBytes) + 4096)
             if mode == .uring {
                 var entries = 1
                 while entries < 2 * geometry.handlesMax { entries <<= 1 }

@@ -12,7 +12,7 @@ public struct LoopbackRig<B: Backend> {
     let regionStorage: UnsafeMutablePointer<GuestMemoryRegion>
 
     public static func arenaBytes(poller: PollerConfiguration, driver: LoopbackDriverConfiguration) -> Int {
-        poller.arenaBytes + driver.regionBytes + 4096 + driver.bookkeepingBytes + 64 * 3
+        poller.arenaBytes(for: B.self) + driver.regionBytes + 4096 + driver.bookkeepingBytes + 64 * 3
             + MemoryLayout<GuestMemoryRegion>.stride * GuestMemory.regionsMax + 4096
     }
 

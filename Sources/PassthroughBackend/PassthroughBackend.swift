@@ -16,17 +16,36 @@ import Synchronization
 // [| RESOLVE_NO_XDEV]) beneath an inode the table holds, so nothing outside the shared directory is
 // ever reached and no symlink is ever followed on the host.
 
-/// Per-queue memory, allocated once when the backend is attached to its poller.
+/// One request's state while its READ, WRITE or FSYNC is in the io_uring, in the request context the
+/// poller's arena holds for its slot, after the request's iovecs (first, so the data path finds
+/// them at the context's start).
+struct PassthroughRequestState {
+    /// What is in flight (`PendingKind`; 0 = nothing).
+    var kind: UInt8
+    /// The open-file record the I/O holds pinned (0 = none).
+    var handle: UInt32
+    var token: CompletionToken
+    /// Written when the I/O is parked, read when it completes.
+    var reply: FUSEReply
+
+    /// iovecs one request may need: a whole max_pages transfer, split at page boundaries, plus slack.
+    static let iovecsMax = FUSELimits.pagesMax + 8
+
+    /// Where the record starts in the context: after the iovecs.
+    static let offset = (iovecsMax * MemoryLayout<iovec>.stride + MemoryLayout<PassthroughRequestState>.alignment - 1)
+        & ~(MemoryLayout<PassthroughRequestState>.alignment - 1)
+
+    /// The request context: `iovecsMax` iovecs, then this record.
+    static let layout = RequestContextLayout(
+        bytes: offset + MemoryLayout<PassthroughRequestState>.stride,
+        alignment: max(MemoryLayout<PassthroughRequestState>.alignment, MemoryLayout<iovec>.alignment))
+}
+
+/// Per-queue memory, allocated once when the backend is attached to its poller (the per-request
+/// state lives in the arena's request contexts).
 final class PassthroughQueueState: @unchecked Sendable {
     let slotCount: Int
-    let iovecsPerSlot: Int
     let ring: IOURing?
-    /// Per slot: what is in flight (0 = nothing), the reply to finish, the token, the handle pinned.
-    let pendingKinds: UnsafeMutablePointer<UInt8>
-    let pendingReplies: UnsafeMutablePointer<FUSEReply>
-    let pendingTokens: UnsafeMutablePointer<CompletionToken>
-    let pendingHandles: UnsafeMutablePointer<UInt32>
-    let iovecs: UnsafeMutablePointer<iovec>
     /// Directory listings and xattr values pass through here (one request at a time per queue).
     let scratch: UnsafeMutableRawPointer
     static let scratchBytes = FUSELimits.xattrValueBytesMax + 4096
@@ -37,31 +56,36 @@ final class PassthroughQueueState: @unchecked Sendable {
     let context: BackendContext
 
     init(context: BackendContext, ring: IOURing?) {
+        precondition(context.requestContextStride >= PassthroughRequestState.layout.bytes, "request contexts not carved")
         self.context = context
         slotCount = context.slotCount
-        iovecsPerSlot = FUSELimits.pagesMax + 8
         self.ring = ring
-        pendingKinds = .allocate(capacity: slotCount)
-        pendingKinds.initialize(repeating: 0, count: slotCount)
-        pendingReplies = .allocate(capacity: slotCount)
-        pendingTokens = .allocate(capacity: slotCount)
-        pendingHandles = .allocate(capacity: slotCount)
-        pendingHandles.initialize(repeating: 0, count: slotCount)
-        iovecs = .allocate(capacity: slotCount * iovecsPerSlot)
+        for slot in 0..<slotCount {
+            let memory = context.requestContext(slot: slot)
+            memory.bindMemory(to: iovec.self, capacity: PassthroughRequestState.iovecsMax)
+            (memory + PassthroughRequestState.offset).bindMemory(to: PassthroughRequestState.self, capacity: 1).pointee.kind = 0
+        }
         scratch = .allocate(byteCount: Self.scratchBytes, alignment: 4096)
         procName = .allocate(capacity: 24)
         fileHandle = .allocate(byteCount: NodeTable.fileHandleStride, alignment: 8)
     }
 
     deinit {
-        pendingKinds.deallocate()
-        pendingReplies.deallocate()
-        pendingTokens.deallocate()
-        pendingHandles.deallocate()
-        iovecs.deallocate()
         scratch.deallocate()
         procName.deallocate()
         fileHandle.deallocate()
+    }
+
+    /// The state of the request in `slot`.
+    @inline(__always)
+    func request(_ slot: Int) -> UnsafeMutablePointer<PassthroughRequestState> {
+        (context.requestContext(slot: slot) + PassthroughRequestState.offset).assumingMemoryBound(to: PassthroughRequestState.self)
+    }
+
+    /// The iovecs of the request in `slot`.
+    @inline(__always)
+    func iovecs(_ slot: Int) -> UnsafeMutablePointer<iovec> {
+        context.requestContext(slot: slot).assumingMemoryBound(to: iovec.self)
     }
 }
 
@@ -90,6 +114,9 @@ public struct PassthroughBackend: FileSystem {
     var kernelPassthroughAgreed = false
     /// Whether io_uring is used for READ/WRITE/FSYNC (else the same calls run inline).
     public let usesIOURing: Bool
+
+    /// Each request's io_uring state and iovecs, carved by the poller beside its slot.
+    public static var requestContextLayout: RequestContextLayout { PassthroughRequestState.layout }
 
     static let rootNodeID: UInt64 = 1
     /// utimensat's UTIME_NOW and UTIME_OMIT (expression macros the importer drops).
@@ -140,9 +167,10 @@ public struct PassthroughBackend: FileSystem {
             let userData = completion.userData
             guard userData < UInt64(queue.slotCount) else { continue }
             let slot = Int(userData)
-            let kind = PendingKind(rawValue: queue.pendingKinds[slot]) ?? .none
+            let state = queue.request(slot)
+            let kind = PendingKind(rawValue: state.pointee.kind) ?? .none
             guard kind != .none else { continue }
-            let reply = queue.pendingReplies[slot]
+            let reply = state.pointee.reply
             let result = completion.result
             if result < 0 {
                 reply.fail(Self.errno(-result))
@@ -153,11 +181,11 @@ public struct PassthroughBackend: FileSystem {
                 case .fsync, .none: reply.send(bodyBytes: 0)
                 }
             }
-            queue.pendingKinds[slot] = 0
-            let handle = queue.pendingHandles[slot]
+            state.pointee.kind = 0
+            let handle = state.pointee.handle
             if handle != 0 { device.handles.unpin(handle) }
-            queue.pendingHandles[slot] = 0
-            queue.context.complete(queue.pendingTokens[slot])
+            state.pointee.handle = 0
+            queue.context.complete(state.pointee.token)
         }
         return reaped
     }
@@ -416,9 +444,10 @@ public struct PassthroughBackend: FileSystem {
         guard let handle = device.handles.pin(arguments.fh) else { return typed.fail(.badFileDescriptor) }
         let queue = self.queue!
         let slot = operation.slotIndex
-        let iovecs = queue.iovecs + slot * queue.iovecsPerSlot
+        let iovecs = queue.iovecs(slot)
         var cursor = reply.data
-        let count = gather(&cursor, bytes: min(Int(arguments.size), reply.dataCapacity), into: iovecs, capacity: queue.iovecsPerSlot)
+        let count = gather(&cursor, bytes: min(Int(arguments.size), reply.dataCapacity), into: iovecs,
+                           capacity: PassthroughRequestState.iovecsMax)
         let offset = off_t(Int64(bitPattern: arguments.offset))
         let wanted = iovecBytes(iovecs, count: count)
         switch device.dataPath {
@@ -473,9 +502,9 @@ public struct PassthroughBackend: FileSystem {
         if arguments.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { _ = killSetIDAsEngine(handle.fd) }
         let queue = self.queue!
         let slot = operation.slotIndex
-        let iovecs = queue.iovecs + slot * queue.iovecsPerSlot
+        let iovecs = queue.iovecs(slot)
         var cursor = operation.arguments.payload
-        let count = gather(&cursor, bytes: payloadLength, into: iovecs, capacity: queue.iovecsPerSlot)
+        let count = gather(&cursor, bytes: payloadLength, into: iovecs, capacity: PassthroughRequestState.iovecsMax)
         let offset = off_t(Int64(bitPattern: arguments.offset))
         let appends = Int32(bitPattern: handle.kind) & O_APPEND != 0
         switch device.dataPath {
@@ -550,11 +579,12 @@ public struct PassthroughBackend: FileSystem {
 
     func park(_ slot: Int, _ kind: PendingKind, reply: FUSEReply, token: CompletionToken, handle: UInt32) {
         let queue = self.queue!
-        precondition(queue.pendingKinds[slot] == 0, "slot already has I/O in flight")
-        queue.pendingKinds[slot] = kind.rawValue
-        queue.pendingReplies[slot] = reply
-        queue.pendingTokens[slot] = token
-        queue.pendingHandles[slot] = handle
+        let state = queue.request(slot)
+        precondition(state.pointee.kind == 0, "slot already has I/O in flight")
+        state.pointee.kind = kind.rawValue
+        state.pointee.reply = reply
+        state.pointee.token = token
+        state.pointee.handle = handle
     }
 
     /// iovecs for `bytes` bytes of the segments at `cursor` (guest memory, used in place).

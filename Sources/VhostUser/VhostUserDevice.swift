@@ -101,7 +101,7 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
                 makeBackend: (Int) -> B) throws(SystemCallError) {
         self.configuration = configuration
         self.logger = logger
-        let perQueue = configuration.poller.arenaBytes
+        let perQueue = configuration.poller.arenaBytes(for: B.self)
         arena = try HugepageArena(bytes: perQueue * configuration.queueCount + 4096)
         var allocator = arena.allocator()
         session = SharedSession(arena: &allocator)
