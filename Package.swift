@@ -108,15 +108,23 @@ let package = Package(
         // Test support: a request builder and a scripted backend shared by the test targets.
         .target(
             name: "DPFSTestSupport",
-            dependencies: ["DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix"],
+            dependencies: ["DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix", "CDPFS"],
             path: "Tests/DPFSTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        // The worked example of docs/writing-a-backend.md: compiled and run through the backend
+        // conformance suite with every test run, so the guide cannot drift from the contract.
+        .target(
+            name: "ExampleBackend",
+            dependencies: ["BackendKit", "DPFSCore", "FUSEWire"],
+            path: "Tests/ExampleBackend",
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "DPFSCoreTests",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix",
-                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit",
+                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -75,6 +75,14 @@ public struct SetattrArguments {
     @inlinable public var uid: UInt32 { fields.uid }
     @inlinable public var gid: UInt32 { fields.gid }
     @inlinable public var lockOwner: UInt64 { fields.lock_owner }
+
+    /// The new size, when the request changes it (truncate).
+    @inlinable public var newSizeBytes: UInt64? { changes(FATTR_SIZE) ? fields.size : nil }
+    /// The new permission bits (chmod), when the request changes them.
+    @inlinable public var newMode: UInt32? { changes(FATTR_MODE) ? fields.mode & 0o7777 : nil }
+    /// The new owner and group (chown), each when the request changes it.
+    @inlinable public var newUID: UInt32? { changes(FATTR_UID) ? fields.uid : nil }
+    @inlinable public var newGID: UInt32? { changes(FATTR_GID) ? fields.gid : nil }
 }
 
 /// SYMLINK: the new entry's name and the link's target.
