@@ -1,7 +1,7 @@
 import Synchronization
 import FUSEWire
 
-// The poller loop (ARCHITECTURE §5): one thread, bounded work per step:
+// The poller loop (docs/architecture.md §5): one thread, bounded work per step:
 //   1. drain the completion ring (requests backend threads finished);
 //   2. fetch up to a batch of new requests → decode → dispatch;
 //   3. publish every completed reply in one go and notify at most once.

@@ -1,6 +1,6 @@
 import FUSEWire
 
-// The two narrow interfaces of the engine core (ARCHITECTURE §2): a transport yields requests as
+// The two narrow interfaces of the engine core (docs/architecture.md §2): a transport yields requests as
 // segment lists and takes replies back; a backend answers decoded requests. The poller is generic
 // over both, so every call is a direct, specialised call: no existential, no closure, no allocation.
 

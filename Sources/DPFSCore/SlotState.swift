@@ -1,4 +1,4 @@
-// The slot state machine (ARCHITECTURE §3). A slot holds one in-flight request; only the transition
+// The slot state machine (docs/architecture.md §3). A slot holds one in-flight request; only the transition
 // table moves it between states, and the same table is kept readable in Specs/slot-lifecycle.md.
 // A test parses that file and compares it with this table pair by pair, so the two cannot drift.
 

@@ -3,7 +3,7 @@ import DPFSCore
 import Glibc
 import Synchronization
 
-// The thread body every transport runs its pollers with (ARCHITECTURE §5): step while there is
+// The thread body every transport runs its pollers with (docs/architecture.md §5): step while there is
 // work; after a busy-poll budget with none, arm the transport's notifications and sleep on every
 // event source at once — the transport's kick, the poller's wake eventfd (completions from other
 // threads) and the backend's own descriptor (an io_uring completion queue, a socket) — so an idle

@@ -3,7 +3,7 @@ import CDPFS
 import DPFSCore
 import FUSEWire
 
-// The null backend (ARCHITECTURE §7): a root directory holding one fixed-size file. Reads and writes
+// The null backend (docs/architecture.md §7): a root directory holding one fixed-size file. Reads and writes
 // succeed without touching data; every metadata operation answers the way a small read-only-shaped
 // file system would, so a real kernel can mount it, list it, stat it and dd through the file.
 

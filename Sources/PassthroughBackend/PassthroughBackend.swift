@@ -6,7 +6,7 @@ import FUSEWire
 import Glibc
 import Synchronization
 
-// The passthrough backend (ARCHITECTURE §7): one value per request queue, all of a device's queues
+// The passthrough backend (docs/architecture.md §7): one value per request queue, all of a device's queues
 // sharing one `PassthroughDevice` (inode and open-file tables). Metadata requests run as the caller
 // (per-thread fsuid/fsgid, no supplementary groups) with one or two *at() system calls on the
 // poller thread: on a local file system they take microseconds, less than a hop to a worker thread

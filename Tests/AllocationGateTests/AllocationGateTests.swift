@@ -2,7 +2,7 @@ import Foundation
 import LoopbackTransport
 import Testing
 
-/// The zero-allocation gate (ARCHITECTURE §4, §9.4). Malloc counters are process-wide, so the
+/// The zero-allocation gate (docs/architecture.md §4, §9). Malloc counters are process-wide, so the
 /// measurement runs in a process of its own — `dpfs-bench alloc-gate`, built with the tests — where
 /// no other suite can allocate beside it. After warm-up, 100 000 requests of each request class go
 /// through the loopback virtqueue, the poller and the null backend, inline and with the poller on

@@ -5,7 +5,7 @@ import FUSEWire
 import PropertyBased
 import Testing
 
-// Model-based test of the engine (ARCHITECTURE §9.2): random sequences of submissions (good,
+// Model-based test of the engine (docs/architecture.md §9): random sequences of submissions (good,
 // failing, pending, one-way and malformed requests), poller steps, completions in any order from
 // several threads, and doubled tokens, applied to the real engine and to a small reference model.
 // After every operation the two must agree on which requests are waiting, which replies came back
