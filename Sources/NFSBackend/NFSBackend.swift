@@ -68,6 +68,48 @@ enum HiddenName {
     }
 }
 
+/// One request's state while the NFS backend works on it: its request context, one per slot, in
+/// the poller's arena (`NFSBackend.requestContextLayout`).
+struct NFSRequestState {
+    var state: NFSSlotState
+    var call: NFSCall
+    /// The request was sent at least once (a non-idempotent call lost in flight cannot be resent).
+    var sent: Bool
+    /// The connection its call went out on.
+    var connection: UInt8
+    var progress: NFSProgress
+    /// Repairs this request made (resend, then COMMIT again).
+    var resendRounds: UInt8
+    var request: FUSERequest
+    var reply: FUSEReply
+    var token: CompletionToken
+    var deadline: UInt64
+    /// Node records the request holds pinned until it is answered (0 = none).
+    var primaryNode: UInt32
+    var secondaryNode: UInt32
+    /// A node record a stage found (UNLINK's or RENAME's target, RELEASE's hidden file), pinned
+    /// until the request is answered (0 = none); its hidden name is in `hiddenNameBytes`.
+    var stagedNode: UInt32
+    /// The open-file index the request works on (0 = none).
+    var openFile: Int
+    /// A file handle an earlier stage got (CREATE's new file, LOOKUP's answer), for the next stage.
+    var stagedHandleLength: Int
+    var stagedAttributes: FileAttributes
+    /// An exclusive CREATE's verifier, kept for the resends of the same request.
+    var createVerifier: UInt64
+    /// The journal entry a WRITE stage reserved (-1 = none), and the entry a resend stage writes.
+    var journalEntry: Int
+    var resendEntry: Int
+    /// What a COMMIT stage covers: the open's write count and the journal's answer count when sent.
+    var commitSnapshot: UInt64
+    var journalSnapshot: UInt64
+    /// The verifier a repair brings every covered entry to.
+    var resendVerifier: UInt64
+    var stagedHandleBytes: InlineArray<64, UInt8>
+    /// The hidden name of `stagedNode`, NUL-terminated.
+    var hiddenNameBytes: InlineArray<40, UInt8>
+}
+
 /// Where the callbacks find their queue and slot.
 struct NFSCallTag {
     var queue: UnsafeMutableRawPointer
@@ -87,43 +129,13 @@ final class NFSQueue: @unchecked Sendable {
     let validity: CacheValidity
     let timeoutNanoseconds: UInt64
 
-    // Per slot.
-    let states: UnsafeMutablePointer<NFSSlotState>
-    let calls: UnsafeMutablePointer<NFSCall>
-    /// The request was sent at least once (a non-idempotent call lost in flight cannot be resent).
-    let sent: UnsafeMutablePointer<Bool>
-    let requests: UnsafeMutablePointer<FUSERequest>
-    let replies: UnsafeMutablePointer<FUSEReply>
-    let tokens: UnsafeMutablePointer<CompletionToken>
-    let deadlines: UnsafeMutablePointer<UInt64>
-    /// Node records the request holds pinned until it is answered (0 = none).
-    let primaryNodes: UnsafeMutablePointer<UInt32>
-    let secondaryNodes: UnsafeMutablePointer<UInt32>
-    /// The open-file index the request works on (0 = none).
-    let openFiles: UnsafeMutablePointer<Int>
-    /// A file handle an earlier stage got (CREATE's new file, LOOKUP's answer), for the next stage.
-    let stagedHandles: UnsafeMutableRawPointer
-    let stagedHandleLengths: UnsafeMutablePointer<Int>
-    /// Attributes an earlier stage got, and what the stages have gathered so far.
-    let stagedAttributes: UnsafeMutablePointer<FileAttributes>
-    let progress: UnsafeMutablePointer<NFSProgress>
-    /// A node record a stage found (UNLINK's or RENAME's target, RELEASE's hidden file), pinned
-    /// until the request is answered (0 = none).
-    let stagedNodes: UnsafeMutablePointer<UInt32>
-    /// The hidden name of `stagedNodes[slot]`, NUL-terminated.
-    let hiddenNames: UnsafeMutableRawPointer
-    /// An exclusive CREATE's verifier, kept for the resends of the same request.
-    let createVerifiers: UnsafeMutablePointer<UInt64>
+    /// Every request's state while it is in flight (`NFSRequestState`), in the request contexts
+    /// the poller carved from its arena beside each slot.
+    let records: UnsafeMutablePointer<NFSRequestState>
+    /// Where, inside a record, its staged file handle and hidden name are (resolved once).
+    let stagedHandleOffset: Int
+    let hiddenNameOffset: Int
     let tags: UnsafeMutablePointer<NFSCallTag>
-    /// The journal entry a WRITE stage reserved (-1 = none), and the entry a resend stage writes.
-    let journalEntries: UnsafeMutablePointer<Int>
-    let resendEntries: UnsafeMutablePointer<Int>
-    /// What a COMMIT stage covers: the open's write count and the journal's answer count when sent.
-    let commitSnapshots: UnsafeMutablePointer<UInt64>
-    let journalSnapshots: UnsafeMutablePointer<UInt64>
-    /// The verifier a repair brings every covered entry to, and how many repairs this request made.
-    let resendVerifiers: UnsafeMutablePointer<UInt64>
-    let resendRounds: UnsafeMutablePointer<UInt8>
     let journal: WriteJournal
     /// This queue's number within the device.
     let queueNumber: Int32
@@ -133,8 +145,6 @@ final class NFSQueue: @unchecked Sendable {
 
     // The connections (NFSQueue+Connection.swift).
     let connections: [NFSConnection]
-    /// The connection each in-flight slot's call went out on.
-    let slotConnections: UnsafeMutablePointer<UInt8>
     var upCount = 0
     var nextConnection = 0
     /// With several connections: the epoll set of their sockets the poller sleeps on (else -1).
@@ -163,50 +173,18 @@ final class NFSQueue: @unchecked Sendable {
         connections = (0..<connectionCount).map { NFSConnection(index: $0, backoffNanoseconds: backoff) }
         epollFD = connectionCount > 1 ? epoll_create1(Int32(EPOLL_CLOEXEC)) : -1
         precondition(connectionCount == 1 || epollFD >= 0, "epoll_create1 failed: errno \(errno)")
-        slotConnections = .allocate(capacity: slotCount)
-        slotConnections.initialize(repeating: 0, count: slotCount)
-        states = .allocate(capacity: slotCount)
-        states.initialize(repeating: .free, count: slotCount)
-        calls = .allocate(capacity: slotCount)
-        calls.initialize(repeating: .none, count: slotCount)
-        sent = .allocate(capacity: slotCount)
-        sent.initialize(repeating: false, count: slotCount)
-        requests = .allocate(capacity: slotCount)
-        replies = .allocate(capacity: slotCount)
-        tokens = .allocate(capacity: slotCount)
-        deadlines = .allocate(capacity: slotCount)
-        deadlines.initialize(repeating: 0, count: slotCount)
-        primaryNodes = .allocate(capacity: slotCount)
-        primaryNodes.initialize(repeating: 0, count: slotCount)
-        secondaryNodes = .allocate(capacity: slotCount)
-        secondaryNodes.initialize(repeating: 0, count: slotCount)
-        openFiles = .allocate(capacity: slotCount)
-        openFiles.initialize(repeating: 0, count: slotCount)
-        stagedHandles = .allocate(byteCount: slotCount * nfsFileHandleBytesMax, alignment: 8)
-        stagedHandleLengths = .allocate(capacity: slotCount)
-        stagedHandleLengths.initialize(repeating: 0, count: slotCount)
-        stagedAttributes = .allocate(capacity: slotCount)
-        progress = .allocate(capacity: slotCount)
-        progress.initialize(repeating: [], count: slotCount)
-        createVerifiers = .allocate(capacity: slotCount)
-        createVerifiers.initialize(repeating: 0, count: slotCount)
-        stagedNodes = .allocate(capacity: slotCount)
-        stagedNodes.initialize(repeating: 0, count: slotCount)
-        hiddenNames = .allocate(byteCount: slotCount * HiddenName.bytesMax, alignment: 8)
-        hiddenNames.initializeMemory(as: UInt8.self, repeating: 0, count: slotCount * HiddenName.bytesMax)
+        precondition(context.requestContextStride == MemoryLayout<NFSRequestState>.stride, "request contexts not carved for NFS")
+        precondition(MemoryLayout<InlineArray<64, UInt8>>.size == nfsFileHandleBytesMax
+                     && MemoryLayout<InlineArray<40, UInt8>>.size == HiddenName.bytesMax, "record buffers out of step with the limits")
+        records = context.requestContext(slot: 0).bindMemory(to: NFSRequestState.self, capacity: slotCount)
+        for slot in 0..<slotCount {
+            // The arena zero-filled the records: a free slot, no call, no progress, no nodes.
+            records[slot].journalEntry = -1
+            records[slot].resendEntry = -1
+        }
+        stagedHandleOffset = MemoryLayout<NFSRequestState>.offset(of: \NFSRequestState.stagedHandleBytes)!
+        hiddenNameOffset = MemoryLayout<NFSRequestState>.offset(of: \NFSRequestState.hiddenNameBytes)!
         tags = .allocate(capacity: slotCount + connectionCount)
-        journalEntries = .allocate(capacity: slotCount)
-        journalEntries.initialize(repeating: -1, count: slotCount)
-        resendEntries = .allocate(capacity: slotCount)
-        resendEntries.initialize(repeating: -1, count: slotCount)
-        commitSnapshots = .allocate(capacity: slotCount)
-        commitSnapshots.initialize(repeating: 0, count: slotCount)
-        journalSnapshots = .allocate(capacity: slotCount)
-        journalSnapshots.initialize(repeating: 0, count: slotCount)
-        resendVerifiers = .allocate(capacity: slotCount)
-        resendVerifiers.initialize(repeating: 0, count: slotCount)
-        resendRounds = .allocate(capacity: slotCount)
-        resendRounds.initialize(repeating: 0, count: slotCount)
         let journalBytes = device.configuration.journalBytesPerQueue
         journal = WriteJournal(capacityBytes: journalBytes, entryCapacity: max(64, journalBytes / 1024))
         queueNumber = device.queueNumbers.add(1, ordering: .relaxed).oldValue
@@ -220,31 +198,7 @@ final class NFSQueue: @unchecked Sendable {
             if let rpc = link.rpc { rpc_destroy_context(rpc) }
         }
         if epollFD >= 0 { Glibc.close(epollFD) }
-        slotConnections.deallocate()
-        states.deallocate()
-        calls.deallocate()
-        sent.deallocate()
-        requests.deallocate()
-        replies.deallocate()
-        tokens.deallocate()
-        deadlines.deallocate()
-        primaryNodes.deallocate()
-        secondaryNodes.deallocate()
-        openFiles.deallocate()
-        stagedHandles.deallocate()
-        stagedHandleLengths.deallocate()
-        stagedAttributes.deallocate()
-        progress.deallocate()
-        createVerifiers.deallocate()
-        stagedNodes.deallocate()
-        hiddenNames.deallocate()
         tags.deallocate()
-        journalEntries.deallocate()
-        resendEntries.deallocate()
-        commitSnapshots.deallocate()
-        journalSnapshots.deallocate()
-        resendVerifiers.deallocate()
-        resendRounds.deallocate()
         gather.deallocate()
     }
 
@@ -254,6 +208,11 @@ final class NFSQueue: @unchecked Sendable {
 public struct NFSBackend: Backend {
     public let device: NFSDevice
     var queue: NFSQueue? = nil
+
+    /// Each request's stages, pins and staged answers, carved by the poller beside its slot.
+    public static var requestContextLayout: RequestContextLayout {
+        RequestContextLayout(bytes: MemoryLayout<NFSRequestState>.stride, alignment: MemoryLayout<NFSRequestState>.alignment)
+    }
 
     public init(device: NFSDevice) {
         self.device = device

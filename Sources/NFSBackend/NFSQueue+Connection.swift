@@ -81,8 +81,8 @@ extension NFSQueue {
         link.backoffNanoseconds = UInt64(device.configuration.reconnectBackoffMillisecondsMin) * 1_000_000
         // Everything that waited for a connection goes now (the server orders nothing across requests).
         guard waiting > 0 else { return }
-        for slot in 0..<slotCount where states[slot] == .waiting {
-            states[slot] = .free
+        for slot in 0..<slotCount where records[slot].state == .waiting {
+            records[slot].state = .free
             waiting -= 1
             issue(slot)
         }
@@ -181,15 +181,15 @@ extension NFSQueue {
     /// (its callback then fails it, and the rest wait for the next connection).
     func expire(now: UInt64) {
         var stalled: UInt64 = 0
-        for slot in 0..<slotCount where states[slot] != .free && deadlines[slot] <= now {
-            if states[slot] == .waiting {
-                states[slot] = .free
+        for slot in 0..<slotCount where records[slot].state != .free && records[slot].deadline <= now {
+            if records[slot].state == .waiting {
+                records[slot].state = .free
                 waiting -= 1
                 timeouts += 1
                 device.timeoutCount.add(1, ordering: .relaxed)
                 finish(slot, .io)
             } else {
-                stalled |= 1 << UInt64(slotConnections[slot])
+                stalled |= 1 << UInt64(records[slot].connection)
             }
         }
         guard stalled != 0 else { return }

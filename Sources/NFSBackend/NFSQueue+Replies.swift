@@ -17,52 +17,52 @@ extension NFSQueue {
 
     /// A stage may go again on a new connection when doing it twice does what doing it once does.
     func resendable(_ slot: Int) -> Bool {
-        switch calls[slot] {
+        switch records[slot].call {
         case .lookup, .getattr, .setattr, .readlink, .access, .read, .write, .commit, .fsstat, .readdir, .readdirplus, .resendWrite:
             return true
         case .create:
             // UNCHECKED makes or finds the same file; EXCLUSIVE carries a verifier the server matches.
-            return !progress[slot].contains(.guarded)
+            return !records[slot].progress.contains(.guarded)
         case .none, .symlink, .mknod, .mkdir, .remove, .rmdir, .rename, .link:
             return false
         }
     }
 
     func finished(_ slot: Int, status: Int32, data: UnsafeMutableRawPointer?) {
-        precondition(states[slot] == .inFlight, "an answer for a slot with nothing in flight")
-        states[slot] = .free
+        precondition(records[slot].state == .inFlight, "an answer for a slot with nothing in flight")
+        records[slot].state = .free
         inFlight -= 1
-        let link = connections[Int(slotConnections[slot])]
+        let link = connections[Int(records[slot].connection)]
         link.inFlight -= 1
         guard status == RPC_STATUS_SUCCESS, let data else {
             // The connection ended (or the answer did not decode: the connection is not to be
             // trusted either). What is safe to repeat waits for the next connection.
             link.teardownWanted = true
-            if resendable(slot) || !sent[slot] {
-                states[slot] = .waiting
+            if resendable(slot) || !records[slot].sent {
+                records[slot].state = .waiting
                 waiting += 1
             } else {
                 finish(slot, .io)
             }
             return
         }
-        switch calls[slot] {
+        switch records[slot].call {
         case .none:
             preconditionFailure("an answer for a slot without a call")
         case .lookup:
             let result = data.assumingMemoryBound(to: LOOKUP3res.self).pointee
-            if progress[slot].contains(.noReplaceCheck) {
+            if records[slot].progress.contains(.noReplaceCheck) {
                 // RENAME_NOREPLACE: the new name must not exist.
                 switch result.status.rawValue {
                 case 0: return finish(slot, .exists)
                 case 2:
-                    progress[slot].remove(.noReplaceCheck)
-                    calls[slot] = .rename
+                    records[slot].progress.remove(.noReplaceCheck)
+                    records[slot].call = .rename
                     return issue(slot)
                 default: return fail(slot, v3: result.status.rawValue)
                 }
             }
-            if progress[slot].contains(.removeCheck) || progress[slot].contains(.replaceCheck) {
+            if records[slot].progress.contains(.removeCheck) || records[slot].progress.contains(.replaceCheck) {
                 return checkedTarget(slot, result)
             }
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
@@ -74,36 +74,36 @@ extension NFSQueue {
             let result = data.assumingMemoryBound(to: GETATTR3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             var attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
-            if progress[slot].contains(.stagedTarget) {
-                stagedAttributes[slot] = attributes
-                progress[slot].insert(.haveAttributes)
+            if records[slot].progress.contains(.stagedTarget) {
+                records[slot].stagedAttributes = attributes
+                records[slot].progress.insert(.haveAttributes)
                 continueEntry(slot)
             } else {
-                if device.nodes.isHidden(primaryNodes[slot]) { attributes.linkCount = 0 }
-                replies[slot].attributes(attributes, valid: validity)
+                if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+                records[slot].reply.attributes(attributes, valid: validity)
                 complete(slot)
             }
         case .setattr:
             let result = data.assumingMemoryBound(to: SETATTR3res.self).pointee
             guard result.status.rawValue == 0 else {
                 if setIDDropRefused(slot, result) {
-                    progress[slot].insert(.asEngine)
+                    records[slot].progress.insert(.asEngine)
                     return issue(slot)
                 }
                 return fail(slot, v3: result.status.rawValue)
             }
             let after = result.SETATTR3res_u.resok.obj_wcc.after
-            if progress[slot].contains(.stagedTarget) {
+            if records[slot].progress.contains(.stagedTarget) {
                 // The exclusive CREATE's mode is set.
                 stage(slot, attributes: after)
                 continueEntry(slot)
             } else if after.attributes_follow != 0 {
                 var attributes = Self.attributes(after.post_op_attr_u.attributes)
-                if device.nodes.isHidden(primaryNodes[slot]) { attributes.linkCount = 0 }
-                replies[slot].attributes(attributes, valid: validity)
+                if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+                records[slot].reply.attributes(attributes, valid: validity)
                 complete(slot)
             } else {
-                calls[slot] = .getattr
+                records[slot].call = .getattr
                 issue(slot)
             }
         case .readlink:
@@ -111,7 +111,7 @@ extension NFSQueue {
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             guard let target = result.READLINK3res_u.resok.data else { return finish(slot, .io) }
             let length = strnlen(target, FUSELimits.symlinkTargetBytesMax + 1)
-            let reply = replies[slot]
+            let reply = records[slot].reply
             // An empty target is no symlink a server may have; one longer than PATH_MAX no guest can take.
             guard length >= 1 else { return finish(slot, .io) }
             guard length <= FUSELimits.symlinkTargetBytesMax, length <= reply.dataCapacity else {
@@ -140,12 +140,12 @@ extension NFSQueue {
             created(slot, handle: result.CREATE3res_u.resok.obj, attributes: result.CREATE3res_u.resok.obj_attributes)
         case .remove:
             let result = data.assumingMemoryBound(to: REMOVE3res.self).pointee
-            if progress[slot].contains(.removingHidden) {
+            if records[slot].progress.contains(.removingHidden) {
                 // Whatever the server says, the hidden name is this request's last business with
                 // the file (a failure leaves it on the server, as after a crash).
-                progress[slot].remove(.removingHidden)
-                if requests[slot].opcodeRaw == FUSEOpcode.rename.rawValue || requests[slot].opcodeRaw == FUSEOpcode.rename2.rawValue {
-                    calls[slot] = .rename
+                records[slot].progress.remove(.removingHidden)
+                if records[slot].request.opcodeRaw == FUSEOpcode.rename.rawValue || records[slot].request.opcodeRaw == FUSEOpcode.rename2.rawValue {
+                    records[slot].call = .rename
                     return issue(slot)
                 }
                 return succeed(slot)
@@ -158,55 +158,55 @@ extension NFSQueue {
             succeed(slot)
         case .rename:
             let result = data.assumingMemoryBound(to: RENAME3res.self).pointee
-            let isUnlink = requests[slot].opcodeRaw == FUSEOpcode.unlink.rawValue
-            if progress[slot].contains(.hiding) && result.status.rawValue == NFSStatus.crossDevice {
+            let isUnlink = records[slot].request.opcodeRaw == FUSEOpcode.unlink.rawValue
+            if records[slot].progress.contains(.hiding) && result.status.rawValue == NFSStatus.crossDevice {
                 // The file is on another file system than the export's top (a submount): it cannot
                 // be hidden, so it goes as without an open (later reads of it fail ESTALE).
-                progress[slot].remove(.hiding)
-                device.nodes.unpin(stagedNodes[slot])
-                stagedNodes[slot] = 0
-                calls[slot] = isUnlink ? .remove : .rename
+                records[slot].progress.remove(.hiding)
+                device.nodes.unpin(records[slot].stagedNode)
+                records[slot].stagedNode = 0
+                records[slot].call = isUnlink ? .remove : .rename
                 return issue(slot)
             }
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            guard progress[slot].contains(.hiding) else { return succeed(slot) }
-            progress[slot].remove(.hiding)
-            if device.nodes.hid(stagedNodes[slot]) {
+            guard records[slot].progress.contains(.hiding) else { return succeed(slot) }
+            records[slot].progress.remove(.hiding)
+            if device.nodes.hid(records[slot].stagedNode) {
                 // Its last open ended while the RENAME was in flight: remove it now.
-                progress[slot].insert(.removingHidden)
-                calls[slot] = .remove
+                records[slot].progress.insert(.removingHidden)
+                records[slot].call = .remove
                 return issue(slot)
             }
             if isUnlink { return succeed(slot) }
-            calls[slot] = .rename
+            records[slot].call = .rename
             issue(slot)
         case .link:
             let result = data.assumingMemoryBound(to: LINK3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             // The entry names the linked node: its handle, found again in the table by `continueEntry`
             // (which counts the lookup the kernel will FORGET).
-            let linked = device.nodes.handle(secondaryNodes[slot])
-            (stagedHandles + slot * nfsFileHandleBytesMax).copyMemory(from: linked.baseAddress!, byteCount: linked.count)
-            stagedHandleLengths[slot] = linked.count
-            progress[slot].insert(.haveHandle)
+            let linked = device.nodes.handle(records[slot].secondaryNode)
+            stagedHandle(bytesOf: slot).copyMemory(from: linked.baseAddress!, byteCount: linked.count)
+            records[slot].stagedHandleLength = linked.count
+            records[slot].progress.insert(.haveHandle)
             stage(slot, attributes: result.LINK3res_u.resok.file_attributes)
             continueEntry(slot)
         case .access:
             let result = data.assumingMemoryBound(to: ACCESS3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             guard accessAllowed(slot, granted: result.ACCESS3res_u.resok.access) else { return finish(slot, .accessDenied) }
-            if requests[slot].opcodeRaw == FUSEOpcode.access.rawValue { return succeed(slot) }
+            if records[slot].request.opcodeRaw == FUSEOpcode.access.rawValue { return succeed(slot) }
             // Counted since the OPEN began (`countedOpen`); the count and its pin pass to the open.
-            guard let fh = device.files.open(node: primaryNodes[slot]) else { return finish(slot, Self.ENFILE) }
-            progress[slot].remove(.countedOpen)
-            replies[slot].open(fileHandle: fh, openFlags: device.configuration.openFlags)
+            guard let fh = device.files.open(node: records[slot].primaryNode) else { return finish(slot, Self.ENFILE) }
+            records[slot].progress.remove(.countedOpen)
+            records[slot].reply.open(fileHandle: fh, openFlags: device.configuration.openFlags)
             complete(slot)
         case .read:
             let result = data.assumingMemoryBound(to: READ3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             let ok = result.READ3res_u.resok
-            let reply = replies[slot]
-            let asked = min(Int(requests[slot].arguments(as: fuse_read_in.self).size), reply.dataCapacity, device.readBytesMax)
+            let reply = records[slot].reply
+            let asked = min(Int(records[slot].request.arguments(as: fuse_read_in.self).size), reply.dataCapacity, device.readBytesMax)
             let count = Int(ok.count)
             guard count <= asked, count <= Int(ok.data.data_len), count == 0 || ok.data.data_val != nil else {
                 return finish(slot, .io)
@@ -222,50 +222,50 @@ extension NFSQueue {
             let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             let ok = result.WRITE3res_u.resok
-            let asked = min(requests[slot].payloadLength, device.writeBytesMax)
+            let asked = min(records[slot].request.payloadLength, device.writeBytesMax)
             guard Int(ok.count) <= asked else { return finish(slot, .io) }
             if ok.committed == UNSTABLE {
                 let verifier = Self.verifier(ok.verf)
-                if journalEntries[slot] >= 0 {
+                if records[slot].journalEntry >= 0 {
                     // The journal keeps the bytes until a COMMIT with this verifier covers them.
-                    journal.acknowledge(journalEntries[slot], verifier: verifier)
-                    journalEntries[slot] = -1
+                    journal.acknowledge(records[slot].journalEntry, verifier: verifier)
+                    records[slot].journalEntry = -1
                 }
-                device.files.wrote(openFiles[slot], verifier: verifier)
+                device.files.wrote(records[slot].openFile, verifier: verifier)
             }
-            replies[slot].written(bytes: ok.count)
+            records[slot].reply.written(bytes: ok.count)
             complete(slot)
         case .commit:
             let result = data.assumingMemoryBound(to: COMMIT3res.self).pointee
-            let isRelease = requests[slot].opcodeRaw == FUSEOpcode.release.rawValue
-            let fh = isRelease ? requests[slot].arguments(as: fuse_release_in.self).fh : 0
+            let isRelease = records[slot].request.opcodeRaw == FUSEOpcode.release.rawValue
+            let fh = isRelease ? records[slot].request.arguments(as: fuse_release_in.self).fh : 0
             var outcome: FUSEErrno? = nil
             if result.status.rawValue != 0 {
                 outcome = NFSStatus.errno(v3: result.status.rawValue)
             } else {
                 let verifier = Self.verifier(result.COMMIT3res_u.resok.verf)
-                let openFile = openFiles[slot]
+                let openFile = records[slot].openFile
                 var repaired = false
                 var unrepaired = false
                 if repairable(openFile) {
                     let handle = openHandle(slot)
-                    if let entry = journal.mismatch(fileHandle: handle, coveredBy: journalSnapshots[slot], verifier: verifier, from: 0) {
+                    if let entry = journal.mismatch(fileHandle: handle, coveredBy: records[slot].journalSnapshot, verifier: verifier, from: 0) {
                         // The server restarted since some of this data was written: write it again,
                         // then COMMIT again (a few rounds at most, should it keep restarting).
-                        if resendRounds[slot] < Self.repairRoundsMax {
-                            resendRounds[slot] += 1
-                            resendVerifiers[slot] = verifier
-                            resendEntries[slot] = entry
-                            calls[slot] = .resendWrite
+                        if records[slot].resendRounds < Self.repairRoundsMax {
+                            records[slot].resendRounds += 1
+                            records[slot].resendVerifier = verifier
+                            records[slot].resendEntry = entry
+                            records[slot].call = .resendWrite
                             return issue(slot)
                         }
                         unrepaired = true
                     } else {
-                        journal.releaseCommitted(fileHandle: handle, coveredBy: journalSnapshots[slot])
+                        journal.releaseCommitted(fileHandle: handle, coveredBy: records[slot].journalSnapshot)
                         repaired = true
                     }
                 }
-                if unrepaired || !device.files.committed(openFile, verifier: verifier, snapshot: commitSnapshots[slot], repaired: repaired) {
+                if unrepaired || !device.files.committed(openFile, verifier: verifier, snapshot: records[slot].commitSnapshot, repaired: repaired) {
                     outcome = .io
                 }
             }
@@ -274,10 +274,10 @@ extension NFSQueue {
                 let ended = endOpen(fh)
                 if ended.removeHidden {
                     // The kernel does not look at RELEASE's answer: the hidden name goes next.
-                    stagedNodes[slot] = ended.node
+                    records[slot].stagedNode = ended.node
                     writeHiddenName(slot)
-                    progress[slot].insert(.removingHidden)
-                    calls[slot] = .remove
+                    records[slot].progress.insert(.removingHidden)
+                    records[slot].call = .remove
                     return issue(slot)
                 }
                 if ended.node != 0 { device.nodes.unpin(ended.node) }
@@ -288,7 +288,7 @@ extension NFSQueue {
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             let ok = result.FSSTAT3res_u.resok
             let blockBytes: UInt64 = 4096
-            replies[slot].statistics(FileSystemStatistics(
+            records[slot].reply.statistics(FileSystemStatistics(
                 blocks: ok.tbytes / blockBytes, blocksFree: ok.fbytes / blockBytes, blocksAvailable: ok.abytes / blockBytes,
                 files: ok.tfiles, filesFree: ok.afiles, blockSizeBytes: UInt32(blockBytes),
                 nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: UInt32(blockBytes)))
@@ -297,26 +297,26 @@ extension NFSQueue {
             let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             let ok = result.WRITE3res_u.resok
-            let entry = resendEntries[slot]
+            let entry = records[slot].resendEntry
             guard Int(ok.count) == journal.entry(entry).pointee.length else { return finish(slot, .io) }
             let verifier = Self.verifier(ok.verf)
             device.resentWriteCount.add(1, ordering: .relaxed)
             if ok.committed == UNSTABLE {
                 journal.rewritten(entry, verifier: verifier)
             } else {
-                journal.rewritten(entry, verifier: resendVerifiers[slot])
+                journal.rewritten(entry, verifier: records[slot].resendVerifier)
                 journal.release(entry)
             }
             // A verifier that changed once more: the server restarted again, and what was resent
             // before is to be resent against the new one.
-            if ok.committed == UNSTABLE && verifier != resendVerifiers[slot] { resendVerifiers[slot] = verifier }
-            if let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: journalSnapshots[slot],
-                                           verifier: resendVerifiers[slot], from: 0) {
-                resendEntries[slot] = next
+            if ok.committed == UNSTABLE && verifier != records[slot].resendVerifier { records[slot].resendVerifier = verifier }
+            if let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
+                                           verifier: records[slot].resendVerifier, from: 0) {
+                records[slot].resendEntry = next
                 return issue(slot)
             }
-            resendEntries[slot] = -1
-            calls[slot] = .commit
+            records[slot].resendEntry = -1
+            records[slot].call = .commit
             issue(slot)
         case .readdir:
             let result = data.assumingMemoryBound(to: READDIR3res.self).pointee
@@ -335,9 +335,9 @@ extension NFSQueue {
     /// came with the refusal show it only takes set-ID bits away, it is sent once more as the
     /// engine (the guest kernel authorised it; a guest can act as any uid anyway).
     func setIDDropRefused(_ slot: Int, _ result: SETATTR3res) -> Bool {
-        guard result.status.rawValue == 1, !progress[slot].contains(.asEngine), !progress[slot].contains(.stagedTarget),
-              requests[slot].uid != 0 else { return false }
-        let fuse = requests[slot].arguments(as: fuse_setattr_in.self)
+        guard result.status.rawValue == 1, !records[slot].progress.contains(.asEngine), !records[slot].progress.contains(.stagedTarget),
+              records[slot].request.uid != 0 else { return false }
+        let fuse = records[slot].request.arguments(as: fuse_setattr_in.self)
         guard fuse.valid & ~UInt32(FATTR_FH | FATTR_LOCKOWNER) == UInt32(FATTR_MODE) else { return false }
         let after = result.SETATTR3res_u.resfail.obj_wcc.after
         guard after.attributes_follow != 0 else { return false }
@@ -354,37 +354,37 @@ extension NFSQueue {
     /// that the guest has open is hidden first (its data must outlive the name until the last
     /// RELEASE); anything else goes straight to the REMOVE or RENAME, which decides the errors.
     func checkedTarget(_ slot: Int, _ result: LOOKUP3res) {
-        let isUnlink = progress[slot].contains(.removeCheck)
-        progress[slot].remove([.removeCheck, .replaceCheck])
+        let isUnlink = records[slot].progress.contains(.removeCheck)
+        records[slot].progress.remove([.removeCheck, .replaceCheck])
         let next: NFSCall = isUnlink ? .remove : .rename
         guard result.status.rawValue == 0 else {
             // UNLINK of a name the server cannot find fails as LOOKUP did; RENAME lets the server speak.
             if isUnlink { return fail(slot, v3: result.status.rawValue) }
-            calls[slot] = next
+            records[slot].call = next
             return issue(slot)
         }
         let ok = result.LOOKUP3res_u.resok
         let length = Int(ok.object.data.data_len)
         guard ok.obj_attributes.attributes_follow != 0, length >= 1, length <= nfsFileHandleBytesMax,
               let bytes = ok.object.data.data_val else {
-            calls[slot] = next
+            records[slot].call = next
             return issue(slot)
         }
         let attributes = ok.obj_attributes.post_op_attr_u.attributes
         guard attributes.type == NF3REG, attributes.nlink == 1,
               let node = device.nodes.findPinned(handle: UnsafeRawBufferPointer(start: bytes, count: length)) else {
-            calls[slot] = next
+            records[slot].call = next
             return issue(slot)
         }
         guard device.nodes.openCount(node) > 0, !device.nodes.isHidden(node) else {
             device.nodes.unpin(node)
-            calls[slot] = next
+            records[slot].call = next
             return issue(slot)
         }
-        stagedNodes[slot] = node
+        records[slot].stagedNode = node
         writeHiddenName(slot)
-        progress[slot].insert(.hiding)
-        calls[slot] = .rename
+        records[slot].progress.insert(.hiding)
+        records[slot].call = .rename
         issue(slot)
     }
 
@@ -392,16 +392,16 @@ extension NFSQueue {
     func stage(_ slot: Int, handle: nfs_fh3) -> Bool {
         let length = Int(handle.data.data_len)
         guard length >= 1, length <= nfsFileHandleBytesMax, let bytes = handle.data.data_val else { return false }
-        (stagedHandles + slot * nfsFileHandleBytesMax).copyMemory(from: bytes, byteCount: length)
-        stagedHandleLengths[slot] = length
-        progress[slot].insert(.haveHandle)
+        stagedHandle(bytesOf: slot).copyMemory(from: bytes, byteCount: length)
+        records[slot].stagedHandleLength = length
+        records[slot].progress.insert(.haveHandle)
         return true
     }
 
     func stage(_ slot: Int, attributes: post_op_attr) {
         guard attributes.attributes_follow != 0 else { return }
-        stagedAttributes[slot] = Self.attributes(attributes.post_op_attr_u.attributes)
-        progress[slot].insert(.haveAttributes)
+        records[slot].stagedAttributes = Self.attributes(attributes.post_op_attr_u.attributes)
+        records[slot].progress.insert(.haveAttributes)
     }
 
     /// A create-like call succeeded.
@@ -416,30 +416,30 @@ extension NFSQueue {
     /// Issues whatever an entry reply still lacks, or sends it: a handle (LOOKUP of the name),
     /// the exclusive CREATE's mode (SETATTR), attributes (GETATTR).
     func continueEntry(_ slot: Int) {
-        let state = progress[slot]
+        let state = records[slot].progress
         if !state.contains(.haveHandle) {
-            calls[slot] = .lookup
+            records[slot].call = .lookup
             return issue(slot)
         }
         if state.contains(.needsModeSetattr) {
-            progress[slot].remove(.needsModeSetattr)
-            progress[slot].remove(.haveAttributes)
-            progress[slot].insert(.stagedTarget)
-            calls[slot] = .setattr
+            records[slot].progress.remove(.needsModeSetattr)
+            records[slot].progress.remove(.haveAttributes)
+            records[slot].progress.insert(.stagedTarget)
+            records[slot].call = .setattr
             return issue(slot)
         }
         if !state.contains(.haveAttributes) {
-            progress[slot].insert(.stagedTarget)
-            calls[slot] = .getattr
+            records[slot].progress.insert(.stagedTarget)
+            records[slot].call = .getattr
             return issue(slot)
         }
-        let attributes = stagedAttributes[slot]
-        let staged = UnsafeRawBufferPointer(start: stagedHandles + slot * nfsFileHandleBytesMax, count: stagedHandleLengths[slot])
+        let attributes = records[slot].stagedAttributes
+        let staged = UnsafeRawBufferPointer(start: stagedHandle(bytesOf: slot), count: records[slot].stagedHandleLength)
         guard let nodeID = device.nodes.lookup(handle: staged, kind: attributes.mode & fileTypeMask) else {
             return finish(slot, Self.ENFILE)
         }
-        let reply = replies[slot]
-        if requests[slot].opcodeRaw == FUSEOpcode.create.rawValue {
+        let reply = records[slot].reply
+        if records[slot].request.opcodeRaw == FUSEOpcode.create.rawValue {
             // The lookup just counted keeps the record alive, so the pin cannot fail.
             let node = device.nodes.pin(nodeID)!
             device.nodes.opened(node)
@@ -463,12 +463,12 @@ extension NFSQueue {
     /// READDIR: the NFS cookie of each entry is its FUSE offset, so the guest's next call goes on
     /// from the last entry that fitted, however the listing is cut.
     func listed(_ slot: Int, _ ok: READDIR3resok) {
-        let from = requests[slot].arguments(as: fuse_read_in.self).offset
-        let reply = replies[slot]
-        let request = requests[slot]
+        let from = records[slot].request.arguments(as: fuse_read_in.self).offset
+        let reply = records[slot].reply
+        let request = records[slot].request
         var writer = DirectoryEntryWriter(destination: reply.body,
                                           capacity: min(Int(request.arguments(as: fuse_read_in.self).size), reply.bodyCapacity))
-        device.files.cookieVerifiers[openFiles[slot]] = Self.verifier(ok.cookieverf)
+        device.files.cookieVerifiers[records[slot].openFile] = Self.verifier(ok.cookieverf)
         var entry = ok.reply.entries
         var entriesMax = Self.entriesPerListingMax
         while let current = entry, entriesMax > 0 {
@@ -487,12 +487,12 @@ extension NFSQueue {
     /// READDIRPLUS: every entry but "." and ".." with a handle and attributes becomes a node the
     /// kernel will FORGET; the others carry node 0 (the kernel then makes no dentry for them).
     func listedPlus(_ slot: Int, _ ok: READDIRPLUS3resok) {
-        let from = requests[slot].arguments(as: fuse_read_in.self).offset
-        let reply = replies[slot]
-        let request = requests[slot]
+        let from = records[slot].request.arguments(as: fuse_read_in.self).offset
+        let reply = records[slot].reply
+        let request = records[slot].request
         var writer = DirectoryEntryWriter(destination: reply.body,
                                           capacity: min(Int(request.arguments(as: fuse_read_in.self).size), reply.bodyCapacity))
-        device.files.cookieVerifiers[openFiles[slot]] = Self.verifier(ok.cookieverf)
+        device.files.cookieVerifiers[records[slot].openFile] = Self.verifier(ok.cookieverf)
         let none = CacheValidity(seconds: 0)
         var entry = ok.reply.entries
         var entriesMax = Self.entriesPerListingMax

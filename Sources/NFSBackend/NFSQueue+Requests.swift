@@ -17,7 +17,7 @@ struct NFSProgress: OptionSet {
     let rawValue: UInt16
     /// `stagedHandles[slot]` holds the node the entry reply names.
     static let haveHandle = NFSProgress(rawValue: 1)
-    /// `stagedAttributes[slot]` holds its attributes.
+    /// `records[slot].stagedAttributes` holds its attributes.
     static let haveAttributes = NFSProgress(rawValue: 2)
     /// An exclusive CREATE: the mode is set by a SETATTR once the file exists.
     static let needsModeSetattr = NFSProgress(rawValue: 4)
@@ -35,9 +35,9 @@ struct NFSProgress: OptionSet {
     static let removeCheck = NFSProgress(rawValue: 128)
     /// RENAME over a name: the same check for the file it would replace.
     static let replaceCheck = NFSProgress(rawValue: 256)
-    /// The RENAME of this stage moves `stagedNodes[slot]` to its hidden name.
+    /// The RENAME of this stage moves `records[slot].stagedNode` to its hidden name.
     static let hiding = NFSProgress(rawValue: 512)
-    /// The REMOVE of this stage removes `stagedNodes[slot]`'s hidden name.
+    /// The REMOVE of this stage removes `records[slot].stagedNode`'s hidden name.
     static let removingHidden = NFSProgress(rawValue: 1024)
     /// OPEN counts its node open from the start, not from the answer: an UNLINK racing the OPEN
     /// (the kernel holds no lock across them) must see the file as open and hide it.
@@ -225,7 +225,7 @@ extension NFSQueue {
     func begin(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken, call: NFSCall, secondaryID: UInt64,
                openFile: Int, progress: NFSProgress, stagedNode: UInt32 = 0) -> BackendAnswer {
         let slot = Int(token.slotIndex)
-        precondition(slot < slotCount && states[slot] == .free, "slot already busy")
+        precondition(slot < slotCount && records[slot].state == .free, "slot already busy")
         guard let primary = device.nodes.pin(request.nodeID) else {
             if stagedNode != 0 { device.nodes.unpin(stagedNode) }
             if request.opcodeRaw == FUSEOpcode.release.rawValue {
@@ -245,29 +245,29 @@ extension NFSQueue {
             }
             secondary = pinned
         }
-        stagedNodes[slot] = stagedNode
+        records[slot].stagedNode = stagedNode
         // The count holds a pin of its own, handed to the open when it succeeds.
         if progress.contains(.countedOpen) { device.nodes.opened(primary) }
-        journalEntries[slot] = -1
-        resendEntries[slot] = -1
-        resendRounds[slot] = 0
-        requests[slot] = request
-        replies[slot] = reply
-        tokens[slot] = token
-        calls[slot] = call
-        sent[slot] = false
-        primaryNodes[slot] = primary
-        secondaryNodes[slot] = secondary
-        openFiles[slot] = openFile
-        self.progress[slot] = progress
+        records[slot].journalEntry = -1
+        records[slot].resendEntry = -1
+        records[slot].resendRounds = 0
+        records[slot].request = request
+        records[slot].reply = reply
+        records[slot].token = token
+        records[slot].call = call
+        records[slot].sent = false
+        records[slot].primaryNode = primary
+        records[slot].secondaryNode = secondary
+        records[slot].openFile = openFile
+        records[slot].progress = progress
         if stagedNode != 0 { writeHiddenName(slot) }
-        stagedHandleLengths[slot] = 0
+        records[slot].stagedHandleLength = 0
         if progress.contains(.exclusive) {
             // Unique per request and kept across resends: a repeat of the same CREATE is recognised.
             createSequence &+= 1
-            createVerifiers[slot] = createSequence ^ (UInt64(truncatingIfNeeded: request.unique) << 20)
+            records[slot].createVerifier = createSequence ^ (UInt64(truncatingIfNeeded: request.unique) << 20)
         }
-        deadlines[slot] = monotonicNanoseconds() &+ timeoutNanoseconds
+        records[slot].deadline = monotonicNanoseconds() &+ timeoutNanoseconds
         pendingCount += 1
         startingSlot = slot
         startAnsweredInline = false
@@ -280,24 +280,24 @@ extension NFSQueue {
 
     /// Sends the slot's current stage, or parks it until the connection is up.
     func issue(_ slot: Int) {
-        precondition(states[slot] == .free)
+        precondition(records[slot].state == .free)
         guard let link = pickConnection(), let rpc = link.rpc else {
-            states[slot] = .waiting
+            records[slot].state = .waiting
             waiting += 1
             return
         }
-        let request = requests[slot]
-        if progress[slot].contains(.asEngine) { become(link, uid: 0, gid: 0) } else { become(link, uid: request.uid, gid: request.gid) }
+        let request = records[slot].request
+        if records[slot].progress.contains(.asEngine) { become(link, uid: 0, gid: 0) } else { become(link, uid: request.uid, gid: request.gid) }
         let tag = UnsafeMutableRawPointer(tags + slot)
         let callback = Self.completed
-        let primary = primaryNodes[slot]
+        let primary = records[slot].primaryNode
         let started: Int32
-        switch calls[slot] {
+        switch records[slot].call {
         case .none:
             preconditionFailure("a slot issued without a call")
         case .lookup:
-            let what = progress[slot].contains(.noReplaceCheck) || progress[slot].contains(.replaceCheck)
-                ? directoryOperation(secondaryNodes[slot], request.secondName) : directoryOperation(primary, request.name)
+            let what = records[slot].progress.contains(.noReplaceCheck) || records[slot].progress.contains(.replaceCheck)
+                ? directoryOperation(records[slot].secondaryNode, request.secondName) : directoryOperation(primary, request.name)
             var arguments = LOOKUP3args(what: what)
             started = rpc_nfs3_lookup_async(rpc, callback, &arguments, tag)
         case .getattr:
@@ -344,10 +344,10 @@ extension NFSQueue {
             started = rpc_nfs3_mkdir_async(rpc, callback, &arguments, tag)
         case .create:
             var how = createhow3()
-            let state = progress[slot]
+            let state = records[slot].progress
             if state.contains(.exclusive) {
                 how.mode = EXCLUSIVE
-                withUnsafeMutableBytes(of: &how.createhow3_u.verf) { $0.storeBytes(of: createVerifiers[slot], as: UInt64.self) }
+                withUnsafeMutableBytes(of: &how.createhow3_u.verf) { $0.storeBytes(of: records[slot].createVerifier, as: UInt64.self) }
             } else {
                 var attributes = sattr3()
                 if state.contains(.guarded) {
@@ -367,7 +367,7 @@ extension NFSQueue {
             var arguments = CREATE3args(where: directoryOperation(primary, request.name), how: how)
             started = rpc_nfs3_create_async(rpc, callback, &arguments, tag)
         case .remove:
-            let object = progress[slot].contains(.removingHidden)
+            let object = records[slot].progress.contains(.removingHidden)
                 ? diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot))
                 : directoryOperation(primary, request.name)
             var arguments = REMOVE3args(object: object)
@@ -377,26 +377,26 @@ extension NFSQueue {
             started = rpc_nfs3_rmdir_async(rpc, callback, &arguments, tag)
         case .rename:
             var arguments: RENAME3args
-            if progress[slot].contains(.hiding) {
+            if records[slot].progress.contains(.hiding) {
                 // UNLINK hides its name's file; RENAME the file its new name would replace.
                 let isUnlink = request.opcodeRaw == FUSEOpcode.unlink.rawValue
-                let directory = isUnlink ? primary : secondaryNodes[slot]
+                let directory = isUnlink ? primary : records[slot].secondaryNode
                 arguments = RENAME3args(from: directoryOperation(directory, isUnlink ? request.name : request.secondName),
                                         to: diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot)))
             } else {
                 arguments = RENAME3args(from: directoryOperation(primary, request.name),
-                                        to: directoryOperation(secondaryNodes[slot], request.secondName))
+                                        to: directoryOperation(records[slot].secondaryNode, request.secondName))
             }
             started = rpc_nfs3_rename_async(rpc, callback, &arguments, tag)
         case .link:
-            var arguments = LINK3args(file: handle(secondaryNodes[slot]), link: directoryOperation(primary, request.name))
+            var arguments = LINK3args(file: handle(records[slot].secondaryNode), link: directoryOperation(primary, request.name))
             started = rpc_nfs3_link_async(rpc, callback, &arguments, tag)
         case .access:
             var arguments = ACCESS3args(object: handle(primary), access: accessWanted(slot))
             started = rpc_nfs3_access_async(rpc, callback, &arguments, tag)
         case .read:
             let fuse = request.arguments(as: fuse_read_in.self)
-            let count = min(Int(fuse.size), replies[slot].dataCapacity, device.readBytesMax)
+            let count = min(Int(fuse.size), records[slot].reply.dataCapacity, device.readBytesMax)
             var arguments = READ3args(file: handle(primary), offset: fuse.offset, count: count3(count))
             started = rpc_nfs3_read_async(rpc, callback, &arguments, tag)
         case .write:
@@ -407,16 +407,16 @@ extension NFSQueue {
                                        data: .init(data_len: u_int(count), data_val: data))
             started = rpc_nfs3_write_async(rpc, callback, &arguments, tag)
         case .resendWrite:
-            let entry = journal.entry(resendEntries[slot]).pointee
+            let entry = journal.entry(records[slot].resendEntry).pointee
             var arguments = WRITE3args(file: handle(primary), offset: entry.offsetInFile, count: count3(entry.length), stable: UNSTABLE,
                                        data: .init(data_len: u_int(entry.length),
-                                                   data_val: journal.data(resendEntries[slot]).assumingMemoryBound(to: CChar.self)))
+                                                   data_val: journal.data(records[slot].resendEntry).assumingMemoryBound(to: CChar.self)))
             started = rpc_nfs3_write_async(rpc, callback, &arguments, tag)
         case .commit:
             // What this COMMIT covers: every WRITE answered before it is sent (a resend after a
             // reconnect covers the ones answered meanwhile too, which is just as true).
-            commitSnapshots[slot] = device.files.commitSnapshot(openFiles[slot])
-            journalSnapshots[slot] = journal.ackCounter
+            records[slot].commitSnapshot = device.files.commitSnapshot(records[slot].openFile)
+            records[slot].journalSnapshot = journal.ackCounter
             var arguments = COMMIT3args(file: handle(primary), offset: 0, count: 0)
             started = rpc_nfs3_commit_async(rpc, callback, &arguments, tag)
         case .fsstat:
@@ -424,12 +424,12 @@ extension NFSQueue {
             started = rpc_nfs3_fsstat_async(rpc, callback, &arguments, tag)
         case .readdir, .readdirplus:
             let fuse = request.arguments(as: fuse_read_in.self)
-            let capacity = min(Int(fuse.size), replies[slot].bodyCapacity)
+            let capacity = min(Int(fuse.size), records[slot].reply.bodyCapacity)
             var verifier = cookieverf3(0, 0, 0, 0, 0, 0, 0, 0)
             if fuse.offset != 0 {
-                withUnsafeMutableBytes(of: &verifier) { $0.storeBytes(of: device.files.cookieVerifiers[openFiles[slot]], as: UInt64.self) }
+                withUnsafeMutableBytes(of: &verifier) { $0.storeBytes(of: device.files.cookieVerifiers[records[slot].openFile], as: UInt64.self) }
             }
-            if calls[slot] == .readdir {
+            if records[slot].call == .readdir {
                 // NFS entries are about the size of FUSE's; a little more keeps the last one whole.
                 var arguments = READDIR3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier, count: count3(capacity + 512))
                 started = rpc_nfs3_readdir_async(rpc, callback, &arguments, tag)
@@ -443,12 +443,12 @@ extension NFSQueue {
             // libnfs could not even queue it: out of memory, or (-2) the arguments do not fit the
             // 4 KiB buffer libnfs 4.0 encodes every call into, which only a symlink target near
             // PATH_MAX reaches (Specs/nfs-semantics.md).
-            finish(slot, started == -2 && calls[slot] == .symlink ? .nameTooLong : .io)
+            finish(slot, started == -2 && records[slot].call == .symlink ? .nameTooLong : .io)
             return
         }
-        states[slot] = .inFlight
-        sent[slot] = true
-        slotConnections[slot] = UInt8(link.index)
+        records[slot].state = .inFlight
+        records[slot].sent = true
+        records[slot].connection = UInt8(link.index)
         link.inFlight += 1
         inFlight += 1
     }
@@ -463,12 +463,12 @@ extension NFSQueue {
     }
 
     func stagedHandle(_ slot: Int) -> nfs_fh3 {
-        nfs_fh3(data: .init(data_len: u_int(stagedHandleLengths[slot]),
-                            data_val: (stagedHandles + slot * nfsFileHandleBytesMax).assumingMemoryBound(to: CChar.self)))
+        nfs_fh3(data: .init(data_len: u_int(records[slot].stagedHandleLength),
+                            data_val: stagedHandle(bytesOf: slot).assumingMemoryBound(to: CChar.self)))
     }
 
     func target(_ slot: Int) -> nfs_fh3 {
-        progress[slot].contains(.stagedTarget) ? stagedHandle(slot) : handle(primaryNodes[slot])
+        records[slot].progress.contains(.stagedTarget) ? stagedHandle(slot) : handle(records[slot].primaryNode)
     }
 
     /// The request's names are NUL-terminated in slot memory (the decoder checked the NUL).
@@ -476,13 +476,16 @@ extension NFSQueue {
         UnsafeMutablePointer(mutating: name.baseAddress!.assumingMemoryBound(to: CChar.self))
     }
 
-    func hiddenName(_ slot: Int) -> UnsafeMutableRawPointer { hiddenNames + slot * HiddenName.bytesMax }
+    func hiddenName(_ slot: Int) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(records + slot) + hiddenNameOffset }
+
+    /// Where the slot's staged file handle is kept (at most `nfsFileHandleBytesMax` bytes).
+    func stagedHandle(bytesOf slot: Int) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(records + slot) + stagedHandleOffset }
 
     func hiddenNameC(_ slot: Int) -> UnsafeMutablePointer<CChar> { hiddenName(slot).assumingMemoryBound(to: CChar.self) }
 
     /// The hidden name of the slot's staged node.
     func writeHiddenName(_ slot: Int) {
-        HiddenName.write(instance: device.instance, nodeID: device.nodes.id(of: stagedNodes[slot]), into: hiddenName(slot))
+        HiddenName.write(instance: device.instance, nodeID: device.nodes.id(of: records[slot].stagedNode), into: hiddenName(slot))
     }
 
     func directoryOperation(_ directory: UInt32, _ name: UnsafeRawBufferPointer) -> diropargs3 {
@@ -492,8 +495,8 @@ extension NFSQueue {
     /// SETATTR's attributes: the guest's (FUSE SETATTR) or an exclusive CREATE's mode.
     func newAttributes(_ slot: Int) -> sattr3 {
         var attributes = sattr3()
-        let request = requests[slot]
-        if progress[slot].contains(.stagedTarget) {
+        let request = records[slot].request
+        if records[slot].progress.contains(.stagedTarget) {
             let mode = request.arguments(as: fuse_create_in.self).mode & 0o7777
             attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: mode))
             // The verifier was stored in the times: give the file real ones.
@@ -530,8 +533,8 @@ extension NFSQueue {
     /// Whether the bits the server granted allow the request: OPEN by its access mode, OPENDIR to
     /// read, ACCESS by its mask (a directory's "execute" is LOOKUP, its "write" any change).
     func accessAllowed(_ slot: Int, granted: UInt32) -> Bool {
-        let request = requests[slot]
-        let isDirectory = device.nodes.kind(primaryNodes[slot]) == directoryType
+        let request = records[slot].request
+        let isDirectory = device.nodes.kind(records[slot].primaryNode) == directoryType
         switch FUSEOpcode(rawValue: request.opcodeRaw) {
         case .open:
             let mode = Int32(bitPattern: request.arguments(as: fuse_open_in.self).flags) & O_ACCMODE
@@ -554,7 +557,7 @@ extension NFSQueue {
 
     /// The FUSE file handle a WRITE, FLUSH, FSYNC or RELEASE names.
     func openHandle(_ slot: Int) -> UInt64 {
-        let request = requests[slot]
+        let request = records[slot].request
         switch FUSEOpcode(rawValue: request.opcodeRaw) {
         case .write: return request.arguments(as: fuse_write_in.self).fh
         case .release: return request.arguments(as: fuse_release_in.self).fh
@@ -576,9 +579,9 @@ extension NFSQueue {
     /// journal. (FILE_SYNC instead would be safe too, but costs the server an fsync per WRITE: 5×
     /// slower here.) A resend after a reconnect takes the same path it took the first time.
     func journaledPayload(_ slot: Int, _ request: FUSERequest, count: Int) -> UnsafeMutablePointer<CChar> {
-        if journalEntries[slot] >= 0 { return journal.data(journalEntries[slot]).assumingMemoryBound(to: CChar.self) }
+        if records[slot].journalEntry >= 0 { return journal.data(records[slot].journalEntry).assumingMemoryBound(to: CChar.self) }
         let data = payload(request, count: count)
-        guard journal.isEnabled, device.files.claimWriter(openFiles[slot], queue: queueNumber) else { return data }
+        guard journal.isEnabled, device.files.claimWriter(records[slot].openFile, queue: queueNumber) else { return data }
         let fh = request.arguments(as: fuse_write_in.self).fh
         var reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
         if reserved == nil {
@@ -590,10 +593,10 @@ extension NFSQueue {
         }
         guard let entry = reserved else {
             device.unjournaledWriteCount.add(1, ordering: .relaxed)
-            device.files.giveUpRepair(openFiles[slot])
+            device.files.giveUpRepair(records[slot].openFile)
             return data
         }
-        journalEntries[slot] = entry
+        records[slot].journalEntry = entry
         let copy = journal.data(entry)
         copy.copyMemory(from: data, byteCount: count)
         return copy.assumingMemoryBound(to: CChar.self)
@@ -606,7 +609,7 @@ extension NFSQueue {
         guard journal.entryTail < journal.entryHead else { return }
         let victim = journal.entry(journal.entryTail).pointee
         guard victim.state == .acknowledged, let openFile = device.files.index(victim.fileHandle) else { return }
-        for slot in 0..<slotCount where calls[slot] == .commit || calls[slot] == .resendWrite {
+        for slot in 0..<slotCount where records[slot].call == .commit || records[slot].call == .resendWrite {
             if openHandle(slot) == victim.fileHandle { return }
         }
         device.files.giveUpRepair(openFile)
@@ -652,28 +655,28 @@ extension NFSQueue {
 
     /// Ends a request whose reply is written: unpins, frees the slot, completes the token.
     func complete(_ slot: Int) {
-        if progress[slot].contains(.countedOpen) {
+        if records[slot].progress.contains(.countedOpen) {
             // The OPEN failed: its count goes. Should that leave a file hidden meanwhile with no open,
             // its hidden name stays on the server (as after a crash): a failed OPEN racing an UNLINK.
-            _ = device.nodes.closed(primaryNodes[slot])
-            device.nodes.unpin(primaryNodes[slot])
+            _ = device.nodes.closed(records[slot].primaryNode)
+            device.nodes.unpin(records[slot].primaryNode)
         }
-        if primaryNodes[slot] != 0 { device.nodes.unpin(primaryNodes[slot]) }
-        if secondaryNodes[slot] != 0 { device.nodes.unpin(secondaryNodes[slot]) }
-        if stagedNodes[slot] != 0 { device.nodes.unpin(stagedNodes[slot]) }
+        if records[slot].primaryNode != 0 { device.nodes.unpin(records[slot].primaryNode) }
+        if records[slot].secondaryNode != 0 { device.nodes.unpin(records[slot].secondaryNode) }
+        if records[slot].stagedNode != 0 { device.nodes.unpin(records[slot].stagedNode) }
         // A WRITE that did not come back UNSTABLE keeps nothing in the journal.
-        if journalEntries[slot] >= 0 { journal.release(journalEntries[slot]) }
-        journalEntries[slot] = -1
-        resendEntries[slot] = -1
-        primaryNodes[slot] = 0
-        secondaryNodes[slot] = 0
-        stagedNodes[slot] = 0
-        states[slot] = .free
-        calls[slot] = .none
-        sent[slot] = false
-        progress[slot] = []
-        openFiles[slot] = 0
-        stagedHandleLengths[slot] = 0
+        if records[slot].journalEntry >= 0 { journal.release(records[slot].journalEntry) }
+        records[slot].journalEntry = -1
+        records[slot].resendEntry = -1
+        records[slot].primaryNode = 0
+        records[slot].secondaryNode = 0
+        records[slot].stagedNode = 0
+        records[slot].state = .free
+        records[slot].call = .none
+        records[slot].sent = false
+        records[slot].progress = []
+        records[slot].openFile = 0
+        records[slot].stagedHandleLength = 0
         pendingCount -= 1
         if slot == startingSlot {
             // Answered before `begin` returned: the poller sees `.done`, not a completion.
@@ -681,16 +684,16 @@ extension NFSQueue {
             return
         }
         completedSinceLastPoll += 1
-        context.complete(tokens[slot])
+        context.complete(records[slot].token)
     }
 
     func finish(_ slot: Int, _ errno: FUSEErrno) {
-        replies[slot].fail(errno)
+        records[slot].reply.fail(errno)
         complete(slot)
     }
 
     func succeed(_ slot: Int) {
-        replies[slot].send(bodyBytes: 0)
+        records[slot].reply.send(bodyBytes: 0)
         complete(slot)
     }
 }

@@ -477,9 +477,8 @@ extension PassthroughBackend {
             handle = pinned
         }
         defer { if let handle { device.handles.unpin(handle.index) } }
-        let isSymlink = node.kind == FileType.symlink
         if valid & UInt32(FATTR_MODE) != 0 {
-            guard !isSymlink else { return reply.fail(.notSupported) }
+            guard node.kind != FileType.symlink else { return reply.fail(.notSupported) }
             let mode = mode_t(a.mode & 0o7777)
             let result = handle.map { fchmod($0.fd, mode) } ?? fchmodat(device.procFD, procName(node.fd), mode, 0)
             guard result == 0 else {
@@ -509,36 +508,45 @@ extension PassthroughBackend {
                 return reply.fail(Self.errno(failure))
             }
         }
-        if valid & UInt32(FATTR_SIZE) != 0 {
-            let size = off_t(Int64(bitPattern: a.size))
-            if let handle {
-                guard ftruncate(handle.fd, size) == 0 else { return reply.fail(Self.lastErrno) }
-            } else {
-                guard node.kind == FileType.regular else { return reply.fail(node.kind == FileType.directory ? .isDirectory : .invalid) }
-                let fd = reopen(node, flags: O_WRONLY)
-                guard fd >= 0 else { return reply.fail(Self.lastErrno) }
-                let result = ftruncate(fd, size)
-                let failure = Self.lastErrno
-                _ = close(fd)
-                guard result == 0 else { return reply.fail(failure) }
-            }
+        if let size = arguments.newSizeBytes {
+            let failure = truncate(node, handle: handle, to: off_t(Int64(bitPattern: size)))
+            guard failure == nil else { return reply.fail(failure!) }
         }
         if valid & UInt32(FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW) != 0 {
-            var times = (timespec(tv_sec: 0, tv_nsec: Self.timeOmit), timespec(tv_sec: 0, tv_nsec: Self.timeOmit))
-            if valid & UInt32(FATTR_ATIME_NOW) != 0 { times.0.tv_nsec = Self.timeNow }
-            else if valid & UInt32(FATTR_ATIME) != 0 { times.0 = timespec(tv_sec: Int(Int64(bitPattern: a.atime)), tv_nsec: Int(a.atimensec)) }
-            if valid & UInt32(FATTR_MTIME_NOW) != 0 { times.1.tv_nsec = Self.timeNow }
-            else if valid & UInt32(FATTR_MTIME) != 0 { times.1 = timespec(tv_sec: Int(Int64(bitPattern: a.mtime)), tv_nsec: Int(a.mtimensec)) }
-            let result = withUnsafePointer(to: &times) { pair in
-                pair.withMemoryRebound(to: timespec.self, capacity: 2) { pointer -> Int32 in
-                    if let handle { return futimens(handle.fd, pointer) }
-                    if isSymlink { return utimensat(node.fd, Self.emptyPath, pointer, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) }
-                    return utimensat(device.procFD, procName(node.fd), pointer, 0)
-                }
-            }
-            guard result == 0 else { return reply.fail(Self.lastErrno) }
+            guard setTimes(a, node: node, handle: handle) == 0 else { return reply.fail(Self.lastErrno) }
         }
         return replyAttributes(node.fd, reply: reply)
+    }
+
+    /// SETATTR's size: through the open file when the kernel names one, else through a write-only
+    /// re-open of the inode (regular files only). Nil on success, else the errno.
+    mutating func truncate(_ node: PinnedNode, handle: PinnedNode?, to size: off_t) -> FUSEErrno? {
+        if let handle { return ftruncate(handle.fd, size) == 0 ? nil : Self.lastErrno }
+        guard node.kind == FileType.regular else { return node.kind == FileType.directory ? .isDirectory : .invalid }
+        let fd = reopen(node, flags: O_WRONLY)
+        guard fd >= 0 else { return Self.lastErrno }
+        let result = ftruncate(fd, size)
+        let failure = Self.lastErrno
+        _ = close(fd)
+        return result == 0 ? nil : failure
+    }
+
+    /// SETATTR's times: each given, "now", or left alone (UTIME_OMIT), with nanoseconds. A symlink's
+    /// own times are set without following it. Returns the call's result (errno set on -1).
+    func setTimes(_ a: fuse_setattr_in, node: PinnedNode, handle: PinnedNode?) -> Int32 {
+        let valid = a.valid
+        var times = (timespec(tv_sec: 0, tv_nsec: Self.timeOmit), timespec(tv_sec: 0, tv_nsec: Self.timeOmit))
+        if valid & UInt32(FATTR_ATIME_NOW) != 0 { times.0.tv_nsec = Self.timeNow }
+        else if valid & UInt32(FATTR_ATIME) != 0 { times.0 = timespec(tv_sec: Int(Int64(bitPattern: a.atime)), tv_nsec: Int(a.atimensec)) }
+        if valid & UInt32(FATTR_MTIME_NOW) != 0 { times.1.tv_nsec = Self.timeNow }
+        else if valid & UInt32(FATTR_MTIME) != 0 { times.1 = timespec(tv_sec: Int(Int64(bitPattern: a.mtime)), tv_nsec: Int(a.mtimensec)) }
+        return withUnsafePointer(to: &times) { pair in
+            pair.withMemoryRebound(to: timespec.self, capacity: 2) { pointer -> Int32 in
+                if let handle { return futimens(handle.fd, pointer) }
+                if node.kind == FileType.symlink { return utimensat(node.fd, Self.emptyPath, pointer, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) }
+                return utimensat(device.procFD, procName(node.fd), pointer, 0)
+            }
+        }
     }
 
     // MARK: Directories
