@@ -62,7 +62,7 @@ let package = Package(
         .target(name: "PassthroughBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit"], swiftSettings: swiftSettings),
         // An NFS export (NFSv3 over libnfs's raw asynchronous RPC layer): file handles, never paths;
         // each queue's own connection driven from its poller; reconnect, resend and timeouts.
-        .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix"], swiftSettings: swiftSettings),
+        .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit"], swiftSettings: swiftSettings),
         // The vhost-user control plane (socket, messages, memory regions, vring setup) and the
         // poller threads of each device's queues.
         .target(

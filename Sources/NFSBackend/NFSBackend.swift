@@ -1,3 +1,4 @@
+import BackendKit
 import CDPFS
 import DPFSCore
 import DPFSPosix
@@ -68,6 +69,47 @@ enum HiddenName {
     }
 }
 
+/// What an NFS request's stages need of its FUSE request, taken from the typed arguments when it
+/// starts (NFSBackend+Operations.swift). Names and the payload point into the slot's own memory,
+/// which lives until the request is answered, so a stage built again after a reconnect sees them.
+struct NFSRequestArguments {
+    var opcodeRaw: UInt32
+    var nodeID: UInt64
+    var uid: UInt32
+    var gid: UInt32
+    var unique: UInt64
+    /// The entry name (LOOKUP, CREATE, UNLINK, ..., RENAME's old name).
+    var name = UnsafeRawBufferPointer(start: nil, count: 0)
+    /// RENAME's new name, SYMLINK's target.
+    var secondName = UnsafeRawBufferPointer(start: nil, count: 0)
+    /// The open file (READ, WRITE, READDIR*, RELEASE*, FLUSH, FSYNC*).
+    var fh: UInt64 = 0
+    var offset: UInt64 = 0
+    /// Bytes asked for (READ, READDIR*) or carried (WRITE).
+    var size: UInt32 = 0
+    /// MKNOD's, MKDIR's and CREATE's mode.
+    var mode: UInt32 = 0
+    var rdev: UInt32 = 0
+    /// OPEN's and CREATE's open(2) flags.
+    var flags: UInt32 = 0
+    /// ACCESS's mask.
+    var mask: UInt32 = 0
+    /// WRITE's data, in place.
+    var payload: SegmentCursor? = nil
+    var setattr = fuse_setattr_in()
+
+    init<Arguments>(_ opcode: FUSEOpcode, _ operation: Operation<Arguments>) {
+        opcodeRaw = opcode.rawValue
+        nodeID = operation.nodeID
+        let caller = operation.caller
+        uid = caller.uid
+        gid = caller.gid
+        unique = operation.unique
+    }
+
+    var payloadLength: Int { Int(size) }
+}
+
 /// One request's state while the NFS backend works on it: its request context, one per slot, in
 /// the poller's arena (`NFSBackend.requestContextLayout`).
 struct NFSRequestState {
@@ -80,7 +122,7 @@ struct NFSRequestState {
     var progress: NFSProgress
     /// Repairs this request made (resend, then COMMIT again).
     var resendRounds: UInt8
-    var request: FUSERequest
+    var request: NFSRequestArguments
     var reply: FUSEReply
     var token: CompletionToken
     var deadline: UInt64
@@ -205,7 +247,7 @@ final class NFSQueue: @unchecked Sendable {
     func connectTag(_ connection: Int) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(tags + slotCount + connection) }
 }
 
-public struct NFSBackend: Backend {
+public struct NFSBackend: FileSystem {
     public let device: NFSDevice
     var queue: NFSQueue? = nil
 
@@ -270,55 +312,5 @@ public struct NFSBackend: Backend {
 
     public mutating func quiesce() {
         // Nothing to cancel: NFS calls cannot be recalled. In-flight ones finish or time out.
-    }
-
-    public mutating func handle(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
-        guard let opcode = FUSEOpcode(rawValue: request.opcodeRaw) else {
-            reply.fail(.notImplemented)
-            return .done
-        }
-        let queue = self.queue!
-        switch opcode {
-        case .forget:
-            device.nodes.forget(request.nodeID, count: request.arguments(as: fuse_forget_in.self).nlookup)
-            reply.none()
-            return .done
-        case .batchForget:
-            var cursor = request.payload
-            var remaining = request.payloadLength / 16
-            var entry = fuse_forget_one()
-            while remaining > 0 {
-                guard withUnsafeMutableBytes(of: &entry, { cursor.read(into: $0.baseAddress!, byteCount: 16) }) == 16 else { break }
-                device.nodes.forget(entry.nodeid, count: entry.nlookup)
-                remaining -= 1
-            }
-            reply.none()
-            return .done
-        case .interrupt:
-            // Nothing of ours waits for the guest; the kernel ignores this answer.
-            reply.send(bodyBytes: 0)
-            return .done
-        case .getxattr, .listxattr, .setxattr, .removexattr:
-            // NFSv3 has no extended attributes (Specs/nfs-semantics.md): as Linux's own v3 client.
-            reply.fail(.notSupported)
-            return .done
-        case .getlk, .setlk, .setlkw:
-            // Byte-range locks over v3 need the NLM side protocol, which this backend does not
-            // speak; the guest's kernel keeps them locally when the session has no POSIX locks.
-            reply.fail(.notSupported)
-            return .done
-        case .bmap, .ioctl, .poll, .setupMapping, .removeMapping, .notifyReply, .fallocate, .copyFileRange,
-             .copyFileRange64, .lseek, .tmpfile, .statx:
-            reply.fail(.notImplemented)
-            return .done
-        case .syncfs:
-            // Every WRITE is committed on FSYNC and on the last RELEASE; nothing is held here.
-            reply.send(bodyBytes: 0)
-            return .done
-        case .release, .releasedir, .flush, .fsync, .fsyncdir:
-            return queue.closeOrSync(opcode, request, reply: reply, token: token)
-        default:
-            return queue.start(opcode, request, reply: reply, token: token)
-        }
     }
 }

@@ -206,7 +206,7 @@ extension NFSQueue {
             guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
             let ok = result.READ3res_u.resok
             let reply = records[slot].reply
-            let asked = min(Int(records[slot].request.arguments(as: fuse_read_in.self).size), reply.dataCapacity, device.readBytesMax)
+            let asked = min(Int(records[slot].request.size), reply.dataCapacity, device.readBytesMax)
             let count = Int(ok.count)
             guard count <= asked, count <= Int(ok.data.data_len), count == 0 || ok.data.data_val != nil else {
                 return finish(slot, .io)
@@ -238,7 +238,7 @@ extension NFSQueue {
         case .commit:
             let result = data.assumingMemoryBound(to: COMMIT3res.self).pointee
             let isRelease = records[slot].request.opcodeRaw == FUSEOpcode.release.rawValue
-            let fh = isRelease ? records[slot].request.arguments(as: fuse_release_in.self).fh : 0
+            let fh = isRelease ? records[slot].request.fh : 0
             var outcome: FUSEErrno? = nil
             if result.status.rawValue != 0 {
                 outcome = NFSStatus.errno(v3: result.status.rawValue)
@@ -337,7 +337,7 @@ extension NFSQueue {
     func setIDDropRefused(_ slot: Int, _ result: SETATTR3res) -> Bool {
         guard result.status.rawValue == 1, !records[slot].progress.contains(.asEngine), !records[slot].progress.contains(.stagedTarget),
               records[slot].request.uid != 0 else { return false }
-        let fuse = records[slot].request.arguments(as: fuse_setattr_in.self)
+        let fuse = records[slot].request.setattr
         guard fuse.valid & ~UInt32(FATTR_FH | FATTR_LOCKOWNER) == UInt32(FATTR_MODE) else { return false }
         let after = result.SETATTR3res_u.resfail.obj_wcc.after
         guard after.attributes_follow != 0 else { return false }
@@ -463,11 +463,11 @@ extension NFSQueue {
     /// READDIR: the NFS cookie of each entry is its FUSE offset, so the guest's next call goes on
     /// from the last entry that fitted, however the listing is cut.
     func listed(_ slot: Int, _ ok: READDIR3resok) {
-        let from = records[slot].request.arguments(as: fuse_read_in.self).offset
+        let from = records[slot].request.offset
         let reply = records[slot].reply
         let request = records[slot].request
         var writer = DirectoryEntryWriter(destination: reply.body,
-                                          capacity: min(Int(request.arguments(as: fuse_read_in.self).size), reply.bodyCapacity))
+                                          capacity: min(Int(request.size), reply.bodyCapacity))
         device.files.cookieVerifiers[records[slot].openFile] = Self.verifier(ok.cookieverf)
         var entry = ok.reply.entries
         var entriesMax = Self.entriesPerListingMax
@@ -487,11 +487,11 @@ extension NFSQueue {
     /// READDIRPLUS: every entry but "." and ".." with a handle and attributes becomes a node the
     /// kernel will FORGET; the others carry node 0 (the kernel then makes no dentry for them).
     func listedPlus(_ slot: Int, _ ok: READDIRPLUS3resok) {
-        let from = records[slot].request.arguments(as: fuse_read_in.self).offset
+        let from = records[slot].request.offset
         let reply = records[slot].reply
         let request = records[slot].request
         var writer = DirectoryEntryWriter(destination: reply.body,
-                                          capacity: min(Int(request.arguments(as: fuse_read_in.self).size), reply.bodyCapacity))
+                                          capacity: min(Int(request.size), reply.bodyCapacity))
         device.files.cookieVerifiers[records[slot].openFile] = Self.verifier(ok.cookieverf)
         let none = CacheValidity(seconds: 0)
         var entry = ok.reply.entries

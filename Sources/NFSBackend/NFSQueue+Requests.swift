@@ -71,108 +71,6 @@ extension NFSQueue {
 
     // MARK: - Starting a request
 
-    /// Every opcode that becomes RPCs (the rest are answered by NFSBackend.handle).
-    func start(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
-        if let refused = Self.reservedNameErrno(opcode, request) {
-            reply.fail(refused)
-            return .done
-        }
-        var call: NFSCall
-        var secondaryID: UInt64 = 0
-        var openFile = 0
-        var progress: NFSProgress = []
-        switch opcode {
-        case .lookup: call = .lookup
-        case .getattr: call = .getattr
-        case .setattr:
-            // NFSv3 times are unsigned 32-bit seconds (1970...2106): a time outside is refused
-            // rather than wrapped into a different one.
-            let fuse = request.arguments(as: fuse_setattr_in.self)
-            let explicitAtime = fuse.valid & UInt32(FATTR_ATIME) != 0 && fuse.valid & UInt32(FATTR_ATIME_NOW) == 0
-            let explicitMtime = fuse.valid & UInt32(FATTR_MTIME) != 0 && fuse.valid & UInt32(FATTR_MTIME_NOW) == 0
-            if (explicitAtime && fuse.atime > UInt64(UInt32.max)) || (explicitMtime && fuse.mtime > UInt64(UInt32.max)) {
-                reply.fail(.invalid)
-                return .done
-            }
-            call = .setattr
-        case .readlink: call = .readlink
-        case .symlink: call = .symlink
-        case .mknod:
-            // NFSv3 MKNOD makes devices, sockets and FIFOs; a regular file is a CREATE that must not
-            // replace one that exists (mknod's EEXIST).
-            let mode = request.arguments(as: fuse_mknod_in.self).mode
-            if mode & fileTypeMask == regularType || mode & fileTypeMask == 0 {
-                call = .create
-                progress = .guarded
-            } else {
-                call = .mknod
-            }
-        case .mkdir: call = .mkdir
-        case .create:
-            call = .create
-            if Int32(bitPattern: request.arguments(as: fuse_create_in.self).flags) & O_EXCL != 0 {
-                progress = [.exclusive, .needsModeSetattr]
-            }
-        case .unlink:
-            call = .lookup
-            progress = .removeCheck
-        case .rmdir: call = .rmdir
-        case .rename:
-            call = .lookup
-            progress = .replaceCheck
-            secondaryID = request.arguments(as: fuse_rename_in.self).newdir
-        case .rename2:
-            let arguments = request.arguments(as: fuse_rename2_in.self)
-            // NFSv3 RENAME always replaces and cannot exchange: EXCHANGE (and whiteouts) are
-            // refused as by Linux's own NFS client; NOREPLACE looks first.
-            guard arguments.flags & ~UInt32(RENAME_NOREPLACE) == 0 else { reply.fail(.invalid); return .done }
-            call = .lookup
-            progress = arguments.flags == 0 ? .replaceCheck : .noReplaceCheck
-            secondaryID = arguments.newdir
-        case .link:
-            call = .link
-            secondaryID = request.arguments(as: fuse_link_in.self).oldnodeid
-        case .open, .opendir:
-            call = .access
-            progress = .countedOpen
-        case .access:
-            // F_OK: the node exists, or the kernel would not have its id.
-            guard request.arguments(as: fuse_access_in.self).mask & 7 != 0 else { reply.send(bodyBytes: 0); return .done }
-            call = .access
-        case .read, .write, .readdir, .readdirplus:
-            let fh = opcode == .write ? request.arguments(as: fuse_write_in.self).fh : request.arguments(as: fuse_read_in.self).fh
-            guard let index = device.files.index(fh) else { reply.fail(.badFileDescriptor); return .done }
-            openFile = index
-            call = switch opcode {
-            case .read: .read
-            case .write: .write
-            case .readdir: .readdir
-            default: .readdirplus
-            }
-        case .statfs: call = .fsstat
-        default:
-            reply.fail(.notImplemented)
-            return .done
-        }
-        return begin(request, reply: reply, token: token, call: call, secondaryID: secondaryID, openFile: openFile,
-                     progress: progress)
-    }
-
-    /// Names with the hidden-file prefix belong to the engine: they do not exist for LOOKUP, and
-    /// nothing may be created, removed or renamed under them.
-    static func reservedNameErrno(_ opcode: FUSEOpcode, _ request: FUSERequest) -> FUSEErrno? {
-        switch opcode {
-        case .lookup:
-            return HiddenName.isReserved(request.name) ? .noEntry : nil
-        case .unlink, .rmdir, .mkdir, .mknod, .create, .symlink, .link:
-            return HiddenName.isReserved(request.name) ? .notPermitted : nil
-        case .rename, .rename2:
-            return HiddenName.isReserved(request.name) || HiddenName.isReserved(request.secondName) ? .notPermitted : nil
-        default:
-            return nil
-        }
-    }
-
     /// Ends an open: its node's open count drops, and the caller owns the open's pin (`node`, 0 when
     /// `fh` was not open). `removeHidden`: it was the last open of a hidden file, which the caller
     /// must now remove.
@@ -183,11 +81,11 @@ extension NFSQueue {
     }
     /// FLUSH, FSYNC and RELEASE COMMIT what this open wrote unstably; RELEASE then forgets the open.
     /// An open whose data the server may have lost (its write verifier changed) fails them EIO.
-    func closeOrSync(_ opcode: FUSEOpcode, _ request: FUSERequest, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
+    func closeOrSync(_ opcode: FUSEOpcode, _ request: NFSRequestArguments, reply: FUSEReply, token: CompletionToken) -> BackendAnswer {
         let files = device.files
         switch opcode {
         case .releasedir:
-            let ended = endOpen(request.arguments(as: fuse_release_in.self).fh)
+            let ended = endOpen(request.fh)
             if ended.node != 0 { device.nodes.unpin(ended.node) }
             reply.send(bodyBytes: 0)
             return .done
@@ -196,7 +94,7 @@ extension NFSQueue {
             reply.send(bodyBytes: 0)
             return .done
         case .release:
-            let fh = request.arguments(as: fuse_release_in.self).fh
+            let fh = request.fh
             guard let index = files.index(fh) else { reply.send(bodyBytes: 0); return .done }
             if files.isDirty(index) {
                 return begin(request, reply: reply, token: token, call: .commit, secondaryID: 0, openFile: index, progress: [])
@@ -211,7 +109,7 @@ extension NFSQueue {
             return begin(request, reply: reply, token: token, call: .remove, secondaryID: 0, openFile: 0,
                          progress: .removingHidden, stagedNode: ended.node)
         default:
-            let fh = opcode == .flush ? request.arguments(as: fuse_flush_in.self).fh : request.arguments(as: fuse_fsync_in.self).fh
+            let fh = request.fh
             guard let index = files.index(fh) else { reply.fail(.badFileDescriptor); return .done }
             // A changed verifier is repaired from the journal when this queue holds all the open's data.
             if files.hasLostData(index) && !repairable(index) { reply.fail(.io); return .done }
@@ -222,14 +120,14 @@ extension NFSQueue {
 
     /// Records the request on its slot, pins its nodes and issues the first stage.
     /// `stagedNode`: a node record the caller holds pinned, handed to the slot.
-    func begin(_ request: FUSERequest, reply: FUSEReply, token: CompletionToken, call: NFSCall, secondaryID: UInt64,
+    func begin(_ request: NFSRequestArguments, reply: FUSEReply, token: CompletionToken, call: NFSCall, secondaryID: UInt64,
                openFile: Int, progress: NFSProgress, stagedNode: UInt32 = 0) -> BackendAnswer {
         let slot = Int(token.slotIndex)
         precondition(slot < slotCount && records[slot].state == .free, "slot already busy")
         guard let primary = device.nodes.pin(request.nodeID) else {
             if stagedNode != 0 { device.nodes.unpin(stagedNode) }
             if request.opcodeRaw == FUSEOpcode.release.rawValue {
-                let ended = endOpen(request.arguments(as: fuse_release_in.self).fh)
+                let ended = endOpen(request.fh)
                 if ended.node != 0 { device.nodes.unpin(ended.node) }
             }
             reply.fail(Self.ESTALE)
@@ -314,7 +212,7 @@ extension NFSQueue {
                                          symlink: symlinkdata3(symlink_attributes: sattr3(), symlink_data: cString(request.secondName)))
             started = rpc_nfs3_symlink_async(rpc, callback, &arguments, tag)
         case .mknod:
-            let fuse = request.arguments(as: fuse_mknod_in.self)
+            let fuse = request
             var what = mknoddata3()
             var attributes = sattr3()
             attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
@@ -339,7 +237,7 @@ extension NFSQueue {
             started = rpc_nfs3_mknod_async(rpc, callback, &arguments, tag)
         case .mkdir:
             var attributes = sattr3()
-            attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.arguments(as: fuse_mkdir_in.self).mode & 0o7777))
+            attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.mode & 0o7777))
             var arguments = MKDIR3args(where: directoryOperation(primary, request.name), attributes: attributes)
             started = rpc_nfs3_mkdir_async(rpc, callback, &arguments, tag)
         case .create:
@@ -352,10 +250,10 @@ extension NFSQueue {
                 var attributes = sattr3()
                 if state.contains(.guarded) {
                     how.mode = GUARDED
-                    attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.arguments(as: fuse_mknod_in.self).mode & 0o7777))
+                    attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.mode & 0o7777))
                 } else {
                     how.mode = UNCHECKED
-                    let fuse = request.arguments(as: fuse_create_in.self)
+                    let fuse = request
                     attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
                     // O_TRUNC of a file that exists: UNCHECKED applies only the size to it.
                     if Int32(bitPattern: fuse.flags) & O_TRUNC != 0 {
@@ -395,12 +293,12 @@ extension NFSQueue {
             var arguments = ACCESS3args(object: handle(primary), access: accessWanted(slot))
             started = rpc_nfs3_access_async(rpc, callback, &arguments, tag)
         case .read:
-            let fuse = request.arguments(as: fuse_read_in.self)
+            let fuse = request
             let count = min(Int(fuse.size), records[slot].reply.dataCapacity, device.readBytesMax)
             var arguments = READ3args(file: handle(primary), offset: fuse.offset, count: count3(count))
             started = rpc_nfs3_read_async(rpc, callback, &arguments, tag)
         case .write:
-            let fuse = request.arguments(as: fuse_write_in.self)
+            let fuse = request
             let count = min(request.payloadLength, device.writeBytesMax)
             let data = journaledPayload(slot, request, count: count)
             var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: UNSTABLE,
@@ -423,7 +321,7 @@ extension NFSQueue {
             var arguments = FSSTAT3args(fsroot: handle(primary))
             started = rpc_nfs3_fsstat_async(rpc, callback, &arguments, tag)
         case .readdir, .readdirplus:
-            let fuse = request.arguments(as: fuse_read_in.self)
+            let fuse = request
             let capacity = min(Int(fuse.size), records[slot].reply.bodyCapacity)
             var verifier = cookieverf3(0, 0, 0, 0, 0, 0, 0, 0)
             if fuse.offset != 0 {
@@ -497,14 +395,14 @@ extension NFSQueue {
         var attributes = sattr3()
         let request = records[slot].request
         if records[slot].progress.contains(.stagedTarget) {
-            let mode = request.arguments(as: fuse_create_in.self).mode & 0o7777
+            let mode = request.mode & 0o7777
             attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: mode))
             // The verifier was stored in the times: give the file real ones.
             attributes.atime = set_atime(set_it: SET_TO_SERVER_TIME, set_atime_u: .init())
             attributes.mtime = set_mtime(set_it: SET_TO_SERVER_TIME, set_mtime_u: .init())
             return attributes
         }
-        let fuse = request.arguments(as: fuse_setattr_in.self)
+        let fuse = request.setattr
         let valid = fuse.valid
         if valid & UInt32(FATTR_MODE) != 0 { attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777)) }
         if valid & UInt32(FATTR_UID) != 0 { attributes.uid = set_uid3(set_it: 1, set_uid3_u: .init(uid: fuse.uid)) }
@@ -537,14 +435,14 @@ extension NFSQueue {
         let isDirectory = device.nodes.kind(records[slot].primaryNode) == directoryType
         switch FUSEOpcode(rawValue: request.opcodeRaw) {
         case .open:
-            let mode = Int32(bitPattern: request.arguments(as: fuse_open_in.self).flags) & O_ACCMODE
+            let mode = Int32(bitPattern: request.flags) & O_ACCMODE
             if mode != O_WRONLY && granted & NFSAccess.read == 0 { return false }
             if mode != O_RDONLY && granted & NFSAccess.modify == 0 { return false }
             return true
         case .opendir:
             return granted & NFSAccess.read != 0
         default:
-            let mask = request.arguments(as: fuse_access_in.self).mask
+            let mask = request.mask
             if mask & 4 != 0 && granted & NFSAccess.read == 0 { return false }
             if mask & 2 != 0 {
                 let changes = isDirectory ? NFSAccess.modify | NFSAccess.extend | NFSAccess.delete : NFSAccess.modify
@@ -559,10 +457,10 @@ extension NFSQueue {
     func openHandle(_ slot: Int) -> UInt64 {
         let request = records[slot].request
         switch FUSEOpcode(rawValue: request.opcodeRaw) {
-        case .write: return request.arguments(as: fuse_write_in.self).fh
-        case .release: return request.arguments(as: fuse_release_in.self).fh
-        case .flush: return request.arguments(as: fuse_flush_in.self).fh
-        case .fsync: return request.arguments(as: fuse_fsync_in.self).fh
+        case .write: return request.fh
+        case .release: return request.fh
+        case .flush: return request.fh
+        case .fsync: return request.fh
         default: return 0
         }
     }
@@ -578,18 +476,18 @@ extension NFSQueue {
     /// longer be repaired: a changed verifier then fails its next FSYNC with EIO, as without a
     /// journal. (FILE_SYNC instead would be safe too, but costs the server an fsync per WRITE: 5×
     /// slower here.) A resend after a reconnect takes the same path it took the first time.
-    func journaledPayload(_ slot: Int, _ request: FUSERequest, count: Int) -> UnsafeMutablePointer<CChar> {
+    func journaledPayload(_ slot: Int, _ request: NFSRequestArguments, count: Int) -> UnsafeMutablePointer<CChar> {
         if records[slot].journalEntry >= 0 { return journal.data(records[slot].journalEntry).assumingMemoryBound(to: CChar.self) }
         let data = payload(request, count: count)
         guard journal.isEnabled, device.files.claimWriter(records[slot].openFile, queue: queueNumber) else { return data }
-        let fh = request.arguments(as: fuse_write_in.self).fh
-        var reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
+        let fh = request.fh
+        var reserved = journal.reserve(fileHandle: fh, offsetInFile: request.offset, length: count)
         if reserved == nil {
             // Entries of opens that ended through another queue are only found by looking; an
             // open that holds the tail uncommitted for long gives up its repair so the ring moves.
             reclaimClosedEntries()
             if journal.isFull(forLength: count) { evictTailOpen() }
-            reserved = journal.reserve(fileHandle: fh, offsetInFile: request.arguments(as: fuse_write_in.self).offset, length: count)
+            reserved = journal.reserve(fileHandle: fh, offsetInFile: request.offset, length: count)
         }
         guard let entry = reserved else {
             device.unjournaledWriteCount.add(1, ordering: .relaxed)
@@ -628,8 +526,8 @@ extension NFSQueue {
 
     /// WRITE data: the guest's memory in place when it is one segment, else gathered (libnfs
     /// encodes the call before returning, so one gather buffer serves the whole queue).
-    func payload(_ request: FUSERequest, count: Int) -> UnsafeMutablePointer<CChar> {
-        var cursor = request.payload
+    func payload(_ request: NFSRequestArguments, count: Int) -> UnsafeMutablePointer<CChar> {
+        var cursor = request.payload!
         let index = Int(cursor.position.index)
         if index < cursor.count {
             let segment = cursor.segments[index]

@@ -2,12 +2,15 @@ import DPFSCore
 import DPFSTestSupport
 import ExampleBackend
 import FUSEWire
+import Foundation
+import NFSBackend
 import NullBackend
 import PassthroughBackend
 import Testing
 
 // Every backend through the conformance suite (DPFSTestSupport/Conformance.swift). The NFS backend
-// joins when it is ported onto the kit (it needs a real nfs-ganesha, started by a tools/ script).
+// needs a real server: tools/test-conformance-nfs.sh starts nfs-ganesha on loopback and runs this
+// suite with DPFS_CONFORMANCE_NFS_URL set (a step of tools/test.sh, so CI always runs it).
 
 @Suite struct ConformanceTests {
     @Test("the null backend conforms (a fixed namespace: the shared checks)")
@@ -19,6 +22,15 @@ import Testing
     func passthrough() throws {
         let directory = SharedDirectory()
         #expect(Conformance.run(try makeClient(directory), [.storesFiles]) == [])
+    }
+
+    @Test("the NFS backend conforms, against a real nfs-ganesha",
+          .enabled(if: ProcessInfo.processInfo.environment["DPFS_CONFORMANCE_NFS_URL"] != nil,
+                   "needs the server tools/test-conformance-nfs.sh starts"))
+    func nfs() throws {
+        let url = try NFSURL.parse(ProcessInfo.processInfo.environment["DPFS_CONFORMANCE_NFS_URL"]!)
+        let device = try NFSDevice(configuration: NFSConfiguration(url: url, validity: CacheValidity(seconds: 0)))
+        #expect(Conformance.run(FUSEClient(backend: NFSBackend(device: device)), [.storesFiles]) == [])
     }
 
     @Test("the guide's example backend conforms")
