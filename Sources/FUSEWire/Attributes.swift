@@ -111,3 +111,26 @@ public struct FileSystemStatistics: Equatable, Sendable {
         self.fragmentSizeBytes = fragmentSizeBytes
     }
 }
+
+/// st_mode's file-type bits, defined once for every backend (the C macros are visible twice,
+/// through Glibc and CDPFS, and are Int32).
+public enum FileType {
+    public static let mask: UInt32 = 0o170000
+    public static let directory: UInt32 = 0o040000
+    public static let regular: UInt32 = 0o100000
+    public static let symlink: UInt32 = 0o120000
+    public static let characterDevice: UInt32 = 0o020000
+    public static let blockDevice: UInt32 = 0o060000
+    public static let socket: UInt32 = 0o140000
+    public static let fifo: UInt32 = 0o010000
+}
+
+/// A directory entry's type (d_type, as READDIR entries carry it): st_mode's type bits >> 12.
+public enum DirentType {
+    public static let directory: UInt32 = 4
+    public static let regular: UInt32 = 8
+    public static let symlink: UInt32 = 10
+
+    /// The entry type of a file with `mode`.
+    @inlinable public static func of(mode: UInt32) -> UInt32 { (mode & FileType.mask) >> 12 }
+}

@@ -52,8 +52,8 @@ extension NFSBackend {
         var request = named(.mknod, operation, name)
         request.mode = operation.arguments.mode
         request.rdev = operation.arguments.rdev
-        let kind = request.mode & fileTypeMask
-        if kind == regularType || kind == 0 { return start(request, reply.wire, operation.token, call: .create, progress: .guarded) }
+        let kind = request.mode & FileType.mask
+        if kind == FileType.regular || kind == 0 { return start(request, reply.wire, operation.token, call: .create, progress: .guarded) }
         return start(request, reply.wire, operation.token, call: .mknod)
     }
 

@@ -52,9 +52,9 @@ public final class NFSDevice: @unchecked Sendable {
         readBytesMax = limits.read
         writeBytesMax = limits.write
         let hidden = try Self.hiddenDirectory(url, root: root, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
-        let nodes = root.withUnsafeBytes { FileHandleTable(capacity: configuration.nodesMax, rootHandle: $0, rootKind: 0o040000) }
+        let nodes = root.withUnsafeBytes { FileHandleTable(capacity: configuration.nodesMax, rootHandle: $0, rootKind: FileType.directory) }
         // Its own pin keeps the record when a new session forgets every node.
-        let hiddenID = hidden.withUnsafeBytes { nodes.lookup(handle: $0, kind: 0o040000) }!
+        let hiddenID = hidden.withUnsafeBytes { nodes.lookup(handle: $0, kind: FileType.directory) }!
         hiddenDirectory = nodes.pin(hiddenID)!
         self.nodes = nodes
         files = OpenFileTable(capacity: configuration.openFilesMax)

@@ -435,7 +435,7 @@ extension NFSQueue {
         }
         let attributes = records[slot].stagedAttributes
         let staged = UnsafeRawBufferPointer(start: stagedHandle(bytesOf: slot), count: records[slot].stagedHandleLength)
-        guard let nodeID = device.nodes.lookup(handle: staged, kind: attributes.mode & fileTypeMask) else {
+        guard let nodeID = device.nodes.lookup(handle: staged, kind: attributes.mode & FileType.mask) else {
             return finish(slot, Self.ENFILE)
         }
         let reply = records[slot].reply
@@ -516,7 +516,7 @@ extension NFSQueue {
                 let length = Int(handle.data.data_len)
                 if length >= 1, length <= nfsFileHandleBytesMax, let bytes = handle.data.data_val {
                     guard let id = device.nodes.lookup(handle: UnsafeRawBufferPointer(start: bytes, count: length),
-                                                       kind: attributes.mode & fileTypeMask) else {
+                                                       kind: attributes.mode & FileType.mask) else {
                         if writer.bytesWritten == 0 { return finish(slot, Self.ENFILE) }
                         break
                     }
@@ -526,7 +526,7 @@ extension NFSQueue {
             let validity = nodeID == 0 ? none : self.validity
             let appended = writer.appendPlus(nodeID: nodeID, generation: 0, entryValid: validity, attrValid: validity,
                                              attributes: attributes, nextOffset: value.cookie,
-                                             type: (attributes.mode & fileTypeMask) >> 12, name: name)
+                                             type: (attributes.mode & FileType.mask) >> 12, name: name)
             precondition(appended, "an entry that was measured to fit did not")
         }
         reply.send(bodyBytes: writer.bytesWritten)
@@ -559,13 +559,13 @@ extension NFSQueue {
     /// fattr3 → fuse_attr: the type becomes st_mode's type bits, the blocks are 512-byte units.
     static func attributes(_ a: fattr3) -> FileAttributes {
         let type: UInt32 = switch a.type.rawValue {
-        case 2: directoryType
-        case 3: 0o060000
-        case 4: 0o020000
-        case 5: 0o120000
-        case 6: 0o140000
-        case 7: 0o010000
-        default: regularType
+        case 2: FileType.directory
+        case 3: FileType.blockDevice
+        case 4: FileType.characterDevice
+        case 5: FileType.symlink
+        case 6: FileType.socket
+        case 7: FileType.fifo
+        default: FileType.regular
         }
         return FileAttributes(
             inode: a.fileid, sizeBytes: a.size, blocks: a.used / 512 + (a.used % 512 == 0 ? 0 : 1),

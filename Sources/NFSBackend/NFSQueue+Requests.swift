@@ -57,9 +57,6 @@ enum NFSAccess {
     static let execute: UInt32 = 0x20
 }
 
-let fileTypeMask: UInt32 = 0o170000
-let directoryType: UInt32 = 0o040000
-let regularType: UInt32 = 0o100000
 
 extension NFSQueue {
     static let ENFILE = FUSEErrno(23)
@@ -216,10 +213,10 @@ extension NFSQueue {
             var what = mknoddata3()
             var attributes = sattr3()
             attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
-            switch fuse.mode & fileTypeMask {
-            case 0o020000, 0o060000:
+            switch fuse.mode & FileType.mask {
+            case FileType.characterDevice, FileType.blockDevice:
                 let device = devicedata3(dev_attributes: attributes, spec: specdata3(specdata1: Self.major(fuse.rdev), specdata2: Self.minor(fuse.rdev)))
-                if fuse.mode & fileTypeMask == 0o020000 {
+                if fuse.mode & FileType.mask == FileType.characterDevice {
                     what.type = NF3CHR
                     what.mknoddata3_u.chr_device = device
                 } else {
@@ -432,7 +429,7 @@ extension NFSQueue {
     /// read, ACCESS by its mask (a directory's "execute" is LOOKUP, its "write" any change).
     func accessAllowed(_ slot: Int, granted: UInt32) -> Bool {
         let request = records[slot].request
-        let isDirectory = device.nodes.kind(records[slot].primaryNode) == directoryType
+        let isDirectory = device.nodes.kind(records[slot].primaryNode) == FileType.directory
         switch FUSEOpcode(rawValue: request.opcodeRaw) {
         case .open:
             let mode = Int32(bitPattern: request.flags) & O_ACCMODE

@@ -36,11 +36,6 @@ public struct NullBackend: FileSystem {
     @usableFromInline let fileAttributes: FileAttributes
     public private(set) var session: NegotiatedSession?
 
-    // Linux st_mode bits and dirent types.
-    @usableFromInline static let modeDirectory: UInt32 = 0o040000
-    @usableFromInline static let modeRegular: UInt32 = 0o100000
-    @usableFromInline static let direntTypeDirectory: UInt32 = 4
-    @usableFromInline static let direntTypeRegular: UInt32 = 8
     @usableFromInline static let lockTypeUnlocked: UInt32 = 2        // F_UNLCK
     @usableFromInline static let statxBasicStats: UInt32 = 0x7FF     // STATX_BASIC_STATS
     @usableFromInline static let openExclusive: UInt32 = 0o200       // O_EXCL
@@ -57,12 +52,12 @@ public struct NullBackend: FileSystem {
         fileNameLength = length
         rootAttributes = FileAttributes(
             inode: Self.rootNodeID, sizeBytes: 4096, blocks: 8, accessTime: startTime, modificationTime: startTime,
-            changeTime: startTime, mode: Self.modeDirectory | 0o755, linkCount: 2, uid: 0, gid: 0, rdev: 0,
+            changeTime: startTime, mode: FileType.directory | 0o755, linkCount: 2, uid: 0, gid: 0, rdev: 0,
             blockSizeBytes: 4096)
         fileAttributes = FileAttributes(
             inode: Self.fileNodeID, sizeBytes: configuration.fileSizeBytes,
             blocks: (configuration.fileSizeBytes + 511) / 512, accessTime: startTime, modificationTime: startTime,
-            changeTime: startTime, mode: Self.modeRegular | 0o666, linkCount: 1, uid: 0, gid: 0, rdev: 0,
+            changeTime: startTime, mode: FileType.regular | 0o666, linkCount: 1, uid: 0, gid: 0, rdev: 0,
             blockSizeBytes: 4096)
     }
 
@@ -250,21 +245,21 @@ public struct NullBackend: FileSystem {
                     if plus {
                         let none = FileAttributes(inode: Self.rootNodeID, sizeBytes: 0, blocks: 0, accessTime: FUSETime(seconds: 0),
                                                   modificationTime: FUSETime(seconds: 0), changeTime: FUSETime(seconds: 0),
-                                                  mode: Self.modeDirectory, linkCount: 0, uid: 0, gid: 0, rdev: 0, blockSizeBytes: 0)
+                                                  mode: FileType.directory, linkCount: 0, uid: 0, gid: 0, rdev: 0, blockSizeBytes: 0)
                         return writer.appendPlus(nodeID: 0, generation: 0, entryValid: CacheValidity(seconds: 0),
                                                  attrValid: CacheValidity(seconds: 0), attributes: none,
-                                                 nextOffset: position + 1, type: Self.direntTypeDirectory, name: name)
+                                                 nextOffset: position + 1, type: DirentType.directory, name: name)
                     }
-                    return writer.append(inode: Self.rootNodeID, nextOffset: position + 1, type: Self.direntTypeDirectory, name: name)
+                    return writer.append(inode: Self.rootNodeID, nextOffset: position + 1, type: DirentType.directory, name: name)
                 }
             default:
                 fits = withUnsafeBytes(of: fileName) { all in
                     let name = UnsafeRawBufferPointer(rebasing: all[0..<fileNameLength])
                     if plus {
                         return writer.appendPlus(nodeID: Self.fileNodeID, generation: 0, entryValid: validity, attrValid: validity,
-                                                 attributes: fileAttributes, nextOffset: 3, type: Self.direntTypeRegular, name: name)
+                                                 attributes: fileAttributes, nextOffset: 3, type: DirentType.regular, name: name)
                     }
-                    return writer.append(inode: Self.fileNodeID, nextOffset: 3, type: Self.direntTypeRegular, name: name)
+                    return writer.append(inode: Self.fileNodeID, nextOffset: 3, type: DirentType.regular, name: name)
                 }
             }
             if !fits { break }

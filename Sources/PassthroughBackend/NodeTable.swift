@@ -40,14 +40,6 @@ public struct PinnedNode: Sendable {
     }
 }
 
-/// st_mode's file-type bits (the C macros are visible twice, through Glibc and CDPFS).
-public enum FileType {
-    public static let mask: UInt32 = 0o170000
-    public static let directory: UInt32 = 0o040000
-    public static let regular: UInt32 = 0o100000
-    public static let symlink: UInt32 = 0o120000
-}
-
 /// A bounded table of descriptor records, optionally keyed by inode identity. Each field lives in
 /// an array of its own, so the lock-free readers (pin, reopen) and the writers under the mutex never
 /// touch the same Swift variable.

@@ -18,7 +18,7 @@ final class MemoryStore: @unchecked Sendable {
         var nameLength = 0
         var name = InlineArray<256, UInt8>(repeating: 0)
         var sizeBytes = 0
-        var mode: UInt32 = 0o100644
+        var mode: UInt32 = FileType.regular | 0o644
     }
 
     let files: UnsafeMutablePointer<File>
@@ -69,7 +69,7 @@ public struct MemoryFileSystem: FileSystem {
         let time = FUSETime(seconds: 1_700_000_000)
         if nodeID == Self.rootNodeID {
             return FileAttributes(inode: nodeID, sizeBytes: 4096, blocks: 8, accessTime: time, modificationTime: time,
-                                  changeTime: time, mode: 0o040755, linkCount: 2, uid: 0, gid: 0, rdev: 0, blockSizeBytes: 4096)
+                                  changeTime: time, mode: FileType.directory | 0o755, linkCount: 2, uid: 0, gid: 0, rdev: 0, blockSizeBytes: 4096)
         }
         guard let index = index(of: nodeID) else { return nil }
         let file = store.files[index]
@@ -105,7 +105,7 @@ public struct MemoryFileSystem: FileSystem {
             if new > old { (store.data + index * MemoryStore.fileBytesMax + old).initializeMemory(as: UInt8.self, repeating: 0, count: new - old) }
             store.files[index].sizeBytes = new
         }
-        if let mode = arguments.newMode { store.files[index].mode = 0o100000 | mode }
+        if let mode = arguments.newMode { store.files[index].mode = FileType.regular | mode }
         return reply.attributes(attributes(of: operation.nodeID)!, valid: validity)
     }
 
@@ -124,7 +124,7 @@ public struct MemoryFileSystem: FileSystem {
         store.files[free].inUse = true
         store.files[free].generation &+= 1
         store.files[free].sizeBytes = 0
-        store.files[free].mode = 0o100000 | (operation.arguments.mode & ~operation.arguments.umask & 0o7777)
+        store.files[free].mode = FileType.regular | (operation.arguments.mode & ~operation.arguments.umask & 0o7777)
         store.files[free].nameLength = name.count
         for offset in 0..<name.count { store.files[free].name[offset] = name.bytes[offset] }
         return opened(free, reply: reply)
@@ -206,7 +206,7 @@ public struct MemoryFileSystem: FileSystem {
             if store.files[index].inUse {
                 let length = store.files[index].nameLength
                 let fits = withUnsafeBytes(of: store.files[index].name) {
-                    writer.append(inode: nodeID(index), nextOffset: UInt64(index + 1), type: 8, name: UnsafeRawBufferPointer(rebasing: $0[0..<length]))
+                    writer.append(inode: nodeID(index), nextOffset: UInt64(index + 1), type: DirentType.regular, name: UnsafeRawBufferPointer(rebasing: $0[0..<length]))
                 }
                 if !fits { break }
             }
