@@ -120,9 +120,7 @@ public enum PollerLoop {
         // poll(2) ignores entries with a negative fd, so the three slots are always passed.
         let ready = withUnsafeMutableBytes(of: &descriptors) { raw in
             let entries = raw.baseAddress!.assumingMemoryBound(to: pollfd.self)
-            var result: Int32
-            repeat { result = poll(entries, 3, milliseconds) } while result < 0 && errno == EINTR
-            return result
+            return Retry.onInterrupt { poll(entries, 3, milliseconds) }
         }
         guard ready > 0 else { return }
         var counter: UInt64 = 0

@@ -141,12 +141,11 @@ public enum UnixSocketListener {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { return .failed(errno) }
         defer { _ = close(fd) }
-        var result: Int32
-        repeat {
-            result = withUnsafePointer(to: &address) {
+        let result = Retry.onInterrupt {
+            withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
-        } while result != 0 && errno == EINTR
+        }
         if result == 0 { return .live }
         switch errno {
         case EAGAIN, EINPROGRESS: return .live

@@ -188,8 +188,7 @@ public struct FUSEQueue: Transport {
         guard classicFreeCount > 0 else { return .empty }
         let handle = Int(classicFree[classicFreeCount &- 1])
         let request = classicRequest(handle)
-        var bytes: Int
-        repeat { bytes = Glibc.read(fd, request, geometry.requestBufferBytes) } while bytes < 0 && errno == EINTR
+        let bytes = Retry.onInterrupt { Glibc.read(fd, request, geometry.requestBufferBytes) }
         if bytes < 0 {
             let error = errno
             // EAGAIN: nothing queued. ENOENT: the kernel dropped the request while we read (it
@@ -315,8 +314,7 @@ public struct FUSEQueue: Transport {
     mutating func writeClassicReply(_ handle: Int, replyBytes: Int) {
         let reply = classicReply(handle)
         var vector = iovec(iov_base: reply, iov_len: replyBytes)
-        var written: Int
-        repeat { written = writev(fd, &vector, 1) } while written < 0 && errno == EINTR
+        let written = Retry.onInterrupt { writev(fd, &vector, 1) }
         if written < 0 {
             let error = errno
             // ENOENT: the request was interrupted and the kernel no longer waits for it.

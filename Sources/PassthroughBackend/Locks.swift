@@ -243,9 +243,7 @@ extension PassthroughBackend {
         // Opened through the guest's own open file (same access), so no new permission is granted.
         return device.lockOwners.descriptor(inodeID: nodeID, owner: owner) {
             let name = procName(handleFD)
-            var fd: Int32
-            repeat { fd = openat(procFD, name, accessMode | O_CLOEXEC | O_NONBLOCK) } while fd < 0 && Glibc.errno == EINTR
-            return fd
+            return Retry.onInterrupt { openat(procFD, name, accessMode | O_CLOEXEC | O_NONBLOCK) }
         }
     }
 

@@ -314,8 +314,7 @@ public final class NodeTable: @unchecked Sendable {
         if current >= 0 { return current }
         guard reopenables[position], let storage = fileHandles else { Glibc.errno = EBADF; return -1 }
         let handle = (storage + position * Self.fileHandleStride).assumingMemoryBound(to: file_handle.self)
-        var fd: Int32
-        repeat { fd = open_by_handle_at(mountFD, handle, O_PATH | O_CLOEXEC) } while fd < 0 && Glibc.errno == EINTR
+        let fd = Retry.onInterrupt { open_by_handle_at(mountFD, handle, O_PATH | O_CLOEXEC) }
         guard fd >= 0 else { return -1 }
         let (installed, winner) = descriptors[position].compareExchange(expected: -1, desired: fd, ordering: .acquiringAndReleasing)
         if !installed {

@@ -413,9 +413,7 @@ public struct PassthroughBackend: FileSystem {
         // all: a device node a guest created must not become a door into the host.
         if kind == FileType.symlink { Glibc.errno = ELOOP; return -1 }
         if kind != FileType.regular && kind != FileType.directory { Glibc.errno = EPERM; return -1 }
-        var result: Int32
-        repeat { result = openat(device.procFD, procName(node.fd), flags | O_CLOEXEC) } while result < 0 && Glibc.errno == EINTR
-        return result
+        return Retry.onInterrupt { openat(device.procFD, procName(node.fd), flags | O_CLOEXEC) }
     }
 
     // MARK: - Requests
@@ -460,8 +458,7 @@ public struct PassthroughBackend: FileSystem {
         case .inlineFirst:
             // The file system cannot say "would block" (tmpfs): its reads are memory copies, which
             // io_uring would only hand to a worker thread.
-            var result: Int
-            repeat { result = preadv(handle.fd, iovecs, Int32(count), offset) } while result < 0 && Glibc.errno == EINTR
+            let result = Retry.onInterrupt { preadv(handle.fd, iovecs, Int32(count), offset) }
             return finishInline(result, reply: reply, handle: handle, read: true)
         case .uring:
             break
@@ -470,8 +467,7 @@ public struct PassthroughBackend: FileSystem {
             park(slot, .read, reply: reply, token: token, handle: handle.index)
             return .pending
         }
-        var result: Int
-        repeat { result = preadv(handle.fd, iovecs, Int32(count), offset) } while result < 0 && Glibc.errno == EINTR
+        let result = Retry.onInterrupt { preadv(handle.fd, iovecs, Int32(count), offset) }
         return finishInline(result, reply: reply, handle: handle, read: true)
     }
 
@@ -519,8 +515,7 @@ public struct PassthroughBackend: FileSystem {
             // No non-blocking buffered writes on this file system (tmpfs, ext4): a page-cache copy
             // on the poller beats a hop to io_uring's workers; it may wait for writeback under
             // memory pressure (`data_path = "uring"` keeps the poller out of that).
-            var result: Int
-            repeat { result = pwritev(handle.fd, iovecs, Int32(count), offset) } while result < 0 && Glibc.errno == EINTR
+            let result = Retry.onInterrupt { pwritev(handle.fd, iovecs, Int32(count), offset) }
             return finishInline(result, reply: reply, handle: handle, read: false)
         case .uring:
             break
@@ -529,8 +524,7 @@ public struct PassthroughBackend: FileSystem {
             park(slot, .write, reply: reply, token: token, handle: handle.index)
             return .pending
         }
-        var result: Int
-        repeat { result = pwritev(handle.fd, iovecs, Int32(count), offset) } while result < 0 && Glibc.errno == EINTR
+        let result = Retry.onInterrupt { pwritev(handle.fd, iovecs, Int32(count), offset) }
         return finishInline(result, reply: reply, handle: handle, read: false)
     }
 
