@@ -49,284 +49,364 @@ extension NFSQueue {
         switch records[slot].call {
         case .none:
             preconditionFailure("an answer for a slot without a call")
-        case .lookup:
-            let result = data.assumingMemoryBound(to: LOOKUP3res.self).pointee
-            if records[slot].progress.contains(.noReplaceCheck) {
-                // RENAME_NOREPLACE: the new name must not exist.
-                switch result.status.rawValue {
-                case 0: return finish(slot, .exists)
-                case 2:
-                    records[slot].progress.remove(.noReplaceCheck)
-                    records[slot].call = .rename
-                    return issue(slot)
-                default: return fail(slot, v3: result.status.rawValue)
-                }
+        case .lookup: answeredLookup(slot, data)
+        case .getattr: answeredGetattr(slot, data)
+        case .setattr: answeredSetattr(slot, data)
+        case .readlink: answeredReadlink(slot, data)
+        case .symlink: answeredSymlink(slot, data)
+        case .mknod: answeredMknod(slot, data)
+        case .mkdir: answeredMkdir(slot, data)
+        case .create: answeredCreate(slot, data)
+        case .remove: answeredRemove(slot, data)
+        case .rmdir: answeredRmdir(slot, data)
+        case .rename: answeredRename(slot, data)
+        case .link: answeredLink(slot, data)
+        case .access: answeredAccess(slot, data)
+        case .read: answeredRead(slot, data)
+        case .write: answeredWrite(slot, data)
+        case .commit: answeredCommit(slot, data)
+        case .fsstat: answeredFsstat(slot, data)
+        case .resendWrite: answeredResendWrite(slot, data)
+        case .readdir: answeredReaddir(slot, data)
+        case .readdirplus: answeredReaddirplus(slot, data)
+        }
+    }
+
+    /// LOOKUP: the entry of a LOOKUP, or the check before RENAME_NOREPLACE, UNLINK or RENAME over a name.
+    func answeredLookup(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: LOOKUP3res.self).pointee
+        if records[slot].progress.contains(.noReplaceCheck) {
+            // RENAME_NOREPLACE: the new name must not exist.
+            switch result.status.rawValue {
+            case 0: return finish(slot, .exists)
+            case 2:
+                records[slot].progress.remove(.noReplaceCheck)
+                records[slot].call = .rename
+                return issue(slot)
+            default: return fail(slot, v3: result.status.rawValue)
             }
-            if records[slot].progress.contains(.removeCheck) || records[slot].progress.contains(.replaceCheck) {
-                return checkedTarget(slot, result)
-            }
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            let ok = result.LOOKUP3res_u.resok
-            guard stage(slot, handle: ok.object) else { return finish(slot, .io) }
-            stage(slot, attributes: ok.obj_attributes)
+        }
+        if records[slot].progress.contains(.removeCheck) || records[slot].progress.contains(.replaceCheck) {
+            return checkedTarget(slot, result)
+        }
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        let ok = result.LOOKUP3res_u.resok
+        guard stage(slot, handle: ok.object) else { return finish(slot, .io) }
+        stage(slot, attributes: ok.obj_attributes)
+        continueEntry(slot)
+    }
+
+    /// GETATTR: the attributes asked for, or those of a staged entry.
+    func answeredGetattr(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: GETATTR3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        var attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
+        if records[slot].progress.contains(.stagedTarget) {
+            records[slot].stagedAttributes = attributes
+            records[slot].progress.insert(.haveAttributes)
             continueEntry(slot)
-        case .getattr:
-            let result = data.assumingMemoryBound(to: GETATTR3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            var attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
-            if records[slot].progress.contains(.stagedTarget) {
-                records[slot].stagedAttributes = attributes
-                records[slot].progress.insert(.haveAttributes)
-                continueEntry(slot)
-            } else {
-                if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
-                records[slot].reply.attributes(attributes, valid: validity)
-                complete(slot)
-            }
-        case .setattr:
-            let result = data.assumingMemoryBound(to: SETATTR3res.self).pointee
-            guard result.status.rawValue == 0 else {
-                if setIDDropRefused(slot, result) {
-                    records[slot].progress.insert(.asEngine)
-                    return issue(slot)
-                }
-                return fail(slot, v3: result.status.rawValue)
-            }
-            let after = result.SETATTR3res_u.resok.obj_wcc.after
-            if records[slot].progress.contains(.stagedTarget) {
-                // The exclusive CREATE's mode is set.
-                stage(slot, attributes: after)
-                continueEntry(slot)
-            } else if after.attributes_follow != 0 {
-                var attributes = Self.attributes(after.post_op_attr_u.attributes)
-                if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
-                records[slot].reply.attributes(attributes, valid: validity)
-                complete(slot)
-            } else {
-                records[slot].call = .getattr
-                issue(slot)
-            }
-        case .readlink:
-            let result = data.assumingMemoryBound(to: READLINK3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            guard let target = result.READLINK3res_u.resok.data else { return finish(slot, .io) }
-            let length = strnlen(target, FUSELimits.symlinkTargetBytesMax + 1)
-            let reply = records[slot].reply
-            // An empty target is no symlink a server may have; one longer than PATH_MAX no guest can take.
-            guard length >= 1 else { return finish(slot, .io) }
-            guard length <= FUSELimits.symlinkTargetBytesMax, length <= reply.dataCapacity else {
-                return finish(slot, .nameTooLong)
-            }
-            var cursor = reply.data
-            let written = cursor.write(from: UnsafeRawPointer(target), byteCount: length)
-            precondition(written == length)
-            reply.sendInPlace(dataBytes: length)
+        } else {
+            if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+            records[slot].reply.attributes(attributes, valid: validity)
             complete(slot)
-        case .symlink:
-            let result = data.assumingMemoryBound(to: SYMLINK3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            created(slot, handle: result.SYMLINK3res_u.resok.obj, attributes: result.SYMLINK3res_u.resok.obj_attributes)
-        case .mknod:
-            let result = data.assumingMemoryBound(to: MKNOD3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            created(slot, handle: result.MKNOD3res_u.resok.obj, attributes: result.MKNOD3res_u.resok.obj_attributes)
-        case .mkdir:
-            let result = data.assumingMemoryBound(to: MKDIR3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            created(slot, handle: result.MKDIR3res_u.resok.obj, attributes: result.MKDIR3res_u.resok.obj_attributes)
-        case .create:
-            let result = data.assumingMemoryBound(to: CREATE3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            created(slot, handle: result.CREATE3res_u.resok.obj, attributes: result.CREATE3res_u.resok.obj_attributes)
-        case .remove:
-            let result = data.assumingMemoryBound(to: REMOVE3res.self).pointee
-            if records[slot].progress.contains(.removingHidden) {
-                // Whatever the server says, the hidden name is this request's last business with
-                // the file (a failure leaves it on the server, as after a crash).
-                records[slot].progress.remove(.removingHidden)
-                if records[slot].request.opcodeRaw == FUSEOpcode.rename.rawValue || records[slot].request.opcodeRaw == FUSEOpcode.rename2.rawValue {
-                    records[slot].call = .rename
-                    return issue(slot)
-                }
-                return succeed(slot)
-            }
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            succeed(slot)
-        case .rmdir:
-            let result = data.assumingMemoryBound(to: RMDIR3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            succeed(slot)
-        case .rename:
-            let result = data.assumingMemoryBound(to: RENAME3res.self).pointee
-            let isUnlink = records[slot].request.opcodeRaw == FUSEOpcode.unlink.rawValue
-            if records[slot].progress.contains(.hiding) && result.status.rawValue == NFSStatus.crossDevice {
-                // The file is on another file system than the export's top (a submount): it cannot
-                // be hidden, so it goes as without an open (later reads of it fail ESTALE).
-                records[slot].progress.remove(.hiding)
-                device.nodes.unpin(records[slot].stagedNode)
-                records[slot].stagedNode = 0
-                records[slot].call = isUnlink ? .remove : .rename
+        }
+    }
+
+    /// SETATTR: the attributes after it (or a GETATTR for them); refused set-ID drops go again as the engine.
+    func answeredSetattr(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: SETATTR3res.self).pointee
+        guard result.status.rawValue == 0 else {
+            if setIDDropRefused(slot, result) {
+                records[slot].progress.insert(.asEngine)
                 return issue(slot)
             }
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            guard records[slot].progress.contains(.hiding) else { return succeed(slot) }
+            return fail(slot, v3: result.status.rawValue)
+        }
+        let after = result.SETATTR3res_u.resok.obj_wcc.after
+        if records[slot].progress.contains(.stagedTarget) {
+            // The exclusive CREATE's mode is set.
+            stage(slot, attributes: after)
+            continueEntry(slot)
+        } else if after.attributes_follow != 0 {
+            var attributes = Self.attributes(after.post_op_attr_u.attributes)
+            if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+            records[slot].reply.attributes(attributes, valid: validity)
+            complete(slot)
+        } else {
+            records[slot].call = .getattr
+            issue(slot)
+        }
+    }
+
+    /// READLINK: the target, checked for length.
+    func answeredReadlink(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: READLINK3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard let target = result.READLINK3res_u.resok.data else { return finish(slot, .io) }
+        let length = strnlen(target, FUSELimits.symlinkTargetBytesMax + 1)
+        let reply = records[slot].reply
+        // An empty target is no symlink a server may have; one longer than PATH_MAX no guest can take.
+        guard length >= 1 else { return finish(slot, .io) }
+        guard length <= FUSELimits.symlinkTargetBytesMax, length <= reply.dataCapacity else {
+            return finish(slot, .nameTooLong)
+        }
+        var cursor = reply.data
+        let written = cursor.write(from: UnsafeRawPointer(target), byteCount: length)
+        precondition(written == length)
+        reply.sendInPlace(dataBytes: length)
+        complete(slot)
+    }
+
+    /// SYMLINK: the new entry.
+    func answeredSymlink(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: SYMLINK3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        created(slot, handle: result.SYMLINK3res_u.resok.obj, attributes: result.SYMLINK3res_u.resok.obj_attributes)
+    }
+
+    /// MKNOD: the new entry.
+    func answeredMknod(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: MKNOD3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        created(slot, handle: result.MKNOD3res_u.resok.obj, attributes: result.MKNOD3res_u.resok.obj_attributes)
+    }
+
+    /// MKDIR: the new entry.
+    func answeredMkdir(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: MKDIR3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        created(slot, handle: result.MKDIR3res_u.resok.obj, attributes: result.MKDIR3res_u.resok.obj_attributes)
+    }
+
+    /// CREATE: the new entry (and open file).
+    func answeredCreate(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: CREATE3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        created(slot, handle: result.CREATE3res_u.resok.obj, attributes: result.CREATE3res_u.resok.obj_attributes)
+    }
+
+    /// REMOVE: an UNLINK, or the removal of a hidden name.
+    func answeredRemove(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: REMOVE3res.self).pointee
+        if records[slot].progress.contains(.removingHidden) {
+            // Whatever the server says, the hidden name is this request's last business with
+            // the file (a failure leaves it on the server, as after a crash).
+            records[slot].progress.remove(.removingHidden)
+            if records[slot].request.opcodeRaw == FUSEOpcode.rename.rawValue || records[slot].request.opcodeRaw == FUSEOpcode.rename2.rawValue {
+                records[slot].call = .rename
+                return issue(slot)
+            }
+            return succeed(slot)
+        }
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        succeed(slot)
+    }
+
+    /// RMDIR.
+    func answeredRmdir(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: RMDIR3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        succeed(slot)
+    }
+
+    /// RENAME: a RENAME, or the hiding of a file still open.
+    func answeredRename(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: RENAME3res.self).pointee
+        let isUnlink = records[slot].request.opcodeRaw == FUSEOpcode.unlink.rawValue
+        if records[slot].progress.contains(.hiding) && result.status.rawValue == NFSStatus.crossDevice {
+            // The file is on another file system than the export's top (a submount): it cannot
+            // be hidden, so it goes as without an open (later reads of it fail ESTALE).
             records[slot].progress.remove(.hiding)
-            if device.nodes.hid(records[slot].stagedNode) {
-                // Its last open ended while the RENAME was in flight: remove it now.
+            device.nodes.unpin(records[slot].stagedNode)
+            records[slot].stagedNode = 0
+            records[slot].call = isUnlink ? .remove : .rename
+            return issue(slot)
+        }
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard records[slot].progress.contains(.hiding) else { return succeed(slot) }
+        records[slot].progress.remove(.hiding)
+        if device.nodes.hid(records[slot].stagedNode) {
+            // Its last open ended while the RENAME was in flight: remove it now.
+            records[slot].progress.insert(.removingHidden)
+            records[slot].call = .remove
+            return issue(slot)
+        }
+        if isUnlink { return succeed(slot) }
+        records[slot].call = .rename
+        issue(slot)
+    }
+
+    /// LINK: the entry names the linked node.
+    func answeredLink(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: LINK3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        // The entry names the linked node: its handle, found again in the table by `continueEntry`
+        // (which counts the lookup the kernel will FORGET).
+        let linked = device.nodes.handle(records[slot].secondaryNode)
+        stagedHandle(bytesOf: slot).copyMemory(from: linked.baseAddress!, byteCount: linked.count)
+        records[slot].stagedHandleLength = linked.count
+        records[slot].progress.insert(.haveHandle)
+        stage(slot, attributes: result.LINK3res_u.resok.file_attributes)
+        continueEntry(slot)
+    }
+
+    /// ACCESS: an ACCESS, or the check an OPEN makes.
+    func answeredAccess(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: ACCESS3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard accessAllowed(slot, granted: result.ACCESS3res_u.resok.access) else { return finish(slot, .accessDenied) }
+        if records[slot].request.opcodeRaw == FUSEOpcode.access.rawValue { return succeed(slot) }
+        // Counted since the OPEN began (`countedOpen`); the count and its pin pass to the open.
+        guard let fh = device.files.open(node: records[slot].primaryNode) else { return finish(slot, Self.ENFILE) }
+        records[slot].progress.remove(.countedOpen)
+        records[slot].reply.open(fileHandle: fh, openFlags: device.configuration.openFlags)
+        complete(slot)
+    }
+
+    /// READ: the data, checked against what was asked.
+    func answeredRead(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: READ3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        let ok = result.READ3res_u.resok
+        let reply = records[slot].reply
+        let asked = min(Int(records[slot].request.size), reply.dataCapacity, device.readBytesMax)
+        let count = Int(ok.count)
+        guard count <= asked, count <= Int(ok.data.data_len), count == 0 || ok.data.data_val != nil else {
+            return finish(slot, .io)
+        }
+        if count > 0 {
+            var cursor = reply.data
+            let written = cursor.write(from: UnsafeRawPointer(ok.data.data_val!), byteCount: count)
+            precondition(written == count)
+        }
+        reply.sendInPlace(dataBytes: count)
+        complete(slot)
+    }
+
+    /// WRITE: the count, and the verifier an UNSTABLE write was acknowledged with.
+    func answeredWrite(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        let ok = result.WRITE3res_u.resok
+        let asked = min(records[slot].request.payloadLength, device.writeBytesMax)
+        guard Int(ok.count) <= asked else { return finish(slot, .io) }
+        if ok.committed == UNSTABLE {
+            let verifier = Self.verifier(ok.verf)
+            if records[slot].journalEntry >= 0 {
+                // The journal keeps the bytes until a COMMIT with this verifier covers them.
+                journal.acknowledge(records[slot].journalEntry, verifier: verifier)
+                records[slot].journalEntry = -1
+            }
+            device.files.wrote(records[slot].openFile, verifier: verifier)
+        }
+        records[slot].reply.written(bytes: ok.count)
+        complete(slot)
+    }
+
+    /// COMMIT: FLUSH, FSYNC and RELEASE; a changed verifier starts a repair from the journal.
+    func answeredCommit(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: COMMIT3res.self).pointee
+        let isRelease = records[slot].request.opcodeRaw == FUSEOpcode.release.rawValue
+        let fh = isRelease ? records[slot].request.fh : 0
+        var outcome: FUSEErrno? = nil
+        if result.status.rawValue != 0 {
+            outcome = NFSStatus.errno(v3: result.status.rawValue)
+        } else {
+            let verifier = Self.verifier(result.COMMIT3res_u.resok.verf)
+            let openFile = records[slot].openFile
+            var repaired = false
+            var unrepaired = false
+            if repairable(openFile) {
+                let handle = openHandle(slot)
+                if let entry = journal.mismatch(fileHandle: handle, coveredBy: records[slot].journalSnapshot, verifier: verifier, from: 0) {
+                    // The server restarted since some of this data was written: write it again,
+                    // then COMMIT again (a few rounds at most, should it keep restarting).
+                    if records[slot].resendRounds < Self.repairRoundsMax {
+                        records[slot].resendRounds += 1
+                        records[slot].resendVerifier = verifier
+                        records[slot].resendEntry = entry
+                        records[slot].call = .resendWrite
+                        return issue(slot)
+                    }
+                    unrepaired = true
+                } else {
+                    journal.releaseCommitted(fileHandle: handle, coveredBy: records[slot].journalSnapshot)
+                    repaired = true
+                }
+            }
+            if unrepaired || !device.files.committed(openFile, verifier: verifier, snapshot: records[slot].commitSnapshot, repaired: repaired) {
+                outcome = .io
+            }
+        }
+        if isRelease {
+            journal.releaseCommitted(fileHandle: fh, coveredBy: 0, everything: true)
+            let ended = endOpen(fh)
+            if ended.removeHidden {
+                // The kernel does not look at RELEASE's answer: the hidden name goes next.
+                records[slot].stagedNode = ended.node
+                writeHiddenName(slot)
                 records[slot].progress.insert(.removingHidden)
                 records[slot].call = .remove
                 return issue(slot)
             }
-            if isUnlink { return succeed(slot) }
-            records[slot].call = .rename
-            issue(slot)
-        case .link:
-            let result = data.assumingMemoryBound(to: LINK3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            // The entry names the linked node: its handle, found again in the table by `continueEntry`
-            // (which counts the lookup the kernel will FORGET).
-            let linked = device.nodes.handle(records[slot].secondaryNode)
-            stagedHandle(bytesOf: slot).copyMemory(from: linked.baseAddress!, byteCount: linked.count)
-            records[slot].stagedHandleLength = linked.count
-            records[slot].progress.insert(.haveHandle)
-            stage(slot, attributes: result.LINK3res_u.resok.file_attributes)
-            continueEntry(slot)
-        case .access:
-            let result = data.assumingMemoryBound(to: ACCESS3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            guard accessAllowed(slot, granted: result.ACCESS3res_u.resok.access) else { return finish(slot, .accessDenied) }
-            if records[slot].request.opcodeRaw == FUSEOpcode.access.rawValue { return succeed(slot) }
-            // Counted since the OPEN began (`countedOpen`); the count and its pin pass to the open.
-            guard let fh = device.files.open(node: records[slot].primaryNode) else { return finish(slot, Self.ENFILE) }
-            records[slot].progress.remove(.countedOpen)
-            records[slot].reply.open(fileHandle: fh, openFlags: device.configuration.openFlags)
-            complete(slot)
-        case .read:
-            let result = data.assumingMemoryBound(to: READ3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            let ok = result.READ3res_u.resok
-            let reply = records[slot].reply
-            let asked = min(Int(records[slot].request.size), reply.dataCapacity, device.readBytesMax)
-            let count = Int(ok.count)
-            guard count <= asked, count <= Int(ok.data.data_len), count == 0 || ok.data.data_val != nil else {
-                return finish(slot, .io)
-            }
-            if count > 0 {
-                var cursor = reply.data
-                let written = cursor.write(from: UnsafeRawPointer(ok.data.data_val!), byteCount: count)
-                precondition(written == count)
-            }
-            reply.sendInPlace(dataBytes: count)
-            complete(slot)
-        case .write:
-            let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            let ok = result.WRITE3res_u.resok
-            let asked = min(records[slot].request.payloadLength, device.writeBytesMax)
-            guard Int(ok.count) <= asked else { return finish(slot, .io) }
-            if ok.committed == UNSTABLE {
-                let verifier = Self.verifier(ok.verf)
-                if records[slot].journalEntry >= 0 {
-                    // The journal keeps the bytes until a COMMIT with this verifier covers them.
-                    journal.acknowledge(records[slot].journalEntry, verifier: verifier)
-                    records[slot].journalEntry = -1
-                }
-                device.files.wrote(records[slot].openFile, verifier: verifier)
-            }
-            records[slot].reply.written(bytes: ok.count)
-            complete(slot)
-        case .commit:
-            let result = data.assumingMemoryBound(to: COMMIT3res.self).pointee
-            let isRelease = records[slot].request.opcodeRaw == FUSEOpcode.release.rawValue
-            let fh = isRelease ? records[slot].request.fh : 0
-            var outcome: FUSEErrno? = nil
-            if result.status.rawValue != 0 {
-                outcome = NFSStatus.errno(v3: result.status.rawValue)
-            } else {
-                let verifier = Self.verifier(result.COMMIT3res_u.resok.verf)
-                let openFile = records[slot].openFile
-                var repaired = false
-                var unrepaired = false
-                if repairable(openFile) {
-                    let handle = openHandle(slot)
-                    if let entry = journal.mismatch(fileHandle: handle, coveredBy: records[slot].journalSnapshot, verifier: verifier, from: 0) {
-                        // The server restarted since some of this data was written: write it again,
-                        // then COMMIT again (a few rounds at most, should it keep restarting).
-                        if records[slot].resendRounds < Self.repairRoundsMax {
-                            records[slot].resendRounds += 1
-                            records[slot].resendVerifier = verifier
-                            records[slot].resendEntry = entry
-                            records[slot].call = .resendWrite
-                            return issue(slot)
-                        }
-                        unrepaired = true
-                    } else {
-                        journal.releaseCommitted(fileHandle: handle, coveredBy: records[slot].journalSnapshot)
-                        repaired = true
-                    }
-                }
-                if unrepaired || !device.files.committed(openFile, verifier: verifier, snapshot: records[slot].commitSnapshot, repaired: repaired) {
-                    outcome = .io
-                }
-            }
-            if isRelease {
-                journal.releaseCommitted(fileHandle: fh, coveredBy: 0, everything: true)
-                let ended = endOpen(fh)
-                if ended.removeHidden {
-                    // The kernel does not look at RELEASE's answer: the hidden name goes next.
-                    records[slot].stagedNode = ended.node
-                    writeHiddenName(slot)
-                    records[slot].progress.insert(.removingHidden)
-                    records[slot].call = .remove
-                    return issue(slot)
-                }
-                if ended.node != 0 { device.nodes.unpin(ended.node) }
-            }
-            if let outcome { finish(slot, outcome) } else { succeed(slot) }
-        case .fsstat:
-            let result = data.assumingMemoryBound(to: FSSTAT3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            let ok = result.FSSTAT3res_u.resok
-            let blockBytes: UInt64 = 4096
-            records[slot].reply.statistics(FileSystemStatistics(
-                blocks: ok.tbytes / blockBytes, blocksFree: ok.fbytes / blockBytes, blocksAvailable: ok.abytes / blockBytes,
-                files: ok.tfiles, filesFree: ok.afiles, blockSizeBytes: UInt32(blockBytes),
-                nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: UInt32(blockBytes)))
-            complete(slot)
-        case .resendWrite:
-            let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            let ok = result.WRITE3res_u.resok
-            let entry = records[slot].resendEntry
-            guard Int(ok.count) == journal.entry(entry).pointee.length else { return finish(slot, .io) }
-            let verifier = Self.verifier(ok.verf)
-            device.resentWriteCount.add(1, ordering: .relaxed)
-            if ok.committed == UNSTABLE {
-                journal.rewritten(entry, verifier: verifier)
-            } else {
-                journal.rewritten(entry, verifier: records[slot].resendVerifier)
-                journal.release(entry)
-            }
-            // A verifier that changed once more: the server restarted again, and what was resent
-            // before is to be resent against the new one.
-            if ok.committed == UNSTABLE && verifier != records[slot].resendVerifier { records[slot].resendVerifier = verifier }
-            if let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
-                                           verifier: records[slot].resendVerifier, from: 0) {
-                records[slot].resendEntry = next
-                return issue(slot)
-            }
-            records[slot].resendEntry = -1
-            records[slot].call = .commit
-            issue(slot)
-        case .readdir:
-            let result = data.assumingMemoryBound(to: READDIR3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            listed(slot, result.READDIR3res_u.resok)
-        case .readdirplus:
-            let result = data.assumingMemoryBound(to: READDIRPLUS3res.self).pointee
-            guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-            listedPlus(slot, result.READDIRPLUS3res_u.resok)
+            if ended.node != 0 { device.nodes.unpin(ended.node) }
         }
+        if let outcome { finish(slot, outcome) } else { succeed(slot) }
+    }
+
+    /// FSSTAT: STATFS.
+    func answeredFsstat(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: FSSTAT3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        let ok = result.FSSTAT3res_u.resok
+        let blockBytes: UInt64 = 4096
+        records[slot].reply.statistics(FileSystemStatistics(
+            blocks: ok.tbytes / blockBytes, blocksFree: ok.fbytes / blockBytes, blocksAvailable: ok.abytes / blockBytes,
+            files: ok.tfiles, filesFree: ok.afiles, blockSizeBytes: UInt32(blockBytes),
+            nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: UInt32(blockBytes)))
+        complete(slot)
+    }
+
+    /// A journal entry written again during a repair.
+    func answeredResendWrite(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        let ok = result.WRITE3res_u.resok
+        let entry = records[slot].resendEntry
+        guard Int(ok.count) == journal.entry(entry).pointee.length else { return finish(slot, .io) }
+        let verifier = Self.verifier(ok.verf)
+        device.resentWriteCount.add(1, ordering: .relaxed)
+        if ok.committed == UNSTABLE {
+            journal.rewritten(entry, verifier: verifier)
+        } else {
+            journal.rewritten(entry, verifier: records[slot].resendVerifier)
+            journal.release(entry)
+        }
+        // A verifier that changed once more: the server restarted again, and what was resent
+        // before is to be resent against the new one.
+        if ok.committed == UNSTABLE && verifier != records[slot].resendVerifier { records[slot].resendVerifier = verifier }
+        if let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
+                                       verifier: records[slot].resendVerifier, from: 0) {
+            records[slot].resendEntry = next
+            return issue(slot)
+        }
+        records[slot].resendEntry = -1
+        records[slot].call = .commit
+        issue(slot)
+    }
+
+    /// READDIR.
+    func answeredReaddir(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: READDIR3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        listed(slot, result.READDIR3res_u.resok)
+    }
+
+    /// READDIRPLUS.
+    func answeredReaddirplus(_ slot: Int, _ data: UnsafeMutableRawPointer) {
+        let result = data.assumingMemoryBound(to: READDIRPLUS3res.self).pointee
+        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        listedPlus(slot, result.READDIRPLUS3res_u.resok)
     }
 
     /// A virtio-fs guest without handle_killpriv_v2 drops set-ID bits after a write with a SETATTR

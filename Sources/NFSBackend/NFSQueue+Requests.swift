@@ -184,156 +184,7 @@ extension NFSQueue {
         let request = records[slot].request
         if records[slot].progress.contains(.asEngine) { become(link, uid: 0, gid: 0) } else { become(link, uid: request.uid, gid: request.gid) }
         let tag = UnsafeMutableRawPointer(tags + slot)
-        let callback = Self.completed
-        let primary = records[slot].primaryNode
-        let started: Int32
-        switch records[slot].call {
-        case .none:
-            preconditionFailure("a slot issued without a call")
-        case .lookup:
-            let what = records[slot].progress.contains(.noReplaceCheck) || records[slot].progress.contains(.replaceCheck)
-                ? directoryOperation(records[slot].secondaryNode, request.secondName) : directoryOperation(primary, request.name)
-            var arguments = LOOKUP3args(what: what)
-            started = rpc_nfs3_lookup_async(rpc, callback, &arguments, tag)
-        case .getattr:
-            var arguments = GETATTR3args(object: target(slot))
-            started = rpc_nfs3_getattr_async(rpc, callback, &arguments, tag)
-        case .setattr:
-            var arguments = SETATTR3args(object: target(slot), new_attributes: newAttributes(slot), guard: sattrguard3())
-            started = rpc_nfs3_setattr_async(rpc, callback, &arguments, tag)
-        case .readlink:
-            var arguments = READLINK3args(symlink: handle(primary))
-            started = rpc_nfs3_readlink_async(rpc, callback, &arguments, tag)
-        case .symlink:
-            var arguments = SYMLINK3args(where: directoryOperation(primary, request.name),
-                                         symlink: symlinkdata3(symlink_attributes: sattr3(), symlink_data: cString(request.secondName)))
-            started = rpc_nfs3_symlink_async(rpc, callback, &arguments, tag)
-        case .mknod:
-            let fuse = request
-            var what = mknoddata3()
-            var attributes = sattr3()
-            attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
-            switch fuse.mode & FileType.mask {
-            case FileType.characterDevice, FileType.blockDevice:
-                let device = devicedata3(dev_attributes: attributes, spec: specdata3(specdata1: Self.major(fuse.rdev), specdata2: Self.minor(fuse.rdev)))
-                if fuse.mode & FileType.mask == FileType.characterDevice {
-                    what.type = NF3CHR
-                    what.mknoddata3_u.chr_device = device
-                } else {
-                    what.type = NF3BLK
-                    what.mknoddata3_u.blk_device = device
-                }
-            case 0o140000:
-                what.type = NF3SOCK
-                what.mknoddata3_u.sock_attributes = attributes
-            default:
-                what.type = NF3FIFO
-                what.mknoddata3_u.pipe_attributes = attributes
-            }
-            var arguments = MKNOD3args(where: directoryOperation(primary, request.name), what: what)
-            started = rpc_nfs3_mknod_async(rpc, callback, &arguments, tag)
-        case .mkdir:
-            var attributes = sattr3()
-            attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.mode & 0o7777))
-            var arguments = MKDIR3args(where: directoryOperation(primary, request.name), attributes: attributes)
-            started = rpc_nfs3_mkdir_async(rpc, callback, &arguments, tag)
-        case .create:
-            var how = createhow3()
-            let state = records[slot].progress
-            if state.contains(.exclusive) {
-                how.mode = EXCLUSIVE
-                withUnsafeMutableBytes(of: &how.createhow3_u.verf) { $0.storeBytes(of: records[slot].createVerifier, as: UInt64.self) }
-            } else {
-                var attributes = sattr3()
-                if state.contains(.guarded) {
-                    how.mode = GUARDED
-                    attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.mode & 0o7777))
-                } else {
-                    how.mode = UNCHECKED
-                    let fuse = request
-                    attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
-                    // O_TRUNC of a file that exists: UNCHECKED applies only the size to it.
-                    if Int32(bitPattern: fuse.flags) & O_TRUNC != 0 {
-                        attributes.size = set_size3(set_it: 1, set_size3_u: .init(size: 0))
-                    }
-                }
-                how.createhow3_u.obj_attributes = attributes
-            }
-            var arguments = CREATE3args(where: directoryOperation(primary, request.name), how: how)
-            started = rpc_nfs3_create_async(rpc, callback, &arguments, tag)
-        case .remove:
-            let object = records[slot].progress.contains(.removingHidden)
-                ? diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot))
-                : directoryOperation(primary, request.name)
-            var arguments = REMOVE3args(object: object)
-            started = rpc_nfs3_remove_async(rpc, callback, &arguments, tag)
-        case .rmdir:
-            var arguments = RMDIR3args(object: directoryOperation(primary, request.name))
-            started = rpc_nfs3_rmdir_async(rpc, callback, &arguments, tag)
-        case .rename:
-            var arguments: RENAME3args
-            if records[slot].progress.contains(.hiding) {
-                // UNLINK hides its name's file; RENAME the file its new name would replace.
-                let isUnlink = request.opcodeRaw == FUSEOpcode.unlink.rawValue
-                let directory = isUnlink ? primary : records[slot].secondaryNode
-                arguments = RENAME3args(from: directoryOperation(directory, isUnlink ? request.name : request.secondName),
-                                        to: diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot)))
-            } else {
-                arguments = RENAME3args(from: directoryOperation(primary, request.name),
-                                        to: directoryOperation(records[slot].secondaryNode, request.secondName))
-            }
-            started = rpc_nfs3_rename_async(rpc, callback, &arguments, tag)
-        case .link:
-            var arguments = LINK3args(file: handle(records[slot].secondaryNode), link: directoryOperation(primary, request.name))
-            started = rpc_nfs3_link_async(rpc, callback, &arguments, tag)
-        case .access:
-            var arguments = ACCESS3args(object: handle(primary), access: accessWanted(slot))
-            started = rpc_nfs3_access_async(rpc, callback, &arguments, tag)
-        case .read:
-            let fuse = request
-            let count = min(Int(fuse.size), records[slot].reply.dataCapacity, device.readBytesMax)
-            var arguments = READ3args(file: handle(primary), offset: fuse.offset, count: count3(count))
-            started = rpc_nfs3_read_async(rpc, callback, &arguments, tag)
-        case .write:
-            let fuse = request
-            let count = min(request.payloadLength, device.writeBytesMax)
-            let data = journaledPayload(slot, request, count: count)
-            var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: UNSTABLE,
-                                       data: .init(data_len: u_int(count), data_val: data))
-            started = rpc_nfs3_write_async(rpc, callback, &arguments, tag)
-        case .resendWrite:
-            let entry = journal.entry(records[slot].resendEntry).pointee
-            var arguments = WRITE3args(file: handle(primary), offset: entry.offsetInFile, count: count3(entry.length), stable: UNSTABLE,
-                                       data: .init(data_len: u_int(entry.length),
-                                                   data_val: journal.data(records[slot].resendEntry).assumingMemoryBound(to: CChar.self)))
-            started = rpc_nfs3_write_async(rpc, callback, &arguments, tag)
-        case .commit:
-            // What this COMMIT covers: every WRITE answered before it is sent (a resend after a
-            // reconnect covers the ones answered meanwhile too, which is just as true).
-            records[slot].commitSnapshot = device.files.commitSnapshot(records[slot].openFile)
-            records[slot].journalSnapshot = journal.ackCounter
-            var arguments = COMMIT3args(file: handle(primary), offset: 0, count: 0)
-            started = rpc_nfs3_commit_async(rpc, callback, &arguments, tag)
-        case .fsstat:
-            var arguments = FSSTAT3args(fsroot: handle(primary))
-            started = rpc_nfs3_fsstat_async(rpc, callback, &arguments, tag)
-        case .readdir, .readdirplus:
-            let fuse = request
-            let capacity = min(Int(fuse.size), records[slot].reply.bodyCapacity)
-            var verifier = cookieverf3(0, 0, 0, 0, 0, 0, 0, 0)
-            if fuse.offset != 0 {
-                withUnsafeMutableBytes(of: &verifier) { $0.storeBytes(of: device.files.cookieVerifiers[records[slot].openFile], as: UInt64.self) }
-            }
-            if records[slot].call == .readdir {
-                // NFS entries are about the size of FUSE's; a little more keeps the last one whole.
-                var arguments = READDIR3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier, count: count3(capacity + 512))
-                started = rpc_nfs3_readdir_async(rpc, callback, &arguments, tag)
-            } else {
-                var arguments = READDIRPLUS3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier,
-                                                 dircount: count3(capacity), maxcount: count3(2 * capacity + 1024))
-                started = rpc_nfs3_readdirplus_async(rpc, callback, &arguments, tag)
-            }
-        }
+        let started = send(slot, rpc, tag)
         guard started == 0 else {
             // libnfs could not even queue it: out of memory, or (-2) the arguments do not fit the
             // 4 KiB buffer libnfs 4.0 encodes every call into, which only a symlink target near
@@ -346,6 +197,282 @@ extension NFSQueue {
         records[slot].connection = UInt8(link.index)
         link.inFlight += 1
         inFlight += 1
+    }
+
+    /// Queues the RPC of the slot's current stage in libnfs (AUTH_SYS already set): 0, or
+    /// libnfs's failure (-2: the arguments do not fit its encoding buffer).
+    func send(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        switch records[slot].call {
+        case .none:
+            preconditionFailure("a slot issued without a call")
+        case .lookup: return sendLookup(slot, rpc, tag)
+        case .getattr: return sendGetattr(slot, rpc, tag)
+        case .setattr: return sendSetattr(slot, rpc, tag)
+        case .readlink: return sendReadlink(slot, rpc, tag)
+        case .symlink: return sendSymlink(slot, rpc, tag)
+        case .mknod: return sendMknod(slot, rpc, tag)
+        case .mkdir: return sendMkdir(slot, rpc, tag)
+        case .create: return sendCreate(slot, rpc, tag)
+        case .remove: return sendRemove(slot, rpc, tag)
+        case .rmdir: return sendRmdir(slot, rpc, tag)
+        case .rename: return sendRename(slot, rpc, tag)
+        case .link: return sendLink(slot, rpc, tag)
+        case .access: return sendAccess(slot, rpc, tag)
+        case .read: return sendRead(slot, rpc, tag)
+        case .write: return sendWrite(slot, rpc, tag)
+        case .resendWrite: return sendResendWrite(slot, rpc, tag)
+        case .commit: return sendCommit(slot, rpc, tag)
+        case .fsstat: return sendFsstat(slot, rpc, tag)
+        case .readdir, .readdirplus: return sendReaddir(slot, rpc, tag)
+        }
+    }
+
+    /// The LOOKUP call of a stage.
+    func sendLookup(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        let what = records[slot].progress.contains(.noReplaceCheck) || records[slot].progress.contains(.replaceCheck)
+            ? directoryOperation(records[slot].secondaryNode, request.secondName) : directoryOperation(primary, request.name)
+        var arguments = LOOKUP3args(what: what)
+        return rpc_nfs3_lookup_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The GETATTR call of a stage.
+    func sendGetattr(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let callback = Self.completed
+        var arguments = GETATTR3args(object: target(slot))
+        return rpc_nfs3_getattr_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The SETATTR call of a stage.
+    func sendSetattr(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let callback = Self.completed
+        var arguments = SETATTR3args(object: target(slot), new_attributes: newAttributes(slot), guard: sattrguard3())
+        return rpc_nfs3_setattr_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The READLINK call of a stage.
+    func sendReadlink(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var arguments = READLINK3args(symlink: handle(primary))
+        return rpc_nfs3_readlink_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The SYMLINK call of a stage.
+    func sendSymlink(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var arguments = SYMLINK3args(where: directoryOperation(primary, request.name),
+                                     symlink: symlinkdata3(symlink_attributes: sattr3(), symlink_data: cString(request.secondName)))
+        return rpc_nfs3_symlink_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The MKNOD call of a stage.
+    func sendMknod(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        let fuse = request
+        var what = mknoddata3()
+        var attributes = sattr3()
+        attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
+        switch fuse.mode & FileType.mask {
+        case FileType.characterDevice, FileType.blockDevice:
+            let device = devicedata3(dev_attributes: attributes, spec: specdata3(specdata1: Self.major(fuse.rdev), specdata2: Self.minor(fuse.rdev)))
+            if fuse.mode & FileType.mask == FileType.characterDevice {
+                what.type = NF3CHR
+                what.mknoddata3_u.chr_device = device
+            } else {
+                what.type = NF3BLK
+                what.mknoddata3_u.blk_device = device
+            }
+        case 0o140000:
+            what.type = NF3SOCK
+            what.mknoddata3_u.sock_attributes = attributes
+        default:
+            what.type = NF3FIFO
+            what.mknoddata3_u.pipe_attributes = attributes
+        }
+        var arguments = MKNOD3args(where: directoryOperation(primary, request.name), what: what)
+        return rpc_nfs3_mknod_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The MKDIR call of a stage.
+    func sendMkdir(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var attributes = sattr3()
+        attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.mode & 0o7777))
+        var arguments = MKDIR3args(where: directoryOperation(primary, request.name), attributes: attributes)
+        return rpc_nfs3_mkdir_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The CREATE call of a stage.
+    func sendCreate(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var how = createhow3()
+        let state = records[slot].progress
+        if state.contains(.exclusive) {
+            how.mode = EXCLUSIVE
+            withUnsafeMutableBytes(of: &how.createhow3_u.verf) { $0.storeBytes(of: records[slot].createVerifier, as: UInt64.self) }
+        } else {
+            var attributes = sattr3()
+            if state.contains(.guarded) {
+                how.mode = GUARDED
+                attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.mode & 0o7777))
+            } else {
+                how.mode = UNCHECKED
+                let fuse = request
+                attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: fuse.mode & 0o7777))
+                // O_TRUNC of a file that exists: UNCHECKED applies only the size to it.
+                if Int32(bitPattern: fuse.flags) & O_TRUNC != 0 {
+                    attributes.size = set_size3(set_it: 1, set_size3_u: .init(size: 0))
+                }
+            }
+            how.createhow3_u.obj_attributes = attributes
+        }
+        var arguments = CREATE3args(where: directoryOperation(primary, request.name), how: how)
+        return rpc_nfs3_create_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The REMOVE call of a stage.
+    func sendRemove(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        let object = records[slot].progress.contains(.removingHidden)
+            ? diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot))
+            : directoryOperation(primary, request.name)
+        var arguments = REMOVE3args(object: object)
+        return rpc_nfs3_remove_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The RMDIR call of a stage.
+    func sendRmdir(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var arguments = RMDIR3args(object: directoryOperation(primary, request.name))
+        return rpc_nfs3_rmdir_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The RENAME call of a stage.
+    func sendRename(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var arguments: RENAME3args
+        if records[slot].progress.contains(.hiding) {
+            // UNLINK hides its name's file; RENAME the file its new name would replace.
+            let isUnlink = request.opcodeRaw == FUSEOpcode.unlink.rawValue
+            let directory = isUnlink ? primary : records[slot].secondaryNode
+            arguments = RENAME3args(from: directoryOperation(directory, isUnlink ? request.name : request.secondName),
+                                    to: diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot)))
+        } else {
+            arguments = RENAME3args(from: directoryOperation(primary, request.name),
+                                    to: directoryOperation(records[slot].secondaryNode, request.secondName))
+        }
+        return rpc_nfs3_rename_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The LINK call of a stage.
+    func sendLink(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var arguments = LINK3args(file: handle(records[slot].secondaryNode), link: directoryOperation(primary, request.name))
+        return rpc_nfs3_link_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The ACCESS call of a stage.
+    func sendAccess(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var arguments = ACCESS3args(object: handle(primary), access: accessWanted(slot))
+        return rpc_nfs3_access_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The READ call of a stage.
+    func sendRead(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        let fuse = request
+        let count = min(Int(fuse.size), records[slot].reply.dataCapacity, device.readBytesMax)
+        var arguments = READ3args(file: handle(primary), offset: fuse.offset, count: count3(count))
+        return rpc_nfs3_read_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The WRITE call of a stage.
+    func sendWrite(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        let fuse = request
+        let count = min(request.payloadLength, device.writeBytesMax)
+        let data = journaledPayload(slot, request, count: count)
+        var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: UNSTABLE,
+                                   data: .init(data_len: u_int(count), data_val: data))
+        return rpc_nfs3_write_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The WRITE (a journal entry again) call of a stage.
+    func sendResendWrite(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        let entry = journal.entry(records[slot].resendEntry).pointee
+        var arguments = WRITE3args(file: handle(primary), offset: entry.offsetInFile, count: count3(entry.length), stable: UNSTABLE,
+                                   data: .init(data_len: u_int(entry.length),
+                                               data_val: journal.data(records[slot].resendEntry).assumingMemoryBound(to: CChar.self)))
+        return rpc_nfs3_write_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The COMMIT call of a stage.
+    func sendCommit(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        // What this COMMIT covers: every WRITE answered before it is sent (a resend after a
+        // reconnect covers the ones answered meanwhile too, which is just as true).
+        records[slot].commitSnapshot = device.files.commitSnapshot(records[slot].openFile)
+        records[slot].journalSnapshot = journal.ackCounter
+        var arguments = COMMIT3args(file: handle(primary), offset: 0, count: 0)
+        return rpc_nfs3_commit_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The FSSTAT call of a stage.
+    func sendFsstat(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        var arguments = FSSTAT3args(fsroot: handle(primary))
+        return rpc_nfs3_fsstat_async(rpc, callback, &arguments, tag)
+    }
+
+    /// The READDIR, READDIRPLUS call of a stage.
+    func sendReaddir(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = records[slot].primaryNode
+        let callback = Self.completed
+        let fuse = request
+        let capacity = min(Int(fuse.size), records[slot].reply.bodyCapacity)
+        var verifier = cookieverf3(0, 0, 0, 0, 0, 0, 0, 0)
+        if fuse.offset != 0 {
+            withUnsafeMutableBytes(of: &verifier) { $0.storeBytes(of: device.files.cookieVerifiers[records[slot].openFile], as: UInt64.self) }
+        }
+        if records[slot].call == .readdir {
+            // NFS entries are about the size of FUSE's; a little more keeps the last one whole.
+            var arguments = READDIR3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier, count: count3(capacity + 512))
+            return rpc_nfs3_readdir_async(rpc, callback, &arguments, tag)
+        } else {
+            var arguments = READDIRPLUS3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier,
+                                             dircount: count3(capacity), maxcount: count3(2 * capacity + 1024))
+            return rpc_nfs3_readdirplus_async(rpc, callback, &arguments, tag)
+        }
     }
 
     // MARK: - Argument helpers

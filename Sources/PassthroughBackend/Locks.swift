@@ -247,16 +247,24 @@ extension PassthroughBackend {
         }
     }
 
-    /// GETLK: the lock that would conflict, asked as the engine (the owner's OFD descriptor).
-    public mutating func getlk(_ operation: Operation<LockArguments>, reply: LockReply) -> BackendAnswer {
+    /// The prologue of GETLK and SETLK(W): as the engine, the lock owner's OFD descriptor on the
+    /// inode behind the request's open file (nil and the errno when there is none; flock(2) locks
+    /// are the guest kernel's own business).
+    mutating func lockOwnerDescriptor(_ operation: Operation<LockArguments>) -> (Int32?, FUSEErrno) {
         becomeEngine()
         let arguments = operation.arguments
-        guard !arguments.isFlock else { return reply.fail(.notImplemented) }
-        guard let handle = device.handles.pin(arguments.handle) else { return reply.fail(.badFileDescriptor) }
+        guard !arguments.isFlock else { return (nil, .notImplemented) }
+        guard let handle = device.handles.pin(arguments.handle) else { return (nil, .badFileDescriptor) }
         defer { device.handles.unpin(handle.index) }
         let fd = ownerDescriptor(nodeID: operation.nodeID, handle: handle, owner: arguments.owner)
-        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
-        var lock = Self.hostLock(arguments)
+        return fd >= 0 ? (fd, .io) : (nil, Self.lastErrno)
+    }
+
+    /// GETLK: the lock that would conflict, asked as the engine (the owner's OFD descriptor).
+    public mutating func getlk(_ operation: Operation<LockArguments>, reply: LockReply) -> BackendAnswer {
+        let (fd, failure) = lockOwnerDescriptor(operation)
+        guard let fd else { return reply.fail(failure) }
+        var lock = Self.hostLock(operation.arguments)
         guard fcntl(fd, F_OFD_GETLK, &lock) == 0 else { return reply.fail(Self.lastErrno) }
         let end = lock.l_len == 0 ? UInt64(Int64.max) : UInt64(lock.l_start + lock.l_len - 1)
         return reply.lock(start: UInt64(lock.l_start), end: lock.l_type == Int16(F_UNLCK) ? 0 : end, type: UInt32(lock.l_type),
@@ -266,14 +274,9 @@ extension PassthroughBackend {
     /// SETLK, and SETLKW (`wait`): a conflicting lock parks the request with the lock waiters,
     /// which answer it when the lock is granted or the request interrupted.
     public mutating func setlk(_ operation: Operation<LockArguments>, wait: Bool, reply: StatusReply) -> BackendAnswer {
-        becomeEngine()
-        let arguments = operation.arguments
-        guard !arguments.isFlock else { return reply.fail(.notImplemented) }
-        guard let handle = device.handles.pin(arguments.handle) else { return reply.fail(.badFileDescriptor) }
-        defer { device.handles.unpin(handle.index) }
-        let fd = ownerDescriptor(nodeID: operation.nodeID, handle: handle, owner: arguments.owner)
-        guard fd >= 0 else { return reply.fail(Self.lastErrno) }
-        var lock = Self.hostLock(arguments)
+        let (fd, failure) = lockOwnerDescriptor(operation)
+        guard let fd else { return reply.fail(failure) }
+        var lock = Self.hostLock(operation.arguments)
         if fcntl(fd, F_OFD_SETLK, &lock) == 0 { return reply.ok() }
         let error = Glibc.errno
         guard wait, error == EAGAIN || error == EACCES, let context = queue?.context else {
