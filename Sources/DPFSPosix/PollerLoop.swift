@@ -39,6 +39,11 @@ public final class WakeEventFD: @unchecked Sendable {
     }
 
     deinit { _ = Glibc.close(fd) }
+
+    /// Makes `wake` signal through this eventfd (DPFSCore itself makes no system call).
+    public func attach(to wake: PollerWake) {
+        wake.attach(fd: fd, notifier: { fd in _ = eventfd_write(fd, 1) })
+    }
 }
 
 public enum PollerLoop {

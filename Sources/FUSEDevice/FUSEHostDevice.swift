@@ -64,7 +64,7 @@ final class FUSEQueueRunner<B: Backend>: @unchecked Sendable {
     init(poller: Poller<FUSEQueue, B>, wake: WakeEventFD) {
         self.poller = poller
         self.wake = wake
-        poller.wake.fd = wake.fd
+        wake.attach(to: poller.wake)
     }
 }
 

@@ -73,7 +73,7 @@ final class QueueRunner<B: Backend>: @unchecked Sendable {
     init(poller: Poller<VhostUserQueue, B>, wake: WakeEventFD) {
         self.poller = poller
         self.wake = wake
-        poller.wake.fd = wake.fd
+        wake.attach(to: poller.wake)
     }
 }
 

@@ -28,7 +28,7 @@ final class LoopHarness: @unchecked Sendable {
         rig = TestRig(backend: ScriptedBackend(state: state))
         rig.establishSession()
         wake = try WakeEventFD()
-        rig.rig.poller.wake.fd = wake.fd
+        wake.attach(to: rig.rig.poller.wake)
         driver = rig.rig.driver
     }
 
