@@ -12,7 +12,7 @@ import Testing
 // a reference directory, and the two compared after every step (sizes and the bytes each operation
 // touched; every file in full every 500 steps and at the end). A failure names its seed and step:
 // DPFS_INTEGRITY_SEED=<seed> DPFS_INTEGRITY_STEPS=<n> swift test --filter PassthroughIntegrityTests
-// replays it. The README reports a 10^6-step run.
+// replays it. docs/numbers.md reports a 10^6-step run.
 
 /// xorshift64*: a seeded generator, so a failing sequence replays exactly.
 struct SeededGenerator: RandomNumberGenerator {
