@@ -53,10 +53,18 @@ extension NFSQueue {
         case .getattr: answeredGetattr(slot, data)
         case .setattr: answeredSetattr(slot, data)
         case .readlink: answeredReadlink(slot, data)
-        case .symlink: answeredSymlink(slot, data)
-        case .mknod: answeredMknod(slot, data)
-        case .mkdir: answeredMkdir(slot, data)
-        case .create: answeredCreate(slot, data)
+        case .symlink:
+            let result = data.assumingMemoryBound(to: SYMLINK3res.self).pointee
+            answeredMade(slot, status: result.status.rawValue, handle: result.SYMLINK3res_u.resok.obj, attributes: result.SYMLINK3res_u.resok.obj_attributes)
+        case .mknod:
+            let result = data.assumingMemoryBound(to: MKNOD3res.self).pointee
+            answeredMade(slot, status: result.status.rawValue, handle: result.MKNOD3res_u.resok.obj, attributes: result.MKNOD3res_u.resok.obj_attributes)
+        case .mkdir:
+            let result = data.assumingMemoryBound(to: MKDIR3res.self).pointee
+            answeredMade(slot, status: result.status.rawValue, handle: result.MKDIR3res_u.resok.obj, attributes: result.MKDIR3res_u.resok.obj_attributes)
+        case .create:
+            let result = data.assumingMemoryBound(to: CREATE3res.self).pointee
+            answeredMade(slot, status: result.status.rawValue, handle: result.CREATE3res_u.resok.obj, attributes: result.CREATE3res_u.resok.obj_attributes)
         case .remove: answeredRemove(slot, data)
         case .rmdir: answeredRmdir(slot, data)
         case .rename: answeredRename(slot, data)
@@ -157,32 +165,11 @@ extension NFSQueue {
         complete(slot)
     }
 
-    /// SYMLINK: the new entry.
-    func answeredSymlink(_ slot: Int, _ data: UnsafeMutableRawPointer) {
-        let result = data.assumingMemoryBound(to: SYMLINK3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        created(slot, handle: result.SYMLINK3res_u.resok.obj, attributes: result.SYMLINK3res_u.resok.obj_attributes)
-    }
-
-    /// MKNOD: the new entry.
-    func answeredMknod(_ slot: Int, _ data: UnsafeMutableRawPointer) {
-        let result = data.assumingMemoryBound(to: MKNOD3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        created(slot, handle: result.MKNOD3res_u.resok.obj, attributes: result.MKNOD3res_u.resok.obj_attributes)
-    }
-
-    /// MKDIR: the new entry.
-    func answeredMkdir(_ slot: Int, _ data: UnsafeMutableRawPointer) {
-        let result = data.assumingMemoryBound(to: MKDIR3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        created(slot, handle: result.MKDIR3res_u.resok.obj, attributes: result.MKDIR3res_u.resok.obj_attributes)
-    }
-
-    /// CREATE: the new entry (and open file).
-    func answeredCreate(_ slot: Int, _ data: UnsafeMutableRawPointer) {
-        let result = data.assumingMemoryBound(to: CREATE3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        created(slot, handle: result.CREATE3res_u.resok.obj, attributes: result.CREATE3res_u.resok.obj_attributes)
+    /// SYMLINK, MKNOD, MKDIR and CREATE: the new entry (and, for CREATE, the open file). The
+    /// handle and attributes are read only on success (the answer is a union).
+    func answeredMade(_ slot: Int, status: UInt32, handle: @autoclosure () -> post_op_fh3, attributes: @autoclosure () -> post_op_attr) {
+        guard status == 0 else { return fail(slot, v3: status) }
+        created(slot, handle: handle(), attributes: attributes())
     }
 
     /// REMOVE: an UNLINK, or the removal of a hidden name.

@@ -231,50 +231,44 @@ extension NFSQueue {
     func sendLookup(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         let what = records[slot].progress.contains(.noReplaceCheck) || records[slot].progress.contains(.replaceCheck)
             ? directoryOperation(records[slot].secondaryNode, request.secondName) : directoryOperation(primary, request.name)
         var arguments = LOOKUP3args(what: what)
-        return rpc_nfs3_lookup_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_lookup_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The GETATTR call of a stage.
     func sendGetattr(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
-        let callback = Self.completed
         var arguments = GETATTR3args(object: target(slot))
-        return rpc_nfs3_getattr_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_getattr_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The SETATTR call of a stage.
     func sendSetattr(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
-        let callback = Self.completed
         var arguments = SETATTR3args(object: target(slot), new_attributes: newAttributes(slot), guard: sattrguard3())
-        return rpc_nfs3_setattr_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_setattr_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The READLINK call of a stage.
     func sendReadlink(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var arguments = READLINK3args(symlink: handle(primary))
-        return rpc_nfs3_readlink_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_readlink_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The SYMLINK call of a stage.
     func sendSymlink(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var arguments = SYMLINK3args(where: directoryOperation(primary, request.name),
                                      symlink: symlinkdata3(symlink_attributes: sattr3(), symlink_data: cString(request.secondName)))
-        return rpc_nfs3_symlink_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_symlink_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The MKNOD call of a stage.
     func sendMknod(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         let fuse = request
         var what = mknoddata3()
         var attributes = sattr3()
@@ -297,25 +291,23 @@ extension NFSQueue {
             what.mknoddata3_u.pipe_attributes = attributes
         }
         var arguments = MKNOD3args(where: directoryOperation(primary, request.name), what: what)
-        return rpc_nfs3_mknod_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_mknod_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The MKDIR call of a stage.
     func sendMkdir(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var attributes = sattr3()
         attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: request.mode & 0o7777))
         var arguments = MKDIR3args(where: directoryOperation(primary, request.name), attributes: attributes)
-        return rpc_nfs3_mkdir_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_mkdir_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The CREATE call of a stage.
     func sendCreate(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var how = createhow3()
         let state = records[slot].progress
         if state.contains(.exclusive) {
@@ -338,35 +330,32 @@ extension NFSQueue {
             how.createhow3_u.obj_attributes = attributes
         }
         var arguments = CREATE3args(where: directoryOperation(primary, request.name), how: how)
-        return rpc_nfs3_create_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_create_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The REMOVE call of a stage.
     func sendRemove(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         let object = records[slot].progress.contains(.removingHidden)
             ? diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot))
             : directoryOperation(primary, request.name)
         var arguments = REMOVE3args(object: object)
-        return rpc_nfs3_remove_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_remove_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The RMDIR call of a stage.
     func sendRmdir(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var arguments = RMDIR3args(object: directoryOperation(primary, request.name))
-        return rpc_nfs3_rmdir_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_rmdir_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The RENAME call of a stage.
     func sendRename(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var arguments: RENAME3args
         if records[slot].progress.contains(.hiding) {
             // UNLINK hides its name's file; RENAME the file its new name would replace.
@@ -378,86 +367,78 @@ extension NFSQueue {
             arguments = RENAME3args(from: directoryOperation(primary, request.name),
                                     to: directoryOperation(records[slot].secondaryNode, request.secondName))
         }
-        return rpc_nfs3_rename_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_rename_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The LINK call of a stage.
     func sendLink(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var arguments = LINK3args(file: handle(records[slot].secondaryNode), link: directoryOperation(primary, request.name))
-        return rpc_nfs3_link_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_link_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The ACCESS call of a stage.
     func sendAccess(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var arguments = ACCESS3args(object: handle(primary), access: accessWanted(slot))
-        return rpc_nfs3_access_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_access_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The READ call of a stage.
     func sendRead(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         let fuse = request
         let count = min(Int(fuse.size), records[slot].reply.dataCapacity, device.readBytesMax)
         var arguments = READ3args(file: handle(primary), offset: fuse.offset, count: count3(count))
-        return rpc_nfs3_read_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_read_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The WRITE call of a stage.
     func sendWrite(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         let fuse = request
         let count = min(request.payloadLength, device.writeBytesMax)
         let data = journaledPayload(slot, request, count: count)
         var arguments = WRITE3args(file: handle(primary), offset: fuse.offset, count: count3(count), stable: UNSTABLE,
                                    data: .init(data_len: u_int(count), data_val: data))
-        return rpc_nfs3_write_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_write_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The WRITE (a journal entry again) call of a stage.
     func sendResendWrite(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         let entry = journal.entry(records[slot].resendEntry).pointee
         var arguments = WRITE3args(file: handle(primary), offset: entry.offsetInFile, count: count3(entry.length), stable: UNSTABLE,
                                    data: .init(data_len: u_int(entry.length),
                                                data_val: journal.data(records[slot].resendEntry).assumingMemoryBound(to: CChar.self)))
-        return rpc_nfs3_write_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_write_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The COMMIT call of a stage.
     func sendCommit(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         // What this COMMIT covers: every WRITE answered before it is sent (a resend after a
         // reconnect covers the ones answered meanwhile too, which is just as true).
         records[slot].commitSnapshot = device.files.commitSnapshot(records[slot].openFile)
         records[slot].journalSnapshot = journal.ackCounter
         var arguments = COMMIT3args(file: handle(primary), offset: 0, count: 0)
-        return rpc_nfs3_commit_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_commit_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The FSSTAT call of a stage.
     func sendFsstat(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         var arguments = FSSTAT3args(fsroot: handle(primary))
-        return rpc_nfs3_fsstat_async(rpc, callback, &arguments, tag)
+        return rpc_nfs3_fsstat_async(rpc, Self.completed, &arguments, tag)
     }
 
     /// The READDIR, READDIRPLUS call of a stage.
     func sendReaddir(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let callback = Self.completed
         let fuse = request
         let capacity = min(Int(fuse.size), records[slot].reply.bodyCapacity)
         var verifier = cookieverf3(0, 0, 0, 0, 0, 0, 0, 0)
@@ -467,11 +448,11 @@ extension NFSQueue {
         if records[slot].call == .readdir {
             // NFS entries are about the size of FUSE's; a little more keeps the last one whole.
             var arguments = READDIR3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier, count: count3(capacity + 512))
-            return rpc_nfs3_readdir_async(rpc, callback, &arguments, tag)
+            return rpc_nfs3_readdir_async(rpc, Self.completed, &arguments, tag)
         } else {
             var arguments = READDIRPLUS3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier,
                                              dircount: count3(capacity), maxcount: count3(2 * capacity + 1024))
-            return rpc_nfs3_readdirplus_async(rpc, callback, &arguments, tag)
+            return rpc_nfs3_readdirplus_async(rpc, Self.completed, &arguments, tag)
         }
     }
 
