@@ -84,7 +84,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Configuration: the engine's TOML subset and its validation (pure, tested on its own).
-        .target(name: "DPFSConfiguration", swiftSettings: swiftSettings),
+        .target(name: "DPFSConfiguration", dependencies: ["FUSEWire"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "dpfs-engine",
             dependencies: [

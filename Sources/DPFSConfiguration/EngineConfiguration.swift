@@ -1,3 +1,5 @@
+import FUSEWire
+
 // The engine's configuration: one [[device]] table per tenant (one vhost-user socket and backend
 // each), read once at start-up, every value checked against its limit with a clear message.
 
@@ -17,10 +19,6 @@ public enum TransportKind: String, Sendable, CaseIterable {
 /// /dev/fuse modes (FUSEDevice's FUSETransportChoice).
 public let fuseTransportNames = ["auto", "classic", "uring"]
 
-/// What the guest's kernel may cache (the passthrough backend; virtiofsd's --cache modes).
-public enum CacheModeName: String, Sendable, CaseIterable {
-    case never, metadata, auto, always
-}
 
 public struct DeviceConfiguration: Equatable, Sendable {
     public var name: String
@@ -34,7 +32,7 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public var cpus: [Int]
     /// The passthrough backend's host directory.
     public var sharedDirectory: String
-    public var cacheMode: CacheModeName
+    public var cacheMode: CacheMode
     /// Inodes the guest may know at once, and files it may have open at once (passthrough).
     public var inodesMax: Int
     public var openFilesMax: Int
@@ -71,7 +69,7 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
                 nullFileSizeBytes: UInt64 = 1 << 30, cpus: [Int] = [], sharedDirectory: String = "",
-                cacheMode: CacheModeName = .auto, inodesMax: Int = 65_536, openFilesMax: Int = 16_384,
+                cacheMode: CacheMode = .auto, inodesMax: Int = 65_536, openFilesMax: Int = 16_384,
                 inodeDescriptorsMax: Int = 4096) {
         self.name = name
         self.socketPath = socketPath
@@ -217,7 +215,7 @@ public struct EngineConfiguration: Equatable, Sendable {
                 case "busy_poll_us": device.busyPollMicroseconds = try integer(entry)
                 case "null_file_size": device.nullFileSizeBytes = UInt64(try integer(entry, minimum: 0))
                 case "shared_dir": device.sharedDirectory = try string(entry)
-                case "cache": device.cacheMode = try choice(entry, CacheModeName.self)
+                case "cache": device.cacheMode = try choice(entry, CacheMode.self)
                 case "inodes_max": device.inodesMax = try integer(entry)
                 case "open_files_max": device.openFilesMax = try integer(entry)
                 case "inode_descriptors_max": device.inodeDescriptorsMax = try integer(entry)

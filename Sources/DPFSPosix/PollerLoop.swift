@@ -20,6 +20,13 @@ public struct PollerLoopConfiguration: Sendable {
     /// How often a quiesce that waits on the backend logs that it still waits.
     public var quiesceReportNanoseconds: UInt64
 
+    /// A busy-poll budget given in microseconds, in cycles of the calibrated clock: the one place
+    /// the conversion is written.
+    public static func busyPollCycles(microseconds: Int, cyclesPerNanosecond: Double) -> UInt64 {
+        precondition(microseconds >= 0 && cyclesPerNanosecond > 0)
+        return UInt64(Double(microseconds) * 1000 * cyclesPerNanosecond)
+    }
+
     public init(busyPollCycles: UInt64, sleepMillisecondsMax: Int32 = 100, quiesceReportNanoseconds: UInt64 = 1_000_000_000) {
         precondition(sleepMillisecondsMax >= 1 && sleepMillisecondsMax <= 10_000)
         self.busyPollCycles = busyPollCycles

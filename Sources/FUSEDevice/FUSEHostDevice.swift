@@ -201,7 +201,8 @@ public final class FUSEHostDevice<B: Backend>: @unchecked Sendable {
 
     /// Starts every queue's thread.
     public func start() throws(FUSEDeviceError) {
-        let budget = UInt64(Double(configuration.busyPollMicroseconds) * 1000 * cyclesPerNanosecond)
+        let budget = PollerLoopConfiguration.busyPollCycles(microseconds: configuration.busyPollMicroseconds,
+                                                            cyclesPerNanosecond: cyclesPerNanosecond)
         for (index, runner) in runners.enumerated() {
             let cpu: Int? = mode == .uring ? index
                 : (configuration.cpus.isEmpty ? nil : configuration.cpus[index % configuration.cpus.count])

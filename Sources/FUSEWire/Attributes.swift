@@ -134,3 +134,35 @@ public enum DirentType {
     /// The entry type of a file with `mode`.
     @inlinable public static func of(mode: UInt32) -> UInt32 { (mode & FileType.mask) >> 12 }
 }
+
+/// What a guest's kernel may cache of a share, and for how long (virtiofsd's --cache modes):
+/// defined once, for every backend and the configuration.
+public enum CacheMode: String, Sendable, CaseIterable {
+    /// Nothing: names and attributes are asked for every time, data goes direct (FOPEN_DIRECT_IO).
+    /// Host-side changes are seen at once.
+    case never
+    /// Names and attributes for 1 s, data direct. Host changes to metadata show within 1 s.
+    case metadata
+    /// Names and attributes for 1 s; data in the guest's page cache, dropped at every open
+    /// (close-to-open consistency, as NFS). The default.
+    case auto
+    /// Everything for a day, page cache kept across opens (FOPEN_KEEP_CACHE) and writeback caching:
+    /// fastest, for a share only this guest changes.
+    case always
+
+    public var validity: CacheValidity {
+        switch self {
+        case .never: return CacheValidity(seconds: 0)
+        case .metadata, .auto: return CacheValidity(seconds: 1)
+        case .always: return CacheValidity(seconds: 86_400)
+        }
+    }
+
+    public var openFlags: UInt32 {
+        switch self {
+        case .never, .metadata: return OpenReplyFlags.directIO
+        case .auto: return 0
+        case .always: return OpenReplyFlags.keepCache
+        }
+    }
+}

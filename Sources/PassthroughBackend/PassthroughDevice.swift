@@ -7,37 +7,6 @@ import Synchronization
 // The state of one passthrough device, built once at start-up and shared by every queue's backend:
 // the shared directory, its inode table and its open-file table.
 
-/// What the kernel may cache, as virtiofsd's `--cache` modes.
-public enum PassthroughCacheMode: String, Sendable, CaseIterable {
-    /// Nothing: names and attributes are asked for every time, data goes direct (FOPEN_DIRECT_IO).
-    /// Host-side changes are seen at once.
-    case never
-    /// Names and attributes for 1 s, data direct. Host changes to metadata show within 1 s.
-    case metadata
-    /// Names and attributes for 1 s; data in the guest's page cache, dropped at every open
-    /// (close-to-open consistency, as NFS). The default.
-    case auto
-    /// Everything for a day, page cache kept across opens (FOPEN_KEEP_CACHE) and writeback caching:
-    /// fastest, for a share only this guest changes.
-    case always
-
-    public var validity: CacheValidity {
-        switch self {
-        case .never: return CacheValidity(seconds: 0)
-        case .metadata, .auto: return CacheValidity(seconds: 1)
-        case .always: return CacheValidity(seconds: 86_400)
-        }
-    }
-
-    public var openFlags: UInt32 {
-        switch self {
-        case .never, .metadata: return UInt32(FOPEN_DIRECT_IO)
-        case .auto: return 0
-        case .always: return UInt32(FOPEN_KEEP_CACHE)
-        }
-    }
-}
-
 /// How READ and WRITE reach the file.
 public enum PassthroughDataPath: String, Sendable, CaseIterable {
     /// On the poller when it cannot block: RWF_NOWAIT where the file system supports it (a miss
@@ -50,7 +19,7 @@ public enum PassthroughDataPath: String, Sendable, CaseIterable {
 
 public struct PassthroughConfiguration: Sendable {
     public var sharedDirectory: String
-    public var cacheMode: PassthroughCacheMode
+    public var cacheMode: CacheMode
     /// Inodes the guest may know at once (each holds one O_PATH descriptor).
     public var inodesMax: Int
     /// Files and directories the guest may have open at once.
@@ -67,7 +36,7 @@ public struct PassthroughConfiguration: Sendable {
     public var lockWaitersMax: Int = 256
     public var lockWorkers: Int = 2
 
-    public init(sharedDirectory: String, cacheMode: PassthroughCacheMode = .auto, inodesMax: Int = 65_536,
+    public init(sharedDirectory: String, cacheMode: CacheMode = .auto, inodesMax: Int = 65_536,
                 openFilesMax: Int = 16_384, crossMounts: Bool = false) {
         self.sharedDirectory = sharedDirectory
         self.cacheMode = cacheMode

@@ -114,7 +114,8 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
         self.runners = runners
         regionStorage = .allocate(capacity: GuestMemory.regionsMax)
         queues = Array(repeating: QueueSetup(), count: configuration.queueCount)
-        busyPollCycles = UInt64(Double(configuration.busyPollMicroseconds) * 1000 * cyclesPerNanosecond)
+        busyPollCycles = PollerLoopConfiguration.busyPollCycles(microseconds: configuration.busyPollMicroseconds,
+                                                                 cyclesPerNanosecond: cyclesPerNanosecond)
     }
 
     deinit {

@@ -117,7 +117,7 @@ struct DPFSEngine: ParsableCommand {
                 engineConfiguration = try EngineConfiguration.parse(text)
             } else {
                 guard let kind = BackendKind(rawValue: backend) else { throw ValidationError("unknown backend '\(backend)'") }
-                guard let cacheMode = CacheModeName(rawValue: cache) else { throw ValidationError("unknown cache mode '\(cache)'") }
+                guard let cacheMode = CacheMode(rawValue: cache) else { throw ValidationError("unknown cache mode '\(cache)'") }
                 let slotCount = slots ?? (fuseMount == nil ? 256 : 16)
                 let device = DeviceConfiguration(name: "dpfs", socketPath: socket ?? "", backend: kind, requestQueues: queues,
                                                  slotsPerQueue: slotCount, batchMax: min(32, slotCount),
@@ -199,7 +199,7 @@ struct DPFSEngine: ParsableCommand {
                 do {
                     var passthrough = PassthroughConfiguration(
                         sharedDirectory: device.sharedDirectory,
-                        cacheMode: PassthroughCacheMode(rawValue: device.cacheMode.rawValue)!,
+                        cacheMode: device.cacheMode,
                         inodesMax: device.inodesMax, openFilesMax: device.openFilesMax)
                     passthrough.inodeDescriptorsMax = device.inodeDescriptorsMax
                     passthrough.dataPath = PassthroughDataPath(rawValue: device.dataPath)!
@@ -241,7 +241,7 @@ struct DPFSEngine: ParsableCommand {
                 do {
                     let url = try NFSURL.parse(device.nfsURL)
                     // The same cache modes as the passthrough backend: what the guest may keep, and for how long.
-                    let mode = PassthroughCacheMode(rawValue: device.cacheMode.rawValue)!
+                    let mode = device.cacheMode
                     let nfs = NFSConfiguration(url: url, validity: mode.validity, openFlags: mode.openFlags,
                                                nodesMax: device.inodesMax, openFilesMax: device.openFilesMax,
                                                requestTimeoutMilliseconds: device.nfsTimeoutMilliseconds,
