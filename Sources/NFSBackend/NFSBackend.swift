@@ -251,6 +251,18 @@ public struct NFSBackend: FileSystem {
     public let device: NFSDevice
     var queue: NFSQueue? = nil
 
+    /// What this backend asks of INIT for `device`'s server.
+    /// - No atomic O_TRUNC: the kernel truncates with a SETATTR of its own (an NFSv3 OPEN cannot
+    ///   truncate).
+    /// - No READ or WRITE larger than the server takes in one call: the kernel would read a short
+    ///   READ in the middle of a file as its end.
+    public static func initPolicy(_ device: NFSDevice) -> InitPolicy {
+        var policy = InitPolicy()
+        policy.flagsWanted &= ~InitFlags.atomicOpenTruncate
+        policy.writeBytesMax = UInt32(device.transferBytesMax)
+        return policy
+    }
+
     /// Each request's stages, pins and staged answers, carved by the poller beside its slot.
     public static var requestContextLayout: RequestContextLayout {
         RequestContextLayout(bytes: MemoryLayout<NFSRequestState>.stride, alignment: MemoryLayout<NFSRequestState>.alignment)

@@ -40,6 +40,9 @@ public struct NullBackend: FileSystem {
     @usableFromInline static let statxBasicStats: UInt32 = 0x7FF     // STATX_BASIC_STATS
     @usableFromInline static let openExclusive: UInt32 = 0o200       // O_EXCL
 
+    /// What this backend asks of INIT: the engine's defaults (nothing is shared, nothing to lock).
+    public static var initPolicy: InitPolicy { InitPolicy() }
+
     public init(configuration: NullBackendConfiguration = NullBackendConfiguration(), startTime: FUSETime = FUSETime(seconds: 1_700_000_000)) {
         self.configuration = configuration
         var name = InlineArray<256, UInt8>(repeating: 0)

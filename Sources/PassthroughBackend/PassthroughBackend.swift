@@ -115,6 +115,24 @@ public struct PassthroughBackend: FileSystem {
     /// Whether io_uring is used for READ/WRITE/FSYNC (else the same calls run inline).
     public let usesIOURing: Bool
 
+    /// What this backend asks of INIT.
+    /// - POSIX record locks are kept on the host, so tenants sharing a directory see each other's
+    ///   locks (and the guest's kernel forwards them instead of keeping them).
+    /// - Writeback caching only where the guest owns the share (cache = always).
+    /// - A host mount takes set-ID killing on itself (handle_killpriv_v2): the kernel then marks
+    ///   inodes S_NOSEC after one look and stops asking GETXATTR(security.capability) before every
+    ///   write (one extra round trip per write otherwise, and the only one a kernel-passthrough
+    ///   write would still make). WRITE carries FUSE_WRITE_KILL_SUIDGID (killSetIDAsEngine);
+    ///   SETATTR and OPEN(O_TRUNC) run as the caller, so the host file system drops the bits itself
+    ///   exactly as it would locally.
+    public static func initPolicy(cacheMode: CacheMode, hostMount: Bool) -> InitPolicy {
+        var policy = InitPolicy()
+        policy.flagsWanted |= InitFlags.posixLocks
+        if cacheMode == .always { policy.flagsWanted |= InitFlags.writebackCache }
+        if hostMount { policy.flagsWanted |= InitFlags.handleKillprivV2 }
+        return policy
+    }
+
     /// Each request's io_uring state and iovecs, carved by the poller beside its slot.
     public static var requestContextLayout: RequestContextLayout { PassthroughRequestState.layout }
 

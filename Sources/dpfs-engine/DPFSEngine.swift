@@ -192,7 +192,7 @@ struct DPFSEngine: ParsableCommand {
             switch device.backend {
             case .null:
                 let nullConfiguration = NullBackendConfiguration(fileSizeBytes: device.nullFileSizeBytes)
-                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: InitPolicy(),
+                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: NullBackend.initPolicy,
                                                report: "backend null", hostMounted: { _ in }) { _ in NullBackend(configuration: nullConfiguration) })
             case .passthrough:
                 let shared: PassthroughDevice
@@ -215,19 +215,7 @@ struct DPFSEngine: ParsableCommand {
                         (no CAP_SYS_RESOURCE?): the guest gets ENFILE once the process runs out of descriptors
                         """)
                 }
-                var policy = InitPolicy()
-                // POSIX record locks are kept on the host, so tenants sharing a directory see each
-                // other's locks (and the guest's kernel forwards them instead of keeping them).
-                policy.flagsWanted |= InitFlags.posixLocks
-                // Writeback caching only where the guest owns the share (cache = always).
-                if device.cacheMode == .always { policy.flagsWanted |= InitFlags.writebackCache }
-                // A host mount takes set-ID killing on itself (handle_killpriv_v2): the kernel then
-                // marks inodes S_NOSEC after one look and stops asking GETXATTR(security.capability)
-                // before every write — one extra round trip per write otherwise, and the only one a
-                // kernel-passthrough write would still make. WRITE carries FUSE_WRITE_KILL_SUIDGID
-                // (killSetID); SETATTR and OPEN(O_TRUNC) run as the caller, so the host file system
-                // drops the bits itself exactly as it would locally.
-                if device.transport == .fuse { policy.flagsWanted |= InitFlags.handleKillprivV2 }
+                let policy = PassthroughBackend.initPolicy(cacheMode: device.cacheMode, hostMount: device.transport == .fuse)
                 let passthroughWanted = device.fusePassthrough
                 servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: policy,
                                                report: "backend \(shared.report); descriptor limit \(limit)",
@@ -252,13 +240,7 @@ struct DPFSEngine: ParsableCommand {
                 } catch {
                     throw StartupError("device \(device.name): \(error)")
                 }
-                var policy = InitPolicy()
-                // The kernel truncates with a SETATTR of its own (an NFSv3 OPEN cannot truncate).
-                policy.flagsWanted &= ~InitFlags.atomicOpenTruncate
-                // No READ or WRITE larger than the server takes in one call: the kernel would read a
-                // short READ in the middle of a file as its end.
-                policy.writeBytesMax = UInt32(shared.transferBytesMax)
-                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: policy,
+                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: NFSBackend.initPolicy(shared),
                                                report: "backend \(shared.report)", hostMounted: { _ in }) { _ in
                     NFSBackend(device: shared)
                 })
