@@ -69,8 +69,8 @@ public struct DeviceConfiguration: Equatable, Sendable {
     public init(name: String, socketPath: String, backend: BackendKind = .null, requestQueues: Int = 1,
                 slotsPerQueue: Int = 256, batchMax: Int = 32, busyPollMicroseconds: Int = 50,
                 nullFileSizeBytes: UInt64 = 1 << 30, cpus: [Int] = [], sharedDirectory: String = "",
-                cacheMode: CacheMode = .auto, inodesMax: Int = 65_536, openFilesMax: Int = 16_384,
-                inodeDescriptorsMax: Int = 4096) {
+                cacheMode: CacheMode = .auto, inodesMax: Int = DeviceTableDefaults.nodesMax, openFilesMax: Int = DeviceTableDefaults.openFilesMax,
+                inodeDescriptorsMax: Int = DeviceTableDefaults.nodeDescriptorsMax) {
         self.name = name
         self.socketPath = socketPath
         self.backend = backend

@@ -20,6 +20,16 @@ public enum FUSELimits {
     public static let replyStagingBytes = 4096 + 512
 }
 
+/// The defaults of a device's tables, defined once for the configuration, the command line and
+/// every backend: how many nodes the guest's kernel may know at once (its lookups, until FORGET),
+/// how many files and directories it may hold open, and how many node descriptors the passthrough
+/// backend keeps open before it closes idle ones (re-opened by file handle).
+public enum DeviceTableDefaults {
+    public static let nodesMax = 65_536
+    public static let openFilesMax = 16_384
+    public static let nodeDescriptorsMax = 4096
+}
+
 /// The knobs INIT negotiation changes and the decoder must honour.
 @frozen
 public struct DecoderOptions: Sendable {

@@ -97,7 +97,7 @@ public struct NFSConfiguration: Sendable {
     public var reconnectBackoffMillisecondsMax: Int = 2000
 
     public init(url: NFSURL, validity: CacheValidity = CacheValidity(seconds: 1), openFlags: UInt32 = 0,
-                nodesMax: Int = 65_536, openFilesMax: Int = 16_384, requestTimeoutMilliseconds: Int = 30_000,
+                nodesMax: Int = DeviceTableDefaults.nodesMax, openFilesMax: Int = DeviceTableDefaults.openFilesMax, requestTimeoutMilliseconds: Int = 30_000,
                 connectionsPerQueue: Int = 1, journalBytesPerQueue: Int = 16 << 20) {
         precondition(nodesMax >= 16 && nodesMax <= 1 << 24)
         // A slot records its connection in 8 bits, and `expire` keeps them in a 64-bit set.

@@ -30,14 +30,14 @@ public struct PassthroughConfiguration: Sendable {
     /// threads that wait for them.
     /// Inode descriptors kept open at most: beyond it, descriptors of inodes no request uses are
     /// closed and re-opened from their file handle when needed (file systems with file handles).
-    public var inodeDescriptorsMax: Int = 4096
+    public var inodeDescriptorsMax: Int = DeviceTableDefaults.nodeDescriptorsMax
     public var dataPath: PassthroughDataPath = .inlineFirst
     public var lockOwnersMax: Int = 1024
     public var lockWaitersMax: Int = 256
     public var lockWorkers: Int = 2
 
-    public init(sharedDirectory: String, cacheMode: CacheMode = .auto, inodesMax: Int = 65_536,
-                openFilesMax: Int = 16_384, crossMounts: Bool = false) {
+    public init(sharedDirectory: String, cacheMode: CacheMode = .auto, inodesMax: Int = DeviceTableDefaults.nodesMax,
+                openFilesMax: Int = DeviceTableDefaults.openFilesMax, crossMounts: Bool = false) {
         self.sharedDirectory = sharedDirectory
         self.cacheMode = cacheMode
         self.inodesMax = inodesMax

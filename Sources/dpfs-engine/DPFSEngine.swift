@@ -74,16 +74,16 @@ struct DPFSEngine: ParsableCommand {
     var cache: String = "auto"
 
     @Option(name: .customLong("inodes-max"), help: "Inodes the guest may know at once (passthrough; one O_PATH descriptor each).")
-    var inodesMax: Int = 65_536
+    var inodesMax: Int = DeviceTableDefaults.nodesMax
 
     @Option(name: .customLong("inode-descriptors-max"), help: "Inode descriptors kept open (passthrough); idle ones beyond are closed and re-opened by file handle.")
-    var inodeDescriptorsMax: Int = 4096
+    var inodeDescriptorsMax: Int = DeviceTableDefaults.nodeDescriptorsMax
 
     @Option(name: .customLong("data-path"), help: "How READ/WRITE reach the file (passthrough): inline-first (on the poller when it cannot block, else io_uring) or uring (always io_uring).")
     var dataPath: String = "inline-first"
 
     @Option(name: .customLong("open-files-max"), help: "Files and directories the guest may have open at once (passthrough).")
-    var openFilesMax: Int = 16_384
+    var openFilesMax: Int = DeviceTableDefaults.openFilesMax
 
     @Option(help: "Request queues (the front-end's num-request-queues); queue 0 (hiprio) comes on top.")
     var queues: Int = 1
