@@ -55,7 +55,7 @@ let package = Package(
         ),
         // The contract every backend is written against: typed per-operation arguments and replies,
         // defaults for what a backend does not answer, and the one opcode switch (FileSystem).
-        .target(name: "BackendKit", dependencies: ["CDPFS", "DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
+        .target(name: "BackendKit", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix"], swiftSettings: swiftSettings),
         .target(name: "NullBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "BackendKit"], swiftSettings: swiftSettings),
         // A host directory shared with the guest: confined openat2 resolution, the caller's
         // credentials, io_uring data path, inode and open-file tables shared by a device's queues.

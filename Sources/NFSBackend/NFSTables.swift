@@ -1,23 +1,21 @@
+import BackendKit
 import DPFSPosix
 import Glibc
 import Synchronization
 
 // The tables an NFS device's queues share: the inodes the guest knows (keyed by NFS file handle,
 // never by path, so a rename on the server cannot make a node id name another file) and the files
-// it has open. The pin protocol is the passthrough backend's (Specs/passthrough-tables.md): a 64-bit
-// id is generation << 32 | index; a request pins a record lock-free, copies what it needs (the file
+// it has open. The inode table is BackendKit's PinnedTable, as the passthrough backend's
+// (Specs/passthrough-tables.md): a request pins a record lock-free, copies what it needs (the file
 // handle is encoded into the RPC at once, so the pin lasts only while the call is built) and unpins.
-// Only adding and forgetting records takes the table's mutex.
 
 /// The longest NFSv3 file handle (RFC 1813 NFS3_FHSIZE).
 public let nfsFileHandleBytesMax = 64
 
-public final class FileHandleTable: @unchecked Sendable {
-    public let capacity: Int
-    /// 0 = free; otherwise 1 (alive) + in-flight users.
-    let pins: UnsafeMutablePointer<Atomic<UInt32>>
-    let generations: UnsafeMutablePointer<Atomic<UInt32>>
-    /// File handle bytes and length: written while the record is free, published by its first pin.
+/// What each node record holds besides the shared table's pin, generation and lookups.
+public struct NFSNodeRecords: PinnedRecordPayload {
+    /// File handle bytes and length: written while the record is free (under the mutex, which
+    /// `find` compares them under), published by its first pin.
     let handles: UnsafeMutableRawPointer
     let handleLengths: UnsafeMutablePointer<UInt8>
     /// st_mode file-type bits, written like the handle.
@@ -27,31 +25,8 @@ public final class FileHandleTable: @unchecked Sendable {
     let opens: UnsafeMutablePointer<Atomic<UInt32>>
     /// 0 = visible; 1 = hidden (its last RELEASE removes it); 2 = removal claimed or done.
     let hiddenStates: UnsafeMutablePointer<Atomic<UInt8>>
-    /// Mutex-only: lookup counts, hash membership, the free list and the hash cells.
-    let lookups: UnsafeMutablePointer<UInt64>
-    let hashed: UnsafeMutablePointer<Bool>
-    let mutex = HostMutex()
-    let freeList: UnsafeMutablePointer<UInt32>
-    var freeCount = 0
-    let hashCells: UnsafeMutablePointer<UInt32>
-    let hashMask: Int
-    public static let rootIndex: UInt32 = 1
-    /// FUSE's root node id: index 1, generation 0 (every other record starts at generation 1).
-    public static let rootID: UInt64 = 1
 
-    /// Records in use besides the root (for reports and tests).
-    public var inUse: Int { mutex.withLock { capacity - 2 - freeCount } }
-
-    public init(capacity: Int, rootHandle: UnsafeRawBufferPointer, rootKind: UInt32) {
-        precondition(capacity >= 4 && capacity <= 1 << 24)
-        precondition(rootHandle.count >= 1 && rootHandle.count <= nfsFileHandleBytesMax)
-        self.capacity = capacity
-        pins = .allocate(capacity: capacity)
-        generations = .allocate(capacity: capacity)
-        for index in 0..<capacity {
-            (pins + index).initialize(to: Atomic(0))
-            (generations + index).initialize(to: Atomic(index == Int(Self.rootIndex) ? 0 : 1))
-        }
+    init(capacity: Int) {
         handles = .allocate(byteCount: capacity * nfsFileHandleBytesMax, alignment: 8)
         handleLengths = .allocate(capacity: capacity)
         handleLengths.initialize(repeating: 0, count: capacity)
@@ -63,94 +38,73 @@ public final class FileHandleTable: @unchecked Sendable {
             (opens + index).initialize(to: Atomic(0))
             (hiddenStates + index).initialize(to: Atomic(0))
         }
-        lookups = .allocate(capacity: capacity)
-        lookups.initialize(repeating: 0, count: capacity)
-        hashed = .allocate(capacity: capacity)
-        hashed.initialize(repeating: false, count: capacity)
-        freeList = .allocate(capacity: capacity)
-        for index in stride(from: capacity - 1, through: 2, by: -1) {
-            freeList[freeCount] = UInt32(index)
-            freeCount += 1
-        }
-        var cells = 1
-        while cells < 2 * capacity { cells <<= 1 }
-        hashCells = .allocate(capacity: cells)
-        hashCells.initialize(repeating: 0, count: cells)
-        hashMask = cells - 1
-        // The root is pinned alive for ever and hashed, so a LOOKUP that returns the root's handle
-        // (".." of a top directory) finds node 1.
-        let root = Int(Self.rootIndex)
-        (handles + root * nfsFileHandleBytesMax).copyMemory(from: rootHandle.baseAddress!, byteCount: rootHandle.count)
-        handleLengths[root] = UInt8(rootHandle.count)
-        kinds[root] = rootKind
-        hash(Self.rootIndex)
-        pins[root].store(1, ordering: .releasing)
     }
 
-    deinit {
-        pins.deallocate()
-        generations.deallocate()
+    public func recordFreed(_ index: UInt32) {
+        opens[Int(index)].store(0, ordering: .relaxed)
+        hiddenStates[Int(index)].store(0, ordering: .relaxed)
+    }
+
+    public func deallocate() {
         handles.deallocate()
         handleLengths.deallocate()
         kinds.deallocate()
         opens.deallocate()
         hiddenStates.deallocate()
-        lookups.deallocate()
-        hashed.deallocate()
-        freeList.deallocate()
-        hashCells.deallocate()
     }
 
-    @inlinable
-    static func id(index: UInt32, generation: UInt32) -> UInt64 { UInt64(generation) << 32 | UInt64(index) }
-
-    public func id(of index: UInt32) -> UInt64 {
-        Self.id(index: index, generation: generations[Int(index)].load(ordering: .acquiring))
-    }
-
-    /// Pins the record `id` names, or nil (never issued, forgotten, stale generation).
-    public func pin(_ id: UInt64) -> UInt32? {
-        let index = Int(UInt32(truncatingIfNeeded: id))
-        let generation = UInt32(truncatingIfNeeded: id >> 32)
-        guard index >= 1, index < capacity else { return nil }
-        var current = pins[index].load(ordering: .acquiring)
-        while true {
-            guard current != 0 else { return nil }
-            let (exchanged, original) = pins[index].compareExchange(expected: current, desired: current &+ 1,
-                                                                     ordering: .acquiringAndReleasing)
-            if exchanged { break }
-            current = original
-        }
-        guard generations[index].load(ordering: .acquiring) == generation else {
-            unpin(UInt32(index))
-            return nil
-        }
-        return UInt32(index)
-    }
-
-    public func unpin(_ index: UInt32) {
-        let previous = pins[Int(index)].subtract(1, ordering: .acquiringAndReleasing).oldValue
-        precondition(previous >= 1, "unpin of a free record")
-        if previous == 1 { free(index) }
-    }
-
-    /// The file handle of a pinned record (valid while pinned).
-    public func handle(_ index: UInt32) -> UnsafeRawBufferPointer {
+    func handle(_ index: UInt32) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: handles + Int(index) * nfsFileHandleBytesMax, count: Int(handleLengths[Int(index)]))
     }
 
-    public func kind(_ index: UInt32) -> UInt32 { kinds[Int(index)] }
+    func fill(_ index: UInt32, handle: UnsafeRawBufferPointer, kind: UInt32) {
+        (handles + Int(index) * nfsFileHandleBytesMax).copyMemory(from: handle.baseAddress!, byteCount: handle.count)
+        handleLengths[Int(index)] = UInt8(handle.count)
+        kinds[Int(index)] = kind
+    }
+}
+
+/// The inodes the guest knows: BackendKit's PinnedTable keyed by NFS file handle, with the root
+/// at index 1 (generation 0, so its id is FUSE's node 1) pinned for ever.
+public final class FileHandleTable: @unchecked Sendable {
+    let records: PinnedTable<NFSNodeRecords>
+    public var capacity: Int { records.capacity }
+    public static let rootIndex: UInt32 = 1
+    /// FUSE's root node id: index 1, generation 0 (every other record starts at generation 1).
+    public static let rootID: UInt64 = 1
+
+    /// Records in use besides the root (for reports and tests).
+    public var inUse: Int { records.inUse }
+
+    public init(capacity: Int, rootHandle: UnsafeRawBufferPointer, rootKind: UInt32) {
+        precondition(capacity >= 4 && capacity <= 1 << 24)
+        precondition(rootHandle.count >= 1 && rootHandle.count <= nfsFileHandleBytesMax)
+        records = PinnedTable(capacity: capacity, keyed: true, reservedIndices: 1, payload: NFSNodeRecords(capacity: capacity))
+        // The root is pinned alive for ever and hashed, so a LOOKUP that returns the root's handle
+        // (".." of a top directory) finds node 1.
+        records.payload.fill(Self.rootIndex, handle: rootHandle, kind: rootKind)
+        records.installPermanent(Self.rootIndex, keyHash: Self.hashValue(rootHandle))
+    }
+
+    public func id(of index: UInt32) -> UInt64 { records.id(of: index) }
+
+    /// Pins the record `id` names, or nil (never issued, forgotten, stale generation).
+    public func pin(_ id: UInt64) -> UInt32? { records.pin(id) }
+
+    public func unpin(_ index: UInt32) { records.unpin(index) }
+
+    /// The file handle of a pinned record (valid while pinned).
+    public func handle(_ index: UInt32) -> UnsafeRawBufferPointer { records.payload.handle(index) }
+
+    public func kind(_ index: UInt32) -> UInt32 { records.payload.kinds[Int(index)] }
 
     /// One more pin of a record the caller already holds pinned.
-    public func retain(_ index: UInt32) {
-        let previous = pins[Int(index)].add(1, ordering: .acquiringAndReleasing).oldValue
-        precondition(previous >= 1, "retain of a free record")
-    }
+    public func retain(_ index: UInt32) { records.retain(index) }
 
     /// The record holding `handle`, pinned, without counting a lookup (nil: the guest does not know it).
     public func findPinned(handle: UnsafeRawBufferPointer) -> UInt32? {
         guard handle.count >= 1 && handle.count <= nfsFileHandleBytesMax else { return nil }
-        return mutex.withLock { () -> UInt32? in
+        return records.withLock { () -> UInt32? in
             // A hashed record holds its alive pin (only forget and free unhash, both under this mutex).
             guard let index = find(handle) else { return nil }
             retain(index)
@@ -163,95 +117,62 @@ public final class FileHandleTable: @unchecked Sendable {
     /// A FUSE open of a pinned node: the open keeps a pin of its own until `closed`.
     public func opened(_ index: UInt32) {
         retain(index)
-        opens[Int(index)].add(1, ordering: .sequentiallyConsistent)
+        records.payload.opens[Int(index)].add(1, ordering: .sequentiallyConsistent)
     }
 
-    public func openCount(_ index: UInt32) -> UInt32 { opens[Int(index)].load(ordering: .sequentiallyConsistent) }
+    public func openCount(_ index: UInt32) -> UInt32 { records.payload.opens[Int(index)].load(ordering: .sequentiallyConsistent) }
 
     /// The open's end (its pin stays with the caller, who unpins it). True when the caller must
     /// now remove the node's hidden name: it was the last open of a hidden node.
     public func closed(_ index: UInt32) -> Bool {
-        let previous = opens[Int(index)].subtract(1, ordering: .sequentiallyConsistent).oldValue
+        let payload = records.payload
+        let previous = payload.opens[Int(index)].subtract(1, ordering: .sequentiallyConsistent).oldValue
         precondition(previous >= 1, "close of a node with no open")
         guard previous == 1 else { return false }
-        return hiddenStates[Int(index)].compareExchange(expected: 1, desired: 2, ordering: .sequentiallyConsistent).exchanged
+        return payload.hiddenStates[Int(index)].compareExchange(expected: 1, desired: 2, ordering: .sequentiallyConsistent).exchanged
     }
 
     /// The node was renamed to its hidden name. True when the caller must remove it at once: its
     /// last open ended meanwhile. Exactly one of this and `closed` claims the removal.
     public func hid(_ index: UInt32) -> Bool {
-        hiddenStates[Int(index)].store(1, ordering: .sequentiallyConsistent)
-        guard opens[Int(index)].load(ordering: .sequentiallyConsistent) == 0 else { return false }
-        return hiddenStates[Int(index)].compareExchange(expected: 1, desired: 2, ordering: .sequentiallyConsistent).exchanged
+        let payload = records.payload
+        payload.hiddenStates[Int(index)].store(1, ordering: .sequentiallyConsistent)
+        guard payload.opens[Int(index)].load(ordering: .sequentiallyConsistent) == 0 else { return false }
+        return payload.hiddenStates[Int(index)].compareExchange(expected: 1, desired: 2, ordering: .sequentiallyConsistent).exchanged
     }
 
-    public func isHidden(_ index: UInt32) -> Bool { hiddenStates[Int(index)].load(ordering: .acquiring) != 0 }
-
-    func free(_ index: UInt32) {
-        let position = Int(index)
-        mutex.withLock {
-            if hashed[position] { unhash(index) }
-            generations[position].add(1, ordering: .releasing)
-            lookups[position] = 0
-            handleLengths[position] = 0
-            opens[position].store(0, ordering: .relaxed)
-            hiddenStates[position].store(0, ordering: .relaxed)
-            freeList[freeCount] = index
-            freeCount += 1
-        }
-    }
+    public func isHidden(_ index: UInt32) -> Bool { records.payload.hiddenStates[Int(index)].load(ordering: .acquiring) != 0 }
 
     /// Finds or adds the inode with file handle `handle` and counts one lookup the kernel will
     /// FORGET. Nil when the table is full or the handle is not a valid NFSv3 handle.
     public func lookup(handle: UnsafeRawBufferPointer, kind: UInt32) -> UInt64? {
         guard handle.count >= 1 && handle.count <= nfsFileHandleBytesMax else { return nil }
-        return mutex.withLock { () -> UInt64? in
+        return records.withLock { () -> UInt64? in
             if let index = find(handle) {
-                lookups[Int(index)] += 1
+                records.countLookup(index)
                 return id(of: index)
             }
-            guard freeCount > 0 else { return nil }
-            freeCount -= 1
-            let index = freeList[freeCount]
-            let position = Int(index)
-            (handles + position * nfsFileHandleBytesMax).copyMemory(from: handle.baseAddress!, byteCount: handle.count)
-            handleLengths[position] = UInt8(handle.count)
-            kinds[position] = kind
-            lookups[position] = 1
-            hash(index)
-            pins[position].store(1, ordering: .releasing)
+            guard let index = records.takeFree() else { return nil }
+            records.payload.fill(index, handle: handle, kind: kind)
+            records.publish(index, keyHash: Self.hashValue(handle))
             return id(of: index)
         }
     }
 
     /// One more lookup of a record the caller holds pinned (LINK answers with the linked inode).
     public func countLookup(_ index: UInt32) {
-        guard index != Self.rootIndex else { return }
-        mutex.withLock { lookups[Int(index)] += 1 }
+        records.withLock { records.countLookup(index) }
     }
 
     /// FORGET: drops `count` lookups; at zero the record leaves the hash and is freed once its
     /// in-flight users are done. The root and unknown ids are ignored.
     public func forget(_ id: UInt64, count: UInt64) {
-        guard id != Self.rootID, let index = pin(id) else { return }
-        let position = Int(index)
-        let dropAlive = mutex.withLock { () -> Bool in
-            guard lookups[position] > 0 else { return false }
-            lookups[position] = count >= lookups[position] ? 0 : lookups[position] - count
-            guard lookups[position] == 0 else { return false }
-            unhash(index)
-            return true
-        }
-        if dropAlive { unpin(index) }
-        unpin(index)
+        guard id != Self.rootID else { return }
+        records.forget(id, count: count)
     }
 
     /// A new FUSE session: the kernel knows no inode of the old one.
-    public func forgetAll() {
-        for index in 2..<capacity { forget(id(of: UInt32(index)), count: .max) }
-    }
-
-    // MARK: - The handle hash (mutex held)
+    public func forgetAll() { records.forgetAll() }
 
     static func hashValue(_ handle: UnsafeRawBufferPointer) -> UInt64 {
         // FNV-1a: handles are short and the server's bytes are not adversarial to this table.
@@ -260,46 +181,13 @@ public final class FileHandleTable: @unchecked Sendable {
         return h
     }
 
+    /// The record holding `handle` (mutex held).
     func find(_ handle: UnsafeRawBufferPointer) -> UInt32? {
-        var slot = Int(truncatingIfNeeded: Self.hashValue(handle)) & hashMask
-        while hashCells[slot] != 0 {
-            let index = hashCells[slot] - 1
-            let stored = self.handle(index)
-            if stored.count == handle.count && memcmp(stored.baseAddress!, handle.baseAddress!, handle.count) == 0 { return index }
-            slot = (slot + 1) & hashMask
+        let payload = records.payload
+        return records.find(keyHash: Self.hashValue(handle)) { index in
+            let stored = payload.handle(index)
+            return stored.count == handle.count && memcmp(stored.baseAddress!, handle.baseAddress!, handle.count) == 0
         }
-        return nil
-    }
-
-    func home(_ index: UInt32) -> Int { Int(truncatingIfNeeded: Self.hashValue(handle(index))) & hashMask }
-
-    func hash(_ index: UInt32) {
-        var slot = home(index)
-        while hashCells[slot] != 0 { slot = (slot + 1) & hashMask }
-        hashCells[slot] = index + 1
-        hashed[Int(index)] = true
-    }
-
-    func unhash(_ index: UInt32) {
-        guard hashed[Int(index)] else { return }
-        hashed[Int(index)] = false
-        var slot = home(index)
-        while hashCells[slot] != index + 1 {
-            precondition(hashCells[slot] != 0, "hashed record missing from the hash")
-            slot = (slot + 1) & hashMask
-        }
-        var hole = slot
-        var next = (hole + 1) & hashMask
-        while hashCells[next] != 0 {
-            let distanceHome = (next - home(hashCells[next] - 1)) & hashMask
-            let distanceHole = (next - hole) & hashMask
-            if distanceHome >= distanceHole {
-                hashCells[hole] = hashCells[next]
-                hole = next
-            }
-            next = (next + 1) & hashMask
-        }
-        hashCells[hole] = 0
     }
 }
 
