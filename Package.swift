@@ -55,14 +55,14 @@ let package = Package(
         ),
         // The contract every backend is written against: typed per-operation arguments and replies,
         // defaults for what a backend does not answer, and the one opcode switch (FileSystem).
-        .target(name: "BackendKit", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix"], swiftSettings: swiftSettings),
-        .target(name: "NullBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "BackendKit"], swiftSettings: swiftSettings),
+        .target(name: "BackendKit", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "DPFSConfiguration"], swiftSettings: swiftSettings),
+        .target(name: "NullBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "BackendKit", "DPFSConfiguration"], swiftSettings: swiftSettings),
         // A host directory shared with the guest: confined openat2 resolution, the caller's
         // credentials, io_uring data path, inode and open-file tables shared by a device's queues.
-        .target(name: "PassthroughBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit"], swiftSettings: swiftSettings),
+        .target(name: "PassthroughBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSConfiguration"], swiftSettings: swiftSettings),
         // An NFS export (NFSv3 over libnfs's raw asynchronous RPC layer): file handles, never paths;
         // each queue's own connection driven from its poller; reconnect, resend and timeouts.
-        .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit"], swiftSettings: swiftSettings),
+        .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSConfiguration"], swiftSettings: swiftSettings),
         // The vhost-user control plane (socket, messages, memory regions, vring setup) and the
         // poller threads of each device's queues.
         .target(
@@ -85,10 +85,16 @@ let package = Package(
         ),
         // Configuration: the engine's TOML subset and its validation (pure, tested on its own).
         .target(name: "DPFSConfiguration", dependencies: ["FUSEWire"], swiftSettings: swiftSettings),
+        // The registry: every backend the engine serves, one line each.
+        .target(
+            name: "DPFSBackends",
+            dependencies: ["BackendKit", "DPFSConfiguration", "NullBackend", "PassthroughBackend", "NFSBackend"],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "dpfs-engine",
             dependencies: [
-                "DPFSCore", "FUSEWire", "DPFSPosix", "NullBackend", "PassthroughBackend", "NFSBackend", "VhostUser", "FUSEDevice", "DPFSConfiguration", "CDPFS",
+                "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSBackends", "VhostUser", "FUSEDevice", "DPFSConfiguration", "CDPFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -116,7 +122,7 @@ let package = Package(
         // conformance suite with every test run, so the guide cannot drift from the contract.
         .target(
             name: "ExampleBackend",
-            dependencies: ["BackendKit", "DPFSCore", "FUSEWire"],
+            dependencies: ["BackendKit", "DPFSCore", "FUSEWire", "DPFSConfiguration"],
             path: "Tests/ExampleBackend",
             swiftSettings: swiftSettings
         ),
@@ -124,7 +130,7 @@ let package = Package(
             name: "DPFSCoreTests",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix",
-                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend",
+                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -97,13 +97,14 @@ public struct NFSConfiguration: Sendable {
     public var reconnectBackoffMillisecondsMax: Int = 2000
 
     public init(url: NFSURL, validity: CacheValidity = CacheValidity(seconds: 1), openFlags: UInt32 = 0,
-                nodesMax: Int = DeviceTableDefaults.nodesMax, openFilesMax: Int = DeviceTableDefaults.openFilesMax, requestTimeoutMilliseconds: Int = 30_000,
-                connectionsPerQueue: Int = 1, journalBytesPerQueue: Int = 16 << 20) {
+                nodesMax: Int = DeviceTableDefaults.nodesMax, openFilesMax: Int = DeviceTableDefaults.openFilesMax,
+                requestTimeoutMilliseconds: Int = NFSConfiguration.requestTimeoutMillisecondsDefault,
+                connectionsPerQueue: Int = 1, journalBytesPerQueue: Int = NFSConfiguration.journalMegabytesDefault << 20) {
         precondition(nodesMax >= 16 && nodesMax <= 1 << 24)
         // A slot records its connection in 8 bits, and `expire` keeps them in a 64-bit set.
         precondition(connectionsPerQueue >= 1 && connectionsPerQueue <= NFSConfiguration.connectionsPerQueueMax)
         precondition(openFilesMax >= 16 && openFilesMax <= 1 << 24)
-        precondition(requestTimeoutMilliseconds >= 100 && requestTimeoutMilliseconds <= 3_600_000)
+        precondition(Self.requestTimeoutMillisecondsRange.contains(requestTimeoutMilliseconds))
         self.url = url
         self.validity = validity
         self.openFlags = openFlags
@@ -116,4 +117,8 @@ public struct NFSConfiguration: Sendable {
     }
 
     public static let connectionsPerQueueMax = 16
+    public static let requestTimeoutMillisecondsDefault = 30_000
+    public static let requestTimeoutMillisecondsRange = 100...3_600_000
+    public static let journalMegabytesDefault = 16
+    public static let journalMegabytesMax = 4096
 }

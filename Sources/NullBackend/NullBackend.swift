@@ -1,4 +1,5 @@
 import BackendKit
+import DPFSConfiguration
 import CDPFS
 import DPFSCore
 import FUSEWire
@@ -270,4 +271,24 @@ public struct NullBackend: FileSystem {
         }
         return reply.send(bodyBytes: writer.bytesWritten)
     }
+}
+
+/// The null backend as the engine registers it: one setting, the file's size.
+public struct NullBackendFactory: BackendFactory {
+    public static let schema = BackendSchema(
+        name: "null", summary: "a root holding one fixed-size file; reads and writes touch nothing (the cost floor)",
+        settings: [
+            Setting("null_file_size", .integer(0...(1 << 50)), default: .integer(1 << 30),
+                    help: "size of the one file, in bytes"),
+        ])
+
+    public let configuration: NullBackendConfiguration
+
+    public init(settings: BackendSettings, context: BackendStartContext) {
+        configuration = NullBackendConfiguration(fileSizeBytes: UInt64(settings.integer("null_file_size")))
+    }
+
+    public var initPolicy: InitPolicy { NullBackend.initPolicy }
+    public var report: String { "backend null (file \(configuration.fileName), \(configuration.fileSizeBytes) bytes)" }
+    public func makeBackend(queue: Int) -> NullBackend { NullBackend(configuration: configuration) }
 }

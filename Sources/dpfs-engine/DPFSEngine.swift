@@ -8,9 +8,8 @@ import FUSEWire
 import Foundation
 import Glibc
 import Logging
-import NFSBackend
-import NullBackend
-import PassthroughBackend
+import BackendKit
+import DPFSBackends
 import Synchronization
 import VhostUser
 
@@ -26,6 +25,9 @@ struct DPFSEngine: ParsableCommand {
             Either one device from the command line (--vhost-user-socket or --fuse-mount, --backend, …) or \
             several from a TOML file (--config), one [[device]] table per tenant. Stops gracefully on \
             SIGTERM/SIGINT (a host mount is unmounted).
+
+            Backend settings (command line --flag VALUE, TOML key = value):
+            \(RegisteredBackends.registry.help)
             """)
 
     @Option(help: "TOML configuration file declaring one or more [[device]] tables.")
@@ -44,64 +46,36 @@ struct DPFSEngine: ParsableCommand {
     var fuseAllowOther = false
 
     @Option(name: .customLong("fuse-transport"), help: "Host mount transport: auto (io_uring when the kernel offers it), classic or uring.")
-    var fuseTransport: String = "auto"
+    var fuseTransport: String?
 
     @Flag(name: .customLong("fuse-passthrough"), help: "Host mount: let the kernel read and write open regular files itself (passthrough backend, Linux 6.9+).")
     var fusePassthrough = false
 
-    @Option(name: .customLong("ring-depth"), help: "Host mount, io_uring: ring entries (requests in flight) per queue.")
-    var ringDepth: Int = 16
+    @Option(name: .customLong("ring-depth"), help: "Host mount, io_uring: ring entries (requests in flight) per queue (default 16).")
+    var ringDepth: Int?
 
-    @Option(help: "Backend: null, passthrough or nfs.")
+    @Option(help: "Backend: \(RegisteredBackends.registry.names.joined(separator: ", ")). Its settings follow as --key value (see below).")
     var backend: String = "null"
-
-    @Option(name: .customLong("shared-dir"), help: "The host directory the passthrough backend shares with the guest.")
-    var sharedDirectory: String?
-
-    @Option(name: .customLong("nfs-url"), help: "The NFS backend's export: nfs://HOST/EXPORT?version=3[&nfsport=N][&mountport=N].")
-    var nfsURL: String?
-
-    @Option(name: .customLong("nfs-timeout-ms"), help: "NFS backend: a request not answered in this many milliseconds fails EIO.")
-    var nfsTimeoutMilliseconds: Int = 30_000
-
-    @Option(name: .customLong("nfs-connections"), help: "NFS backend: TCP connections to the server per request queue (1...16).")
-    var nfsConnections: Int = 1
-
-    @Option(name: .customLong("nfs-journal-mb"), help: "NFS backend: MiB per request queue kept of data written but not yet committed, resent when the server restarts (0: none; fsync then fails EIO after a restart).")
-    var nfsJournalMegabytes: Int = 16
-
-    @Option(help: "What the guest may cache (passthrough): never, metadata, auto or always.")
-    var cache: String = "auto"
-
-    @Option(name: .customLong("inodes-max"), help: "Inodes the guest may know at once (passthrough; one O_PATH descriptor each).")
-    var inodesMax: Int = DeviceTableDefaults.nodesMax
-
-    @Option(name: .customLong("inode-descriptors-max"), help: "Inode descriptors kept open (passthrough); idle ones beyond are closed and re-opened by file handle.")
-    var inodeDescriptorsMax: Int = DeviceTableDefaults.nodeDescriptorsMax
-
-    @Option(name: .customLong("data-path"), help: "How READ/WRITE reach the file (passthrough): inline-first (on the poller when it cannot block, else io_uring) or uring (always io_uring).")
-    var dataPath: String = "inline-first"
-
-    @Option(name: .customLong("open-files-max"), help: "Files and directories the guest may have open at once (passthrough).")
-    var openFilesMax: Int = DeviceTableDefaults.openFilesMax
 
     @Option(help: "Request queues (the front-end's num-request-queues); queue 0 (hiprio) comes on top.")
     var queues: Int = 1
 
-    @Option(help: "Requests in flight per queue (a power of two; default 256 for vhost-user, 16 for a classic host mount, whose buffers are 2 MiB each).")
+    @Option(help: "Requests in flight per queue (a power of two; default \(TransportKind.vhostUser.defaultSlotsPerQueue) for vhost-user, \(TransportKind.fuse.defaultSlotsPerQueue) for a host mount, whose classic buffers are 2 MiB each).")
     var slots: Int?
 
-    @Option(name: .customLong("busy-poll-us"), help: "Microseconds a queue spins after its last request before sleeping (default 50 for vhost-user, 0 for a host mount).")
+    @Option(name: .customLong("busy-poll-us"), help: "Microseconds a queue spins after its last request before sleeping (default \(TransportKind.vhostUser.defaultBusyPollMicroseconds) for vhost-user, \(TransportKind.fuse.defaultBusyPollMicroseconds) for a host mount).")
     var busyPollMicroseconds: Int?
 
     @Option(help: "CPUs to pin queue threads to, comma-separated (queue i → the i-th, cyclically); io_uring queues always run on their own CPU.")
     var cpus: String?
 
-    @Option(name: .customLong("null-file-size"), help: "Size of the null backend's file, in bytes.")
-    var nullFileSize: UInt64 = 1 << 30
-
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String?
+
+    /// The backend's own settings (`--shared-dir DIR`, `--nfs-url URL`, ...), checked against its
+    /// schema: the backends declare them, so they are not options of this command.
+    @Argument(parsing: .allUnrecognized, help: .hidden)
+    var backendArguments: [String] = []
 
     func validate() throws {
         guard [config != nil, socket != nil, fuseMount != nil].filter({ $0 }).count == 1 else {
@@ -110,39 +84,14 @@ struct DPFSEngine: ParsableCommand {
     }
 
     func run() throws {
+        let registry = RegisteredBackends.registry
         let engineConfiguration: EngineConfiguration
         do {
             if let config {
                 let text = try String(contentsOfFile: config, encoding: .utf8)
-                engineConfiguration = try EngineConfiguration.parse(text)
+                engineConfiguration = try EngineConfiguration.parse(text, backends: registry)
             } else {
-                guard let kind = BackendKind(rawValue: backend) else { throw ValidationError("unknown backend '\(backend)'") }
-                guard let cacheMode = CacheMode(rawValue: cache) else { throw ValidationError("unknown cache mode '\(cache)'") }
-                let slotCount = slots ?? (fuseMount == nil ? 256 : 16)
-                let device = DeviceConfiguration(name: "dpfs", socketPath: socket ?? "", backend: kind, requestQueues: queues,
-                                                 slotsPerQueue: slotCount, batchMax: min(32, slotCount),
-                                                 busyPollMicroseconds: busyPollMicroseconds ?? Self.defaultBusyPoll(fuseMount: fuseMount),
-                                                 nullFileSizeBytes: nullFileSize, cpus: try Self.cpuList(cpus),
-                                                 sharedDirectory: sharedDirectory ?? "", cacheMode: cacheMode,
-                                                 inodesMax: inodesMax, openFilesMax: openFilesMax,
-                                                 inodeDescriptorsMax: inodeDescriptorsMax)
-                var withDataPath = device
-                withDataPath.dataPath = dataPath
-                withDataPath.nfsURL = nfsURL ?? ""
-                withDataPath.nfsTimeoutMilliseconds = nfsTimeoutMilliseconds
-                withDataPath.nfsConnections = nfsConnections
-                withDataPath.nfsJournalMegabytes = nfsJournalMegabytes
-                withDataPath.socketGroup = socketGroup ?? ""
-                if let fuseMount {
-                    withDataPath.transport = .fuse
-                    withDataPath.mountPoint = fuseMount
-                    withDataPath.fuseTransport = fuseTransport
-                    withDataPath.fusePassthrough = fusePassthrough
-                    withDataPath.ringDepth = ringDepth
-                    withDataPath.fuseAllowOther = fuseAllowOther
-                }
-                try withDataPath.validate()
-                engineConfiguration = EngineConfiguration(devices: [withDataPath])
+                engineConfiguration = EngineConfiguration(devices: [try commandLineDevice(registry)])
             }
         } catch let error as ConfigurationError {
             throw ValidationError("configuration: \(error)")
@@ -157,13 +106,47 @@ struct DPFSEngine: ParsableCommand {
         try serve(engineConfiguration, logger: logger)
     }
 
-    /// A vhost-user queue spins: its guest runs on other CPUs. A host-mount queue sleeps: the
-    /// application it serves shares this machine's CPUs, a spinning queue takes the CPU the
-    /// application needs, and a sleeping one runs on the application's CPU the moment the
-    /// application blocks for its reply (measured: QD1 4 KiB reads 127k/s sleeping, 106k/s
-    /// spinning 50 µs, io_uring, fio and queue on one CPU).
-    static func defaultBusyPoll(fuseMount: String?) -> Int {
-        fuseMount == nil ? 50 : 0
+    /// The one device the command line describes.
+    func commandLineDevice(_ registry: BackendRegistry) throws -> DeviceConfiguration {
+        let transport = try commandLineTransport()
+        var queueSettings = QueueSettings(for: transport.kind)
+        queueSettings.requestQueues = queues
+        if let slots {
+            queueSettings.slotsPerQueue = slots
+            queueSettings.batchMax = min(queueSettings.batchMax, max(1, slots))
+        }
+        if let busyPollMicroseconds { queueSettings.busyPollMicroseconds = busyPollMicroseconds }
+        queueSettings.cpus = try Self.cpuList(cpus)
+        let given = try registry.commandLineSettings(backendArguments, backend: backend)
+        let schema = registry.schema(backend)!
+        let deployment = DeviceConfiguration(name: "dpfs", transport: transport, backend: schema.defaults).deployment
+        let device = DeviceConfiguration(name: "dpfs", transport: transport, queues: queueSettings,
+                                         backend: try schema.complete(given, device: "dpfs", deployment: deployment))
+        try device.validate(backends: registry)
+        return device
+    }
+
+    /// The socket or the host mount, refusing options of the other transport.
+    func commandLineTransport() throws -> TransportSettings {
+        guard let fuseMount else {
+            let hostMountOptions = [fuseTransport != nil, fusePassthrough, fuseAllowOther, ringDepth != nil]
+            guard !hostMountOptions.contains(true) else {
+                throw ValidationError("--fuse-transport, --fuse-passthrough, --fuse-allow-other and --ring-depth are only for --fuse-mount")
+            }
+            return .vhostUser(VhostUserSettings(socketPath: socket ?? "", socketGroup: socketGroup ?? ""))
+        }
+        guard socketGroup == nil else { throw ValidationError("--socket-group is only for --vhost-user-socket") }
+        var mount = HostMountSettings(mountPoint: fuseMount)
+        if let fuseTransport {
+            guard let mode = HostMountMode(rawValue: fuseTransport) else {
+                throw ValidationError("--fuse-transport must be one of \(HostMountMode.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            mount.mode = mode
+        }
+        mount.kernelPassthrough = fusePassthrough
+        mount.allowOther = fuseAllowOther
+        if let ringDepth { mount.ringDepth = ringDepth }
+        return .fuse(mount)
     }
 
     static func cpuList(_ text: String?) throws -> [Int] {
@@ -184,76 +167,60 @@ struct DPFSEngine: ParsableCommand {
 
         let clock = CycleClock.calibrate(milliseconds: 20)
         var threads: [PinnedThread] = []
-        var servers: [any EngineServer] = []
-        var nfsDevices: [(name: String, device: NFSDevice)] = []
+        var started: [StartedDevice] = []
         logger.info("dpfs-engine starting: \(configuration.devices.count) device(s), \(PinnedThread.onlineCPUs) CPUs online")
         for device in configuration.devices {
-            let deviceLogger = Logger(label: "dpfs-engine.\(device.name)")
-            switch device.backend {
-            case .null:
-                let nullConfiguration = NullBackendConfiguration(fileSizeBytes: device.nullFileSizeBytes)
-                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: NullBackend.initPolicy,
-                                               report: "backend null", hostMounted: { _ in }) { _ in NullBackend(configuration: nullConfiguration) })
-            case .passthrough:
-                let shared: PassthroughDevice
-                do {
-                    var passthrough = PassthroughConfiguration(
-                        sharedDirectory: device.sharedDirectory,
-                        cacheMode: device.cacheMode,
-                        inodesMax: device.inodesMax, openFilesMax: device.openFilesMax)
-                    passthrough.inodeDescriptorsMax = device.inodeDescriptorsMax
-                    passthrough.dataPath = PassthroughDataPath(rawValue: device.dataPath)!
-                    shared = try PassthroughDevice(configuration: passthrough)
-                } catch {
-                    throw StartupError("device \(device.name): \(error)")
-                }
-                let wanted = shared.configuration.descriptorsMax * configuration.devices.count
-                let limit = PassthroughDevice.raiseDescriptorLimit(to: wanted)
-                if limit < wanted {
-                    logger.warning("""
-                        RLIMIT_NOFILE is \(limit) and could not be raised to the \(wanted) descriptors the tables can hold \
-                        (no CAP_SYS_RESOURCE?): the guest gets ENFILE once the process runs out of descriptors
-                        """)
-                }
-                let policy = PassthroughBackend.initPolicy(cacheMode: device.cacheMode, hostMount: device.transport == .fuse)
-                let passthroughWanted = device.fusePassthrough
-                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: policy,
-                                               report: "backend \(shared.report); descriptor limit \(limit)",
-                                               hostMounted: { sessionFD in
-                                                   if passthroughWanted { shared.kernelPassthrough = KernelPassthroughFiles(fuseFD: sessionFD) }
-                                               }) { _ in
-                    PassthroughBackend(device: shared)
-                })
-            case .nfs:
-                let shared: NFSDevice
-                do {
-                    let url = try NFSURL.parse(device.nfsURL)
-                    // The same cache modes as the passthrough backend: what the guest may keep, and for how long.
-                    let mode = device.cacheMode
-                    let nfs = NFSConfiguration(url: url, validity: mode.validity, openFlags: mode.openFlags,
-                                               nodesMax: device.inodesMax, openFilesMax: device.openFilesMax,
-                                               requestTimeoutMilliseconds: device.nfsTimeoutMilliseconds,
-                                               connectionsPerQueue: device.nfsConnections,
-                                               journalBytesPerQueue: device.nfsJournalMegabytes << 20)
-                    shared = try NFSDevice(configuration: nfs)
-                    nfsDevices.append((device.name, shared))
-                } catch {
-                    throw StartupError("device \(device.name): \(error)")
-                }
-                servers.append(try startServer(device, clock: clock, logger: deviceLogger, initPolicy: NFSBackend.initPolicy(shared),
-                                               report: "backend \(shared.report)", hostMounted: { _ in }) { _ in
-                    NFSBackend(device: shared)
-                })
-            }
+            var starter = DeviceStarter(engine: self, device: device, clock: clock, devicesInProcess: configuration.devices.count)
+            try RegisteredBackends.visitAll(&starter)
+            guard let device = starter.started else { throw StartupError("device \(device.name): backend \(device.backend.backend) is not registered") }
+            started.append(device)
         }
-        for server in servers {
+        for device in started {
+            let server = device.server
             threads.append(try PinnedThread { server.run(until: shutdownRequested) })
         }
         logger.info("ready")
         for thread in threads { thread.join() }
-        for server in servers { logger.info("\(server.stopAndReport())") }
-        for (name, device) in nfsDevices { logger.info("\(name): \(device.faultReport)") }
+        for device in started {
+            logger.info("\(device.server.stopAndReport())")
+            if let report = device.stopReport() { logger.info("\(device.name): \(report)") }
+        }
         logger.info("dpfs-engine stopped")
+    }
+}
+
+/// A device being served: its server and its backend's stop report.
+struct StartedDevice {
+    let name: String
+    let server: any EngineServer
+    let stopReport: () -> String?
+}
+
+/// Starts the device whose backend is the visited one: one generic path for every backend,
+/// specialised per backend because `RegisteredBackends.visitAll` names each concrete factory.
+struct DeviceStarter: BackendVisitor {
+    let engine: DPFSEngine
+    let device: DeviceConfiguration
+    let clock: CycleClock
+    let devicesInProcess: Int
+    var started: StartedDevice?
+
+    mutating func visit<Factory: BackendFactory>(_: Factory.Type) throws {
+        guard Factory.schema.name == device.backend.backend else { return }
+        let logger = Logger(label: "dpfs-engine.\(device.name)")
+        let context = BackendStartContext(deviceName: device.name, deployment: device.deployment, devicesInProcess: devicesInProcess)
+        let factory: Factory
+        do {
+            factory = try Factory(settings: device.backend, context: context)
+        } catch {
+            throw StartupError("device \(device.name): \(error)")
+        }
+        for warning in factory.warnings { logger.warning("\(warning)") }
+        let server = try engine.startServer(device, clock: clock, logger: logger, initPolicy: factory.initPolicy,
+                                            report: factory.report, hostMounted: { factory.hostMounted(sessionFD: $0) }) {
+            factory.makeBackend(queue: $0)
+        }
+        started = StartedDevice(name: device.name, server: server, stopReport: { factory.stopReport() })
     }
 }
 
@@ -291,16 +258,17 @@ extension DPFSEngine {
     /// session's /dev/fuse descriptor.
     func startServer<B: Backend>(_ device: DeviceConfiguration, clock: CycleClock, logger: Logger, initPolicy: InitPolicy,
                                  report: String, hostMounted: (Int32) -> Void, makeBackend: (Int) -> B) throws -> any EngineServer {
+        let queues = device.queues
         switch device.transport {
-        case .vhostUser:
-            return try startDevice(device, clock: clock, logger: logger, initPolicy: initPolicy, report: report, makeBackend: makeBackend)
-        case .fuse:
-            let pollerConfiguration = PollerConfiguration(slotCount: device.slotsPerQueue, batchMax: device.batchMax, initPolicy: initPolicy)
+        case .vhostUser(let socket):
+            return try startDevice(device, socket: socket, clock: clock, logger: logger, initPolicy: initPolicy, report: report, makeBackend: makeBackend)
+        case .fuse(let mount):
+            let pollerConfiguration = PollerConfiguration(slotCount: queues.slotsPerQueue, batchMax: queues.batchMax, initPolicy: initPolicy)
             let hostConfiguration = FUSEHostConfiguration(
-                name: device.name, mount: FUSEMountOptions(mountPoint: device.mountPoint, allowOther: device.fuseAllowOther),
-                transport: FUSETransportChoice(rawValue: device.fuseTransport)!, queues: device.requestQueues,
-                poller: pollerConfiguration, ringDepth: device.ringDepth, busyPollMicroseconds: device.busyPollMicroseconds,
-                cpus: device.cpus, kernelPassthrough: device.fusePassthrough)
+                name: device.name, mount: FUSEMountOptions(mountPoint: mount.mountPoint, allowOther: mount.allowOther),
+                transport: FUSETransportChoice(rawValue: mount.mode.rawValue)!, queues: queues.requestQueues,
+                poller: pollerConfiguration, ringDepth: mount.ringDepth, busyPollMicroseconds: queues.busyPollMicroseconds,
+                cpus: queues.cpus, kernelPassthrough: mount.kernelPassthrough)
             let hostDevice: FUSEHostDevice<B>
             do {
                 hostDevice = try FUSEHostDevice(configuration: hostConfiguration, logger: logger,
@@ -316,25 +284,26 @@ extension DPFSEngine {
     }
 
     /// Builds one vhost-user device with `makeBackend` for each of its queues and binds its socket.
-    func startDevice<B: Backend>(_ device: DeviceConfiguration, clock: CycleClock, logger: Logger, initPolicy: InitPolicy,
-                                 report: String, makeBackend: (Int) -> B) throws -> VhostUserServer<B> {
-        let pollerConfiguration = PollerConfiguration(slotCount: device.slotsPerQueue, batchMax: device.batchMax,
+    func startDevice<B: Backend>(_ device: DeviceConfiguration, socket: VhostUserSettings, clock: CycleClock, logger: Logger,
+                                 initPolicy: InitPolicy, report: String, makeBackend: (Int) -> B) throws -> VhostUserServer<B> {
+        let queues = device.queues
+        let pollerConfiguration = PollerConfiguration(slotCount: queues.slotsPerQueue, batchMax: queues.batchMax,
                                                       initPolicy: initPolicy)
         let deviceConfiguration = VhostUserDeviceConfiguration(
-            name: device.name, requestQueues: device.requestQueues, poller: pollerConfiguration,
-            busyPollMicroseconds: device.busyPollMicroseconds, cpus: device.cpus)
+            name: device.name, requestQueues: queues.requestQueues, poller: pollerConfiguration,
+            busyPollMicroseconds: queues.busyPollMicroseconds, cpus: queues.cpus)
         let vhostDevice = try VhostUserDevice(configuration: deviceConfiguration, logger: logger,
                                               cyclesPerNanosecond: clock.cyclesPerNanosecond, makeBackend: makeBackend)
         let server: VhostUserServer<B>
         let access: SocketAccess
         do throws(SocketPathError) {
-            access = SocketAccess(groupID: device.socketGroup.isEmpty ? nil : try UnixSocketListener.groupID(named: device.socketGroup))
-            server = try VhostUserServer(socketPath: device.socketPath, access: access, device: vhostDevice, logger: logger)
+            access = SocketAccess(groupID: socket.socketGroup.isEmpty ? nil : try UnixSocketListener.groupID(named: socket.socketGroup))
+            server = try VhostUserServer(socketPath: socket.socketPath, access: access, device: vhostDevice, logger: logger)
         } catch {
             throw StartupError("device \(device.name): \(error)")
         }
         let group = access.groupID.map { " group \($0)" } ?? " owner only"
-        logger.info("\(vhostDevice.report); \(report); socket \(device.socketPath) (mode \(String(access.mode, radix: 8))\(group))")
+        logger.info("\(vhostDevice.report); \(report); socket \(socket.socketPath) (mode \(String(access.mode, radix: 8))\(group))")
         return server
     }
 }

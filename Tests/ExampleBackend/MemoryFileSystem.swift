@@ -1,4 +1,5 @@
 import BackendKit
+import DPFSConfiguration
 import DPFSCore
 import FUSEWire
 
@@ -224,3 +225,17 @@ public struct MemoryFileSystem: FileSystem {
             filesFree: UInt64(MemoryStore.filesMax - used), blockSizeBytes: 4096, nameBytesMax: 255, fragmentSizeBytes: 4096))
     }
 }
+
+// [example: factory]
+/// How the engine would start it: a name, its settings (none beyond what the engine has), the
+/// state the device's queues share, and one backend value per queue.
+public struct MemoryFileSystemFactory: BackendFactory {
+    public static let schema = BackendSchema(name: "memory", summary: "a flat directory held in memory", settings: [])
+
+    public init(settings: BackendSettings, context: BackendStartContext) {}
+
+    public var initPolicy: InitPolicy { InitPolicy() }
+    public var report: String { "backend memory (\(MemoryStore.filesMax) files of \(MemoryStore.fileBytesMax) bytes at most)" }
+    public func makeBackend(queue: Int) -> MemoryFileSystem { MemoryFileSystem() }
+}
+// [end]

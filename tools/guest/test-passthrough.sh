@@ -123,17 +123,18 @@ start_engine() { # name share queues cache
   local name=$1 share=$2 queues=$3 cache=$4
   rm -f "$sock"
   server_log="$logdir/engine-$name.log"
-  local backend=(--backend passthrough --shared-dir "$share")
+  local backend=(--backend passthrough --shared-dir "$share" --cache "$cache")
   if [ $mode = nfs ]; then
     # ganesha exports the share; the engine is its NFSv3 client.
     local url
     url=$(tools/nfs-server.sh start "$share" | grep "version=3") || { echo "nfs-ganesha did not start"; return 1; }
     echo "nfs server: $url" >"$server_log"
-    backend=(--backend nfs --nfs-url "$url")
+    backend=(--backend nfs --nfs-url "$url" --cache "$cache")
   fi
+  # The null backend caches nothing of its own and takes no cache setting.
   [ $mode = null ] && backend=(--backend null)
   "$engine_binary" --vhost-user-socket "$sock" "${backend[@]}" \
-    --cache "$cache" --queues "$queues" --log-level info >>"$server_log" 2>&1 &
+    --queues "$queues" --log-level info >>"$server_log" 2>&1 &
   server_pid=$!
   wait_socket "$server_pid" "$sock" && return 0
   echo "engine did not create its socket:"; cat "$server_log"
