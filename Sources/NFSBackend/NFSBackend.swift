@@ -114,14 +114,12 @@ struct NFSRequestArguments {
 /// the poller's arena (`NFSBackend.requestContextLayout`).
 struct NFSRequestState {
     var state: NFSSlotState
-    var call: NFSCall
+    /// Which call the request's current stage sends, and what decides the next (NFSStagePlan.swift).
+    var plan: NFSStagePlan
     /// The request was sent at least once (a non-idempotent call lost in flight cannot be resent).
     var sent: Bool
     /// The connection its call went out on.
     var connection: UInt8
-    var progress: NFSProgress
-    /// Repairs this request made (resend, then COMMIT again).
-    var resendRounds: UInt8
     var request: NFSRequestArguments
     var reply: FUSEReply
     var token: CompletionToken
@@ -145,8 +143,9 @@ struct NFSRequestState {
     /// What a COMMIT stage covers: the open's write count and the journal's answer count when sent.
     var commitSnapshot: UInt64
     var journalSnapshot: UInt64
-    /// The verifier a repair brings every covered entry to.
+    /// The verifier a repair brings every covered entry to, and the one the last COMMIT answered.
     var resendVerifier: UInt64
+    var commitVerifier: UInt64
     var stagedHandleBytes: InlineArray<64, UInt8>
     /// The hidden name of `stagedNode`, NUL-terminated.
     var hiddenNameBytes: InlineArray<40, UInt8>
@@ -215,7 +214,8 @@ final class NFSQueue: @unchecked Sendable {
         connections = (0..<connectionCount).map { NFSConnection(index: $0, backoffNanoseconds: backoff) }
         epollFD = connectionCount > 1 ? epoll_create1(Int32(EPOLL_CLOEXEC)) : -1
         precondition(connectionCount == 1 || epollFD >= 0, "epoll_create1 failed: errno \(errno)")
-        precondition(context.requestContextStride == MemoryLayout<NFSRequestState>.stride, "request contexts not carved for NFS")
+        precondition(context.requestContextStride == MemoryLayout<NFSRequestState>.stride,
+                     "request contexts of \(context.requestContextStride) bytes, not the \(MemoryLayout<NFSRequestState>.stride) of NFS")
         precondition(MemoryLayout<InlineArray<64, UInt8>>.size == nfsFileHandleBytesMax
                      && MemoryLayout<InlineArray<40, UInt8>>.size == HiddenName.bytesMax, "record buffers out of step with the limits")
         records = context.requestContext(slot: 0).bindMemory(to: NFSRequestState.self, capacity: slotCount)

@@ -15,19 +15,6 @@ extension NFSQueue {
         queue.finished(Int(tag.slot), status: status, data: data)
     }
 
-    /// A stage may go again on a new connection when doing it twice does what doing it once does.
-    func resendable(_ slot: Int) -> Bool {
-        switch records[slot].call {
-        case .lookup, .getattr, .setattr, .readlink, .access, .read, .write, .commit, .fsstat, .readdir, .readdirplus, .resendWrite:
-            return true
-        case .create:
-            // UNCHECKED makes or finds the same file; EXCLUSIVE carries a verifier the server matches.
-            return !records[slot].progress.contains(.guarded)
-        case .none, .symlink, .mknod, .mkdir, .remove, .rmdir, .rename, .link:
-            return false
-        }
-    }
-
     func finished(_ slot: Int, status: Int32, data: UnsafeMutableRawPointer?) {
         precondition(records[slot].state == .inFlight, "an answer for a slot with nothing in flight")
         records[slot].state = .free
@@ -38,15 +25,9 @@ extension NFSQueue {
             // The connection ended (or the answer did not decode: the connection is not to be
             // trusted either). What is safe to repeat waits for the next connection.
             link.teardownWanted = true
-            if resendable(slot) || !records[slot].sent {
-                records[slot].state = .waiting
-                waiting += 1
-            } else {
-                finish(slot, .io)
-            }
-            return
+            return perform(slot, .connectionLost(sent: records[slot].sent))
         }
-        switch records[slot].call {
+        switch records[slot].plan.call {
         case .none:
             preconditionFailure("an answer for a slot without a call")
         case .lookup: answeredLookup(slot, data)
@@ -65,9 +46,9 @@ extension NFSQueue {
         case .create:
             let result = data.assumingMemoryBound(to: CREATE3res.self).pointee
             answeredMade(slot, status: result.status.rawValue, handle: result.CREATE3res_u.resok.obj, attributes: result.CREATE3res_u.resok.obj_attributes)
-        case .remove: answeredRemove(slot, data)
-        case .rmdir: answeredRmdir(slot, data)
-        case .rename: answeredRename(slot, data)
+        case .remove: perform(slot, .status(data.assumingMemoryBound(to: REMOVE3res.self).pointee.status.rawValue))
+        case .rmdir: perform(slot, .status(data.assumingMemoryBound(to: RMDIR3res.self).pointee.status.rawValue))
+        case .rename: perform(slot, .status(data.assumingMemoryBound(to: RENAME3res.self).pointee.status.rawValue))
         case .link: answeredLink(slot, data)
         case .access: answeredAccess(slot, data)
         case .read: answeredRead(slot, data)
@@ -80,76 +61,99 @@ extension NFSQueue {
         }
     }
 
+    // MARK: - Performing the plan
+
+    /// Hands the plan what this stage brought and does what it decides.
+    func perform(_ slot: Int, _ outcome: NFSStageOutcome) {
+        perform(slot, action: records[slot].plan.answer(outcome))
+    }
+
+    /// `.reply` is the answering function's own business (it holds the answer's data): see `replyWanted`.
+    func perform(_ slot: Int, action: NFSStageAction) {
+        switch action {
+        case .send: issue(slot)
+        case .wait:
+            records[slot].state = .waiting
+            waiting += 1
+        case .reply: preconditionFailure("a data reply is written where its answer is read")
+        case .replyEntry: replyEntry(slot)
+        case .open: replyOpen(slot)
+        case .succeed: succeed(slot)
+        case .fail(let errno): finish(slot, errno)
+        case .markHidden:
+            perform(slot, .hidden(removeNow: device.nodes.hid(records[slot].stagedNode)))
+        case .dropStagedAndSend:
+            device.nodes.unpin(records[slot].stagedNode)
+            records[slot].stagedNode = 0
+            issue(slot)
+        case .recordCommit(let repaired): recordCommit(slot, repaired: repaired)
+        case .endOpen: endReleasedOpen(slot)
+        }
+    }
+
+    /// A single-stage call's status: true when the plan wants the answer's data as the reply (the
+    /// caller writes it), else the plan's decision is performed.
+    func replyWanted(_ slot: Int, status: UInt32) -> Bool {
+        let action = records[slot].plan.answer(.status(status))
+        if action == .reply { return true }
+        perform(slot, action: action)
+        return false
+    }
+
+    // MARK: - Answers
+
     /// LOOKUP: the entry of a LOOKUP, or the check before RENAME_NOREPLACE, UNLINK or RENAME over a name.
     func answeredLookup(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: LOOKUP3res.self).pointee
-        if records[slot].progress.contains(.noReplaceCheck) {
-            // RENAME_NOREPLACE: the new name must not exist.
-            switch result.status.rawValue {
-            case 0: return finish(slot, .exists)
-            case 2:
-                records[slot].progress.remove(.noReplaceCheck)
-                records[slot].call = .rename
-                return issue(slot)
-            default: return fail(slot, v3: result.status.rawValue)
-            }
+        let status = result.status.rawValue
+        switch records[slot].plan.lookupPurpose {
+        case .noReplaceCheck:
+            perform(slot, .status(status))
+        case .target:
+            perform(slot, .target(status: status, openByGuest: status == 0 && stageOpenTarget(slot, result.LOOKUP3res_u.resok)))
+        case .entry:
+            guard status == 0 else { return perform(slot, .entry(status: status, handle: .absent, attributes: false)) }
+            let ok = result.LOOKUP3res_u.resok
+            guard stage(slot, handle: ok.object) else { return perform(slot, .malformed) }
+            perform(slot, .entry(status: 0, handle: .valid, attributes: stage(slot, attributes: ok.obj_attributes)))
         }
-        if records[slot].progress.contains(.removeCheck) || records[slot].progress.contains(.replaceCheck) {
-            return checkedTarget(slot, result)
-        }
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        let ok = result.LOOKUP3res_u.resok
-        guard stage(slot, handle: ok.object) else { return finish(slot, .io) }
-        stage(slot, attributes: ok.obj_attributes)
-        continueEntry(slot)
     }
 
     /// GETATTR: the attributes asked for, or those of a staged entry.
     func answeredGetattr(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: GETATTR3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        let status = result.status.rawValue
+        guard status == 0 else { return perform(slot, .entry(status: status, handle: .absent, attributes: false)) }
         var attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
-        if records[slot].progress.contains(.stagedTarget) {
-            records[slot].stagedAttributes = attributes
-            records[slot].progress.insert(.haveAttributes)
-            continueEntry(slot)
-        } else {
-            if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
-            records[slot].reply.attributes(attributes, valid: validity)
-            complete(slot)
-        }
+        if records[slot].plan.progress.contains(.stagedTarget) { records[slot].stagedAttributes = attributes }
+        let action = records[slot].plan.answer(.entry(status: 0, handle: .absent, attributes: true))
+        guard action == .reply else { return perform(slot, action: action) }
+        if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+        records[slot].reply.attributes(attributes, valid: validity)
+        complete(slot)
     }
 
     /// SETATTR: the attributes after it (or a GETATTR for them); refused set-ID drops go again as the engine.
     func answeredSetattr(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: SETATTR3res.self).pointee
-        guard result.status.rawValue == 0 else {
-            if setIDDropRefused(slot, result) {
-                records[slot].progress.insert(.asEngine)
-                return issue(slot)
-            }
-            return fail(slot, v3: result.status.rawValue)
+        let status = result.status.rawValue
+        guard status == 0 else {
+            return perform(slot, .setattr(status: status, setIDDropRefused: setIDDropRefused(slot, result), attributes: false))
         }
         let after = result.SETATTR3res_u.resok.obj_wcc.after
-        if records[slot].progress.contains(.stagedTarget) {
-            // The exclusive CREATE's mode is set.
-            stage(slot, attributes: after)
-            continueEntry(slot)
-        } else if after.attributes_follow != 0 {
-            var attributes = Self.attributes(after.post_op_attr_u.attributes)
-            if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
-            records[slot].reply.attributes(attributes, valid: validity)
-            complete(slot)
-        } else {
-            records[slot].call = .getattr
-            issue(slot)
-        }
+        let came = records[slot].plan.progress.contains(.stagedTarget) ? stage(slot, attributes: after) : after.attributes_follow != 0
+        let action = records[slot].plan.answer(.setattr(status: 0, setIDDropRefused: false, attributes: came))
+        guard action == .reply else { return perform(slot, action: action) }
+        var attributes = Self.attributes(after.post_op_attr_u.attributes)
+        if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+        records[slot].reply.attributes(attributes, valid: validity)
+        complete(slot)
     }
 
     /// READLINK: the target, checked for length.
     func answeredReadlink(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: READLINK3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard replyWanted(slot, status: result.status.rawValue) else { return }
         guard let target = result.READLINK3res_u.resok.data else { return finish(slot, .io) }
         let length = strnlen(target, FUSELimits.symlinkTargetBytesMax + 1)
         let reply = records[slot].reply
@@ -168,92 +172,40 @@ extension NFSQueue {
     /// SYMLINK, MKNOD, MKDIR and CREATE: the new entry (and, for CREATE, the open file). The
     /// handle and attributes are read only on success (the answer is a union).
     func answeredMade(_ slot: Int, status: UInt32, handle: @autoclosure () -> post_op_fh3, attributes: @autoclosure () -> post_op_attr) {
-        guard status == 0 else { return fail(slot, v3: status) }
-        created(slot, handle: handle(), attributes: attributes())
-    }
-
-    /// REMOVE: an UNLINK, or the removal of a hidden name.
-    func answeredRemove(_ slot: Int, _ data: UnsafeMutableRawPointer) {
-        let result = data.assumingMemoryBound(to: REMOVE3res.self).pointee
-        if records[slot].progress.contains(.removingHidden) {
-            // Whatever the server says, the hidden name is this request's last business with
-            // the file (a failure leaves it on the server, as after a crash).
-            records[slot].progress.remove(.removingHidden)
-            if records[slot].request.opcodeRaw == FUSEOpcode.rename.rawValue || records[slot].request.opcodeRaw == FUSEOpcode.rename2.rawValue {
-                records[slot].call = .rename
-                return issue(slot)
-            }
-            return succeed(slot)
+        guard status == 0 else { return perform(slot, .entry(status: status, handle: .absent, attributes: false)) }
+        let made = handle()
+        var part = NFSHandlePart.absent
+        if made.handle_follows != 0 {
+            guard stage(slot, handle: made.post_op_fh3_u.handle) else { return perform(slot, .malformed) }
+            part = .valid
         }
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        succeed(slot)
-    }
-
-    /// RMDIR.
-    func answeredRmdir(_ slot: Int, _ data: UnsafeMutableRawPointer) {
-        let result = data.assumingMemoryBound(to: RMDIR3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        succeed(slot)
-    }
-
-    /// RENAME: a RENAME, or the hiding of a file still open.
-    func answeredRename(_ slot: Int, _ data: UnsafeMutableRawPointer) {
-        let result = data.assumingMemoryBound(to: RENAME3res.self).pointee
-        let isUnlink = records[slot].request.opcodeRaw == FUSEOpcode.unlink.rawValue
-        if records[slot].progress.contains(.hiding) && result.status.rawValue == NFSStatus.crossDevice {
-            // The file is on another file system than the export's top (a submount): it cannot
-            // be hidden, so it goes as without an open (later reads of it fail ESTALE).
-            records[slot].progress.remove(.hiding)
-            device.nodes.unpin(records[slot].stagedNode)
-            records[slot].stagedNode = 0
-            records[slot].call = isUnlink ? .remove : .rename
-            return issue(slot)
-        }
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        guard records[slot].progress.contains(.hiding) else { return succeed(slot) }
-        records[slot].progress.remove(.hiding)
-        if device.nodes.hid(records[slot].stagedNode) {
-            // Its last open ended while the RENAME was in flight: remove it now.
-            records[slot].progress.insert(.removingHidden)
-            records[slot].call = .remove
-            return issue(slot)
-        }
-        if isUnlink { return succeed(slot) }
-        records[slot].call = .rename
-        issue(slot)
+        perform(slot, .entry(status: 0, handle: part, attributes: stage(slot, attributes: attributes())))
     }
 
     /// LINK: the entry names the linked node.
     func answeredLink(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: LINK3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        // The entry names the linked node: its handle, found again in the table by `continueEntry`
+        let status = result.status.rawValue
+        guard status == 0 else { return perform(slot, .entry(status: status, handle: .absent, attributes: false)) }
+        // The entry names the linked node: its handle, found again in the table by `replyEntry`
         // (which counts the lookup the kernel will FORGET).
         let linked = device.nodes.handle(records[slot].secondaryNode)
         stagedHandle(bytesOf: slot).copyMemory(from: linked.baseAddress!, byteCount: linked.count)
         records[slot].stagedHandleLength = linked.count
-        records[slot].progress.insert(.haveHandle)
-        stage(slot, attributes: result.LINK3res_u.resok.file_attributes)
-        continueEntry(slot)
+        perform(slot, .entry(status: 0, handle: .valid, attributes: stage(slot, attributes: result.LINK3res_u.resok.file_attributes)))
     }
 
     /// ACCESS: an ACCESS, or the check an OPEN makes.
     func answeredAccess(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: ACCESS3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
-        guard accessAllowed(slot, granted: result.ACCESS3res_u.resok.access) else { return finish(slot, .accessDenied) }
-        if records[slot].request.opcodeRaw == FUSEOpcode.access.rawValue { return succeed(slot) }
-        // Counted since the OPEN began (`countedOpen`); the count and its pin pass to the open.
-        guard let fh = device.files.open(node: records[slot].primaryNode) else { return finish(slot, Self.ENFILE) }
-        records[slot].progress.remove(.countedOpen)
-        records[slot].reply.open(fileHandle: fh, openFlags: device.configuration.openFlags)
-        complete(slot)
+        let status = result.status.rawValue
+        perform(slot, .access(status: status, allowed: status == 0 && accessAllowed(slot, granted: result.ACCESS3res_u.resok.access)))
     }
 
     /// READ: the data, checked against what was asked.
     func answeredRead(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: READ3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard replyWanted(slot, status: result.status.rawValue) else { return }
         let ok = result.READ3res_u.resok
         let reply = records[slot].reply
         let asked = min(Int(records[slot].request.size), reply.dataCapacity, device.readBytesMax)
@@ -273,7 +225,7 @@ extension NFSQueue {
     /// WRITE: the count, and the verifier an UNSTABLE write was acknowledged with.
     func answeredWrite(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard replyWanted(slot, status: result.status.rawValue) else { return }
         let ok = result.WRITE3res_u.resok
         let asked = min(records[slot].request.payloadLength, device.writeBytesMax)
         guard Int(ok.count) <= asked else { return finish(slot, .io) }
@@ -290,61 +242,53 @@ extension NFSQueue {
         complete(slot)
     }
 
-    /// COMMIT: FLUSH, FSYNC and RELEASE; a changed verifier starts a repair from the journal.
+    /// COMMIT: FLUSH, FSYNC and RELEASE. The plan decides on a repair when this queue's journal
+    /// holds an entry the server lost (a verifier that changed).
     func answeredCommit(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: COMMIT3res.self).pointee
-        let isRelease = records[slot].request.opcodeRaw == FUSEOpcode.release.rawValue
-        let fh = isRelease ? records[slot].request.fh : 0
-        var outcome: FUSEErrno? = nil
-        if result.status.rawValue != 0 {
-            outcome = NFSStatus.errno(v3: result.status.rawValue)
-        } else {
-            let verifier = Self.verifier(result.COMMIT3res_u.resok.verf)
-            let openFile = records[slot].openFile
-            var repaired = false
-            var unrepaired = false
-            if repairable(openFile) {
-                let handle = openHandle(slot)
-                if let entry = journal.mismatch(fileHandle: handle, coveredBy: records[slot].journalSnapshot, verifier: verifier, from: 0) {
-                    // The server restarted since some of this data was written: write it again,
-                    // then COMMIT again (a few rounds at most, should it keep restarting).
-                    if records[slot].resendRounds < Self.repairRoundsMax {
-                        records[slot].resendRounds += 1
-                        records[slot].resendVerifier = verifier
-                        records[slot].resendEntry = entry
-                        records[slot].call = .resendWrite
-                        return issue(slot)
-                    }
-                    unrepaired = true
-                } else {
-                    journal.releaseCommitted(fileHandle: handle, coveredBy: records[slot].journalSnapshot)
-                    repaired = true
-                }
-            }
-            if unrepaired || !device.files.committed(openFile, verifier: verifier, snapshot: records[slot].commitSnapshot, repaired: repaired) {
-                outcome = .io
-            }
+        let status = result.status.rawValue
+        guard status == 0 else { return perform(slot, .committed(status: status, repairable: false, mismatch: false)) }
+        let verifier = Self.verifier(result.COMMIT3res_u.resok.verf)
+        records[slot].commitVerifier = verifier
+        let repairable = repairable(records[slot].openFile)
+        var mismatch = false
+        if repairable, let entry = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
+                                                    verifier: verifier, from: 0) {
+            // Written before the server restarted: the plan may send it again.
+            mismatch = true
+            records[slot].resendVerifier = verifier
+            records[slot].resendEntry = entry
         }
-        if isRelease {
-            journal.releaseCommitted(fileHandle: fh, coveredBy: 0, everything: true)
-            let ended = endOpen(fh)
-            if ended.removeHidden {
-                // The kernel does not look at RELEASE's answer: the hidden name goes next.
-                records[slot].stagedNode = ended.node
-                writeHiddenName(slot)
-                records[slot].progress.insert(.removingHidden)
-                records[slot].call = .remove
-                return issue(slot)
-            }
-            if ended.node != 0 { device.nodes.unpin(ended.node) }
+        perform(slot, .committed(status: 0, repairable: repairable, mismatch: mismatch))
+    }
+
+    /// The COMMIT is recorded in the open table; a whole repair releases the journal's entries.
+    func recordCommit(_ slot: Int, repaired: Bool) {
+        if repaired { journal.releaseCommitted(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot) }
+        let safe = device.files.committed(records[slot].openFile, verifier: records[slot].commitVerifier,
+                                          snapshot: records[slot].commitSnapshot, repaired: repaired)
+        perform(slot, .commitRecorded(safe: safe))
+    }
+
+    /// RELEASE's open ends; the last open of a hidden file hands its node to the slot for the REMOVE.
+    func endReleasedOpen(_ slot: Int) {
+        let fh = records[slot].request.fh
+        journal.releaseCommitted(fileHandle: fh, coveredBy: 0, everything: true)
+        let ended = endOpen(fh)
+        if ended.removeHidden {
+            // The kernel does not look at RELEASE's answer: the hidden name goes next.
+            records[slot].stagedNode = ended.node
+            writeHiddenName(slot)
+        } else if ended.node != 0 {
+            device.nodes.unpin(ended.node)
         }
-        if let outcome { finish(slot, outcome) } else { succeed(slot) }
+        perform(slot, .openEnded(removeHidden: ended.removeHidden))
     }
 
     /// FSSTAT: STATFS.
     func answeredFsstat(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: FSSTAT3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard replyWanted(slot, status: result.status.rawValue) else { return }
         let ok = result.FSSTAT3res_u.resok
         let blockBytes: UInt64 = 4096
         records[slot].reply.statistics(FileSystemStatistics(
@@ -357,10 +301,11 @@ extension NFSQueue {
     /// A journal entry written again during a repair.
     func answeredResendWrite(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        let status = result.status.rawValue
+        guard status == 0 else { return perform(slot, .resent(status: status, more: false)) }
         let ok = result.WRITE3res_u.resok
         let entry = records[slot].resendEntry
-        guard Int(ok.count) == journal.entry(entry).pointee.length else { return finish(slot, .io) }
+        guard Int(ok.count) == journal.entry(entry).pointee.length else { return perform(slot, .malformed) }
         let verifier = Self.verifier(ok.verf)
         device.resentWriteCount.add(1, ordering: .relaxed)
         if ok.committed == UNSTABLE {
@@ -372,38 +317,33 @@ extension NFSQueue {
         // A verifier that changed once more: the server restarted again, and what was resent
         // before is to be resent against the new one.
         if ok.committed == UNSTABLE && verifier != records[slot].resendVerifier { records[slot].resendVerifier = verifier }
-        if let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
-                                       verifier: records[slot].resendVerifier, from: 0) {
-            records[slot].resendEntry = next
-            return issue(slot)
-        }
-        records[slot].resendEntry = -1
-        records[slot].call = .commit
-        issue(slot)
+        let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
+                                    verifier: records[slot].resendVerifier, from: 0)
+        records[slot].resendEntry = next ?? -1
+        perform(slot, .resent(status: 0, more: next != nil))
     }
 
     /// READDIR.
     func answeredReaddir(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: READDIR3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard replyWanted(slot, status: result.status.rawValue) else { return }
         listed(slot, result.READDIR3res_u.resok)
     }
 
     /// READDIRPLUS.
     func answeredReaddirplus(_ slot: Int, _ data: UnsafeMutableRawPointer) {
         let result = data.assumingMemoryBound(to: READDIRPLUS3res.self).pointee
-        guard result.status.rawValue == 0 else { return fail(slot, v3: result.status.rawValue) }
+        guard replyWanted(slot, status: result.status.rawValue) else { return }
         listedPlus(slot, result.READDIRPLUS3res_u.resok)
     }
 
     /// A virtio-fs guest without handle_killpriv_v2 drops set-ID bits after a write with a SETATTR
     /// of the mode without them, sent as the writer, who need not own the file: the server refuses
     /// it (NFS3ERR_PERM). When the refused SETATTR asked for nothing else, and the attributes that
-    /// came with the refusal show it only takes set-ID bits away, it is sent once more as the
-    /// engine (the guest kernel authorised it; a guest can act as any uid anyway).
+    /// came with the refusal show it only takes set-ID bits away, the plan sends it once more as
+    /// the engine (the guest kernel authorised it; a guest can act as any uid anyway).
     func setIDDropRefused(_ slot: Int, _ result: SETATTR3res) -> Bool {
-        guard result.status.rawValue == 1, !records[slot].progress.contains(.asEngine), !records[slot].progress.contains(.stagedTarget),
-              records[slot].request.uid != 0 else { return false }
+        guard result.status.rawValue == 1, records[slot].request.uid != 0 else { return false }
         let fuse = records[slot].request.setattr
         guard fuse.valid & ~UInt32(FATTR_FH | FATTR_LOCKOWNER) == UInt32(FATTR_MODE) else { return false }
         let after = result.SETATTR3res_u.resfail.obj_wcc.after
@@ -411,48 +351,25 @@ extension NFSQueue {
         return SetIDBits.onlyDrops(from: after.post_op_attr_u.attributes.mode, to: fuse.mode)
     }
 
-    func fail(_ slot: Int, v3 status: UInt32) {
-        finish(slot, NFSStatus.errno(v3: status))
-    }
-
     // MARK: - Entries
 
-    /// UNLINK's or RENAME's LOOKUP of the name it removes or replaces: a regular file with one link
-    /// that the guest has open is hidden first (its data must outlive the name until the last
-    /// RELEASE); anything else goes straight to the REMOVE or RENAME, which decides the errors.
-    func checkedTarget(_ slot: Int, _ result: LOOKUP3res) {
-        let isUnlink = records[slot].progress.contains(.removeCheck)
-        records[slot].progress.remove([.removeCheck, .replaceCheck])
-        let next: NFSCall = isUnlink ? .remove : .rename
-        guard result.status.rawValue == 0 else {
-            // UNLINK of a name the server cannot find fails as LOOKUP did; RENAME lets the server speak.
-            if isUnlink { return fail(slot, v3: result.status.rawValue) }
-            records[slot].call = next
-            return issue(slot)
-        }
-        let ok = result.LOOKUP3res_u.resok
+    /// UNLINK's or RENAME's target, as its LOOKUP found it: true when it is a regular file with one
+    /// link that the guest has open and that is not hidden yet (then pinned as the slot's staged
+    /// node, its hidden name written); anything else goes straight to the REMOVE or RENAME.
+    func stageOpenTarget(_ slot: Int, _ ok: LOOKUP3resok) -> Bool {
         let length = Int(ok.object.data.data_len)
         guard ok.obj_attributes.attributes_follow != 0, length >= 1, length <= nfsFileHandleBytesMax,
-              let bytes = ok.object.data.data_val else {
-            records[slot].call = next
-            return issue(slot)
-        }
+              let bytes = ok.object.data.data_val else { return false }
         let attributes = ok.obj_attributes.post_op_attr_u.attributes
         guard attributes.type == NF3REG, attributes.nlink == 1,
-              let node = device.nodes.findPinned(handle: UnsafeRawBufferPointer(start: bytes, count: length)) else {
-            records[slot].call = next
-            return issue(slot)
-        }
+              let node = device.nodes.findPinned(handle: UnsafeRawBufferPointer(start: bytes, count: length)) else { return false }
         guard device.nodes.openCount(node) > 0, !device.nodes.isHidden(node) else {
             device.nodes.unpin(node)
-            records[slot].call = next
-            return issue(slot)
+            return false
         }
         records[slot].stagedNode = node
         writeHiddenName(slot)
-        records[slot].progress.insert(.hiding)
-        records[slot].call = .rename
-        issue(slot)
+        return true
     }
 
     /// Keeps a handle the server sent for the next stage; false when it is not a valid NFSv3 handle.
@@ -461,45 +378,19 @@ extension NFSQueue {
         guard length >= 1, length <= nfsFileHandleBytesMax, let bytes = handle.data.data_val else { return false }
         stagedHandle(bytesOf: slot).copyMemory(from: bytes, byteCount: length)
         records[slot].stagedHandleLength = length
-        records[slot].progress.insert(.haveHandle)
         return true
     }
 
-    func stage(_ slot: Int, attributes: post_op_attr) {
-        guard attributes.attributes_follow != 0 else { return }
+    /// Keeps the attributes the server sent for the reply; false when it sent none.
+    func stage(_ slot: Int, attributes: post_op_attr) -> Bool {
+        guard attributes.attributes_follow != 0 else { return false }
         records[slot].stagedAttributes = Self.attributes(attributes.post_op_attr_u.attributes)
-        records[slot].progress.insert(.haveAttributes)
+        return true
     }
 
-    /// A create-like call succeeded.
-    func created(_ slot: Int, handle: post_op_fh3, attributes: post_op_attr) {
-        if handle.handle_follows != 0 {
-            guard stage(slot, handle: handle.post_op_fh3_u.handle) else { return finish(slot, .io) }
-        }
-        stage(slot, attributes: attributes)
-        continueEntry(slot)
-    }
-
-    /// Issues whatever an entry reply still lacks, or sends it: a handle (LOOKUP of the name),
-    /// the exclusive CREATE's mode (SETATTR), attributes (GETATTR).
-    func continueEntry(_ slot: Int) {
-        let state = records[slot].progress
-        if !state.contains(.haveHandle) {
-            records[slot].call = .lookup
-            return issue(slot)
-        }
-        if state.contains(.needsModeSetattr) {
-            records[slot].progress.remove(.needsModeSetattr)
-            records[slot].progress.remove(.haveAttributes)
-            records[slot].progress.insert(.stagedTarget)
-            records[slot].call = .setattr
-            return issue(slot)
-        }
-        if !state.contains(.haveAttributes) {
-            records[slot].progress.insert(.stagedTarget)
-            records[slot].call = .getattr
-            return issue(slot)
-        }
+    /// The entry is complete: the staged handle becomes a node the kernel will FORGET (CREATE: and
+    /// an open of it).
+    func replyEntry(_ slot: Int) {
         let attributes = records[slot].stagedAttributes
         let staged = UnsafeRawBufferPointer(start: stagedHandle(bytesOf: slot), count: records[slot].stagedHandleLength)
         guard let nodeID = device.nodes.lookup(handle: staged, kind: attributes.mode & FileType.mask) else {
@@ -522,6 +413,15 @@ extension NFSQueue {
         } else {
             reply.entry(nodeID: nodeID, generation: 0, entryValid: validity, attrValid: validity, attributes: attributes)
         }
+        complete(slot)
+    }
+
+    /// OPEN's check passed: counted since the OPEN began (`countedOpen`), the count and its pin
+    /// pass to the open.
+    func replyOpen(_ slot: Int) {
+        guard let fh = device.files.open(node: records[slot].primaryNode) else { return finish(slot, Self.ENFILE) }
+        records[slot].plan.progress.remove(.countedOpen)
+        records[slot].reply.open(fileHandle: fh, openFlags: device.configuration.openFlags)
         complete(slot)
     }
 

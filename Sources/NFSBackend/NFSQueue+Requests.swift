@@ -5,47 +5,10 @@ import FUSEWire
 import Glibc
 import Synchronization
 
-// Requests as NFSv3 calls. A FUSE request becomes one to three RPCs on its slot ("stages"): the
-// main call, then a LOOKUP when a create-like call came back without the new file handle, a
-// SETATTR of the mode after an exclusive CREATE (whose attributes hold the verifier), and a
-// GETATTR when the server sent no attributes. Every stage is built from the slot's own record
-// (the request stays in slot memory until it is answered), so a stage that waited for a new
-// connection is simply built again.
-
-/// What a slot's stages have gathered so far.
-struct NFSProgress: OptionSet {
-    let rawValue: UInt16
-    /// `stagedHandles[slot]` holds the node the entry reply names.
-    static let haveHandle = NFSProgress(rawValue: 1)
-    /// `records[slot].stagedAttributes` holds its attributes.
-    static let haveAttributes = NFSProgress(rawValue: 2)
-    /// An exclusive CREATE: the mode is set by a SETATTR once the file exists.
-    static let needsModeSetattr = NFSProgress(rawValue: 4)
-    /// GETATTR / SETATTR go to the staged handle, not to the request's node.
-    static let stagedTarget = NFSProgress(rawValue: 8)
-    /// CREATE GUARDED (MKNOD of a regular file): not safe to send twice.
-    static let guarded = NFSProgress(rawValue: 16)
-    /// CREATE EXCLUSIVE (O_EXCL): safe to send again, the verifier makes the server see a repeat.
-    static let exclusive = NFSProgress(rawValue: 32)
-    /// RENAME_NOREPLACE: a LOOKUP of the new name first (EEXIST when it is there). Not atomic
-    /// (NFSv3 has no such RENAME); the same check Linux's NFS client makes.
-    static let noReplaceCheck = NFSProgress(rawValue: 64)
-    /// UNLINK: a LOOKUP of the name first; a regular file with one link that the guest still has
-    /// open is renamed to its hidden name instead of removed ("silly rename", as NFS clients do).
-    static let removeCheck = NFSProgress(rawValue: 128)
-    /// RENAME over a name: the same check for the file it would replace.
-    static let replaceCheck = NFSProgress(rawValue: 256)
-    /// The RENAME of this stage moves `records[slot].stagedNode` to its hidden name.
-    static let hiding = NFSProgress(rawValue: 512)
-    /// The REMOVE of this stage removes `records[slot].stagedNode`'s hidden name.
-    static let removingHidden = NFSProgress(rawValue: 1024)
-    /// OPEN counts its node open from the start, not from the answer: an UNLINK racing the OPEN
-    /// (the kernel holds no lock across them) must see the file as open and hide it.
-    static let countedOpen = NFSProgress(rawValue: 2048)
-    /// Sent again with the engine's own ids (AUTH_SYS uid 0): a SETATTR that only drops set-ID bits,
-    /// which the server refused the writer who asked for it (see `setIDDropRefused`).
-    static let asEngine = NFSProgress(rawValue: 4096)
-}
+// Requests as NFSv3 calls. A FUSE request becomes one or more RPCs on its slot ("stages"), which
+// its plan (NFSStagePlan.swift) chooses. Every stage is built from the slot's own record (the
+// request stays in slot memory until it is answered), so a stage that waited for a new connection
+// is simply built again.
 
 /// ACCESS3 bits (RFC 1813 §3.3.4).
 enum NFSAccess {
@@ -60,8 +23,6 @@ enum NFSAccess {
 
 extension NFSQueue {
     static let ENFILE = FUSEErrno(23)
-    /// Repairs (resend, then COMMIT again) one FSYNC may make before it gives up with EIO.
-    static let repairRoundsMax: UInt8 = 4
     static let ESTALE = FUSEErrno(116)
     /// A listing that does not advance (Linux's NFS client answers ELOOP too).
     static let ELOOP = FUSEErrno(40)
@@ -145,16 +106,14 @@ extension NFSQueue {
         if progress.contains(.countedOpen) { device.nodes.opened(primary) }
         records[slot].journalEntry = -1
         records[slot].resendEntry = -1
-        records[slot].resendRounds = 0
         records[slot].request = request
         records[slot].reply = reply
         records[slot].token = token
-        records[slot].call = call
+        records[slot].plan = NFSStagePlan(call: call, progress: progress, kind: NFSRequestKind(request.opcodeRaw))
         records[slot].sent = false
         records[slot].primaryNode = primary
         records[slot].secondaryNode = secondary
         records[slot].openFile = openFile
-        records[slot].progress = progress
         if stagedNode != 0 { writeHiddenName(slot) }
         records[slot].stagedHandleLength = 0
         if progress.contains(.exclusive) {
@@ -182,14 +141,14 @@ extension NFSQueue {
             return
         }
         let request = records[slot].request
-        if records[slot].progress.contains(.asEngine) { become(link, uid: 0, gid: 0) } else { become(link, uid: request.uid, gid: request.gid) }
+        if records[slot].plan.progress.contains(.asEngine) { become(link, uid: 0, gid: 0) } else { become(link, uid: request.uid, gid: request.gid) }
         let tag = UnsafeMutableRawPointer(tags + slot)
         let started = send(slot, rpc, tag)
         guard started == 0 else {
             // libnfs could not even queue it: out of memory, or (-2) the arguments do not fit the
             // 4 KiB buffer libnfs 4.0 encodes every call into, which only a symlink target near
             // PATH_MAX reaches (Specs/nfs-semantics.md).
-            finish(slot, started == -2 && records[slot].call == .symlink ? .nameTooLong : .io)
+            finish(slot, started == -2 && records[slot].plan.call == .symlink ? .nameTooLong : .io)
             return
         }
         records[slot].state = .inFlight
@@ -202,7 +161,7 @@ extension NFSQueue {
     /// Queues the RPC of the slot's current stage in libnfs (AUTH_SYS already set): 0, or
     /// libnfs's failure (-2: the arguments do not fit its encoding buffer).
     func send(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
-        switch records[slot].call {
+        switch records[slot].plan.call {
         case .none:
             preconditionFailure("a slot issued without a call")
         case .lookup: return sendLookup(slot, rpc, tag)
@@ -231,7 +190,7 @@ extension NFSQueue {
     func sendLookup(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let what = records[slot].progress.contains(.noReplaceCheck) || records[slot].progress.contains(.replaceCheck)
+        let what = records[slot].plan.progress.contains(.noReplaceCheck) || records[slot].plan.progress.contains(.replaceCheck)
             ? directoryOperation(records[slot].secondaryNode, request.secondName) : directoryOperation(primary, request.name)
         var arguments = LOOKUP3args(what: what)
         return rpc_nfs3_lookup_async(rpc, Self.completed, &arguments, tag)
@@ -309,7 +268,7 @@ extension NFSQueue {
         let request = records[slot].request
         let primary = records[slot].primaryNode
         var how = createhow3()
-        let state = records[slot].progress
+        let state = records[slot].plan.progress
         if state.contains(.exclusive) {
             how.mode = EXCLUSIVE
             withUnsafeMutableBytes(of: &how.createhow3_u.verf) { $0.storeBytes(of: records[slot].createVerifier, as: UInt64.self) }
@@ -337,7 +296,7 @@ extension NFSQueue {
     func sendRemove(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
         let request = records[slot].request
         let primary = records[slot].primaryNode
-        let object = records[slot].progress.contains(.removingHidden)
+        let object = records[slot].plan.progress.contains(.removingHidden)
             ? diropargs3(dir: handle(device.hiddenDirectory), name: hiddenNameC(slot))
             : directoryOperation(primary, request.name)
         var arguments = REMOVE3args(object: object)
@@ -357,7 +316,7 @@ extension NFSQueue {
         let request = records[slot].request
         let primary = records[slot].primaryNode
         var arguments: RENAME3args
-        if records[slot].progress.contains(.hiding) {
+        if records[slot].plan.progress.contains(.hiding) {
             // UNLINK hides its name's file; RENAME the file its new name would replace.
             let isUnlink = request.opcodeRaw == FUSEOpcode.unlink.rawValue
             let directory = isUnlink ? primary : records[slot].secondaryNode
@@ -445,7 +404,7 @@ extension NFSQueue {
         if fuse.offset != 0 {
             withUnsafeMutableBytes(of: &verifier) { $0.storeBytes(of: device.files.cookieVerifiers[records[slot].openFile], as: UInt64.self) }
         }
-        if records[slot].call == .readdir {
+        if records[slot].plan.call == .readdir {
             // NFS entries are about the size of FUSE's; a little more keeps the last one whole.
             var arguments = READDIR3args(dir: handle(primary), cookie: fuse.offset, cookieverf: verifier, count: count3(capacity + 512))
             return rpc_nfs3_readdir_async(rpc, Self.completed, &arguments, tag)
@@ -471,7 +430,7 @@ extension NFSQueue {
     }
 
     func target(_ slot: Int) -> nfs_fh3 {
-        records[slot].progress.contains(.stagedTarget) ? stagedHandle(slot) : handle(records[slot].primaryNode)
+        records[slot].plan.progress.contains(.stagedTarget) ? stagedHandle(slot) : handle(records[slot].primaryNode)
     }
 
     /// The request's names are NUL-terminated in slot memory (the decoder checked the NUL).
@@ -499,7 +458,7 @@ extension NFSQueue {
     func newAttributes(_ slot: Int) -> sattr3 {
         var attributes = sattr3()
         let request = records[slot].request
-        if records[slot].progress.contains(.stagedTarget) {
+        if records[slot].plan.progress.contains(.stagedTarget) {
             let mode = request.mode & 0o7777
             attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: mode))
             // The verifier was stored in the times: give the file real ones.
@@ -612,7 +571,7 @@ extension NFSQueue {
         guard journal.entryTail < journal.entryHead else { return }
         let victim = journal.entry(journal.entryTail).pointee
         guard victim.state == .acknowledged, let openFile = device.files.index(victim.fileHandle) else { return }
-        for slot in 0..<slotCount where records[slot].call == .commit || records[slot].call == .resendWrite {
+        for slot in 0..<slotCount where records[slot].plan.call == .commit || records[slot].plan.call == .resendWrite {
             if openHandle(slot) == victim.fileHandle { return }
         }
         device.files.giveUpRepair(openFile)
@@ -658,7 +617,7 @@ extension NFSQueue {
 
     /// Ends a request whose reply is written: unpins, frees the slot, completes the token.
     func complete(_ slot: Int) {
-        if records[slot].progress.contains(.countedOpen) {
+        if records[slot].plan.progress.contains(.countedOpen) {
             // The OPEN failed: its count goes. Should that leave a file hidden meanwhile with no open,
             // its hidden name stays on the server (as after a crash): a failed OPEN racing an UNLINK.
             _ = device.nodes.closed(records[slot].primaryNode)
@@ -675,9 +634,8 @@ extension NFSQueue {
         records[slot].secondaryNode = 0
         records[slot].stagedNode = 0
         records[slot].state = .free
-        records[slot].call = .none
+        records[slot].plan = NFSStagePlan(call: .none)
         records[slot].sent = false
-        records[slot].progress = []
         records[slot].openFile = 0
         records[slot].stagedHandleLength = 0
         pendingCount -= 1
