@@ -63,11 +63,14 @@ let package = Package(
         // An NFS export (NFSv3 over libnfs's raw asynchronous RPC layer): file handles, never paths;
         // each queue's own connection driven from its poller; reconnect, resend and timeouts.
         .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSConfiguration"], swiftSettings: swiftSettings),
-        // The vhost-user control plane (socket, messages, memory regions, vring setup) and the
-        // poller threads of each device's queues.
+        // The vhost-user protocol, pure: messages, their decoding with every field checked, and the
+        // control plane as a value (queue setup, features; effects returned as actions).
+        .target(name: "VhostUserProtocol", swiftSettings: swiftSettings),
+        // A vhost-user device: the socket, guest memory mapping, and the poller threads of its
+        // queues, performing what the protocol's control plane decides.
         .target(
             name: "VhostUser",
-            dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "VhostUserProtocol", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // A mount on the host through /dev/fuse: mount(2), classic read/writev queues on cloned
@@ -80,7 +83,7 @@ let package = Package(
         // The front-end side of vhost-user (QEMU's part): for the load generator and hostile tests.
         .target(
             name: "VhostUserFrontend",
-            dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "LoopbackTransport", "Virtio", "VhostUser"],
+            dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "LoopbackTransport", "Virtio", "VhostUserProtocol"],
             swiftSettings: swiftSettings
         ),
         // Configuration: the engine's TOML subset and its validation (pure, tested on its own).
@@ -130,7 +133,7 @@ let package = Package(
             name: "DPFSCoreTests",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix",
-                "DPFSTestSupport", "VhostUser", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends",
+                "DPFSTestSupport", "VhostUser", "VhostUserProtocol", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,5 +1,6 @@
 import CDPFS
 import Glibc
+import VhostUserProtocol
 
 /// One front-end connection: reads framed messages with their descriptors and writes replies.
 /// Control plane only (it allocates), never touched by the pollers.
@@ -92,17 +93,5 @@ public final class VhostUserConnection {
 
     private func closeAll(_ fds: [Int32]) {
         for descriptor in fds { _ = Glibc.close(descriptor) }
-    }
-}
-
-/// Little-endian payload builders.
-public enum VhostUserPayload {
-    public static func u64(_ value: UInt64) -> [UInt8] {
-        (0..<8).map { UInt8(truncatingIfNeeded: value >> UInt64(8 * $0)) }
-    }
-
-    public static func vringState(index: UInt32, number: UInt32) -> [UInt8] {
-        (0..<4).map { UInt8(truncatingIfNeeded: index >> UInt32(8 * $0)) }
-            + (0..<4).map { UInt8(truncatingIfNeeded: number >> UInt32(8 * $0)) }
     }
 }

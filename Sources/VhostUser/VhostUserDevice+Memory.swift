@@ -6,33 +6,18 @@ import Glibc
 import Logging
 import Synchronization
 import Virtio
+import VhostUserProtocol
 
 // Guest memory of a vhost-user device: the regions the front-end maps for us, validated before use,
 // and the translation table the split queues read through. Changes happen only while every queue is
 // stopped and quiesced.
 extension VhostUserDevice {
 
-    func setMemoryTable(_ message: VhostUserMessage, fds: inout [Int32]) throws(VhostUserError) {
-        guard let count = message.field(UInt32.self, at: 0) else { throw VhostUserError("SET_MEM_TABLE payload too short") }
-        guard count >= 1, count <= UInt32(VhostUserWire.memTableRegionsMax) else {
-            throw VhostUserError("SET_MEM_TABLE with \(count) regions (1...\(VhostUserWire.memTableRegionsMax) allowed)")
-        }
-        guard message.payload.count == 8 + Int(count) * VhostUserWire.memoryRegionBytes else {
-            throw VhostUserError("SET_MEM_TABLE payload is \(message.payload.count) bytes for \(count) regions")
-        }
-        guard fds.count == Int(count) else {
-            throw VhostUserError("SET_MEM_TABLE with \(count) regions but \(fds.count) descriptors")
-        }
-        var descriptions: [VhostUserMemoryRegion] = []
-        for index in 0..<Int(count) {
-            descriptions.append(VhostUserMemoryRegion(message, at: 8 + index * VhostUserWire.memoryRegionBytes)!)
-        }
-        try validateNoOverlap(descriptions)
-        // Map the whole new table before touching the old one: a table that cannot be mapped is
-        // refused and the memory the queues use stays as it was.
+    /// SET_MEM_TABLE: maps the whole new table before touching the old one (a table that cannot be
+    /// mapped is refused and the memory the queues use stays as it was), then swaps it in while
+    /// every queue is stopped. Takes ownership of the descriptors.
+    func replaceMemory(_ descriptions: [VhostUserMemoryRegion], descriptors: [Int32]) throws(VhostUserError) {
         var mapped: [MappedRegion] = []
-        let descriptors = fds
-        fds.removeAll()
         for (position, (description, fd)) in zip(descriptions, descriptors).enumerated() {
             do throws(VhostUserError) {
                 mapped.append(try map(description, fd: fd))
@@ -45,28 +30,28 @@ extension VhostUserDevice {
         let running = stopAllQueues()
         unmapAll()
         regions = mapped
+        plane.memoryRegionCount = regions.count
         rebuildQueues(restarting: running)
     }
 
-    func addMemoryRegion(_ message: VhostUserMessage, fds: inout [Int32]) throws(VhostUserError) {
-        guard message.payload.count == 8 + VhostUserWire.memoryRegionBytes else {
-            throw VhostUserError("ADD_MEM_REG payload is \(message.payload.count) bytes, not 40")
+    /// ADD_MEM_REG: one more region, checked against those mapped. Takes ownership of `fd`.
+    func addMemoryRegion(_ description: VhostUserMemoryRegion, descriptor fd: Int32) throws(VhostUserError) {
+        do throws(VhostUserError) {
+            guard regions.count < GuestMemory.regionsMax else { throw VhostUserError("more than \(GuestMemory.regionsMax) memory regions") }
+            try VhostUserCommand.validate(regions: regions.map(\.description) + [description])
+        } catch {
+            _ = Glibc.close(fd)
+            throw error
         }
-        guard fds.count == 1 else { throw VhostUserError("ADD_MEM_REG carries \(fds.count) descriptors, not 1") }
-        guard regions.count < GuestMemory.regionsMax else { throw VhostUserError("more than \(GuestMemory.regionsMax) memory regions") }
-        let description = VhostUserMemoryRegion(message, at: 8)!
-        try validateNoOverlap(regions.map(\.description) + [description])
-        let mapped = try map(description, fd: fds.removeFirst())
+        let mapped = try map(description, fd: fd)
         let running = stopAllQueues()
         regions.append(mapped)
+        plane.memoryRegionCount = regions.count
         rebuildQueues(restarting: running)
     }
 
-    func removeMemoryRegion(_ message: VhostUserMessage) throws(VhostUserError) {
-        guard message.payload.count == 8 + VhostUserWire.memoryRegionBytes else {
-            throw VhostUserError("REM_MEM_REG payload is \(message.payload.count) bytes, not 40")
-        }
-        let description = VhostUserMemoryRegion(message, at: 8)!
+    /// REM_MEM_REG: a region added before goes, while every queue is stopped.
+    func removeMemoryRegion(_ description: VhostUserMemoryRegion) throws(VhostUserError) {
         guard let position = regions.firstIndex(where: {
             $0.description.guestPhysicalAddress == description.guestPhysicalAddress
                 && $0.description.sizeBytes == description.sizeBytes
@@ -75,23 +60,8 @@ extension VhostUserDevice {
         let running = stopAllQueues()
         let removed = regions.remove(at: position)
         munmap(removed.mapping, removed.mappingBytes)
+        plane.memoryRegionCount = regions.count
         rebuildQueues(restarting: running)
-    }
-
-    func validateNoOverlap(_ descriptions: [VhostUserMemoryRegion]) throws(VhostUserError) {
-        for (position, region) in descriptions.enumerated() {
-            guard region.sizeBytes > 0,
-                  region.guestPhysicalAddress.addingReportingOverflow(region.sizeBytes).overflow == false,
-                  region.frontendVirtualAddress.addingReportingOverflow(region.sizeBytes).overflow == false,
-                  region.mmapOffset.addingReportingOverflow(region.sizeBytes).overflow == false,
-                  region.mmapOffset + region.sizeBytes <= UInt64(Int.max)
-            else { throw VhostUserError("memory region \(position) has an empty or overflowing range") }
-            for other in descriptions[..<position] {
-                let overlaps = region.guestPhysicalAddress < other.guestPhysicalAddress + other.sizeBytes
-                    && other.guestPhysicalAddress < region.guestPhysicalAddress + region.sizeBytes
-                guard !overlaps else { throw VhostUserError("memory regions overlap in guest-physical space") }
-            }
-        }
     }
 
     /// Maps `mmap_offset + size` bytes from offset 0 and uses the region from `mmap_offset` on, as
@@ -114,6 +84,7 @@ extension VhostUserDevice {
     func unmapAll() {
         for region in regions { munmap(region.mapping, region.mappingBytes) }
         regions.removeAll()
+        plane.memoryRegionCount = 0
     }
 
     var guestMemory: GuestMemory {

@@ -6,46 +6,15 @@ import Glibc
 import Logging
 import Synchronization
 import Virtio
+import VhostUserProtocol
 
 // The queues of a vhost-user device: building a split queue from what the front-end sent, starting
 // and stopping (quiescing) poller threads, reset, failure reports, and the thread body.
 extension VhostUserDevice {
 
-    func queueIndex(_ value: UInt64) throws(VhostUserError) -> Int {
-        guard value < UInt64(configuration.queueCount) else {
-            throw VhostUserError("queue \(value) does not exist (the device has \(configuration.queueCount))")
-        }
-        return Int(value)
-    }
-
-    func vringState(_ message: VhostUserMessage) throws(VhostUserError) -> (Int, UInt32) {
-        guard message.payload.count == 8 else { throw VhostUserError("vring state payload is \(message.payload.count) bytes, not 8") }
-        return (try queueIndex(UInt64(message.field(UInt32.self, at: 0)!)), message.field(UInt32.self, at: 4)!)
-    }
-
-    func field<T: FixedWidthInteger>(_ type: T.Type, _ message: VhostUserMessage, at offset: Int, exact: Int) throws(VhostUserError) -> T {
-        guard message.payload.count == exact, let value = message.field(T.self, at: offset) else {
-            throw VhostUserError("payload is \(message.payload.count) bytes, not \(exact)")
-        }
-        return value
-    }
-
-    /// A SET_*FEATURES payload: exactly one u64, with no bit that was never offered.
-    func acknowledged(_ message: VhostUserMessage, offered: UInt64, what: String) throws(VhostUserError) -> UInt64 {
-        let features = try field(UInt64.self, message, at: 0, exact: 8)
-        guard features & ~offered == 0 else {
-            throw VhostUserError("\(what) 0x\(String(features, radix: 16)) include bits never offered")
-        }
-        return features
-    }
-
-    func requireStopped(_ index: Int) throws(VhostUserError) {
-        guard runners[index].thread == nil else { throw VhostUserError("queue \(index) is running; stop it first (GET_VRING_BASE)") }
-    }
-
     /// Builds the split queue from what the front-end sent, checking every ring lies in guest memory.
     func makeSplitQueue(_ index: Int) throws(VhostUserError) -> SplitQueue {
-        let setup = queues[index]
+        let setup = plane.queues[index]
         guard setup.size > 0 else { throw VhostUserError("queue \(index) has no size") }
         guard let descriptorAddress = setup.descriptorAddress, let availAddress = setup.availAddress,
               let usedAddress = setup.usedAddress else { throw VhostUserError("queue \(index) has no ring addresses") }
@@ -58,16 +27,14 @@ extension VhostUserDevice {
             throw VhostUserError("queue \(index) rings are misaligned")
         }
         return SplitQueue(size: setup.size, addresses: SplitQueueAddresses(descriptors: descriptors, avail: avail, used: used),
-                          memory: memory, eventIndex: ackedFeatures & VirtioFeatures.eventIndex != 0,
-                          indirectDescriptors: ackedFeatures & VirtioFeatures.indirectDescriptors != 0,
+                          memory: memory, eventIndex: plane.eventIndex, indirectDescriptors: plane.indirectDescriptors,
                           nextAvailIndex: setup.nextAvailIndex)
     }
 
     /// Starts queue `index` if the front-end has given everything a running ring needs.
     func startIfReady(_ index: Int) throws(VhostUserError) {
-        let setup = queues[index]
-        guard runners[index].thread == nil, setup.enabled, setup.kickFD >= 0 || setup.kickPolled,
-              !regions.isEmpty, setup.size > 0, setup.descriptorAddress != nil else { return }
+        guard runners[index].thread == nil, plane.readyToStart(index) else { return }
+        let setup = plane.queues[index]
         let queue = try makeSplitQueue(index)
         let runner = runners[index]
         runner.poller.transport = VhostUserQueue(queue: queue, callFD: setup.callFD)
@@ -84,6 +51,7 @@ extension VhostUserDevice {
         } catch {
             throw VhostUserError("cannot start the thread of queue \(index): \(error)")
         }
+        plane.queueStarted(index)
         logger.debug("queue \(index) started: size \(setup.size), base \(setup.nextAvailIndex)")
     }
 
@@ -96,9 +64,7 @@ extension VhostUserDevice {
         runner.poller.wake.signalUnconditionally()
         thread.join()
         runner.thread = nil
-        if let queue = runner.poller.transport.queue {
-            queues[index].nextAvailIndex = queue.lastAvailIndex
-        }
+        plane.queueStopped(index, lastAvailIndex: runner.poller.transport.queue?.lastAvailIndex)
         if runner.failed.load(ordering: .acquiring) { logFailure(index) }
         logger.debug("queue \(index) stopped")
     }
@@ -125,35 +91,23 @@ extension VhostUserDevice {
     /// the FUSE session over (the guest will INIT again).
     public func reset() {
         _ = stopAllQueues()
-        for index in queues.indices {
-            closeFD(&queues[index].kickFD)
-            closeFD(&queues[index].callFD)
-            closeFD(&queues[index].errorFD)
-            queues[index] = QueueSetup()
-            runners[index].poller.transport = VhostUserQueue()
-        }
+        for fd in plane.reset() { _ = Glibc.close(fd) }
+        for runner in runners { runner.poller.transport = VhostUserQueue() }
         unmapAll()
         session.end()
         // Every queue's backend hears of the end now, not at its next start: no poller runs, so the
         // control plane may step into them.
         for runner in runners { runner.poller.refreshSession() }
-        ackedFeatures = 0
-        protocolFeatures = 0
         failureLogged = []
-    }
-
-    func closeFD(_ fd: inout Int32) {
-        if fd >= 0 { _ = Glibc.close(fd) }
-        fd = -1
     }
 
     func logFailure(_ index: Int) {
         guard failureLogged.insert(index).inserted else { return }
         let reason = runners[index].poller.transport.queue?.failure.description ?? "unknown"
         logger.error("device \(configuration.name) queue \(index) failed (device needs reset): \(reason)")
-        if queues[index].errorFD >= 0 {
+        if plane.queues[index].errorFD >= 0 {
             var one: UInt64 = 1
-            _ = Glibc.write(queues[index].errorFD, &one, 8)
+            _ = Glibc.write(plane.queues[index].errorFD, &one, 8)
         }
     }
 

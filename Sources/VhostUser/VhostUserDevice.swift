@@ -6,6 +6,8 @@ import Glibc
 import Logging
 import Synchronization
 import Virtio
+// The device's API speaks the protocol's types (messages, errors): whoever imports the device gets them.
+@_exported import VhostUserProtocol
 
 /// How one virtio-fs device is served.
 public struct VhostUserDeviceConfiguration: Sendable {
@@ -43,20 +45,6 @@ struct MappedRegion {
     var local: UnsafeMutableRawPointer { mapping + Int(description.mmapOffset) }
 }
 
-/// Everything the front-end told us about one virtqueue.
-struct QueueSetup {
-    var size: Int = 0
-    var nextAvailIndex: UInt16 = 0
-    var descriptorAddress: UInt64? = nil
-    var availAddress: UInt64? = nil
-    var usedAddress: UInt64? = nil
-    var kickFD: Int32 = -1
-    var kickPolled = false
-    var callFD: Int32 = -1
-    var errorFD: Int32 = -1
-    var enabled = false
-}
-
 /// A poller and the thread that runs it. The control plane touches the poller only while no
 /// thread runs it.
 final class QueueRunner<B: Backend>: @unchecked Sendable {
@@ -87,9 +75,9 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
     let session: SharedSession
     let regionStorage: UnsafeMutablePointer<GuestMemoryRegion>
     var regions: [MappedRegion] = []
-    var queues: [QueueSetup]
-    var ackedFeatures: UInt64 = 0
-    var protocolFeatures: UInt64 = 0
+    /// What the front-end told us, and the protocol's rules (VhostUserProtocol's control plane):
+    /// this class performs the effects it decides.
+    var plane: VhostUserControlPlane
     let busyPollCycles: UInt64
     /// Queues whose failure was already logged, so a broken guest cannot flood the log.
     var failureLogged: Set<Int> = []
@@ -113,7 +101,8 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
         }
         self.runners = runners
         regionStorage = .allocate(capacity: GuestMemory.regionsMax)
-        queues = Array(repeating: QueueSetup(), count: configuration.queueCount)
+        plane = VhostUserControlPlane(limits: VhostUserLimits(queueCount: configuration.queueCount, queueSizeMax: VirtqueueLayout.queueSizeMax),
+                                      memoryRegionsMax: GuestMemory.regionsMax)
         busyPollCycles = PollerLoopConfiguration.busyPollCycles(microseconds: configuration.busyPollMicroseconds,
                                                                  cyclesPerNanosecond: cyclesPerNanosecond)
     }
@@ -136,11 +125,18 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
     public func handle(_ message: VhostUserMessage) -> [UInt8]? {
         var unused = message.fds
         defer { for fd in unused { _ = Glibc.close(fd) } }
-        let ackWanted = message.needsReply && protocolFeatures & VhostUserProtocolFeatures.replyAck != 0
+        let ackWanted = message.needsReply && plane.replyAck
         do {
-            let reply = try dispatch(message, fds: &unused)
-            if let reply { return reply }
-            return ackWanted ? VhostUserPayload.u64(0) : nil
+            let command = try VhostUserCommand.decode(message, descriptors: &unused, limits: plane.limits)
+            logger.trace("\(message.request.map { "\($0)" } ?? "?") (\(message.payload.count) bytes, \(message.fds.count) fds)")
+            let step = try plane.apply(command)
+            try perform(step.actions)
+            switch step.reply {
+            case .none: return ackWanted ? VhostUserPayload.u64(0) : nil
+            case .payload(let payload): return payload
+            case .ringBase(let index):
+                return VhostUserPayload.vringState(index: UInt32(index), number: UInt32(plane.queues[index].nextAvailIndex))
+            }
         } catch {
             logger.warning("refused \(message.request.map { "\($0)" } ?? "request \(message.requestRaw)"): \(error.message)")
             if let request = message.request, Self.alwaysAnswered(request) {
@@ -159,114 +155,22 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
         }
     }
 
-    func dispatch(_ message: VhostUserMessage, fds: inout [Int32]) throws(VhostUserError) -> [UInt8]? {
-        guard let request = message.request else {
-            throw VhostUserError("unknown request id \(message.requestRaw)")
-        }
-        logger.trace("\(request) (\(message.payload.count) bytes, \(message.fds.count) fds)")
-        switch request {
-        case .getFeatures:
-            return VhostUserPayload.u64(VirtioFeatures.offered)
-        case .setFeatures:
-            ackedFeatures = try acknowledged(message, offered: VirtioFeatures.offered, what: "features")
-            return nil
-        case .getProtocolFeatures:
-            return VhostUserPayload.u64(VhostUserProtocolFeatures.offered)
-        case .setProtocolFeatures:
-            protocolFeatures = try acknowledged(message, offered: VhostUserProtocolFeatures.offered, what: "protocol features")
-            return nil
-        case .setOwner:
-            return nil
-        case .resetOwner, .resetDevice:
-            reset()
-            return nil
-        case .getQueueNum:
-            return VhostUserPayload.u64(UInt64(configuration.queueCount))
-        case .getMaxMemSlots:
-            return VhostUserPayload.u64(UInt64(GuestMemory.regionsMax))
-        case .setMemTable:
-            try setMemoryTable(message, fds: &fds)
-            return nil
-        case .addMemReg:
-            try addMemoryRegion(message, fds: &fds)
-            return nil
-        case .remMemReg:
-            try removeMemoryRegion(message)
-            return nil
-        case .setVringNum:
-            let (index, number) = try vringState(message)
-            guard number > 0, number <= UInt32(VirtqueueLayout.queueSizeMax), number & (number - 1) == 0 else {
-                throw VhostUserError("queue \(index) size \(number) is not a power of two in 1...32768")
+    /// Performs what the control plane decided, in order.
+    func perform(_ actions: [VhostUserControlAction]) throws(VhostUserError) {
+        for action in actions {
+            switch action {
+            case .stopQueue(let index): stopQueue(index)
+            case .startIfReady(let index): try startIfReady(index)
+            case .forgetRing(let index):
+                if let queue = runners[index].poller.transport.queue { plane.queueStopped(index, lastAvailIndex: queue.lastAvailIndex) }
+                runners[index].poller.transport.queue = nil
+            case .closeDescriptor(let fd): _ = Glibc.close(fd)
+            case .installCall(let index, let fd): runners[index].poller.transport.callFD = fd
+            case .replaceMemory(let regions, let descriptors): try replaceMemory(regions, descriptors: descriptors)
+            case .addMemoryRegion(let region, let descriptor): try addMemoryRegion(region, descriptor: descriptor)
+            case .removeMemoryRegion(let region): try removeMemoryRegion(region)
+            case .resetDevice: reset()
             }
-            try requireStopped(index)
-            queues[index].size = Int(number)
-            return nil
-        case .setVringBase:
-            let (index, number) = try vringState(message)
-            guard number <= UInt32(UInt16.max) else { throw VhostUserError("queue \(index) base \(number) exceeds 65535") }
-            try requireStopped(index)
-            queues[index].nextAvailIndex = UInt16(number)
-            return nil
-        case .setVringAddr:
-            guard message.payload.count == 40 else { throw VhostUserError("SET_VRING_ADDR payload is \(message.payload.count) bytes, not 40") }
-            let index = try queueIndex(UInt64(message.field(UInt32.self, at: 0)!))
-            try requireStopped(index)
-            queues[index].descriptorAddress = message.field(UInt64.self, at: 8)!
-            queues[index].usedAddress = message.field(UInt64.self, at: 16)!
-            queues[index].availAddress = message.field(UInt64.self, at: 24)!
-            return nil
-        case .getVringBase:
-            let (index, _) = try vringState(message)
-            stopQueue(index)
-            let base = runners[index].poller.transport.queue?.lastAvailIndex ?? queues[index].nextAvailIndex
-            queues[index].nextAvailIndex = base
-            // GET_VRING_BASE stops the ring; a later start comes with SET_VRING_BASE and a kick fd.
-            closeFD(&queues[index].kickFD)
-            queues[index].kickPolled = false
-            runners[index].poller.transport.queue = nil
-            return VhostUserPayload.vringState(index: UInt32(index), number: UInt32(base))
-        case .setVringKick, .setVringCall, .setVringErr:
-            let value = try field(UInt64.self, message, at: 0, exact: 8)
-            let index = try queueIndex(value & VhostUserWire.vringIndexMask)
-            let noFD = value & VhostUserWire.vringNoFDFlag != 0
-            guard value & ~(VhostUserWire.vringIndexMask | VhostUserWire.vringNoFDFlag) == 0 else {
-                throw VhostUserError("\(request) has unknown bits set: \(value)")
-            }
-            guard noFD ? fds.isEmpty : fds.count == 1 else {
-                throw VhostUserError("\(request) for queue \(index) carries \(fds.count) descriptors")
-            }
-            let fd = noFD ? Int32(-1) : fds.removeFirst()
-            switch request {
-            case .setVringKick:
-                stopQueue(index)
-                closeFD(&queues[index].kickFD)
-                queues[index].kickFD = fd
-                queues[index].kickPolled = noFD
-                // Without protocol features a ring starts enabled (vhost-user.rst, "Ring states").
-                if ackedFeatures & VirtioFeatures.protocolFeatures == 0 { queues[index].enabled = true }
-                try startIfReady(index)
-            case .setVringCall:
-                // The poller writes the call fd: swap it only while the poller is stopped.
-                let wasRunning = runners[index].thread != nil
-                stopQueue(index)
-                closeFD(&queues[index].callFD)
-                queues[index].callFD = fd
-                runners[index].poller.transport.callFD = fd
-                if wasRunning { try startIfReady(index) }
-            default:
-                closeFD(&queues[index].errorFD)
-                queues[index].errorFD = fd
-            }
-            return nil
-        case .setVringEnable:
-            let (index, number) = try vringState(message)
-            guard number <= 1 else { throw VhostUserError("SET_VRING_ENABLE \(number) for queue \(index)") }
-            queues[index].enabled = number == 1
-            if number == 1 { try startIfReady(index) } else { stopQueue(index) }
-            return nil
-        case .setLogBase, .setLogFD, .sendRARP, .netSetMTU, .setBackendReqFD, .iotlbMessage, .setVringEndian,
-             .getConfig, .setConfig, .setStatus, .getStatus:
-            throw VhostUserError("\(request) is not supported by this back-end (its feature was not offered)")
         }
     }
 }

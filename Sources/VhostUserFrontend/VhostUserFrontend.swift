@@ -5,7 +5,7 @@ import FUSEWire
 import Glibc
 import LoopbackTransport
 import Virtio
-import VhostUser
+import VhostUserProtocol
 
 // The front-end side of vhost-user, playing QEMU's part: it connects to any vhost-user-fs back-end
 // (dpfs-engine, virtiofsd), shares memfd "guest memory", lays out split virtqueues in it with the

@@ -1,6 +1,7 @@
 // The vhost-user wire protocol (QEMU docs/interop/vhost-user.rst; ids and bits as in rust-vmm
-// vhost `message.rs`). Payloads are read at
-// explicit little-endian offsets, never through Swift struct layout.
+// vhost `message.rs`), shared by the back-end (VhostUser) and the front-end (VhostUserFrontend).
+// Pure: no system call. Payloads are read at explicit little-endian offsets, never through Swift
+// struct layout.
 
 /// Front-end → back-end request ids this back-end knows.
 public enum VhostUserRequest: UInt32, Sendable, CustomStringConvertible {
@@ -157,7 +158,7 @@ public struct VhostUserMemoryRegion: Equatable, Sendable {
     }
 
     /// Reads a 32-byte region description at `offset` of `message`'s payload.
-    init?(_ message: VhostUserMessage, at offset: Int) {
+    public init?(_ message: VhostUserMessage, at offset: Int) {
         guard let gpa = message.field(UInt64.self, at: offset),
               let size = message.field(UInt64.self, at: offset + 8),
               let uaddr = message.field(UInt64.self, at: offset + 16),
@@ -178,4 +179,16 @@ public struct VhostUserError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { message }
+}
+
+/// Little-endian payload builders.
+public enum VhostUserPayload {
+    public static func u64(_ value: UInt64) -> [UInt8] {
+        (0..<8).map { UInt8(truncatingIfNeeded: value >> UInt64(8 * $0)) }
+    }
+
+    public static func vringState(index: UInt32, number: UInt32) -> [UInt8] {
+        (0..<4).map { UInt8(truncatingIfNeeded: index >> UInt32(8 * $0)) }
+            + (0..<4).map { UInt8(truncatingIfNeeded: number >> UInt32(8 * $0)) }
+    }
 }
