@@ -56,6 +56,7 @@ public struct Reply<Kind>: @unchecked Sendable {
 
     /// Answers with an errno (a 16-byte reply).
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func fail(_ errno: FUSEErrno) -> BackendAnswer {
         wire.fail(errno)
@@ -65,6 +66,7 @@ public struct Reply<Kind>: @unchecked Sendable {
 
 extension Reply where Kind == ReplyKind.Entry {
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func entry(nodeID: UInt64, generation: UInt64, entryValid: CacheValidity, attrValid: CacheValidity,
                       attributes: FileAttributes) -> BackendAnswer {
@@ -75,6 +77,7 @@ extension Reply where Kind == ReplyKind.Entry {
 
 extension Reply where Kind == ReplyKind.Attributes {
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func attributes(_ attributes: FileAttributes, valid: CacheValidity) -> BackendAnswer {
         wire.attributes(attributes, valid: valid)
@@ -85,6 +88,7 @@ extension Reply where Kind == ReplyKind.Attributes {
 extension Reply where Kind == ReplyKind.Statx {
     /// `mask`: the STATX_* fields that are valid in `attributes`.
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func statx(_ attributes: FileAttributes, valid: CacheValidity, mask: UInt32) -> BackendAnswer {
         wire.statx(attributes, valid: valid, mask: mask)
@@ -94,6 +98,7 @@ extension Reply where Kind == ReplyKind.Statx {
 
 extension Reply where Kind == ReplyKind.Created {
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func created(nodeID: UInt64, generation: UInt64, entryValid: CacheValidity, attrValid: CacheValidity,
                         attributes: FileAttributes, fileHandle: UInt64, openFlags: UInt32, backingID: Int32 = 0) -> BackendAnswer {
@@ -106,6 +111,7 @@ extension Reply where Kind == ReplyKind.Created {
 extension Reply where Kind == ReplyKind.Opened {
     /// `openFlags`: FOPEN_* (direct I/O, keep cache, passthrough); `backingID` for kernel passthrough.
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func open(fileHandle: UInt64, openFlags: UInt32, backingID: Int32 = 0) -> BackendAnswer {
         wire.open(fileHandle: fileHandle, openFlags: openFlags, backingID: backingID)
@@ -123,6 +129,7 @@ extension Reply where Kind == ReplyKind.Data {
 
     /// Sends `bodyBytes` staged at `body`.
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func send(bodyBytes: Int) -> BackendAnswer {
         wire.send(bodyBytes: bodyBytes)
@@ -131,6 +138,7 @@ extension Reply where Kind == ReplyKind.Data {
 
     /// Sends `dataBytes` already written in place through `data`.
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func sendInPlace(dataBytes: Int) -> BackendAnswer {
         wire.sendInPlace(dataBytes: dataBytes)
@@ -139,6 +147,7 @@ extension Reply where Kind == ReplyKind.Data {
 
     /// GETXATTR/LISTXATTR with size 0: only the length the value would need.
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func xattrSize(_ size: UInt32) -> BackendAnswer {
         wire.xattrSize(size)
@@ -148,6 +157,7 @@ extension Reply where Kind == ReplyKind.Data {
 
 extension Reply where Kind == ReplyKind.Written {
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func written(bytes: UInt32) -> BackendAnswer {
         wire.written(bytes: bytes)
@@ -157,6 +167,7 @@ extension Reply where Kind == ReplyKind.Written {
 
 extension Reply where Kind == ReplyKind.Statistics {
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func statistics(_ statistics: FileSystemStatistics) -> BackendAnswer {
         wire.statistics(statistics)
@@ -167,6 +178,7 @@ extension Reply where Kind == ReplyKind.Statistics {
 extension Reply where Kind == ReplyKind.Lock {
     /// The conflicting lock, or `type` F_UNLCK when none would conflict.
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func lock(start: UInt64, end: UInt64, type: UInt32, pid: UInt32) -> BackendAnswer {
         wire.lock(start: start, end: end, type: type, pid: pid)
@@ -176,6 +188,7 @@ extension Reply where Kind == ReplyKind.Lock {
 
 extension Reply where Kind == ReplyKind.Offset {
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func offset(_ offset: UInt64) -> BackendAnswer {
         wire.value(offset)
@@ -199,6 +212,7 @@ public struct CopiedReply: @unchecked Sendable {
     }
 
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func fail(_ errno: FUSEErrno) -> BackendAnswer {
         wire.fail(errno)
@@ -207,6 +221,7 @@ public struct CopiedReply: @unchecked Sendable {
 
     /// Bytes copied; the 32-bit form is capped at UInt32.max (the kernel asks for no more).
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func copied(bytes: UInt64) -> BackendAnswer {
         if isSixtyFourBit { wire.value(bytes) } else { wire.written(bytes: UInt32(min(bytes, UInt64(UInt32.max)))) }
@@ -217,6 +232,7 @@ public struct CopiedReply: @unchecked Sendable {
 extension Reply where Kind == ReplyKind.Status {
     /// Success with no body.
     @inlinable
+    @_noAllocation @_noLocks
     @discardableResult
     public func ok() -> BackendAnswer {
         wire.send(bodyBytes: 0)

@@ -1,4 +1,5 @@
 import CDPFS
+import DPFSPosix
 import Glibc
 import VhostUserProtocol
 
@@ -59,9 +60,8 @@ public final class VhostUserConnection {
         var filled = 0
         while filled < size {
             let count = payload.withUnsafeMutableBytes { raw in
-                Glibc.recv(fd, raw.baseAddress! + filled, size - filled, 0)
+                Retry.onInterrupt { Glibc.recv(fd, raw.baseAddress! + filled, size - filled, 0) }
             }
-            if count < 0 && errno == EINTR { continue }
             guard count > 0 else {
                 closeAll(attached)
                 throw VhostUserError("connection closed inside a \(size)-byte payload", fatal: true)
@@ -83,9 +83,8 @@ public final class VhostUserConnection {
         var sent = 0
         while sent < bytes.count {
             let count = bytes.withUnsafeBytes { raw in
-                Glibc.send(fd, raw.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
+                Retry.onInterrupt { Glibc.send(fd, raw.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
             }
-            if count < 0 && errno == EINTR { continue }
             guard count > 0 else { throw VhostUserError("send failed: \(String(cString: strerror(errno)))", fatal: true) }
             sent += count
         }

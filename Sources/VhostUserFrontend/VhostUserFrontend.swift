@@ -86,8 +86,7 @@ public final class VhostUserFrontend: @unchecked Sendable {
     func readExactly(_ buffer: inout [UInt8]) throws(FrontendError) -> Bool {
         var filled = 0
         while filled < buffer.count {
-            let count = buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + filled, $0.count - filled, 0) }
-            if count < 0 && errno == EINTR { continue }
+            let count = buffer.withUnsafeMutableBytes { raw in Retry.onInterrupt { Glibc.recv(fd, raw.baseAddress! + filled, raw.count - filled, 0) } }
             if count == 0 { return false }
             guard count > 0 else { throw FrontendError("recv: \(String(cString: strerror(errno)))") }
             filled += count
