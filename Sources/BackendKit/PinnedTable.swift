@@ -27,6 +27,9 @@ public protocol PinnedRecordPayload {
     func deallocate()
 }
 
+/// The pin count bit an owner sets while it works on an idle record (`markBusyIfIdle`).
+@usableFromInline let pinnedRecordBusyBit: UInt32 = 1 << 31
+
 /// A bounded, generation-tagged table of pinned records, optionally keyed by an identity the
 /// payload stores (the table keeps only each key's hash and asks the caller to compare).
 public final class PinnedTable<Payload: PinnedRecordPayload>: @unchecked Sendable {
@@ -52,7 +55,6 @@ public final class PinnedTable<Payload: PinnedRecordPayload>: @unchecked Sendabl
     /// The lowest index ever handed out by `takeFree` (index 0 is never valid; a backend may keep
     /// index 1 for its root with `installPermanent`).
     public let firstIndex: Int
-    @usableFromInline static var busyBit: UInt32 { 1 << 31 }
 
     /// Records in use, permanent ones excluded (for reports and tests).
     public var inUse: Int { mutex.withLock { capacity - firstIndex - freeCount } }
@@ -125,7 +127,8 @@ public final class PinnedTable<Payload: PinnedRecordPayload>: @unchecked Sendabl
 
     /// Pins the record `id` names, or nil when it names none (never issued, freed, stale).
     /// Lock-free; the rare stale-id path may drop a record's last pin, and freeing takes the mutex.
-    @inlinable
+    /// Always inlined: it is on the path of every request that names a node or a handle.
+    @inlinable @inline(__always)
     public func pin(_ id: UInt64) -> UInt32? {
         let index = Int(UInt32(truncatingIfNeeded: id))
         let generation = UInt32(truncatingIfNeeded: id >> 32)
@@ -134,7 +137,7 @@ public final class PinnedTable<Payload: PinnedRecordPayload>: @unchecked Sendabl
         while true {
             guard current != 0 else { return nil }
             // An owner is working on this idle record: a few instructions' wait.
-            if current & Self.busyBit != 0 {
+            if current & pinnedRecordBusyBit != 0 {
                 sched_yield()
                 current = pins[index].load(ordering: .acquiring)
                 continue
@@ -153,21 +156,26 @@ public final class PinnedTable<Payload: PinnedRecordPayload>: @unchecked Sendabl
     }
 
     /// Drops one pin; the last one releases the payload and frees the record.
-    @inlinable
+    @inlinable @inline(__always)
     public func unpin(_ index: UInt32) {
         let previous = pins[Int(index)].subtract(1, ordering: .acquiringAndReleasing).oldValue
-        precondition(previous >= 1 && previous & Self.busyBit == 0, "unpin of a free record")
-        if previous == 1 { free(index) }
+        precondition(previous >= 1 && previous & pinnedRecordBusyBit == 0, "unpin of a free record")
+        // A static call keeps the caller's own `self` (swiftself) intact, so this is a tail call.
+        if previous == 1 { Self.free(self, index) }
     }
 
     /// One more pin of a record the caller already holds pinned.
     @inlinable
     public func retain(_ index: UInt32) {
         let previous = pins[Int(index)].add(1, ordering: .acquiringAndReleasing).oldValue
-        precondition(previous >= 1 && previous & Self.busyBit == 0, "retain of a free record")
+        precondition(previous >= 1 && previous & pinnedRecordBusyBit == 0, "retain of a free record")
     }
 
-    @usableFromInline
+    /// Never inlined: the rare path, kept out of `unpin` so its callers stay lean (inlined, it
+    /// cost every unpin a dozen register saves).
+    @usableFromInline @inline(never)
+    static func free(_ table: PinnedTable, _ index: UInt32) { table.free(index) }
+
     func free(_ index: UInt32) {
         payload.recordFreed(index)
         let position = Int(index)
@@ -183,7 +191,7 @@ public final class PinnedTable<Payload: PinnedRecordPayload>: @unchecked Sendabl
     /// Marks an idle record (only its alive pin: no request uses it) busy, holding off new pins.
     /// False when it is in use. Clear with `clearBusy`.
     public func markBusyIfIdle(_ index: UInt32) -> Bool {
-        pins[Int(index)].compareExchange(expected: 1, desired: Self.busyBit | 1, ordering: .acquiringAndReleasing).exchanged
+        pins[Int(index)].compareExchange(expected: 1, desired: pinnedRecordBusyBit | 1, ordering: .acquiringAndReleasing).exchanged
     }
 
     public func clearBusy(_ index: UInt32) {
