@@ -63,6 +63,9 @@ let package = Package(
         // An NFS export (NFSv3 over libnfs's raw asynchronous RPC layer): file handles, never paths;
         // each queue's own connection driven from its poller; reconnect, resend and timeouts.
         .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSConfiguration"], swiftSettings: swiftSettings),
+        // RESP2, the Redis protocol, pure: commands written and replies parsed in caller memory,
+        // with a limit on everything (the key-value backend's wire).
+        .target(name: "RESP", swiftSettings: swiftSettings),
         // The vhost-user protocol, pure: messages, their decoding with every field checked, and the
         // control plane as a value (queue setup, features; effects returned as actions).
         .target(name: "VhostUserProtocol", swiftSettings: swiftSettings),
@@ -133,7 +136,7 @@ let package = Package(
             name: "DPFSCoreTests",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix",
-                "DPFSTestSupport", "VhostUser", "VhostUserProtocol", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends",
+                "DPFSTestSupport", "VhostUser", "VhostUserProtocol", "RESP", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -9,6 +9,7 @@ packages=(
   liburing-dev libnuma-dev libnfs-dev libibverbs-dev   # the engine's C libraries (Sources/CDPFS)
   spin gcc                                             # model checking Specs/slot-ring.pml
   python3 fio                                          # host-mount checks (tools/host) and benchmarks
+  redis-server                                         # the key-value backend's server (tools/redis-server.sh)
 )
 if [ "${1:-}" = guest ]; then
   packages+=(qemu-system-x86 busybox-static cpio)      # tools/guest: QEMU (and the C virtiofsd), initramfs
