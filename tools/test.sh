@@ -74,7 +74,7 @@ step "control: with passthrough off the same count sees the engine serve READ an
 step "NFS backend host mount against nfs-ganesha (POSIX, integrity, stress, SIGKILL)" tools/host/test-host-mount.sh --modes nfs \
   --integrity-steps 10000
 step "backend conformance suite against the NFS backend and a real nfs-ganesha" tools/test-conformance-nfs.sh
-step "RESP codec (the key-value backend's wire) against a real redis-server" tools/test-resp-redis.sh
+step "the key-value backend's wire (RESP) and its Redis functions (atomic changes, the consistency check and its negative control) against a real redis-server" tools/test-kv-redis.sh
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \

@@ -135,7 +135,7 @@ import Testing
     }
 }
 
-/// The codec against a real redis-server (tools/test-resp-redis.sh starts one on a unix socket and
+/// The codec against a real redis-server (tools/test-kv-redis.sh starts one on a unix socket and
 /// runs this suite with DPFS_REDIS_SOCKET set; a step of tools/test.sh, so CI always runs it).
 @Suite struct RESPRedisTests {
     /// A blocking unix-socket client speaking through RESPCommandWriter and RESPReader.
@@ -163,7 +163,7 @@ import Testing
 
         /// Sends what `write` puts in a command buffer, then reads `replies` whole replies.
         func exchange(replies: Int, _ write: (inout RESPCommandWriter) -> Bool) throws -> [String] {
-            var buffer = [UInt8](repeating: 0, count: 4096)
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
             let count = buffer.withUnsafeMutableBytes { raw -> Int in
                 var writer = RESPCommandWriter(into: raw)
                 return write(&writer) ? writer.completeBytes : -1
@@ -195,7 +195,7 @@ import Testing
     }
 
     @Test("redis-server understands the commands and its replies parse: strings, integers, nil, errors, arrays, binary values",
-          .enabled(if: ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"] != nil, "needs the server tools/test-resp-redis.sh starts"))
+          .enabled(if: ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"] != nil, "needs the server tools/test-kv-redis.sh starts"))
     func realServer() throws {
         let client = try Client(path: ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"]!)
         let key = "dpfs-resp-test:\(getpid())"
