@@ -69,6 +69,9 @@ let package = Package(
         // The key-value backend's store in Redis: the key schema and the Redis functions that make
         // every multi-key change one atomic call.
         .target(name: "KeyValueStore", swiftSettings: swiftSettings),
+        // The key-value backend: its connection to Redis, driven from the poller (no FUSE
+        // operation is served from it yet).
+        .target(name: "KeyValueBackend", dependencies: ["CDPFS", "DPFSPosix", "RESP", "KeyValueStore"], swiftSettings: swiftSettings),
         // The vhost-user protocol, pure: messages, their decoding with every field checked, and the
         // control plane as a value (queue setup, features; effects returned as actions).
         .target(name: "VhostUserProtocol", swiftSettings: swiftSettings),
@@ -139,7 +142,7 @@ let package = Package(
             name: "DPFSCoreTests",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix",
-                "DPFSTestSupport", "VhostUser", "VhostUserProtocol", "RESP", "KeyValueStore", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends",
+                "DPFSTestSupport", "VhostUser", "VhostUserProtocol", "RESP", "KeyValueStore", "KeyValueBackend", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The key-value backend's parts against a real redis-server: tools/redis-server.sh starts one (unix
-# socket, AOF on) in a fresh state directory, and the RESP codec's and the Redis functions' suites
-# (RESPRedisTests, KVFunctionsTests) run with DPFS_REDIS_SOCKET pointing at it (without the
-# variable those suites are off, since they have no server).
+# socket and loopback TCP, AOF on) in a fresh state directory, and the suites of the RESP codec, the
+# Redis functions and the connection (RESPRedisTests, KVFunctionsTests, KVConnectionTests) run with
+# DPFS_REDIS_SOCKET and DPFS_REDIS_URL pointing at it (without the variables those suites are off,
+# since they have no server).
 #   tools/test-kv-redis.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,10 +11,12 @@ export DPFS_REDIS_STATE
 DPFS_REDIS_STATE=$(mktemp -d /tmp/dpfs-kv-redis.XXXXXX)
 log=$(mktemp /tmp/dpfs-kv-redis-log.XXXXXX)
 trap 'tools/redis-server.sh stop; rm -rf "$DPFS_REDIS_STATE" "$log"' EXIT
-socket=$(tools/redis-server.sh start | sed -n 's|^unix://||p')
-DPFS_REDIS_SOCKET="$socket" swift test --filter 'RESP|KVFunctions' 2>&1 | tee "$log" | grep -E "✔|✘|passed|failed|error" || true
+urls=$(tools/redis-server.sh start)
+socket=$(sed -n 's|^unix://||p' <<<"$urls")
+url=$(grep '^redis://' <<<"$urls")
+DPFS_REDIS_URL="$url" DPFS_REDIS_SOCKET="$socket" swift test --filter 'RESP|KVFunctions|KVConnection' 2>&1 | tee "$log" | grep -E "✔|✘|passed|failed|error" || true
 # Passed only when the suites that need the server ran and nothing failed.
-for suite in RESPRedisTests KVFunctionsTests; do
+for suite in RESPRedisTests KVFunctionsTests KVConnectionTests; do
   grep -q "Suite $suite passed" "$log" || { echo "$suite did not pass against redis-server" >&2; exit 1; }
 done
 ! grep -q "✘" "$log"
