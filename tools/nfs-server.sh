@@ -22,6 +22,7 @@
 # there, so nobody else may write it. Facts behind the settings: rpcbind must run first (ganesha exits if it cannot register), Debian's plugin directory is not the
 # compiled-in default, Graceless skips the 90 s grace period, numeric owners keep uids intact on v4.
 set -euo pipefail
+. "$(dirname "$0")/lib/private-state-dir.sh"
 
 state=${DPFS_NFS_STATE:-/tmp/dpfs-nfs}
 command=${1:-}
@@ -62,16 +63,6 @@ start_rpcbind() {
   fi
 }
 
-# private_state_dir: $state exists, is ours, is no symbolic link, and only we can use it.
-private_state_dir() {
-  mkdir -p "$(dirname "$state")"
-  mkdir -m 0700 "$state" 2>/dev/null || true
-  if [ -L "$state" ] || [ ! -d "$state" ] || [ "$(stat -c %u "$state")" != "$(id -u)" ]; then
-    echo "refusing $state: not a directory of this user (a symbolic link, or someone else's)" >&2
-    exit 1
-  fi
-  chmod 0700 "$state"
-}
 
 write_config() {
   local export_dir=$1
@@ -124,7 +115,7 @@ stop_ganesha() {
 case "$command" in
   start)
     install_packages
-    private_state_dir
+    private_state_dir "$state"
     export_dir=$(realpath -m "${2:-$state/export}")
     stop_ganesha TERM
     nfs_port=${DPFS_NFS_PORT:-$(free_port)}

@@ -19,6 +19,7 @@
 # "started" means PING answered PONG; Debian's package starts its own server on 6379, which is
 # stopped so it cannot be mistaken for ours.
 set -euo pipefail
+. "$(dirname "$0")/lib/private-state-dir.sh"
 
 state=${DPFS_REDIS_STATE:-/tmp/dpfs-redis}
 command=${1:-}
@@ -36,23 +37,12 @@ install_packages() {
   /etc/init.d/redis-server stop >/dev/null 2>&1 || true
 }
 
-# private_state_dir: $state exists, is ours, is no symbolic link, and only we can use it.
-private_state_dir() {
-  mkdir -p "$(dirname "$state")"
-  mkdir -m 0700 "$state" 2>/dev/null || true
-  if [ -L "$state" ] || [ ! -d "$state" ] || [ "$(stat -c %u "$state")" != "$(id -u)" ]; then
-    echo "refusing $state: not a directory of this user (a symbolic link, or someone else's)" >&2
-    exit 1
-  fi
-  chmod 0700 "$state"
-  mkdir -p -m 0700 "$state/data"
-}
-
 answers() { [ "$(redis-cli -s "$state/redis.sock" ping 2>/dev/null)" = PONG ]; }
 
 start() {
   install_packages
-  private_state_dir
+  private_state_dir "$state"
+  mkdir -p -m 0700 "$state/data"
   local port=${DPFS_REDIS_PORT:-}
   [ -n "$port" ] || { [ -f "$state/port" ] && port=$(cat "$state/port"); } || true
   [ -n "$port" ] || port=$(free_port)

@@ -99,6 +99,18 @@ public struct QueueSettings: Equatable, Sendable {
     public var busyPollMicroseconds: Int
     public var cpus: [Int] = []
 
+    /// "0, 1, 3" as CPU numbers (TOML's `cpus`, the command line's `--cpus`; `line` 0 for the latter).
+    public static func cpuList(_ text: String, line: Int) throws(ConfigurationError) -> [Int] {
+        var cpus: [Int] = []
+        for part in text.split(separator: ",") {
+            guard let cpu = Int(String(part).trimmingWhitespace()), cpu >= 0, cpu < 4096 else {
+                throw ConfigurationError(line: line, "cpus must be a comma-separated list of CPU numbers")
+            }
+            cpus.append(cpu)
+        }
+        return cpus
+    }
+
     /// The defaults for `transport`.
     public init(for transport: TransportKind) {
         slotsPerQueue = transport.defaultSlotsPerQueue
@@ -292,7 +304,7 @@ struct DeviceEntries {
         }
         if let entry = take("batch") { queues.batchMax = try Self.integer(entry) }
         if let entry = take("busy_poll_us") { queues.busyPollMicroseconds = try Self.integer(entry) }
-        if let entry = take("cpus") { queues.cpus = try Self.cpuList(Self.string(entry), line: entry.line) }
+        if let entry = take("cpus") { queues.cpus = try QueueSettings.cpuList(Self.string(entry), line: entry.line) }
         return queues
     }
 
@@ -328,18 +340,6 @@ struct DeviceEntries {
             guard let value = Int(exactly: number) else { throw ConfigurationError(line: entry.line, "'\(entry.key)' is out of range") }
             return .integer(value)
         }
-    }
-
-    /// "0, 1, 3" as CPU numbers.
-    static func cpuList(_ text: String, line: Int) throws(ConfigurationError) -> [Int] {
-        var cpus: [Int] = []
-        for part in text.split(separator: ",") {
-            guard let cpu = Int(String(part).trimmingWhitespace()), cpu >= 0, cpu < 4096 else {
-                throw ConfigurationError(line: line, "cpus must be a comma-separated list of CPU numbers")
-            }
-            cpus.append(cpu)
-        }
-        return cpus
     }
 
     static func string(_ entry: Entry) throws(ConfigurationError) -> String {

@@ -170,6 +170,7 @@ struct NFSStagePlan: Equatable {
         }
     }
 
+    @_noAllocation @_noLocks
     mutating func answer(_ outcome: NFSStageOutcome) -> NFSStageAction {
         switch outcome {
         case .connectionLost(let sent): return resendable || !sent ? .wait : .fail(.io)
@@ -254,7 +255,9 @@ struct NFSStagePlan: Equatable {
     /// straight to the REMOVE or RENAME, which decides the errors.
     mutating func target(status: UInt32, openByGuest: Bool) -> NFSStageAction {
         let isUnlink = progress.contains(.removeCheck)
-        progress.remove([.removeCheck, .replaceCheck])
+        // One flag at a time: an array literal of flags would allocate.
+        progress.remove(.removeCheck)
+        progress.remove(.replaceCheck)
         let next: NFSCall = isUnlink ? .remove : .rename
         // UNLINK of a name the server cannot find fails as LOOKUP did; RENAME lets the server speak.
         if status != 0 && isUnlink { return Self.failure(status) }
@@ -277,7 +280,8 @@ struct NFSStagePlan: Equatable {
             return .send
         }
         if progress.contains(.needsModeSetattr) {
-            progress.remove([.needsModeSetattr, .haveAttributes])
+            progress.remove(.needsModeSetattr)
+            progress.remove(.haveAttributes)
             progress.insert(.stagedTarget)
             call = .setattr
             return .send

@@ -75,6 +75,7 @@ public struct RESPReader {
     }
 
     /// The next token of `bytes` (the caller's whole buffer of received bytes).
+    @_noAllocation @_noLocks
     public mutating func next(in bytes: UnsafeRawBufferPointer) -> RESPParse {
         if let failure { return .malformed(failure) }
         guard position < bytes.count else { return .needMore }

@@ -25,6 +25,7 @@ public struct RESPCommandWriter {
     public var completeBytes: Int { partsLeft == 0 ? count : commandStart }
 
     /// Starts a command of `parts` arguments (the command name counts). False: no room.
+    @_noAllocation @_noLocks
     public mutating func begin(parts: Int) -> Bool {
         precondition(partsLeft == 0, "the previous command has \(partsLeft) parts missing")
         precondition(parts >= 1 && parts <= 1 << 20)
@@ -35,6 +36,7 @@ public struct RESPCommandWriter {
     }
 
     /// One argument's bytes (binary safe). False: no room, and the command is gone.
+    @_noAllocation @_noLocks
     public mutating func part(_ bytes: UnsafeRawBufferPointer) -> Bool {
         precondition(partsLeft > 0, "more parts than the command announced")
         guard put(UInt8(ascii: "$")), put(decimal: Int64(bytes.count)), putLineEnd(), put(bytes), putLineEnd() else {
@@ -45,6 +47,7 @@ public struct RESPCommandWriter {
     }
 
     /// An integer argument, in decimal (how Redis takes numbers).
+    @_noAllocation @_noLocks
     public mutating func part(_ value: Int64) -> Bool {
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
         return withUnsafeMutableBytes(of: &digits) { scratch in

@@ -116,7 +116,7 @@ struct DPFSEngine: ParsableCommand {
             queueSettings.batchMax = min(queueSettings.batchMax, max(1, slots))
         }
         if let busyPollMicroseconds { queueSettings.busyPollMicroseconds = busyPollMicroseconds }
-        queueSettings.cpus = try Self.cpuList(cpus)
+        if let cpus { queueSettings.cpus = try QueueSettings.cpuList(cpus, line: 0) }
         let given = try registry.commandLineSettings(backendArguments, backend: backend)
         let schema = registry.schema(backend)!
         let deployment = DeviceConfiguration(name: "dpfs", transport: transport, backend: schema.defaults).deployment
@@ -147,16 +147,6 @@ struct DPFSEngine: ParsableCommand {
         mount.allowOther = fuseAllowOther
         if let ringDepth { mount.ringDepth = ringDepth }
         return .fuse(mount)
-    }
-
-    static func cpuList(_ text: String?) throws -> [Int] {
-        guard let text else { return [] }
-        return try text.split(separator: ",").map { part in
-            guard let cpu = Int(part.trimmingCharacters(in: .whitespaces)), cpu >= 0, cpu < 4096 else {
-                throw ValidationError("--cpus must be a comma-separated list of CPU numbers")
-            }
-            return cpu
-        }
     }
 
     func serve(_ configuration: EngineConfiguration, logger: Logger) throws {
