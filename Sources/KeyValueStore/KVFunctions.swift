@@ -10,6 +10,10 @@
 //   P:i:INO           an inode: mode uid gid size nlink rdev, times as seconds and nanoseconds
 //                     (as an, ms mn, cs cn), `parent` for directories, `target` for symlinks
 //   P:d:INO           a directory: name -> inode number
+//   P:o:INO           the directory's listing order: name scored by its READDIR offset (3, 4, ...
+//                     from the directory's `seq`), so offsets stay stable while entries come and go
+//   P:x:INO           extended attributes: name -> value
+//   P:meta            the store's chunk size (fixed when formatted); P:bytes the file bytes held
 //   P:c:INO:INDEX     file data in chunks of a fixed size (a missing or short chunk reads as zeros)
 //   P:orphans         inodes with no name left (unlinked while open): reclaimed by `dpfs_reclaim`
 //                     when the last open ends, and all of them at the next start
@@ -28,12 +32,14 @@ local DIR, REG, LNK = 4, 8, 10
 local function ikey(p, ino) return p .. ':i:' .. ino end
 local function dkey(p, ino) return p .. ':d:' .. ino end
 local function ckey(p, ino, index) return p .. ':c:' .. ino .. ':' .. index end
+local function okey(p, ino) return p .. ':o:' .. ino end
 local function ftype(mode) return math.floor(tonumber(mode) / 4096) % 16 end
 -- An error reply "-ERRNO what": the first word is the errno the backend answers with (an error
 -- string of one word would reach the client as "-ERR ERRNO").
 local WHAT = {ENOENT = 'no such entry', EEXIST = 'entry exists', ENOTDIR = 'not a directory',
               EISDIR = 'is a directory', ENOTEMPTY = 'directory not empty',
-              EINVAL = 'a directory cannot move below itself', EPERM = 'directories have no hard links'}
+              EINVAL = 'a directory cannot move below itself', EPERM = 'directories have no hard links',
+              ENODATA = 'no such attribute', ENOSPC = 'store capacity reached', EFBIG = 'file too large'}
 local function fail(errno) return redis.error_reply(errno .. ' ' .. (WHAT[errno] or 'refused')) end
 
 local ATTRS = {'mode', 'uid', 'gid', 'size', 'nlink', 'rdev', 'as', 'an', 'ms', 'mn', 'cs', 'cn'}
@@ -62,10 +68,31 @@ local function chunks_of(size, chunk)
   return math.floor((size - 1) / chunk) + 1
 end
 
+-- The file bytes the store holds (statfs, the capacity check).
+local function account(p, delta)
+  if delta ~= 0 then redis.call('INCRBY', p .. ':bytes', delta) end
+end
+
+-- A directory entry: the name, and its place in the listing order.
+local function add_entry(p, dir, name, ino)
+  redis.call('HSET', dkey(p, dir), name, ino)
+  local seq = redis.call('HINCRBY', ikey(p, dir), 'seq', 1)
+  redis.call('ZADD', okey(p, dir), seq + 2, name)
+end
+
+local function remove_entry(p, dir, name)
+  redis.call('HDEL', dkey(p, dir), name)
+  redis.call('ZREM', okey(p, dir), name)
+end
+
 local function delete_inode(p, ino, chunk)
+  local mode = redis.call('HGET', ikey(p, ino), 'mode')
   local size = tonumber(redis.call('HGET', ikey(p, ino), 'size') or '0')
-  for index = 0, chunks_of(size, chunk) - 1 do redis.call('DEL', ckey(p, ino, index)) end
-  redis.call('DEL', ikey(p, ino), dkey(p, ino), p .. ':x:' .. ino)
+  if mode and ftype(mode) == REG then
+    for index = 0, chunks_of(size, chunk) - 1 do redis.call('DEL', ckey(p, ino, index)) end
+    account(p, -size)
+  end
+  redis.call('DEL', ikey(p, ino), dkey(p, ino), okey(p, ino), p .. ':x:' .. ino)
   redis.call('SREM', p .. ':orphans', ino)
 end
 
@@ -99,12 +126,17 @@ redis.register_function{function_name = 'dpfs_lookup', flags = {'no-writes'}, ca
   return attrs(a[1], ino)
 end}
 
--- dpfs_create P PARENT NAME MODE UID GID RDEV S NS TARGET: a file, directory, symlink or node.
+-- dpfs_create P PARENT NAME MODE UID GID RDEV S NS TARGET [SHARED]: a file, directory, symlink or
+-- node. SHARED '1' (an open(2) with O_CREAT and no O_EXCL): a regular file of that name is answered.
 redis.register_function('dpfs_create', function(_, a)
   local p, parent, name, mode = a[1], a[2], a[3], a[4]
   local _, errno = directory(p, parent)
   if errno then return fail(errno) end
-  if redis.call('HEXISTS', dkey(p, parent), name) == 1 then return fail('EEXIST') end
+  local existing = redis.call('HGET', dkey(p, parent), name)
+  if existing then
+    if a[11] == '1' and ftype(redis.call('HGET', ikey(p, existing), 'mode')) == REG then return attrs(p, existing) end
+    return fail('EEXIST')
+  end
   local ino = redis.call('INCR', p .. ':next')
   local kind = ftype(mode)
   local size = 0
@@ -117,7 +149,7 @@ redis.register_function('dpfs_create', function(_, a)
     redis.call('HINCRBY', ikey(p, parent), 'nlink', 1)
   end
   if kind == LNK then redis.call('HSET', ikey(p, ino), 'target', a[10]) end
-  redis.call('HSET', dkey(p, parent), name, ino)
+  add_entry(p, parent, name, ino)
   touch(p, parent, a[8], a[9], {'m', 'c'})
   return attrs(p, ino)
 end)
@@ -130,7 +162,7 @@ redis.register_function('dpfs_unlink', function(_, a)
   local ino = redis.call('HGET', dkey(p, parent), name)
   if not ino then return fail('ENOENT') end
   if ftype(redis.call('HGET', ikey(p, ino), 'mode')) == DIR then return fail('EISDIR') end
-  redis.call('HDEL', dkey(p, parent), name)
+  remove_entry(p, parent, name)
   drop_link(p, ino, a[4], a[5])
   touch(p, parent, a[4], a[5], {'m', 'c'})
   return {tonumber(ino), tonumber(redis.call('HGET', ikey(p, ino), 'nlink'))}
@@ -145,7 +177,7 @@ redis.register_function('dpfs_rmdir', function(_, a)
   if not ino then return fail('ENOENT') end
   if ftype(redis.call('HGET', ikey(p, ino), 'mode')) ~= DIR then return fail('ENOTDIR') end
   if redis.call('HLEN', dkey(p, ino)) > 0 then return fail('ENOTEMPTY') end
-  redis.call('HDEL', dkey(p, parent), name)
+  remove_entry(p, parent, name)
   delete_inode(p, ino, tonumber(a[6]))
   redis.call('HINCRBY', ikey(p, parent), 'nlink', -1)
   touch(p, parent, a[4], a[5], {'m', 'c'})
@@ -182,7 +214,8 @@ local function replace_errno(p, src, dst)
   return nil
 end
 
--- dpfs_rename P OLDPARENT OLDNAME NEWPARENT NEWNAME FLAGS S NS CHUNK (FLAGS: 1 NOREPLACE, 2 EXCHANGE)
+-- dpfs_rename P OLDPARENT OLDNAME NEWPARENT NEWNAME FLAGS S NS CHUNK (FLAGS: 1 NOREPLACE, 2 EXCHANGE):
+-- the replaced file's inode when it lost its last name (an orphan now), else 0.
 redis.register_function('dpfs_rename', function(_, a)
   local p, op, on, np, nn, flags, s, ns = a[1], a[2], a[3], a[4], a[5], tonumber(a[6]), a[7], a[8]
   for _, dir in ipairs({op, np}) do
@@ -206,6 +239,7 @@ redis.register_function('dpfs_rename', function(_, a)
     touch(p, src, s, ns, {'c'})
     touch(p, dst, s, ns, {'c'})
   else
+    local orphan = 0
     if dst then
       local errno = replace_errno(p, src, dst)
       if errno then return fail(errno) end
@@ -214,16 +248,20 @@ redis.register_function('dpfs_rename', function(_, a)
         redis.call('HINCRBY', ikey(p, np), 'nlink', -1)
       else
         drop_link(p, dst, s, ns)
+        if tonumber(redis.call('HGET', ikey(p, dst), 'nlink')) <= 0 then orphan = tonumber(dst) end
       end
     end
-    redis.call('HDEL', dkey(p, op), on)
-    redis.call('HSET', dkey(p, np), nn, src)
+    remove_entry(p, op, on)
+    if dst then redis.call('HSET', dkey(p, np), nn, src) else add_entry(p, np, nn, src) end
     reparent(p, src, op, np)
     touch(p, src, s, ns, {'c'})
+    touch(p, op, s, ns, {'m', 'c'})
+    touch(p, np, s, ns, {'m', 'c'})
+    return orphan
   end
   touch(p, op, s, ns, {'m', 'c'})
   touch(p, np, s, ns, {'m', 'c'})
-  return dst and tonumber(dst) or 0
+  return 0
 end)
 
 -- dpfs_link P INO NEWPARENT NEWNAME S NS
@@ -235,18 +273,24 @@ redis.register_function('dpfs_link', function(_, a)
   local _, errno = directory(p, np)
   if errno then return fail(errno) end
   if redis.call('HEXISTS', dkey(p, np), nn) == 1 then return fail('EEXIST') end
-  redis.call('HSET', dkey(p, np), nn, ino)
+  add_entry(p, np, nn, ino)
   redis.call('HINCRBY', ikey(p, ino), 'nlink', 1)
   touch(p, ino, a[5], a[6], {'c'})
   touch(p, np, a[5], a[6], {'m', 'c'})
   return attrs(p, ino)
 end)
 
--- dpfs_write P INO OFFSET DATA CHUNK S NS: the bytes written, across chunk boundaries.
+-- dpfs_write P INO OFFSET DATA CHUNK S NS [CAPACITY]: the bytes written, across chunk boundaries.
 redis.register_function('dpfs_write', function(_, a)
   local p, ino, offset, data, chunk = a[1], a[2], tonumber(a[3]), a[4], tonumber(a[5])
   local size = redis.call('HGET', ikey(p, ino), 'size')
   if not size then return fail('ENOENT') end
+  if ftype(redis.call('HGET', ikey(p, ino), 'mode')) ~= REG then return fail('EISDIR') end
+  local growth = math.max(0, offset + #data - tonumber(size))
+  if a[8] and growth > 0 and tonumber(redis.call('GET', p .. ':bytes') or '0') + growth > tonumber(a[8]) then
+    return fail('ENOSPC')
+  end
+  account(p, growth)
   local done = 0
   while done < #data do
     local at = offset + done
@@ -282,12 +326,11 @@ redis.register_function{function_name = 'dpfs_read', flags = {'no-writes'}, call
   return table.concat(parts)
 end}
 
--- dpfs_truncate P INO SIZE CHUNK S NS: chunks past the end go, the last one is cut.
-redis.register_function('dpfs_truncate', function(_, a)
-  local p, ino, size, chunk = a[1], a[2], tonumber(a[3]), tonumber(a[4])
-  local old = redis.call('HGET', ikey(p, ino), 'size')
-  if not old then return fail('ENOENT') end
-  old = tonumber(old)
+-- Sets a regular file's size: chunks past the end go, the last one is cut (what truncation cut off
+-- reads as zeros when the file grows again).
+local function resize(p, ino, size, chunk)
+  local old = tonumber(redis.call('HGET', ikey(p, ino), 'size'))
+  account(p, size - old)
   if size < old then
     for index = chunks_of(size, chunk), chunks_of(old, chunk) - 1 do redis.call('DEL', ckey(p, ino, index)) end
     local within = size % chunk
@@ -298,9 +341,120 @@ redis.register_function('dpfs_truncate', function(_, a)
     end
   end
   redis.call('HSET', ikey(p, ino), 'size', size)
+end
+
+-- dpfs_truncate P INO SIZE CHUNK S NS
+redis.register_function('dpfs_truncate', function(_, a)
+  local p, ino, size, chunk = a[1], a[2], tonumber(a[3]), tonumber(a[4])
+  local mode = redis.call('HGET', ikey(p, ino), 'mode')
+  if not mode then return fail('ENOENT') end
+  if ftype(mode) ~= REG then return fail('EISDIR') end
+  resize(p, ino, size, chunk)
   touch(p, ino, a[5], a[6], {'m', 'c'})
   return attrs(p, ino)
 end)
+
+-- dpfs_setattr P INO WHAT MODE UID GID SIZE AS AN MS MN S NS CHUNK CAPACITY: WHAT's bits say what
+-- changes (1 mode, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime, 64 size only grows: fallocate).
+-- The change time is always S NS. The attributes after.
+redis.register_function('dpfs_setattr', function(_, a)
+  local p, ino, what = a[1], a[2], tonumber(a[3])
+  local mode = redis.call('HGET', ikey(p, ino), 'mode')
+  if not mode then return fail('ENOENT') end
+  local function has(bit_) return math.floor(what / bit_) % 2 == 1 end
+  if has(8) or has(64) then
+    if ftype(mode) == DIR then return fail('EISDIR') end
+    if ftype(mode) ~= REG then return fail('EINVAL') end
+    local size, old = tonumber(a[7]), tonumber(redis.call('HGET', ikey(p, ino), 'size'))
+    if has(64) and size < old then size = old end
+    if size > old and tonumber(redis.call('GET', p .. ':bytes') or '0') + size - old > tonumber(a[15]) then
+      return fail('ENOSPC')
+    end
+    if size ~= old or has(8) then
+      resize(p, ino, size, tonumber(a[14]))
+      touch(p, ino, a[12], a[13], {'m'})
+    end
+  end
+  if has(1) then redis.call('HSET', ikey(p, ino), 'mode', ftype(mode) * 4096 + tonumber(a[4]) % 4096) end
+  if has(2) then redis.call('HSET', ikey(p, ino), 'uid', a[5]) end
+  if has(4) then redis.call('HSET', ikey(p, ino), 'gid', a[6]) end
+  if has(16) then redis.call('HSET', ikey(p, ino), 'as', a[8], 'an', a[9]) end
+  if has(32) then redis.call('HSET', ikey(p, ino), 'ms', a[10], 'mn', a[11]) end
+  touch(p, ino, a[12], a[13], {'c'})
+  return attrs(p, ino)
+end)
+
+-- dpfs_readdir P DIR OFFSET COUNT PLUS: the directory's parent, then up to COUNT entries after
+-- OFFSET in listing order, each as OFFSET INO MODE NAME, or with PLUS '1' as OFFSET, the 13
+-- attribute strings, NAME.
+redis.register_function{function_name = 'dpfs_readdir', flags = {'no-writes'}, callback = function(_, a)
+  local p, dir, offset, count, plus = a[1], a[2], tonumber(a[3]), tonumber(a[4]), a[5] == '1'
+  local _, errno = directory(p, dir)
+  if errno then return fail(errno) end
+  local out = {redis.call('HGET', ikey(p, dir), 'parent') or '1'}
+  local page = redis.call('ZRANGE', okey(p, dir), '(' .. math.max(offset, 2), '+inf', 'BYSCORE', 'LIMIT', 0, count, 'WITHSCORES')
+  for i = 1, #page, 2 do
+    local ino = redis.call('HGET', dkey(p, dir), page[i])
+    if ino then
+      out[#out + 1] = page[i + 1]
+      if plus then
+        for _, v in ipairs(attrs(p, ino)) do out[#out + 1] = v end
+      else
+        out[#out + 1] = ino
+        out[#out + 1] = redis.call('HGET', ikey(p, ino), 'mode')
+      end
+      out[#out + 1] = page[i]
+    end
+  end
+  return out
+end}
+
+-- dpfs_readlink P INO
+redis.register_function{function_name = 'dpfs_readlink', flags = {'no-writes'}, callback = function(_, a)
+  local mode = redis.call('HGET', ikey(a[1], a[2]), 'mode')
+  if not mode then return fail('ENOENT') end
+  if ftype(mode) ~= LNK then return fail('EINVAL') end
+  return redis.call('HGET', ikey(a[1], a[2]), 'target')
+end}
+
+-- dpfs_setxattr P INO NAME VALUE FLAGS S NS (FLAGS: 1 XATTR_CREATE, 2 XATTR_REPLACE)
+redis.register_function('dpfs_setxattr', function(_, a)
+  local p, ino, flags = a[1], a[2], tonumber(a[5])
+  if redis.call('EXISTS', ikey(p, ino)) == 0 then return fail('ENOENT') end
+  local present = redis.call('HEXISTS', p .. ':x:' .. ino, a[3]) == 1
+  if flags == 1 and present then return fail('EEXIST') end
+  if flags == 2 and not present then return fail('ENODATA') end
+  redis.call('HSET', p .. ':x:' .. ino, a[3], a[4])
+  touch(p, ino, a[6], a[7], {'c'})
+  return 0
+end)
+
+redis.register_function{function_name = 'dpfs_getxattr', flags = {'no-writes'}, callback = function(_, a)
+  if redis.call('EXISTS', ikey(a[1], a[2])) == 0 then return fail('ENOENT') end
+  local value = redis.call('HGET', a[1] .. ':x:' .. a[2], a[3])
+  if not value then return fail('ENODATA') end
+  return value
+end}
+
+redis.register_function{function_name = 'dpfs_listxattr', flags = {'no-writes'}, callback = function(_, a)
+  if redis.call('EXISTS', ikey(a[1], a[2])) == 0 then return fail('ENOENT') end
+  return redis.call('HKEYS', a[1] .. ':x:' .. a[2])
+end}
+
+-- dpfs_removexattr P INO NAME S NS
+redis.register_function('dpfs_removexattr', function(_, a)
+  if redis.call('EXISTS', ikey(a[1], a[2])) == 0 then return fail('ENOENT') end
+  if redis.call('HDEL', a[1] .. ':x:' .. a[2], a[3]) == 0 then return fail('ENODATA') end
+  touch(a[1], a[2], a[4], a[5], {'c'})
+  return 0
+end)
+
+-- dpfs_statfs P: file bytes held, inode numbers handed out, orphans waiting.
+redis.register_function{function_name = 'dpfs_statfs', flags = {'no-writes'}, callback = function(_, a)
+  local p = a[1]
+  return {tonumber(redis.call('GET', p .. ':bytes') or '0'), tonumber(redis.call('GET', p .. ':next') or '0'),
+          redis.call('SCARD', p .. ':orphans')}
+end}
 
 -- dpfs_reclaim P INO CHUNK: an orphan whose last open ended goes (0 when it still has a name).
 redis.register_function('dpfs_reclaim', function(_, a)
@@ -308,6 +462,23 @@ redis.register_function('dpfs_reclaim', function(_, a)
   if redis.call('SISMEMBER', p .. ':orphans', ino) == 0 then return 0 end
   delete_inode(p, ino, tonumber(a[3]))
   return 1
+end)
+
+-- dpfs_start P UID GID MODE S NS CHUNK: at the engine's start. Formats an empty store (the root,
+-- the chunk size), and reclaims every orphan (no file is open before the engine serves). The
+-- store's chunk size (fixed when it was formatted) and the orphans reclaimed.
+redis.register_function('dpfs_start', function(_, a)
+  local p = a[1]
+  if redis.call('EXISTS', ikey(p, 1)) == 0 then
+    redis.call('SET', p .. ':next', 1)
+    redis.call('HSET', ikey(p, 1), 'mode', a[4], 'uid', a[2], 'gid', a[3], 'size', 4096, 'nlink', 2, 'rdev', 0,
+               'as', a[5], 'an', a[6], 'ms', a[5], 'mn', a[6], 'cs', a[5], 'cn', a[6], 'parent', 1)
+  end
+  if not redis.call('HGET', p .. ':meta', 'chunk') then redis.call('HSET', p .. ':meta', 'chunk', a[7]) end
+  local chunk = tonumber(redis.call('HGET', p .. ':meta', 'chunk'))
+  local orphans = redis.call('SMEMBERS', p .. ':orphans')
+  for _, ino in ipairs(orphans) do delete_inode(p, ino, chunk) end
+  return {chunk, #orphans}
 end)
 
 -- dpfs_check P: what is inconsistent (empty when the store is whole): dangling entries, inodes
