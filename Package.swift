@@ -71,7 +71,7 @@ let package = Package(
         .target(name: "KeyValueStore", swiftSettings: swiftSettings),
         // The key-value backend: its connection to Redis, driven from the poller (no FUSE
         // operation is served from it yet).
-        .target(name: "KeyValueBackend", dependencies: ["CDPFS", "DPFSPosix", "RESP", "KeyValueStore"], swiftSettings: swiftSettings),
+        .target(name: "KeyValueBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSConfiguration", "RESP", "KeyValueStore"], swiftSettings: swiftSettings),
         // The vhost-user protocol, pure: messages, their decoding with every field checked, and the
         // control plane as a value (queue setup, features; effects returned as actions).
         .target(name: "VhostUserProtocol", swiftSettings: swiftSettings),
@@ -100,7 +100,7 @@ let package = Package(
         // The registry: every backend the engine serves, one line each.
         .target(
             name: "DPFSBackends",
-            dependencies: ["BackendKit", "DPFSConfiguration", "NullBackend", "PassthroughBackend", "NFSBackend"],
+            dependencies: ["BackendKit", "DPFSConfiguration", "NullBackend", "PassthroughBackend", "NFSBackend", "KeyValueBackend"],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

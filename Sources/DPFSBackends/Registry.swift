@@ -1,5 +1,6 @@
 import BackendKit
 import DPFSConfiguration
+import KeyValueBackend
 import NFSBackend
 import NullBackend
 import PassthroughBackend
@@ -13,6 +14,7 @@ public enum RegisteredBackends {
         try visitor.visit(NullBackendFactory.self)
         try visitor.visit(PassthroughBackendFactory.self)
         try visitor.visit(NFSBackendFactory.self)
+        try visitor.visit(KVBackendFactory.self)
     }
 
     /// Every registered backend's schema, by name.

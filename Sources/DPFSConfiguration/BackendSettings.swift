@@ -178,6 +178,13 @@ public struct BackendSettings: Equatable, Sendable {
 
 /// The backends the engine knows, by name: what the configuration reader checks devices against.
 public struct BackendRegistry: Sendable {
+    /// "the nfs backend", "the passthrough and nfs backends", "the passthrough, nfs and kv backends".
+    static func list(_ names: [String]) -> String {
+        precondition(!names.isEmpty)
+        guard names.count > 1 else { return "\(names[0]) backend" }
+        return names.dropLast().joined(separator: ", ") + " and \(names.last!) backends"
+    }
+
     public let schemas: [BackendSchema]
 
     public init(_ schemas: [BackendSchema]) {
@@ -225,7 +232,7 @@ extension BackendRegistry {
             let flag = String(parts[0])
             guard let setting = schema.settings.first(where: { $0.flag == flag }) else {
                 let owners = schemas.filter { $0.settings.contains { $0.flag == flag } }.map(\.name)
-                guard owners.isEmpty else { throw ConfigurationError(line: 0, "\(flag) is only for the \(owners.joined(separator: " and ")) backend\(owners.count > 1 ? "s" : "")") }
+                guard owners.isEmpty else { throw ConfigurationError(line: 0, "\(flag) is only for the \(BackendRegistry.list(owners))") }
                 throw ConfigurationError(line: 0, "unknown option '\(argument)' (see --help)")
             }
             guard given[setting.key] == nil else { throw ConfigurationError(line: 0, "\(flag) given twice") }

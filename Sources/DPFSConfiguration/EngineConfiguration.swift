@@ -320,7 +320,7 @@ struct DeviceEntries {
             }
             let owners = backends.schemas.filter { $0.setting(entry.key) != nil }.map(\.name)
             if !owners.isEmpty {
-                throw ConfigurationError(line: entry.line, "\(entry.key) is only for the \(owners.joined(separator: " and ")) backend\(owners.count > 1 ? "s" : "")")
+                throw ConfigurationError(line: entry.line, "\(entry.key) is only for the \(BackendRegistry.list(owners))")
             }
             if Self.vhostUserKeys.contains(entry.key) || Self.hostMountKeys.contains(entry.key) {
                 let other = transport == .fuse ? TransportKind.vhostUser : .fuse

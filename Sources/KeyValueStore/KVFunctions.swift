@@ -130,8 +130,15 @@ end}
 -- node. SHARED '1' (an open(2) with O_CREAT and no O_EXCL): a regular file of that name is answered.
 redis.register_function('dpfs_create', function(_, a)
   local p, parent, name, mode = a[1], a[2], a[3], a[4]
-  local _, errno = directory(p, parent)
+  local pmode, errno = directory(p, parent)
   if errno then return fail(errno) end
+  local gid = a[6]
+  -- A set-group-ID directory hands its group down, and its bit to directories made in it (the
+  -- kernel already took the bit off a file whose creator is not in the group).
+  if math.floor(tonumber(pmode) / 1024) % 2 == 1 then
+    gid = redis.call('HGET', ikey(p, parent), 'gid')
+    if ftype(mode) == DIR and math.floor(tonumber(mode) / 1024) % 2 == 0 then mode = tonumber(mode) + 1024 end
+  end
   local existing = redis.call('HGET', dkey(p, parent), name)
   if existing then
     if a[11] == '1' and ftype(redis.call('HGET', ikey(p, existing), 'mode')) == REG then return attrs(p, existing) end
@@ -141,7 +148,7 @@ redis.register_function('dpfs_create', function(_, a)
   local kind = ftype(mode)
   local size = 0
   if kind == DIR then size = 4096 elseif kind == LNK then size = #a[10] end
-  redis.call('HSET', ikey(p, ino), 'mode', mode, 'uid', a[5], 'gid', a[6], 'size', size,
+  redis.call('HSET', ikey(p, ino), 'mode', mode, 'uid', a[5], 'gid', gid, 'size', size,
              'nlink', kind == DIR and 2 or 1, 'rdev', a[7],
              'as', a[8], 'an', a[9], 'ms', a[8], 'mn', a[9], 'cs', a[8], 'cn', a[9])
   if kind == DIR then
@@ -280,7 +287,9 @@ redis.register_function('dpfs_link', function(_, a)
   return attrs(p, ino)
 end)
 
--- dpfs_write P INO OFFSET DATA CHUNK S NS [CAPACITY]: the bytes written, across chunk boundaries.
+-- dpfs_write P INO OFFSET DATA CHUNK S NS [CAPACITY [KILL]]: the bytes written, across chunk
+-- boundaries. KILL '1' (a writer without CAP_FSETID): set-user-ID goes, and set-group-ID with
+-- group execute, as a local file system drops them.
 redis.register_function('dpfs_write', function(_, a)
   local p, ino, offset, data, chunk = a[1], a[2], tonumber(a[3]), a[4], tonumber(a[5])
   local size = redis.call('HGET', ikey(p, ino), 'size')
@@ -291,6 +300,13 @@ redis.register_function('dpfs_write', function(_, a)
     return fail('ENOSPC')
   end
   account(p, growth)
+  if a[9] == '1' then
+    local old = tonumber(redis.call('HGET', ikey(p, ino), 'mode'))
+    local new = old
+    if math.floor(new / 2048) % 2 == 1 then new = new - 2048 end
+    if math.floor(new / 1024) % 2 == 1 and math.floor(new / 8) % 2 == 1 then new = new - 1024 end
+    if new ~= old then redis.call('HSET', ikey(p, ino), 'mode', new) end
+  end
   local done = 0
   while done < #data do
     local at = offset + done
@@ -354,6 +370,33 @@ redis.register_function('dpfs_truncate', function(_, a)
   return attrs(p, ino)
 end)
 
+-- dpfs_punch P INO OFFSET LENGTH CHUNK S NS: the range reads as zeros (fallocate's PUNCH_HOLE with
+-- KEEP_SIZE): whole chunks go, the ends of partial ones are overwritten with zeros; the size stays.
+redis.register_function('dpfs_punch', function(_, a)
+  local p, ino, offset, length, chunk = a[1], a[2], tonumber(a[3]), tonumber(a[4]), tonumber(a[5])
+  local mode = redis.call('HGET', ikey(p, ino), 'mode')
+  if not mode then return fail('ENOENT') end
+  if ftype(mode) ~= REG then return fail('EISDIR') end
+  local finish = math.min(offset + length, tonumber(redis.call('HGET', ikey(p, ino), 'size')))
+  local at = offset
+  while at < finish do
+    local index = math.floor(at / chunk)
+    local within = at % chunk
+    local n = math.min(chunk - within, finish - at)
+    local key = ckey(p, ino, index)
+    if n == chunk then
+      redis.call('DEL', key)
+    else
+      local present = redis.call('STRLEN', key)
+      local upto = math.min(within + n, present)
+      if upto > within then redis.call('SETRANGE', key, within, string.rep('\0', upto - within)) end
+    end
+    at = at + n
+  end
+  touch(p, ino, a[6], a[7], {'m', 'c'})
+  return 0
+end)
+
 -- dpfs_setattr P INO WHAT MODE UID GID SIZE AS AN MS MN S NS CHUNK CAPACITY: WHAT's bits say what
 -- changes (1 mode, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime, 64 size only grows: fallocate).
 -- The change time is always S NS. The attributes after.
@@ -389,6 +432,8 @@ end)
 -- attribute strings, NAME.
 redis.register_function{function_name = 'dpfs_readdir', flags = {'no-writes'}, callback = function(_, a)
   local p, dir, offset, count, plus = a[1], a[2], tonumber(a[3]), tonumber(a[4]), a[5] == '1'
+  -- A directory removed while the guest had it open lists as empty, as a local one does.
+  if redis.call('EXISTS', ikey(p, dir)) == 0 then return {dir} end
   local _, errno = directory(p, dir)
   if errno then return fail(errno) end
   local out = {redis.call('HGET', ikey(p, dir), 'parent') or '1'}

@@ -56,6 +56,24 @@ public struct RESPCommandWriter {
         }
     }
 
+    /// Room for one argument of `byteCount` bytes that the caller fills (file data gathered from
+    /// guest memory straight into the command): its header and line end are written, and the
+    /// returned address is where the bytes go. Nil: no room, and the command is gone.
+    @_noAllocation @_noLocks
+    public mutating func partSpace(byteCount: Int) -> UnsafeMutableRawPointer? {
+        precondition(partsLeft > 0, "more parts than the command announced")
+        precondition(byteCount >= 0)
+        guard put(UInt8(ascii: "$")), put(decimal: Int64(byteCount)), putLineEnd(), byteCount + 2 <= capacity - count else {
+            _ = rollback()
+            return nil
+        }
+        let space = base + count
+        count += byteCount
+        _ = putLineEnd()
+        partsLeft -= 1
+        return space
+    }
+
     /// A literal argument (a command name, a key prefix written in the source).
     public mutating func part(_ text: StaticString) -> Bool {
         part(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))

@@ -163,7 +163,7 @@ import Testing
         ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://h/e?version=4\"", "nfs_url: NFS version 4 is not served yet"),
         ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"http://h/e\"", "nfs_url: NFS URL must start with nfs://"),
         ("[[device]]\nsocket = \"/a\"\nbackend = \"nfs\"\nnfs_url = \"nfs://h/e\"\ndata_path = \"uring\"", "line 5: data_path is only for the passthrough backend"),
-        ("[[device]]\nsocket = \"/a\"\nbackend = \"null\"\ncache = \"never\"", "line 4: cache is only for the passthrough and nfs backends"),
+        ("[[device]]\nsocket = \"/a\"\nbackend = \"null\"\ncache = \"never\"", "line 4: cache is only for the passthrough, nfs and kv backends"),
         ("[[device]]\nsocket = \"/a\"\nbackend = \"passthrough\"\nshared_dir = \"\"", "shared_dir must not be empty"),
         ("[[device]]\nsocket = \"/a\"\nbackend = \"passthrough\"\nshared_dir = \"/s\"\ndata_path = \"mmap\"", "line 5: data_path must be one of inline-first, uring"),
         ("[[device]]\nsocket = \"/a\"\nnull_file_size = -1", "line 3: null_file_size must be 0..."),
@@ -218,7 +218,7 @@ import Testing
         #expect(given == ["shared_dir": .string("/srv"), "cache": .string("never"), "inodes_max": .integer(1000)])
         let refusals: [([String], String, String)] = [
             (["--shared-dir", "/srv"], "null", "--shared-dir is only for the passthrough backend"),
-            (["--cache", "never"], "null", "--cache is only for the passthrough and nfs backends"),
+            (["--cache", "never"], "null", "--cache is only for the passthrough, nfs and kv backends"),
             (["--shared-dir"], "passthrough", "--shared-dir needs a value"),
             (["--cache", "sometimes"], "passthrough", "cache must be one of never, metadata, auto, always"),
             (["--inodes-max", "many"], "passthrough", "--inodes-max must be an integer"),
@@ -226,7 +226,7 @@ import Testing
             (["--cache", "never", "--cache", "auto"], "passthrough", "--cache given twice"),
             (["--colour", "red"], "passthrough", "unknown option '--colour'"),
             (["/srv"], "passthrough", "unknown option '/srv'"),
-            ([], "nfs3", "unknown backend 'nfs3' (known: null, passthrough, nfs)"),
+            ([], "nfs3", "unknown backend 'nfs3' (known: null, passthrough, nfs, kv)"),
         ]
         for (arguments, backend, expected) in refusals {
             do {
@@ -241,7 +241,7 @@ import Testing
     @Test("every registered backend's schema: distinct keys, defaults inside their own ranges, documented in --help")
     func schemas() throws {
         let registry = RegisteredBackends.registry
-        #expect(registry.names == ["null", "passthrough", "nfs"])
+        #expect(registry.names == ["null", "passthrough", "nfs", "kv"])
         for schema in registry.schemas {
             #expect(registry.help.contains("backend \(schema.name):"))
             for setting in schema.settings {
