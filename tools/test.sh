@@ -55,7 +55,7 @@ step "AddressSanitizer" env ASAN_OPTIONS=detect_leaks=0 tools/sanitizer-tests.sh
   "VirtqueueTests|DecoderTests|EngineTests|ReplyEncodingTests|VhostUserTests|PassthroughTests|PassthroughSharedTableTests|PollerLoopTests|QuiesceTests|SocketListenerTests"
 step "spin model" tools/check-spin-model.sh
 step "the NFS differences documented (Specs/nfs-semantics.md) are exactly those posix_check asserts, and the check can fail" \
-  bash -c 'python3 tools/host/check-semantics-table.py && python3 tools/host/check-semantics-table.py --self-test'
+  bash -c 'python3 tools/host/check-semantics-table.py && python3 tools/host/check-semantics-table.py --self-test && python3 tools/host/check-semantics-table.py --spec Specs/kv-semantics.md --semantics kv'
 step "who can reach the engine: sockets 0600/0660 under any umask, nobody gets EACCES, no takeover of a live socket" \
   tools/host/test-socket-security.sh
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
@@ -75,6 +75,8 @@ step "NFS backend host mount against nfs-ganesha (POSIX, integrity, stress, SIGK
   --integrity-steps 10000
 step "backend conformance suite against the NFS backend and a real nfs-ganesha" tools/test-conformance-nfs.sh
 step "the key-value backend's wire (RESP) and its Redis functions (atomic changes, the consistency check and its negative control) against a real redis-server" tools/test-kv-redis.sh
+step "key-value backend host mount against redis-server (POSIX, integrity, stress with a second engine, SIGKILL, store check)" \
+  tools/host/test-host-mount.sh --modes kv --integrity-steps 10000
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \

@@ -8,7 +8,7 @@ import Glibc
 // sent, takes what its command needs into the slot's record and starts it (KVQueue.begin). OPEN,
 // OPENDIR, RELEASE, FLUSH and FSYNC need no round trip: opening has nothing to ask the server
 // (the kernel looked the file up), and every change the server acknowledged is as durable as its
-// appendfsync makes it (docs/kv-backend.md).
+// appendfsync makes it (Specs/kv-semantics.md).
 
 extension KVBackend {
     /// The slot's record, reset, with what every request carries.

@@ -1569,7 +1569,16 @@ def nfs3_rmdir_open_directory(s):
     rmdir_open_directory(s, listing="ESTALE")
 
 
+def kv_rmdir_open_directory(s):
+    # The store frees a directory with its last name (only files become orphans while open), so
+    # the open descriptor names an inode that is gone: fstat, and so a listing, fail ENOENT.
+    rmdir_open_directory(s, listing="ENOENT")
+
+
 SEMANTICS = {
+    "kv": {
+        "rmdir_open_directory": kv_rmdir_open_directory,
+    },
     "nfs3": {
         "rmdir_open_directory": nfs3_rmdir_open_directory,
         "utimensat_now_omit": nfs3_utimensat_now_omit,

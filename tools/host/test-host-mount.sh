@@ -23,9 +23,14 @@
 # share (tools/nfs-server.sh, started and stopped here): posix_check with --semantics nfs3 (the
 # documented differences, Specs/nfs-semantics.md, asserted as NFS behaves), and integrity and stress
 # unchanged, since the backend keeps unlinked open files alive as a local file system does.
+# Mode `kv` runs 1-3, 5 and 6 with the key-value backend against a real redis-server
+# (tools/redis-server.sh, started and stopped here): posix_check with --semantics kv
+# (Specs/kv-semantics.md), integrity unchanged, stress with a second engine on the same store as the
+# "backing" view (two clients of one store must agree), and the store's own consistency check
+# (dpfs_check) after the SIGKILL.
 # Needs root (mount(2), setuid children) and /dev/fuse. Uses .build/release/dpfs-engine (built if
 # missing). Exit status: number of failed checks.
-#   tools/host/test-host-mount.sh [--quick] [--modes "classic uring passthrough nfs"] [--integrity-steps N]
+#   tools/host/test-host-mount.sh [--quick] [--modes "classic uring passthrough nfs kv"] [--integrity-steps N]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -72,10 +77,12 @@ stop_engine() {
   wait "$engine_pid" 2>/dev/null
   engine_pid=
 }
-nfs_started=0
+nfs_started=0 kv_started=0 view_pid=
 cleanup() {
   stop_engine
+  [ -n "$view_pid" ] && { kill -TERM "$view_pid" 2>/dev/null; wait "$view_pid" 2>/dev/null; }
   [ $nfs_started = 1 ] && tools/nfs-server.sh stop
+  [ $kv_started = 1 ] && tools/redis-server.sh stop
   for m in "$work"/mnt-*; do umount -l "$m" 2>/dev/null; done
   umount "$work/fs" 2>/dev/null || umount -l "$work/fs" 2>/dev/null
   rm -rf "$work"
@@ -89,10 +96,11 @@ start_engine() {
     classic) args="--fuse-transport classic" ;;
     uring) args="--fuse-transport uring" ;;
     passthrough) args="--fuse-transport uring --fuse-passthrough" ;;
-    nfs) args="--fuse-transport uring" ;;
+    nfs|kv) args="--fuse-transport uring" ;;
   esac
   local backend="--backend passthrough --shared-dir $share"
   [ $mode = nfs ] && backend="--backend nfs --nfs-url $nfs_url"
+  [ $mode = kv ] && backend="--backend kv --kv-url $kv_url --kv-prefix host-test"
   # cache never: every operation reaches the engine (what these checks are about). allow_other:
   # the checks run as three uids, each with its own permissions (default_permissions is always on).
   $engine --fuse-mount "$mnt" $backend --cache never --fuse-allow-other $args >"$log" 2>&1 &
@@ -119,6 +127,14 @@ for mode in $modes; do
     nfs_started=1
     semantics="--semantics nfs3"
     echo "    server: $nfs_url"
+  fi
+  if [ $mode = kv ]; then
+    export DPFS_REDIS_STATE=$work/redis
+    if ! kv_urls=$(tools/redis-server.sh start); then bad "$mode-server" "redis-server did not start"; continue; fi
+    kv_started=1
+    kv_url=$(grep '^unix://' <<<"$kv_urls")
+    semantics="--semantics kv"
+    echo "    server: $kv_url"
   fi
   if ! start_engine $mode "$share" "$mnt" "$log"; then bad "$mode-start" "engine did not serve the mount"; continue; fi
   grep -E "INIT agreed|mount " "$log" | sed 's/^/    /'
@@ -171,13 +187,27 @@ for mode in $modes; do
   fi
   # 3. Concurrent stress: the mount's view equals the share's afterwards.
   # (Over NFS the share holds the engine's .dpfs-hidden directory: stress works one level down.)
-  stress_mount=$mnt stress_share=$share
+  stress_mount=$mnt stress_share=$share stress_semantics=$semantics
+  # The key-value store serves races as a local file system does: stress has no kv variants.
+  [ $mode = kv ] && stress_semantics=
   if [ $mode = nfs ]; then mkdir -p "$mnt/stress"; stress_mount=$mnt/stress stress_share=$share/stress; fi
-  if python3 tools/host/stress.py --mount "$stress_mount" --backing "$stress_share" --processes 4 --seconds $stress_seconds --seed $seed $semantics --self-test >"$work/stress-$mode.out" 2>&1; then
+  if [ $mode = kv ]; then
+    # The store has no directory of its own to compare with: a second engine serving the same
+    # store shows what the first one wrote.
+    view=$work/mnt-kv-view
+    mkdir -p "$view"
+    $engine --fuse-mount "$view" --backend kv --kv-url "$kv_url" --kv-prefix host-test --cache never --fuse-transport classic \
+      >"$work/engine-kv-view.log" 2>&1 &
+    view_pid=$!
+    for _ in $(seq 1 100); do grep -q "INIT agreed" "$work/engine-kv-view.log" 2>/dev/null && break; sleep 0.1; done
+    stress_share=$view
+  fi
+  if python3 tools/host/stress.py --mount "$stress_mount" --backing "$stress_share" --processes 4 --seconds $stress_seconds --seed $seed $stress_semantics --self-test >"$work/stress-$mode.out" 2>&1; then
     ok "$mode-stress"; tail -1 "$work/stress-$mode.out" | sed 's/^/    /'
   else
     bad "$mode-stress" "$(tail -8 "$work/stress-$mode.out")"
   fi
+  if [ -n "$view_pid" ]; then kill -TERM "$view_pid"; wait "$view_pid" 2>/dev/null; view_pid=; fi
   # 4. Kernel passthrough: data the host writes is what an open passthrough file reads, both ways.
   #    A second engine mounts the same share without passthrough, so the file is open both ways at once.
   if [ $mode = passthrough ]; then
@@ -219,7 +249,8 @@ for mode in $modes; do
   esac
   if start_engine $mode "$share" "$mnt" "$log"; then
     grep -q "detached a dead FUSE mount" "$log" && ok "$mode-stale-mount-detached" || bad "$mode-stale-mount-detached" "no report of the dead mount"
-    if echo served-again >"$mnt/after-restart" && [ "$(cat "$share/after-restart")" = served-again ]; then
+    if [ $mode = kv ]; then reread=$mnt/after-restart; else reread=$share/after-restart; fi
+    if echo served-again >"$mnt/after-restart" && [ "$(cat "$reread")" = served-again ]; then
       ok "$mode-serves-after-restart"
     else
       bad "$mode-serves-after-restart" "write through the new mount did not reach the share"
@@ -233,6 +264,12 @@ for mode in $modes; do
   for _ in $(seq 1 50); do kill -0 "$engine_pid" 2>/dev/null || { gone=1; break; }; sleep 0.1; done
   if [ $gone = 1 ]; then ok "$mode-external-unmount-ends-engine"; else bad "$mode-external-unmount-ends-engine" "engine still running 5 s after umount"; fi
   stop_engine
+  if [ $mode = kv ]; then
+    # Everything above, SIGKILL included, left a whole store: no dangling entry, no unlisted
+    # orphan, link counts that match.
+    problems=$(redis-cli -s "${kv_url#unix://}" FCALL dpfs_check 0 host-test 2>&1)
+    if [ -z "$problems" ]; then ok "$mode-store-consistent"; else bad "$mode-store-consistent" "$problems"; fi
+  fi
 done
 
 echo "test-host-mount: $failures failure(s)"
