@@ -77,6 +77,8 @@ step "backend conformance suite against the NFS backend and a real nfs-ganesha" 
 step "the key-value backend's wire (RESP) and its Redis functions (atomic changes, the consistency check and its negative control) against a real redis-server" tools/test-kv-redis.sh
 step "key-value backend host mount against redis-server (POSIX, integrity, stress with a second engine, SIGKILL, store check)" \
   tools/host/test-host-mount.sh --modes kv --integrity-steps 10000
+step "key-value backend SIGKILLed mid-change 100 times (the server too every 25th): the store stays whole, and the check can fail" \
+  tools/host/test-kv-atomicity.sh --rounds 100
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \
