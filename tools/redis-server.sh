@@ -9,6 +9,8 @@
 #   tools/redis-server.sh stop       SHUTDOWN (the server fsyncs and exits)
 #   tools/redis-server.sh kill       SIGKILL (a crash: what the AOF holds is all that survives)
 #   tools/redis-server.sh restart    start again on the same port, socket and data
+#   tools/redis-server.sh pause      SIGSTOP (a stalled server: connections stay open, nothing is answered)
+#   tools/redis-server.sh resume     SIGCONT
 #   tools/redis-server.sh status     exit 0 when our server answers PING
 #
 # Everything lives under $DPFS_REDIS_STATE (default /tmp/dpfs-redis, made 0700, refused when it is a
@@ -81,6 +83,8 @@ case "$command" in
     [ -f "$state/pid" ] && kill -9 "$(cat "$state/pid")" 2>/dev/null || true
     rm -f "$state/pid"
     ;;
+  pause) kill -STOP "$(cat "$state/pid")" ;;
+  resume) kill -CONT "$(cat "$state/pid")" ;;
   status) answers ;;
-  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
 esac

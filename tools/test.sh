@@ -79,6 +79,8 @@ step "key-value backend host mount against redis-server (POSIX, integrity, stres
   tools/host/test-host-mount.sh --modes kv --integrity-steps 10000
 step "key-value backend SIGKILLed mid-change 100 times (the server too every 25th): the store stays whole, and the check can fail" \
   tools/host/test-kv-atomicity.sh --rounds 100
+step "redis-server killed, restarted and stalled under load: fsync'ed data kept, EIO within the timeout, the other device serves" \
+  tools/host/test-kv-faults.sh
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \
