@@ -116,7 +116,7 @@ let package = Package(
             name: "dpfs-bench",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "LoopbackTransport", "NullBackend", "PassthroughBackend",
-                "VhostUser", "VhostUserFrontend", "FUSEDevice", "NFSBackend", "CDPFS",
+                "VhostUser", "VhostUserFrontend", "FUSEDevice", "NFSBackend", "KeyValueBackend", "CDPFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),

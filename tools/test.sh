@@ -47,6 +47,7 @@ step "release build" swift build -c release
 step "swift test" swift test
 step "allocation gate (release)" .build/release/dpfs-bench alloc-gate --requests 100000
 step "allocation gate, NFS data path (the engine's mallocs beside libnfs's own)" tools/alloc-gate-nfs.sh --requests 20000
+step "allocation gate, key-value data path (GETATTR, LOOKUP, READ, WRITE, OPEN+RELEASE, READDIRPLUS, CREATE+UNLINK: 0 each)" tools/alloc-gate-kv.sh --requests 20000
 step "ThreadSanitizer" tools/sanitizer-tests.sh thread .build-tsan \
   "concurrentProducers|ModelTests|asynchronousCompletion|PollerLoopTests|PassthroughSharedTableTests"
 # Leak checking is off: the only leaks LeakSanitizer reports are XCTest's own runner objects, and
@@ -81,6 +82,8 @@ step "key-value backend SIGKILLed mid-change 100 times (the server too every 25t
   tools/host/test-kv-atomicity.sh --rounds 100
 step "redis-server killed, restarted and stalled under load: fsync'ed data kept, EIO within the timeout, the other device serves" \
   tools/host/test-kv-faults.sh
+step "guests store files through the key-value backend (6.1, redis-server crash between boots, reboot, 6.12 multi-queue)" \
+  tools/guest/test-passthrough.sh --kv
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \

@@ -104,7 +104,9 @@ extension KVBackend {
     }
 
     public mutating func release(_ operation: Operation<ReleaseArguments>, reply: StatusReply) -> BackendAnswer {
-        if device.opens.release(operation.nodeID) { queue!.reclaim(operation.nodeID) }
+        // The handle is the inode number OPEN or CREATE gave.
+        let inode = operation.arguments.handle
+        if device.opens.release(inode) { queue!.reclaim(inode) }
         return reply.ok()
     }
 

@@ -30,9 +30,16 @@ struct AllocationGateCommand: ParsableCommand {
     @Flag(help: "Only the NFS part (needs --nfs-url).")
     var nfsOnly = false
 
+    @Option(help: "Gate the key-value backend against this redis-server (redis://IPv4:PORT/0 or unix:///PATH): every request class must allocate nothing.")
+    var kvURL: String?
+
+    @Flag(help: "Only the key-value part (needs --kv-url).")
+    var kvOnly = false
+
     func validate() throws {
         guard requests > 0, warmup > 0 else { throw ValidationError("--requests and --warmup must be positive") }
         if nfsOnly && nfsURL == nil { throw ValidationError("--nfs-only needs --nfs-url") }
+        if kvOnly && kvURL == nil { throw ValidationError("--kv-only needs --kv-url") }
     }
 
     func run() throws {
@@ -51,8 +58,9 @@ struct AllocationGateCommand: ParsableCommand {
         let threadCanary = try Self.canaryOnPollerThread()
         print("{\"class\":\"canary-poller-thread\",\"mallocs\":\(threadCanary)}")
         var failed = canary == 0 || threadCanary == 0
-        if nfsOnly {
-            failed = try gateNFS() || failed
+        if nfsOnly || kvOnly {
+            if nfsOnly { failed = try gateNFS() || failed }
+            if kvOnly { failed = try gateKV() || failed }
             if failed { throw ExitCode.failure }
             return
         }
@@ -100,6 +108,7 @@ struct AllocationGateCommand: ParsableCommand {
             }
         }
         if nfsURL != nil { failed = try gateNFS() || failed }
+        if kvURL != nil { failed = try gateKV() || failed }
         if failed { throw ExitCode.failure }
     }
 
@@ -111,6 +120,17 @@ struct AllocationGateCommand: ParsableCommand {
         var failed = false
         for result in try gate.measure(requests: requests, warmup: warmup) {
             print(result.json)
+            failed = failed || !result.passed
+        }
+        return failed
+    }
+
+    /// The key-value backend against a real redis-server; true when it failed.
+    func gateKV() throws -> Bool {
+        let gate = try KVGate(url: kvURL!)
+        var failed = false
+        for (name, result) in try gate.measure(requests: requests, warmup: warmup) {
+            print(result.json(name: name))
             failed = failed || !result.passed
         }
         return failed

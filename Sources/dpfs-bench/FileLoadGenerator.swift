@@ -20,6 +20,12 @@ enum FileOperation: String, CaseIterable, Sendable {
     case writeFile = "write-file"        // WRITE 4 KiB at varying aligned offsets
     case createUnlink = "create-unlink"  // CREATE a unique name + RELEASE + UNLINK (+ FORGET): one op
     case mkdirRmdir = "mkdir-rmdir"      // MKDIR a unique name + RMDIR (+ FORGET): one op
+    // A whole small file as a program uses one (open, read or write 4 KiB, close), the requests a
+    // guest kernel sends for it with its caches off: OPEN, READ or WRITE, FLUSH, RELEASE: one op.
+    case openReadClose = "open-read-close"
+    case openWriteClose = "open-write-close"
+
+    var isWholeFile: Bool { self == .openReadClose || self == .openWriteClose }
 }
 
 /// A request or reply the back-end got wrong; the benchmark reports it and exits non-zero.
@@ -31,6 +37,8 @@ final class FileLoadGenerator {
     /// What a slot's request in flight is.
     enum Step: UInt8 {
         case lookup, getattr, read, write, create, release, unlink, mkdir, rmdir, forget
+        /// The whole-file operations' OPEN, FLUSH and closing RELEASE.
+        case open, flush, close
     }
 
     var driver: LoopbackDriver
@@ -336,7 +344,52 @@ final class FileLoadGenerator {
             slotName[slot] = nameCounter
             nameCounter &+= 1
             return submitNamed(.mkdir, slot: slot, step: .mkdir, prefix: UInt8(ascii: "d"), name: slotName[slot])
+        case .openReadClose, .openWriteClose:
+            let buffer = driver.readableBuffer(slot)
+            let length = InHeaderLayout.size + 8
+            RequestEncoder.header(into: buffer, length: length, opcode: .open, unique: takeUnique(), nodeID: fileNodeID)
+            let flags: UInt32 = operation == .openReadClose ? 0 : 1   // O_RDONLY, O_WRONLY
+            (buffer + InHeaderLayout.size).storeBytes(of: flags.littleEndian, as: UInt32.self)
+            (buffer + InHeaderLayout.size + 4).storeBytes(of: UInt32(0), as: UInt32.self)
+            return submit(slot: slot, step: .open, readable: length, writable: Int(Self.expectedUsedLength(.open)))
         }
+    }
+
+    /// The whole-file operations: the READ or WRITE through the handle OPEN gave, then FLUSH and
+    /// RELEASE of it, each in the same slot.
+    @inline(__always)
+    func advanceWholeFile(slot: Int, step: Step, body: UnsafeMutableRawPointer) -> Bool {
+        let buffer = driver.readableBuffer(slot)
+        let handle = slotHandle[slot]
+        var submitted: Bool
+        switch step {
+        case .open:
+            slotHandle[slot] = UInt64(littleEndian: body.loadUnaligned(fromByteOffset: OpenOutLayout.fileHandle, as: UInt64.self))
+            if operation == .openReadClose {
+                let length = RequestEncoder.read(into: buffer, unique: takeUnique(), nodeID: fileNodeID, fileHandle: slotHandle[slot],
+                                                 offset: nextBlockOffset(), size: UInt32(Self.blockBytes))
+                submitted = submit(slot: slot, step: .read, readable: length, writable: OutHeaderLayout.size + Self.blockBytes)
+            } else {
+                let length = RequestEncoder.write(into: buffer, unique: takeUnique(), nodeID: fileNodeID, fileHandle: slotHandle[slot],
+                                                  offset: nextBlockOffset(), size: UInt32(Self.blockBytes))
+                submitted = submit(slot: slot, step: .write, readable: length, writable: OutHeaderLayout.size + WriteOutLayout.size,
+                                   payloadOffset: RequestEncoder.writePayloadOffset)
+            }
+        case .read, .write:
+            // fuse_flush_in: fh, unused, padding, lock_owner.
+            let length = InHeaderLayout.size + 24
+            RequestEncoder.header(into: buffer, length: length, opcode: .flush, unique: takeUnique(), nodeID: fileNodeID)
+            (buffer + InHeaderLayout.size).initializeMemory(as: UInt8.self, repeating: 0, count: 24)
+            (buffer + InHeaderLayout.size).storeBytes(of: handle.littleEndian, as: UInt64.self)
+            submitted = submit(slot: slot, step: .flush, readable: length, writable: OutHeaderLayout.size)
+        case .flush:
+            let length = Self.encodeRelease(into: buffer, unique: takeUnique(), nodeID: fileNodeID, fileHandle: handle)
+            submitted = submit(slot: slot, step: .close, readable: length, writable: OutHeaderLayout.size)
+        default:
+            return finish(slot: slot)
+        }
+        precondition(submitted, "the next request of a whole-file operation found no room in the queue its last one left")
+        return false
     }
 
     /// Handles one reply; returns whether it finished an operation. Follow-up requests of a pair go
@@ -359,6 +412,7 @@ final class FileLoadGenerator {
             return finish(slot: slot)
         }
         let body = reply + OutHeaderLayout.size
+        if operation.isWholeFile && step != .write { return advanceWholeFile(slot: slot, step: step, body: body) }
         switch step {
         case .lookup:
             let node = UInt64(littleEndian: body.loadUnaligned(fromByteOffset: EntryOutLayout.nodeID, as: UInt64.self))
@@ -377,6 +431,7 @@ final class FileLoadGenerator {
         case .write:
             let written = UInt32(littleEndian: body.loadUnaligned(fromByteOffset: WriteOutLayout.bytes, as: UInt32.self))
             if written != UInt32(Self.blockBytes) { fail(step, slot: slot, usedLength: usedLength, expected: expected, note: "wrote \(written) bytes") }
+            if operation.isWholeFile { return advanceWholeFile(slot: slot, step: step, body: body) }
             return finish(slot: slot)
         case .getattr, .read:
             return finish(slot: slot)
@@ -403,8 +458,8 @@ final class FileLoadGenerator {
             let submitted = submitForget(slot: slot, nodeID: slotNodeID[slot], lookups: 1)
             precondition(submitted, "FORGET found no room in the queue the UNLINK/RMDIR just left")
             return true
-        case .forget:
-            preconditionFailure()
+        case .forget, .open, .flush, .close:
+            preconditionFailure("a whole-file step outside a whole-file operation")
         }
     }
 
@@ -447,7 +502,8 @@ final class FileLoadGenerator {
         case .read: return header + UInt32(blockBytes)
         case .write: return header + UInt32(WriteOutLayout.size)
         case .create: return header + UInt32(EntryOutLayout.size + OpenOutLayout.size)
-        case .release, .unlink, .rmdir: return header
+        case .release, .unlink, .rmdir, .flush, .close: return header
+        case .open: return header + UInt32(OpenOutLayout.size)
         case .forget: return 0
         }
     }

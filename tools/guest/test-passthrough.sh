@@ -28,11 +28,17 @@
 # exporting each share (tools/nfs-server.sh): the same workload and host checks, (a), (b) and (c);
 # (d) and (e) are passthrough-backend features and are skipped.
 #
+# With --kv the engine serves the guests through its key-value backend from a real redis-server
+# (tools/redis-server.sh, AOF fsynced per write), one key prefix per share; each share is a host
+# mount of the same store by a second engine (cache never), through which the host-made files are
+# written and every host check reads. Between (a) and (b) the server is SIGKILLed and restarted
+# from its AOF: the second boot must find everything. (d) and (e) are skipped as for --nfs.
+#
 # With --null-control the engine serves (a) from the null backend, which stores nothing: the negative
 # control of this harness. It ends with 'control: ...' and exits 0 only when the guest ran its
 # workload and the checks reported failures, as they must when nothing is stored.
 #
-# Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd | --nfs | --null-control]
+# Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd | --nfs | --kv | --null-control]
 # Ends with 'guest-passthrough: N passed, N failed'; exit status 0 only if none failed.
 # Logs (console, run-guest output, engine/virtiofsd logs): tools/.cache/guest/logs/passthrough-<time>/,
 # kept. The shares are in a mktemp directory, removed at the end unless something failed.
@@ -47,8 +53,9 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; shift ;;
     --virtiofsd) mode=virtiofsd; shift ;;
     --nfs) mode=nfs; shift ;;
+    --kv) mode=kv; shift ;;
     --null-control) mode=null; shift ;;
-    *) echo "usage: $0 [--quick] [--virtiofsd | --nfs | --null-control]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--virtiofsd | --nfs | --kv | --null-control]" >&2; exit 2 ;;
   esac
 done
 
@@ -66,11 +73,17 @@ logdir="tools/.cache/guest/logs/passthrough-$(date +%Y%m%d-%H%M%S)-$mode"
 mkdir -p "$logdir"
 server_pid=""   # the engine or virtiofsd
 server_log=""
+view_pids=()   # --kv: the host-side engines that mount each share's store
 passed=0
 failed=0
 cleanup() {
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   if [ $mode = nfs ]; then tools/nfs-server.sh stop || true; fi
+  if [ $mode = kv ]; then
+    for pid in "${view_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    for m in "$work"/share-*; do umount -l "$m" 2>/dev/null || true; done
+    tools/redis-server.sh stop || true
+  fi
   if [ "$failed" = 0 ] || [ $mode = null ]; then rm -rf "$work"; else echo "shares kept in $work"; fi
 }
 trap cleanup EXIT
@@ -97,6 +110,7 @@ skip() { echo "--- $1: skipped ($2)"; }
 # host-made/: files the guest must see byte for byte, with an md5sum manifest it checks.
 populate_share() {
   local share=$1
+  [ $mode = kv ] && { start_view "$share" || return 1; }
   mkdir -p "$share/host-made/nested/deeper"
   echo "hello from the host" >"$share/host-made/hello.txt"
   head -c 200003 /dev/urandom >"$share/host-made/random.bin"
@@ -106,6 +120,21 @@ populate_share() {
 }
 
 # --- back-ends -----------------------------------------------------------------------------------
+if [ $mode = kv ]; then
+  export DPFS_REDIS_STATE=$work/redis
+  kv_url=$(tools/redis-server.sh start | grep '^unix://') || { echo "redis-server did not start"; exit 1; }
+fi
+# --kv: a host mount of the share's store (prefix = the share's name), by an engine of its own.
+start_view() { # share
+  local share=$1 log="$logdir/view-$(basename "$1").log"
+  mkdir -p "$share"
+  "$engine_binary" --fuse-mount "$share" --backend kv --kv-url "$kv_url" --kv-prefix "$(basename "$share")" \
+    --cache never --fuse-transport classic >"$log" 2>&1 &
+  view_pids+=($!)
+  for _ in $(seq 100); do grep -q "INIT agreed" "$log" 2>/dev/null && return 0; sleep 0.1; done
+  echo "the host view of $share did not start:"; cat "$log"
+  return 1
+}
 sock="$work/vhost-user.sock"
 wait_socket() { # pid socket...: every socket appears while pid lives
   local pid=$1 s all
@@ -131,6 +160,7 @@ start_engine() { # name share queues cache
     echo "nfs server: $url" >"$server_log"
     backend=(--backend nfs --nfs-url "$url" --cache "$cache")
   fi
+  [ $mode = kv ] && backend=(--backend kv --kv-url "$kv_url" --kv-prefix "$(basename "$share")" --cache "$cache")
   # The null backend caches nothing of its own and takes no cache setting.
   [ $mode = null ] && backend=(--backend null)
   "$engine_binary" --vhost-user-socket "$sock" "${backend[@]}" \
@@ -300,6 +330,11 @@ if [ $mode = null ]; then
   echo "control: FAILED, the harness did not catch a backend that stores nothing (RESULT lines ${results:-0}, $failed of $((passed + failed)) checks failed)"
   exit 1
 fi
+if [ $mode = kv ]; then
+  # A crash of the server between the boots: what it acknowledged is in its AOF.
+  restart_server() { tools/redis-server.sh kill && tools/redis-server.sh restart >/dev/null; }
+  check "kv: redis-server SIGKILLed and restarted from its AOF between the boots" restart_server
+fi
 check "b: 6.1 guest, phase verify (second boot, same $mode share)" guest_run b-6.1-verify "$share1" verify --kernel 6.1 --timeout 600
 verified() { [ "$(cat "$share1/guest-made/verified.txt" 2>&1)" = "verify phase was here" ]; }
 check "b: host sees the verify phase's file" verified
@@ -340,8 +375,8 @@ else
 fi
 
 # --- d: two tenants, two directories -------------------------------------------------------------
-if [ $mode = nfs ]; then
-  skip "d: two devices from one TOML file, isolation" "nfs mode: the passthrough backend's directories"
+if [ $mode = nfs ] || [ $mode = kv ]; then
+  skip "d: two devices from one TOML file, isolation" "$mode mode: the passthrough backend's directories"
 elif [ $mode = virtiofsd ]; then
   skip "d: two devices from one TOML file, isolation" "virtiofsd mode: one device per process; this is the engine's configuration"
 else
@@ -417,8 +452,8 @@ fi
 # must still be on the host byte for byte once it unmounted.
 if [ $quick = 1 ]; then
   skip "e: cache always" "--quick"
-elif [ $mode = nfs ]; then
-  skip "e: cache always" "nfs mode: covered by the passthrough runs"
+elif [ $mode = nfs ] || [ $mode = kv ]; then
+  skip "e: cache always" "$mode mode: covered by the passthrough runs"
 else
   share3="$work/share-3"
   populate_share "$share3"
