@@ -3,6 +3,7 @@ import DPFSTestSupport
 import ExampleBackend
 import FUSEWire
 import Foundation
+import KeyValueBackend
 import NFSBackend
 import NullBackend
 import PassthroughBackend
@@ -31,6 +32,18 @@ import Testing
         let url = try NFSURL.parse(ProcessInfo.processInfo.environment["DPFS_CONFORMANCE_NFS_URL"]!)
         let device = try NFSDevice(configuration: NFSConfiguration(url: url, validity: CacheValidity(seconds: 0)))
         #expect(Conformance.run(FUSEClient(backend: NFSBackend(device: device)), [.storesFiles]) == [])
+    }
+
+    @Test("the key-value backend conforms, against a real redis-server",
+          .enabled(if: ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"] != nil,
+                   "needs the server tools/test-kv-redis.sh starts"))
+    func keyValue() throws {
+        let socket = ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"]!
+        let configuration = KVConfiguration(
+            endpoint: .unix(path: socket), prefix: "conformance-\(getpid())", chunkBytes: 4096, capacityBytes: 1 << 30,
+            fileBytesMax: 1 << 30, validity: CacheValidity(seconds: 0), openFlags: 0, openFilesMax: 64, requestTimeoutMilliseconds: 10_000)
+        let device = try KVDevice(configuration: configuration)
+        #expect(Conformance.run(FUSEClient(backend: KVBackend(device: device)), [.storesFiles]) == [])
     }
 
     @Test("the guide's example backend conforms")
