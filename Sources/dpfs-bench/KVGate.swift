@@ -60,21 +60,16 @@ final class KVGate {
 
     enum Kind: String, CaseIterable { case getattr, lookup, read, write, openRelease = "open-release", readdirplus, createUnlink = "create-unlink" }
 
-    func measure(requests: Int, warmup: Int) throws -> [(String, AllocationGateCommand.Result)] {
-        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 16)
-        defer { reply.deallocate() }
-        let none = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-        let patched = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 16)
-        defer { patched.deallocate() }
-        // Wait for the queue's connection (made by its poller) with a GETATTR of the root.
+    /// Waits for the queue's connection (made by its poller), then makes the gate's file of 16
+    /// blocks; its node id.
+    func createFile(reply: UnsafeMutableRawBufferPointer) throws -> UInt64 {
         let root = PassthroughGate.request(.getattr, node: 1, args: PassthroughGate.bytes(fuse_getattr_in()))
         var error: Int32 = -1
         for _ in 0..<1000 where error != 0 { (error, _) = root.withUnsafeBytes { roundTrip($0, writable: 16 + 104, reply: reply) } }
-        let name = Array("kv-gate.dat".utf8) + [0]
         var create = fuse_create_in()
         create.flags = UInt32(O_RDWR | O_CREAT)
         create.mode = 0o100644
-        (error, _) = PassthroughGate.request(.create, node: 1, args: PassthroughGate.bytes(create) + name)
+        (error, _) = PassthroughGate.request(.create, node: 1, args: PassthroughGate.bytes(create) + Self.fileName)
             .withUnsafeBytes { roundTrip($0, writable: 16 + 144, reply: reply) }
         guard error == 0 else { throw SystemCallError(call: "CREATE kv-gate.dat", errno: -error) }
         let node = reply.load(fromByteOffset: 16 + EntryOutLayout.nodeID, as: UInt64.self)
@@ -87,7 +82,16 @@ final class KVGate {
             (error, _) = bytes.withUnsafeBytes { roundTrip($0, writable: 16 + 8, reply: reply) }
             guard error == 0 else { throw SystemCallError(call: "WRITE kv-gate.dat", errno: -error) }
         }
-        write.offset = 0
+        return node
+    }
+
+    static let fileName = Array("kv-gate.dat".utf8) + [0]
+
+    /// Each class's requests, in order (built before counting: building allocates).
+    static func requests(node: UInt64) -> [Kind: [[UInt8]]] {
+        var write = fuse_write_in()
+        write.fh = node
+        write.size = 4096
         var read = fuse_read_in()
         read.fh = node
         read.size = 4096
@@ -104,9 +108,9 @@ final class KVGate {
         exclusive.flags = UInt32(O_RDWR | O_CREAT | O_EXCL)
         exclusive.mode = 0o100644
         let scratch = Array("kv-gate.tmp".utf8) + [0]
-        let requestsOf: [Kind: [[UInt8]]] = [
+        return [
             .getattr: [PassthroughGate.request(.getattr, node: node, args: PassthroughGate.bytes(fuse_getattr_in()))],
-            .lookup: [PassthroughGate.request(.lookup, node: 1, args: name), PassthroughGate.request(.forget, node: node, args: PassthroughGate.bytes(forget))],
+            .lookup: [PassthroughGate.request(.lookup, node: 1, args: fileName), PassthroughGate.request(.forget, node: node, args: PassthroughGate.bytes(forget))],
             .read: [PassthroughGate.request(.read, node: node, args: PassthroughGate.bytes(read))],
             .write: [PassthroughGate.request(.write, node: node, args: PassthroughGate.bytes(write) + [UInt8](repeating: 0x5A, count: 4096))],
             .openRelease: [PassthroughGate.request(.open, node: node, args: PassthroughGate.bytes(open)),
@@ -116,6 +120,15 @@ final class KVGate {
                             PassthroughGate.request(.release, node: node, args: PassthroughGate.bytes(release)),
                             PassthroughGate.request(.unlink, node: 1, args: scratch)],
         ]
+    }
+
+    func measure(requests: Int, warmup: Int) throws -> [(String, AllocationGateCommand.Result)] {
+        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 16)
+        defer { reply.deallocate() }
+        let none = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        let patched = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 16)
+        defer { patched.deallocate() }
+        let requestsOf = Self.requests(node: try createFile(reply: reply))
         var results: [(String, AllocationGateCommand.Result)] = []
         for kind in Kind.allCases {
             let steps = requestsOf[kind]!
