@@ -34,6 +34,7 @@ extension KVBackend {
     }
 
     /// Node ids are inode numbers, which stay below 2^53: anything else names nothing.
+    @_noAllocation @_noLocks
     static func known(_ nodeID: UInt64) -> Bool { nodeID >= 1 && nodeID < KVQueue.numberMax }
 
     func start(_ record: UnsafeMutablePointer<KVRequestState>, _ call: KVCall, _ reply: FUSEReply, _ token: CompletionToken) -> BackendAnswer {

@@ -169,6 +169,7 @@ extension KVQueue {
     /// access(2) by owner, group or others' bits (root passes but for execute, which needs a bit).
     /// Supplementary groups are not known here: the kernel's own check (default_permissions, on for
     /// every mount the engine makes) is the one that counts.
+    @_noAllocation @_noLocks
     static func permits(_ attributes: FileAttributes, uid: UInt32, gid: UInt32, mask: UInt32) -> Bool {
         let wanted = mask & 7
         if uid == 0 { return wanted & 1 == 0 || attributes.mode & 0o111 != 0 || attributes.mode & FileType.mask == FileType.directory }

@@ -34,6 +34,7 @@ extension KVQueue {
 
     /// The errno of an error reply "ERRNO what" (KVFunctions' fail), -1 for a server that did not
     /// run the command and may later (LOADING, BUSY), EIO for anything else.
+    @_noAllocation @_noLocks
     static func errno(_ line: UnsafeRawBufferPointer) -> Int32 {
         var word = 0
         while word < line.count && line[word] != UInt8(ascii: " ") { word += 1 }
@@ -58,6 +59,7 @@ extension KVQueue {
     }
 
     /// A decimal bulk string below 2^53, or nil.
+    @_noAllocation @_noLocks
     static func decimal(_ token: RESPToken, _ bytes: UnsafeRawBufferPointer) -> UInt64? {
         switch token {
         case .integer(let value): return value >= 0 && UInt64(value) < numberMax ? UInt64(value) : nil
@@ -76,6 +78,7 @@ extension KVQueue {
 
     /// A time's seconds: a decimal with an optional '-' (before 1970), within ±2^53, as the bit
     /// pattern `fuse_attr` carries; or nil.
+    @_noAllocation @_noLocks
     static func seconds(_ token: RESPToken, _ bytes: UnsafeRawBufferPointer) -> UInt64? {
         guard case .bulkString(let range) = token, range.count >= 2, bytes[range.lowerBound] == UInt8(ascii: "-") else {
             return decimal(token, bytes)
@@ -85,6 +88,7 @@ extension KVQueue {
     }
 
     /// Whether value `index` of an attributes list (inode first) is a time's seconds.
+    @_noAllocation @_noLocks
     static func isSeconds(_ index: Int) -> Bool { index == 7 || index == 9 || index == 11 }
 
     /// Takes one token of a successful reply; false when it breaks the reply's shape.
@@ -121,6 +125,7 @@ extension KVQueue {
     }
 
     /// A data reply's bytes, into the guest's buffer in place (READ, READLINK, GETXATTR).
+    @_noAllocation @_noLocks
     func copyData(_ slot: Int, _ data: UnsafeRawBufferPointer) -> Bool {
         let wanted = Int(records[slot].size)
         switch records[slot].call {
@@ -158,6 +163,7 @@ extension KVQueue {
 
     /// The attributes in `values[first...first + 12]`, checked; nil when the server's are not
     /// an inode's.
+    @_noAllocation @_noLocks
     func attributes(_ slot: Int, from first: Int) -> FileAttributes? {
         let v = records[slot].values
         let mode = v[first + 1]
