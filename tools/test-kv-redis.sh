@@ -15,10 +15,10 @@ trap 'tools/redis-server.sh stop; rm -rf "$DPFS_REDIS_STATE" "$log"' EXIT
 urls=$(tools/redis-server.sh start)
 socket=$(sed -n 's|^unix://||p' <<<"$urls")
 url=$(grep '^redis://' <<<"$urls")
-DPFS_REDIS_URL="$url" DPFS_REDIS_SOCKET="$socket" swift test --filter 'RESP|KVFunctions|KVConnection|ConformanceTests' 2>&1 | tee "$log" | grep -E "✔|✘|passed|failed|error" || true
+DPFS_REDIS_URL="$url" DPFS_REDIS_SOCKET="$socket" swift test --filter 'RESP|KVFunctions|KVConnection|KVBackendTests|ConformanceTests' 2>&1 | tee "$log" | grep -E "✔|✘|passed|failed|error" || true
 # Passed only when the suites that need the server ran, none of their tests was skipped (a suite
 # whose server tests are off still "passes"), and nothing failed.
-for suite in RESPRedisTests KVFunctionsTests KVConnectionTests; do
+for suite in RESPRedisTests KVFunctionsTests KVConnectionTests KVBackendTests; do
   grep -q "Suite $suite passed" "$log" || { echo "$suite did not pass against redis-server" >&2; exit 1; }
 done
 grep -q 'Test "the key-value backend conforms, against a real redis-server" passed' "$log" || { echo "the key-value conformance test did not pass" >&2; exit 1; }

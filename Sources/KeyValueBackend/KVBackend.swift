@@ -116,6 +116,8 @@ final class KVQueue: @unchecked Sendable {
     var nextDeadlineScan: UInt64 = 0
     var completed = 0
     var reconnects = 0
+    /// The orphans of an ended session are to be reclaimed once the connection is up.
+    var orphansToReclaim = false
 
     static let backoffMin: UInt64 = 10_000_000
     static let backoffMax: UInt64 = 1_000_000_000
@@ -238,6 +240,13 @@ public struct KVBackend: FileSystem {
 
     public init(device: KVDevice) {
         self.device = device
+    }
+
+    /// A new session on this device: the old session's opens are gone, and with them the reason
+    /// to keep its orphans (no request of the new session exists yet).
+    public mutating func deviceSessionBegins(_ session: NegotiatedSession) {
+        device.opens.reset()
+        queue?.reclaimAllOrphans()
     }
 
     public mutating func attach(_ context: BackendContext) {

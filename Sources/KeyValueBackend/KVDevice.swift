@@ -151,6 +151,16 @@ public final class KVOpenTable: @unchecked Sendable {
 
     public func isOpen(_ inode: UInt64) -> Bool { mutex.withLock { inodes[probe(inode)] == inode } }
 
+    /// A new session: the kernel forgot every open of the old one.
+    public func reset() {
+        mutex.withLock {
+            inodes.update(repeating: 0, count: slotCount)
+            opens.update(repeating: 0, count: slotCount)
+            orphaned.update(repeating: false, count: slotCount)
+            count = 0
+        }
+    }
+
     /// Backward-shift deletion: every entry after the hole that may move closer to its home does.
     func remove(at start: Int) {
         var hole = start

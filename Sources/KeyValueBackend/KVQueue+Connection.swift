@@ -48,6 +48,7 @@ extension KVQueue {
         }
         precondition(loaded, "the command buffer holds the functions")
         unsent = true
+        if orphansToReclaim { reclaimAllOrphans() }
         issueWaiting(now: now)
     }
 

@@ -1,0 +1,70 @@
+import DPFSTestSupport
+import Foundation
+import FUSEWire
+import Glibc
+import KeyValueBackend
+import Testing
+
+/// The key-value backend's open files against a real redis-server (tools/test-kv-redis.sh starts
+/// one): a file unlinked while open stays readable through its handle and goes with its last
+/// RELEASE; a new session (the kernel forgot every open) reclaims what the old one left.
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"] != nil, "needs the server tools/test-kv-redis.sh starts"))
+struct KVBackendTests {
+    let socket = ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"]!
+    let prefix = "backend-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+
+    func client() throws -> FUSEClient<KVBackend> {
+        let configuration = KVConfiguration(
+            endpoint: .unix(path: socket), prefix: prefix, chunkBytes: 4096, capacityBytes: 1 << 30, fileBytesMax: 1 << 30,
+            validity: CacheValidity(seconds: 0), openFlags: 0, openFilesMax: 16, requestTimeoutMilliseconds: 10_000)
+        return FUSEClient(backend: KVBackend(device: try KVDevice(configuration: configuration)))
+    }
+
+    /// Whether the store still holds inode `inode`, and how many orphans it lists.
+    func store(_ inode: UInt64) throws -> (exists: Bool, orphans: Int64) {
+        let replies = try KVBlockingExchange.run(.unix(path: socket), timeoutMilliseconds: 5000, commands: [
+            ["EXISTS", "\(prefix):i:\(inode)"], ["SCARD", "\(prefix):orphans"],
+        ])
+        guard case .integer(let exists) = replies[0].first, case .integer(let orphans) = replies[1].first else {
+            throw KVStartupError("unexpected replies \(replies)")
+        }
+        return (exists == 1, orphans)
+    }
+
+    @Test("a file unlinked while open is read through its handle and goes with its last RELEASE")
+    func unlinkedWhileOpen() throws {
+        let fs = try client()
+        let (entry, handle) = try fs.create(1, "held")
+        let second = try fs.open(entry.nodeID)
+        #expect(try fs.write(entry.nodeID, handle, offset: 5000, Array("kept".utf8)) == 4)
+        try fs.unlink(1, "held")
+        #expect(throws: FUSEFailure(errno: ENOENT)) { try fs.lookup(1, "held") }
+        #expect(try fs.read(entry.nodeID, second, offset: 5000, size: 10) == Array("kept".utf8), "still readable by its handle")
+        #expect(try store(entry.nodeID) == (true, 1), "an orphan, listed")
+        try fs.release(entry.nodeID, handle)
+        #expect(try store(entry.nodeID) == (true, 1), "one open left")
+        try fs.release(entry.nodeID, second)
+        // The reclaim goes out without a request waiting for it: give it a moment.
+        var gone = false
+        for _ in 0..<200 where !gone { _ = try? fs.getattr(1); gone = try store(entry.nodeID) == (false, 0) }
+        #expect(gone, "reclaimed by the last RELEASE")
+    }
+
+    @Test("a new session reclaims the orphans of the old one, and its opens are forgotten")
+    func newSession() throws {
+        let fs = try client()
+        let (entry, _) = try fs.create(1, "left-open")
+        try fs.unlink(1, "left-open")
+        #expect(try store(entry.nodeID) == (true, 1))
+        // The old session fills the open table (16 files): none of them is ever released.
+        for index in 0..<15 { _ = try fs.create(1, "old-\(index)") }
+        #expect(throws: FUSEFailure(errno: ENFILE)) { _ = try fs.create(1, "one-too-many") }
+        fs.rig.establishSession()
+        var gone = false
+        for _ in 0..<200 where !gone { _ = try? fs.getattr(1); gone = try store(entry.nodeID) == (false, 0) }
+        #expect(gone, "the old session's orphan reclaimed")
+        // The open table starts empty: 16 files fit again, and the 17th does not.
+        for index in 0..<16 { _ = try fs.create(1, "new-\(index)") }
+        #expect(throws: FUSEFailure(errno: ENFILE)) { _ = try fs.create(1, "new-16") }
+    }
+}
