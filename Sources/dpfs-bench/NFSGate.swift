@@ -16,48 +16,18 @@ import NFSBackend
 // difference and must be 0; libnfs's is reported beside it.
 
 final class NFSGate {
-    let arena: HugepageArena
-    var rig: LoopbackRig<NFSBackend>
+    let gate: GateRig<NFSBackend>
     let url: NFSURL
     let device: NFSDevice
-    var unique: UInt64 = 1000
 
     init(url: NFSURL) throws {
         self.url = url
         device = try NFSDevice(configuration: NFSConfiguration(url: url, validity: CacheValidity(seconds: 0)))
-        let poller = PollerConfiguration(slotCount: 16, segmentsPerSlot: 16, batchMax: 16)
-        let driver = LoopbackDriverConfiguration(queueSize: 64, requestSlots: 16, readableBufferBytes: 8192,
-                                                 writableBufferBytes: 8192, descriptorsPerRequestMax: 8)
-        arena = try HugepageArena(bytes: LoopbackRig<NFSBackend>.arenaBytes(poller: poller, driver: driver), allowHugepages: false)
-        var allocator = arena.allocator()
-        rig = LoopbackRig(poller: poller, driver: driver, backend: NFSBackend(device: device), arena: &allocator)
-        let load = LoadGenerator(driver: rig.driver, depth: 1, operations: [.getattrRoot])
-        load.establishSession { _ = rig.poller.step() }
-        rig.driver = load.driver
+        gate = try GateRig(backend: NFSBackend(device: device))
     }
 
     func roundTrip(_ bytes: UnsafeRawBufferPointer, writable: Int, reply: UnsafeMutableRawBufferPointer) -> (Int32, UInt32) {
-        guard let slot = rig.driver.acquireSlot() else { preconditionFailure("no driver slot") }
-        unique &+= 1
-        let buffer = rig.driver.readableBuffer(slot)
-        buffer.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-        buffer.storeBytes(of: unique.littleEndian, toByteOffset: InHeaderLayout.unique, as: UInt64.self)
-        let submitted = rig.driver.submit(slot: slot, readableBytes: bytes.count, writableBytes: writable,
-                                          segmentation: .single, indirect: false)
-        precondition(submitted)
-        let deadline = monotonicNanoseconds() + 30_000_000_000
-        while true {
-            _ = rig.poller.step()
-            if let (reaped, used) = rig.driver.reap() {
-                precondition(reaped == slot)
-                let written = rig.driver.writableBuffer(slot)
-                let error = used >= 16 ? written.loadUnaligned(fromByteOffset: OutHeaderLayout.error, as: Int32.self) : 0
-                if reply.count > 0 { reply.baseAddress!.copyMemory(from: written, byteCount: min(reply.count, Int(used))) }
-                rig.driver.releaseSlot(slot)
-                return (error, used)
-            }
-            precondition(monotonicNanoseconds() < deadline, "the NFS backend did not answer in 30 s")
-        }
+        gate.roundTrip(bytes, writable: writable, reply: reply)
     }
 
     struct ClassResult {

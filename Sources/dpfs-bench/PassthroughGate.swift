@@ -16,9 +16,7 @@ import PassthroughBackend
 
 final class PassthroughGate {
     let directory: String
-    let arena: HugepageArena
-    var rig: LoopbackRig<PassthroughBackend>
-    var unique: UInt64 = 1000
+    let gate: GateRig<PassthroughBackend>
 
     let label: String
 
@@ -35,15 +33,7 @@ final class PassthroughGate {
         var configuration = PassthroughConfiguration(sharedDirectory: directory, cacheMode: .never, inodesMax: 1024, openFilesMax: 256)
         configuration.dataPath = dataPath
         let device = try PassthroughDevice(configuration: configuration)
-        let poller = PollerConfiguration(slotCount: 16, segmentsPerSlot: 16, batchMax: 16)
-        let driver = LoopbackDriverConfiguration(queueSize: 64, requestSlots: 16, readableBufferBytes: 8192,
-                                                 writableBufferBytes: 8192, descriptorsPerRequestMax: 8)
-        arena = try HugepageArena(bytes: LoopbackRig<PassthroughBackend>.arenaBytes(poller: poller, driver: driver), allowHugepages: false)
-        var allocator = arena.allocator()
-        rig = LoopbackRig(poller: poller, driver: driver, backend: PassthroughBackend(device: device), arena: &allocator)
-        let load = LoadGenerator(driver: rig.driver, depth: 1, operations: [.getattrRoot])
-        load.establishSession { _ = rig.poller.step() }
-        rig.driver = load.driver
+        gate = try GateRig(backend: PassthroughBackend(device: device))
     }
 
     deinit {
@@ -68,25 +58,7 @@ final class PassthroughGate {
     /// Sends one prepared request and steps until its reply is back; returns (error, used length)
     /// and leaves the reply in `reply` (at most `reply.count` bytes). Allocates nothing.
     func roundTrip(_ bytes: UnsafeRawBufferPointer, writable: Int, reply: UnsafeMutableRawBufferPointer) -> (Int32, UInt32) {
-        guard let slot = rig.driver.acquireSlot() else { preconditionFailure("no driver slot") }
-        unique &+= 1
-        let buffer = rig.driver.readableBuffer(slot)
-        buffer.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-        buffer.storeBytes(of: unique.littleEndian, toByteOffset: InHeaderLayout.unique, as: UInt64.self)
-        let submitted = rig.driver.submit(slot: slot, readableBytes: bytes.count, writableBytes: writable,
-                                          segmentation: .single, indirect: false)
-        precondition(submitted)
-        while true {
-            _ = rig.poller.step()
-            if let (reaped, used) = rig.driver.reap() {
-                precondition(reaped == slot)
-                let written = rig.driver.writableBuffer(slot)
-                let error = used >= 16 ? written.loadUnaligned(fromByteOffset: OutHeaderLayout.error, as: Int32.self) : 0
-                if reply.count > 0 { reply.baseAddress!.copyMemory(from: written, byteCount: min(reply.count, Int(used))) }
-                rig.driver.releaseSlot(slot)
-                return (error, used)
-            }
-        }
+        gate.roundTrip(bytes, writable: writable, reply: reply)
     }
 
     /// The request classes measured, in order.
