@@ -124,7 +124,8 @@ extension KVBackend {
     public mutating func read(_ operation: Operation<ReadArguments>, reply: DataReply) -> BackendAnswer {
         guard Self.known(operation.nodeID) else { return reply.fail(.noEntry) }
         let a = operation.arguments
-        let size = min(Int(a.size), reply.dataCapacity)
+        // No more than one reply bulk may carry (the RESP reader's limit is a WRITE's size).
+        let size = min(Int(a.size), reply.dataCapacity, FUSELimits.writeBytesMax)
         // Past the largest file there is nothing to read.
         guard a.offset < UInt64(device.configuration.fileBytesMax), size > 0 else { return reply.sendInPlace(dataBytes: 0) }
         let r = record(operation, .read)
@@ -136,13 +137,14 @@ extension KVBackend {
     public mutating func write(_ operation: Operation<WriteArguments>, reply: WrittenReply) -> BackendAnswer {
         guard Self.known(operation.nodeID) else { return reply.fail(.noEntry) }
         let a = operation.arguments
-        guard a.offset &+ UInt64(a.size) <= UInt64(device.configuration.fileBytesMax), a.offset <= UInt64(device.configuration.fileBytesMax) else {
-            return reply.fail(.fileTooLarge)
-        }
+        let limit = UInt64(device.configuration.fileBytesMax)
         guard a.size > 0 else { return reply.written(bytes: 0) }
+        // As a local file system: a write that starts at the largest size fails, one that crosses
+        // it is cut short there.
+        guard a.offset < limit else { return reply.fail(.fileTooLarge) }
         let r = record(operation, .write)
         r.pointee.offset = a.offset
-        r.pointee.size = a.size
+        r.pointee.size = UInt32(min(UInt64(a.size), limit - a.offset))
         r.pointee.payload = a.payload
         r.pointee.flags = a.writeFlags
         return start(r, .write, reply.wire, operation.token)

@@ -48,8 +48,9 @@ enum KVCall: UInt8 {
 struct KVRequestState {
     var state: KVSlotState
     var call: KVCall
-    /// Its command went out at least once (a change lost in flight cannot be repeated).
-    var sent: Bool
+    /// When its command was last written for the server (a stall is judged by time in flight,
+    /// not by the request's age: one that waited through an outage is not the server's fault).
+    var sentAt: UInt64
     /// Bumped at every send: a reply tagged with an older one is not this request's.
     var sequence: UInt16
     var opcodeRaw: UInt32
@@ -116,8 +117,11 @@ final class KVQueue: @unchecked Sendable {
     var nextDeadlineScan: UInt64 = 0
     var completed = 0
     var reconnects = 0
-    /// The orphans of an ended session are to be reclaimed once the connection is up.
-    var orphansToReclaim = false
+    /// The functions' load at connect was refused (the server was loading its data): the
+    /// connection is made again, so the library is loaded before requests rely on it.
+    var reloadWanted = false
+    /// The tag of a connection's FUNCTION LOAD.
+    static let loadTag = UInt32.max - 1
 
     static let backoffMin: UInt64 = 10_000_000
     static let backoffMax: UInt64 = 1_000_000_000
@@ -129,13 +133,13 @@ final class KVQueue: @unchecked Sendable {
         self.device = device
         self.context = context
         slotCount = context.slotCount
-        precondition(slotCount <= Int(UInt16.max), "slots are tagged with 16 bits")
+        precondition(slotCount <= 1 << 16, "slots are tagged with 16 bits")
         precondition(context.requestContextStride == MemoryLayout<KVRequestState>.stride,
                      "request contexts of \(context.requestContextStride) bytes, not the \(MemoryLayout<KVRequestState>.stride) of the key-value backend")
         records = context.requestContext(slot: 0).bindMemory(to: KVRequestState.self, capacity: slotCount)
         // The largest command is a WRITE of 1 MiB (or the functions' text); the largest reply a READ.
         connection = KVConnection(endpoint: device.configuration.endpoint, sendBytes: 2 * FUSELimits.writeBytesMax + 65536,
-                                  receiveBytes: FUSELimits.writeBytesMax + 65536, tagsMax: slotCount + 256,
+                                  receiveBytes: FUSELimits.writeBytesMax + 65536, tagsMax: min(slotCount + 256, 1 << 16),
                                   limits: RESPLimits(bulkBytesMax: FUSELimits.writeBytesMax + 4096, arrayElementsMax: 8192, depthMax: 2))
         timeoutNanoseconds = UInt64(device.configuration.requestTimeoutMilliseconds) * 1_000_000
         waitingSlots = .allocate(capacity: slotCount)
@@ -153,7 +157,6 @@ final class KVQueue: @unchecked Sendable {
         records[slot].call = call
         records[slot].reply = reply
         records[slot].token = token
-        records[slot].sent = false
         records[slot].deadline = monotonicNanoseconds() &+ timeoutNanoseconds
         if state == .up && waitingCount == 0 && issue(slot) { return .pending }
         wait(slot)
@@ -170,7 +173,7 @@ final class KVQueue: @unchecked Sendable {
         records[slot].listingFull = false
         guard connection.queue(tag: tag(slot), { writer in writeCommand(slot, &writer) }) else { return false }
         records[slot].state = .inFlight
-        records[slot].sent = true
+        records[slot].sentAt = monotonicNanoseconds()
         inFlight += 1
         unsent = true
         return true
@@ -246,7 +249,10 @@ public struct KVBackend: FileSystem {
     /// to keep its orphans (no request of the new session exists yet).
     public mutating func deviceSessionBegins(_ session: NegotiatedSession) {
         device.opens.reset()
-        queue?.reclaimAllOrphans()
+        // Before the INIT reply goes out, so no file of the new session can be an orphan yet: a
+        // blocking exchange on the control plane (INIT is rare), not through the queue, whose
+        // connection may be down while other queues already serve the new session.
+        device.reclaimAllOrphans()
     }
 
     public mutating func attach(_ context: BackendContext) {

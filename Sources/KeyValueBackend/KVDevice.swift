@@ -198,12 +198,14 @@ public final class KVDevice: @unchecked Sendable {
     let timeoutCount = Atomic<Int>(0)
     let lostChangeCount = Atomic<Int>(0)
     let badReplyCount = Atomic<Int>(0)
+    let sessionReclaimFailures = Atomic<Int>(0)
 
     public var faultReport: String {
         "key-value server faults: \(reconnectCount.load(ordering: .relaxed)) reconnect(s), "
             + "\(timeoutCount.load(ordering: .relaxed)) request(s) failed EIO by the timeout, "
             + "\(lostChangeCount.load(ordering: .relaxed)) change(s) in flight when a connection ended failed EIO, "
-            + "\(badReplyCount.load(ordering: .relaxed)) reply(ies) refused as malformed"
+            + "\(badReplyCount.load(ordering: .relaxed)) reply(ies) refused as malformed, "
+            + "\(sessionReclaimFailures.load(ordering: .relaxed)) new session(s) whose old orphans wait for the next start"
     }
 
     public var report: String {
@@ -225,6 +227,18 @@ public final class KVDevice: @unchecked Sendable {
     deinit { prefixBytes.deallocate() }
 
     var prefix: UnsafeRawBufferPointer { UnsafeRawBufferPointer(prefixBytes) }
+
+    /// Reclaims every orphan (a new session begins: nothing is open), with a blocking exchange of
+    /// its own. A server that does not answer leaves them to the next start (counted).
+    public func reclaimAllOrphans() {
+        let now = realtimeNow()
+        let configuration = configuration
+        let replies = try? KVBlockingExchange.run(configuration.endpoint, timeoutMilliseconds: min(configuration.requestTimeoutMilliseconds, 2000), commands: [
+            ["FCALL", "dpfs_start", "0", configuration.prefix, "0", "0", String(FileType.directory | 0o755),
+             String(now.seconds), String(now.nanoseconds), String(chunkBytes)],
+        ])
+        if replies?.first?.count != 3 { sessionReclaimFailures.add(1, ordering: .relaxed) }
+    }
 
     /// Loads the functions, formats an empty store and reclaims the orphans a previous run left.
     static func start(_ configuration: KVConfiguration) throws(KVStartupError) -> (chunkBytes: Int, orphans: Int) {

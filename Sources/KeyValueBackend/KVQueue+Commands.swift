@@ -96,18 +96,6 @@ extension KVQueue {
         }
     }
 
-    /// Reclaims every orphan (a new session began: nothing is open), now or once connected:
-    /// dpfs_start does it, and formats nothing in a store that has its root.
-    func reclaimAllOrphans() {
-        guard state == .up else { orphansToReclaim = true; return }
-        orphansToReclaim = false
-        let chunk = Int64(device.chunkBytes)
-        queueControl { writer in
-            header(&writer, "dpfs_start", arguments: 6) && writer.part(0) && writer.part(0)
-                && writer.part(Int64(FileType.directory | 0o755)) && writer.part(0) && writer.part(0) && writer.part(chunk)
-        }
-    }
-
     /// Reclaims an orphan nobody has open any more (no request waits for it).
     func reclaim(_ inode: UInt64) {
         let chunk = Int64(device.chunkBytes)

@@ -41,14 +41,13 @@ extension KVQueue {
         let library = KVFunctions.library
         var text = library
         let loaded = text.withUTF8 { bytes in
-            connection.queue(tag: Self.controlTag) { writer in
+            connection.queue(tag: Self.loadTag) { writer in
                 writer.begin(parts: 4) && writer.part("FUNCTION") && writer.part("LOAD") && writer.part("REPLACE")
                     && writer.part(UnsafeRawBufferPointer(bytes))
             }
         }
         precondition(loaded, "the command buffer holds the functions")
         unsent = true
-        if orphansToReclaim { reclaimAllOrphans() }
         issueWaiting(now: now)
     }
 
@@ -86,6 +85,10 @@ extension KVQueue {
                 self.received(tag: tag, token: token, complete: complete, bytes: bytes)
             }
         } catch {
+            return teardown(now: now)
+        }
+        if reloadWanted {
+            reloadWanted = false
             teardown(now: now)
         }
     }
@@ -104,7 +107,7 @@ extension KVQueue {
     /// may have reached the server fail EIO.
     func teardown(now: UInt64) {
         connection.disconnect { tag in
-            guard tag != Self.controlTag else { return }
+            guard tag != Self.controlTag && tag != Self.loadTag else { return }
             let slot = Int(tag & 0xFFFF)
             guard records[slot].state == .inFlight, UInt16(tag >> 16) == records[slot].sequence else { return }
             if records[slot].call.repeatable {
@@ -119,12 +122,13 @@ extension KVQueue {
         scheduleReconnect(now: now)
     }
 
-    /// Requests past their deadline fail EIO; one whose command is with the server takes the
-    /// connection down with it (a stalled server answers nobody).
+    /// A command with the server longer than the timeout takes the connection down (a stalled
+    /// server answers nobody); then requests waiting past their deadline fail EIO. A request in
+    /// flight thus waits at most its deadline plus one timeout.
     func expire(now: UInt64) {
         var stalled = false
-        for slot in 0..<slotCount where records[slot].state != .free && records[slot].deadline <= now {
-            if records[slot].state == .inFlight { stalled = true }
+        for slot in 0..<slotCount where records[slot].state == .inFlight && now &- records[slot].sentAt >= timeoutNanoseconds {
+            stalled = true
         }
         if stalled { teardown(now: now) }
         var expired = 0

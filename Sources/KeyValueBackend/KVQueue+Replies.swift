@@ -20,6 +20,10 @@ extension KVQueue {
 
     func received(tag: UInt32, token: RESPToken, complete: Bool, bytes: UnsafeRawBufferPointer) {
         guard tag != Self.controlTag else { return }
+        if tag == Self.loadTag {
+            if case .error = token { reloadWanted = true }
+            return
+        }
         let slot = Int(tag & 0xFFFF)
         guard slot < slotCount, records[slot].state == .inFlight, UInt16(tag >> 16) == records[slot].sequence else { return }
         let field = records[slot].field

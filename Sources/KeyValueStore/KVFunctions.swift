@@ -462,13 +462,15 @@ redis.register_function{function_name = 'dpfs_readlink', flags = {'no-writes'}, 
   return redis.call('HGET', ikey(a[1], a[2]), 'target')
 end}
 
--- dpfs_setxattr P INO NAME VALUE FLAGS S NS (FLAGS: 1 XATTR_CREATE, 2 XATTR_REPLACE)
+-- dpfs_setxattr P INO NAME VALUE FLAGS S NS (FLAGS: 1 XATTR_CREATE, 2 XATTR_REPLACE); 256 names at most
 redis.register_function('dpfs_setxattr', function(_, a)
   local p, ino, flags = a[1], a[2], tonumber(a[5])
   if redis.call('EXISTS', ikey(p, ino)) == 0 then return fail('ENOENT') end
   local present = redis.call('HEXISTS', p .. ':x:' .. ino, a[3]) == 1
   if flags == 1 and present then return fail('EEXIST') end
   if flags == 2 and not present then return fail('ENODATA') end
+  -- At most 256 names (of at most 255 bytes): a listing fits LISTXATTR's 64 KiB.
+  if not present and redis.call('HLEN', p .. ':x:' .. ino) >= 256 then return fail('ENOSPC') end
   redis.call('HSET', p .. ':x:' .. ino, a[3], a[4])
   touch(p, ino, a[6], a[7], {'c'})
   return 0

@@ -13,9 +13,9 @@ struct KVBackendTests {
     let socket = ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"]!
     let prefix = "backend-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
 
-    func client() throws -> FUSEClient<KVBackend> {
+    func client(fileBytesMax: Int = 1 << 30) throws -> FUSEClient<KVBackend> {
         let configuration = KVConfiguration(
-            endpoint: .unix(path: socket), prefix: prefix, chunkBytes: 4096, capacityBytes: 1 << 30, fileBytesMax: 1 << 30,
+            endpoint: .unix(path: socket), prefix: prefix, chunkBytes: 4096, capacityBytes: 1 << 30, fileBytesMax: fileBytesMax,
             validity: CacheValidity(seconds: 0), openFlags: 0, openFilesMax: 16, requestTimeoutMilliseconds: 10_000)
         return FUSEClient(backend: KVBackend(device: try KVDevice(configuration: configuration)))
     }
@@ -66,5 +66,18 @@ struct KVBackendTests {
         // The open table starts empty: 16 files fit again, and the 17th does not.
         for index in 0..<16 { _ = try fs.create(1, "new-\(index)") }
         #expect(throws: FUSEFailure(errno: ENFILE)) { _ = try fs.create(1, "new-16") }
+    }
+
+    @Test("a write crossing the largest file size is cut short there; one starting at it fails EFBIG; xattrs are bounded")
+    func limits() throws {
+        let fs = try client(fileBytesMax: 1 << 20)
+        let (entry, handle) = try fs.create(1, "big")
+        #expect(try fs.write(entry.nodeID, handle, offset: (1 << 20) - 4, Array("12345678".utf8)) == 4)
+        #expect(try fs.getattr(entry.nodeID).size == 1 << 20)
+        #expect(throws: FUSEFailure(errno: EFBIG)) { _ = try fs.write(entry.nodeID, handle, offset: 1 << 20, [1]) }
+        for index in 0..<256 { try fs.setxattr(entry.nodeID, "user.x\(index)", [1]) }
+        #expect(throws: FUSEFailure(errno: ENOSPC)) { try fs.setxattr(entry.nodeID, "user.one-too-many", [1]) }
+        try fs.setxattr(entry.nodeID, "user.x7", [2])
+        #expect(try fs.getxattr(entry.nodeID, "user.x7", size: 16) == [2], "an existing name may still change")
     }
 }

@@ -17,6 +17,11 @@ import Testing
         let listener: Int32
         let lock = NSLock()
         var answers: [String: [UInt8]] = [:]
+        /// Answers given once, before `answers`.
+        var once: [String: [UInt8]] = [:]
+        /// FUNCTION LOADs seen, and how many more are answered LOADING.
+        var loads = 0
+        var loadingLoads = 0
         var running = true
 
         static let honestAttributes = "*13\r\n$1\r\n1\r\n$5\r\n16877\r\n$1\r\n0\r\n$1\r\n0\r\n$4\r\n4096\r\n$1\r\n2\r\n$1\r\n0\r\n"
@@ -69,10 +74,17 @@ import Testing
         }
 
         func respond(_ parts: [String]) -> [UInt8] {
-            if parts.first == "FUNCTION" { return Array("$7\r\ndpfs_v1\r\n".utf8) }
+            if parts.first == "FUNCTION" {
+                return lock.withLock {
+                    loads += 1
+                    guard loadingLoads > 0 else { return Array("$7\r\ndpfs_v1\r\n".utf8) }
+                    loadingLoads -= 1
+                    return Array("-LOADING Redis is loading the dataset in memory\r\n".utf8)
+                }
+            }
             guard parts.count >= 2, parts[0] == "FCALL" else { return Array("-ERR unknown\r\n".utf8) }
             if parts[1] == "dpfs_start" { return Array("*2\r\n:65536\r\n:0\r\n".utf8) }
-            return lock.withLock { answers[parts[1]] } ?? Array(Self.honestAttributes.utf8)
+            return lock.withLock { once.removeValue(forKey: parts[1]) ?? answers[parts[1]] } ?? Array(Self.honestAttributes.utf8)
         }
 
         /// One whole command at the buffer's start and its length, or nil.
@@ -177,5 +189,21 @@ import Testing
         #expect(Date().timeIntervalSince(began) < 3, "within the 600 ms deadline and a scan")
         server.answer("dpfs_getattr", FakeServer.honestAttributes)
         #expect(try client.getattr(1).mode == 0o40755, "served on a new connection")
+    }
+
+    @Test("functions refused at a reconnect (LOADING) are loaded again on a new connection before requests rely on them")
+    func reloadAfterLoading() throws {
+        let (client, server) = try Self.device()
+        defer { server.stop() }
+        #expect(try client.getattr(1).mode == 0o40755)
+        server.lock.withLock {
+            server.once["dpfs_getattr"] = Array("$999999999\r\n".utf8)   // breaks the stream: a reconnect
+            server.loadingLoads = 1                                    // whose FUNCTION LOAD is refused
+        }
+        let loadsBefore = server.lock.withLock { server.loads }
+        #expect(try client.getattr(1).mode == 0o40755, "sent again on the next connection")
+        #expect(try client.getattr(1).mode == 0o40755)
+        let loads = server.lock.withLock { server.loads } - loadsBefore
+        #expect(loads >= 2, "the refused load and the one on the next connection: \(loads)")
     }
 }
