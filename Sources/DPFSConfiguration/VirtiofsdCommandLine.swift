@@ -38,8 +38,9 @@ public struct VirtiofsdOptionError: Error, Equatable, CustomStringConvertible, S
 
 public enum VirtiofsdCommandLine {
     /// What `--print-capabilities` prints: the vhost-user back-end conventions' JSON for a file
-    /// system back-end (docs/interop/vhost-user.json in QEMU).
-    public static let capabilitiesJSON = #"{"type": "fs", "features": ["migrate-precopy", "separate-options"]}"#
+    /// system back-end (docs/interop/vhost-user.json in QEMU). No "migrate-precopy": the engine
+    /// offers no dirty-page log, so it cannot migrate.
+    public static let capabilitiesJSON = #"{"type": "fs", "features": ["separate-options"]}"#
 
     /// Options that take no effect here, with why (accepted so launchers work unchanged).
     static let ignoredOptions: [String: String] = [

@@ -45,6 +45,7 @@ import Testing
         let object = try JSONSerialization.jsonObject(with: Data(VirtiofsdCommandLine.capabilitiesJSON.utf8)) as? [String: Any]
         #expect(object?["type"] as? String == "fs")
         #expect((object?["features"] as? [String])?.contains("separate-options") == true)
+        #expect((object?["features"] as? [String])?.contains("migrate-precopy") == false, "no dirty-page log: no migration")
     }
 
     @Test("what would be misread is refused with its reason, never taken for something else", arguments: [

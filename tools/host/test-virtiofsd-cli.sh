@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# test-virtiofsd-cli.sh — dpfs-engine started the way launchers start virtiofsd (issue 11): each
+# launcher's argument list that names a socket path starts a device the load generator (dpfs-bench
+# vhost-user, playing QEMU and the guest) gets real answers from over a real share; the capabilities
+# JSON is what the vhost-user back-end conventions require; a listening descriptor (--fd, not served
+# yet), an unknown option and a refused one end the engine at once with their reason.
+# Exit status: the number of failed checks.
+#   tools/host/test-virtiofsd-cli.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+swift build -c release --product dpfs-engine >/dev/null && swift build -c release --product dpfs-bench >/dev/null || exit 1
+engine=.build/release/dpfs-engine
+work=$(mktemp -d /tmp/dpfs-virtiofsd-cli.XXXXXX)
+chmod 755 "$work"
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+failures=0
+ok() { echo "RESULT $1-ok"; }
+bad() { echo "RESULT $1-FAILED: $2"; failures=$((failures + 1)); }
+
+caps=$($engine --print-capabilities)
+if python3 -c 'import json,sys; c=json.loads(sys.argv[1]); assert c["type"]=="fs" and "migrate-precopy" not in c["features"]' "$caps"; then
+  ok capabilities
+else
+  bad capabilities "$caps"
+fi
+
+# launcher NAME ARGS...: the engine with these arguments (SOCKET and SHARE substituted) serves the load generator.
+launcher() {
+  local name=$1
+  shift
+  local sock=$work/$name.sock share=$work/share-$name args=()
+  mkdir -p "$share"
+  for a in "$@"; do a=${a//SOCKET/$sock}; args+=("${a//SHARE/$share}"); done
+  $engine "${args[@]}" >"$work/$name.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+  if .build/release/dpfs-bench vhost-user --socket "$sock" --operations getattr-file lookup-file read-file write-file \
+      --requests 200 --warmup 20 --depths 1 >"$work/$name.bench" 2>&1 && [ -s "$share/dpfs-bench.dat" ]; then
+    ok "$name"
+  else
+    bad "$name" "$(tail -3 "$work/$name.bench"; tail -3 "$work/$name.log")"
+  fi
+  kill -TERM $pid; wait $pid 2>/dev/null; pid=
+}
+launcher cloud-hypervisor --log-level debug --socket-path=SOCKET --shared-dir=SHARE --cache=never --thread-pool-size=4 --tag=myfs
+launcher kata --socket-path SOCKET --shared-dir SHARE --cache auto --thread-pool-size=1 -o announce_submounts --xattr
+launcher c-virtiofsd -o vhost_user_socket=SOCKET -o source=SHARE,cache=none -o log_level=info
+grep -q "accepted, no effect: --thread-pool-size=4" "$work/cloud-hypervisor.log" && ok ignored-option-logged \
+  || bad ignored-option-logged "no line for --thread-pool-size"
+
+# refused NAME REASON ARGS...: the engine ends at once, non-zero, saying why.
+refused() {
+  local name=$1 reason=$2
+  shift 2
+  local out status
+  out=$(timeout 10 $engine "$@" 2>&1); status=$?
+  if [ $status = 1 ] && grep -q "$reason" <<<"$out"; then ok "$name"; else bad "$name" "status $status: $out"; fi
+}
+refused fd-not-yet "not served yet" --fd=3 --shared-dir="$work" --cache=auto
+refused unknown-option "unknown virtiofsd option --frobnicate" --socket-path="$work/x.sock" --shared-dir="$work" --frobnicate
+refused readonly "read-only" --socket-path="$work/x.sock" --shared-dir="$work" --readonly
+echo "test-virtiofsd-cli: $failures failure(s)"
+exit $failures
