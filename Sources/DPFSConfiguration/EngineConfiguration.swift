@@ -48,10 +48,14 @@ public struct VhostUserSettings: Equatable, Sendable {
     /// the owner only (0600). A VMM running as another user (libvirt's `libvirt-qemu`) needs its
     /// group here.
     public var socketGroup: String = ""
+    /// A socket the launcher already listens on and hands over (virtiofsd's `--fd`, as libvirt and
+    /// Kata pass it); `socketPath` then only names it in reports. Nil: bind `socketPath`.
+    public var listeningDescriptor: Int32? = nil
 
-    public init(socketPath: String, socketGroup: String = "") {
+    public init(socketPath: String, socketGroup: String = "", listeningDescriptor: Int32? = nil) {
         self.socketPath = socketPath
         self.socketGroup = socketGroup
+        self.listeningDescriptor = listeningDescriptor
     }
 }
 

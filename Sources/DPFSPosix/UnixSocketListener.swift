@@ -31,10 +31,11 @@ public struct ListeningSocket: Sendable {
     let device: UInt64
     let inode: UInt64
 
-    /// Closes the socket and removes its file if the path still names it.
+    /// Closes the socket and removes its file if the path still names it (an adopted socket has
+    /// no path of ours).
     public func close() {
         var status = stat()
-        if lstat(path, &status) == 0, UInt64(status.st_dev) == device, UInt64(status.st_ino) == inode {
+        if !path.isEmpty, lstat(path, &status) == 0, UInt64(status.st_dev) == device, UInt64(status.st_ino) == inode {
             _ = unlink(path)
         }
         _ = Glibc.close(fd)
@@ -42,6 +43,25 @@ public struct ListeningSocket: Sendable {
 }
 
 public enum UnixSocketListener {
+    /// Takes a socket another process bound and listens on (a launcher's `--fd`): it must be a
+    /// listening Unix stream socket, so a wrong number is refused instead of served. Its file,
+    /// if any, is the launcher's and is never removed here.
+    public static func adopt(descriptor fd: Int32) throws(SocketPathError) -> ListeningSocket {
+        func option(_ name: Int32) -> Int32? {
+            var value: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            return getsockopt(fd, SOL_SOCKET, name, &value, &length) == 0 ? value : nil
+        }
+        guard let domain = option(SO_DOMAIN), let type = option(SO_TYPE), let listening = option(SO_ACCEPTCONN) else {
+            throw SocketPathError("descriptor \(fd) is not a socket: \(describe(errno))")
+        }
+        guard domain == AF_UNIX, type == Int32(SOCK_STREAM.rawValue), listening == 1 else {
+            throw SocketPathError("descriptor \(fd) is not a listening Unix stream socket")
+        }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        return ListeningSocket(fd: fd, path: "", device: 0, inode: 0)
+    }
+
     /// How long a start-up waits for another engine that is binding in the same directory.
     static let directoryLockWaitMilliseconds = 5_000
 

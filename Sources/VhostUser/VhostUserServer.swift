@@ -29,6 +29,15 @@ public final class VhostUserServer<B: Backend>: @unchecked Sendable {
         listener = socket.fd
     }
 
+    /// Serves on a socket the launcher bound and listens on (`name` only labels it in reports).
+    public init(adopting descriptor: Int32, name: String, device: VhostUserDevice<B>, logger: Logger) throws(SocketPathError) {
+        socketPath = name
+        self.device = device
+        self.logger = logger
+        socket = try UnixSocketListener.adopt(descriptor: descriptor)
+        listener = socket.fd
+    }
+
     deinit {
         socket.close()
     }

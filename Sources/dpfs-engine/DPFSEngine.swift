@@ -39,6 +39,9 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("fuse-mount"), help: "Mount the backend on this host directory through /dev/fuse (one device; root).")
     var fuseMount: String?
 
+    @Option(name: .customLong("vhost-user-fd"), help: "A listening Unix socket the launcher hands over, by descriptor number (one device; virtiofsd's --fd).")
+    var listeningDescriptor: Int32?
+
     @Option(name: .customLong("socket-group"), help: "Group (name or number) that may connect to the vhost-user socket besides its owner (mode 0660; default: owner only, 0600).")
     var socketGroup: String?
 
@@ -78,8 +81,8 @@ struct DPFSEngine: ParsableCommand {
     var backendArguments: [String] = []
 
     func validate() throws {
-        guard [config != nil, socket != nil, fuseMount != nil].filter({ $0 }).count == 1 else {
-            throw ValidationError("give one of --config FILE, --vhost-user-socket PATH or --fuse-mount DIR")
+        guard [config != nil, socket != nil, listeningDescriptor != nil, fuseMount != nil].filter({ $0 }).count == 1 else {
+            throw ValidationError("give one of --config FILE, --vhost-user-socket PATH, --vhost-user-fd N or --fuse-mount DIR")
         }
     }
 
@@ -132,6 +135,10 @@ struct DPFSEngine: ParsableCommand {
             let hostMountOptions = [fuseTransport != nil, fusePassthrough, fuseAllowOther, ringDepth != nil]
             guard !hostMountOptions.contains(true) else {
                 throw ValidationError("--fuse-transport, --fuse-passthrough, --fuse-allow-other and --ring-depth are only for --fuse-mount")
+            }
+            if let listeningDescriptor {
+                guard socketGroup == nil else { throw ValidationError("--socket-group is for a socket the engine binds, not --vhost-user-fd") }
+                return .vhostUser(VhostUserSettings(socketPath: "fd \(listeningDescriptor)", listeningDescriptor: listeningDescriptor))
             }
             return .vhostUser(VhostUserSettings(socketPath: socket ?? "", socketGroup: socketGroup ?? ""))
         }
@@ -288,7 +295,11 @@ extension DPFSEngine {
         let access: SocketAccess
         do throws(SocketPathError) {
             access = SocketAccess(groupID: socket.socketGroup.isEmpty ? nil : try UnixSocketListener.groupID(named: socket.socketGroup))
-            server = try VhostUserServer(socketPath: socket.socketPath, access: access, device: vhostDevice, logger: logger)
+            if let descriptor = socket.listeningDescriptor {
+                server = try VhostUserServer(adopting: descriptor, name: socket.socketPath, device: vhostDevice, logger: logger)
+            } else {
+                server = try VhostUserServer(socketPath: socket.socketPath, access: access, device: vhostDevice, logger: logger)
+            }
         } catch {
             throw StartupError("device \(device.name): \(error)")
         }

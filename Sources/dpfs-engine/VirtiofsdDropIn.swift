@@ -5,7 +5,6 @@ import Glibc
 
 // dpfs-engine started the way launchers start virtiofsd (issue 11): the arguments are read by
 // VirtiofsdCommandLine and served as dpfs-engine's own one-device command line, passthrough backend.
-// Not yet: a listening descriptor handed over with --fd (libvirt, Kata) is refused with its reason.
 
 extension DPFSEngine {
     /// The entry point: virtiofsd-style arguments are translated, anything else is ours.
@@ -28,15 +27,18 @@ extension DPFSEngine {
     /// The same device in dpfs-engine's own options, with a line on standard error for every
     /// option that has no effect here.
     static func ownArguments(_ invocation: VirtiofsdInvocation) throws(VirtiofsdOptionError) -> [String] {
-        guard case .socketPath(let path)? = invocation.listener else {
-            throw VirtiofsdOptionError("--fd (a socket the launcher listens on) is not served yet: give --socket-path=PATH")
+        let listener: [String]
+        switch invocation.listener {
+        case .socketPath(let path)?: listener = ["--vhost-user-socket", path]
+        case .descriptor(let fd)?: listener = ["--vhost-user-fd", String(fd)]
+        case nil: preconditionFailure("VirtiofsdCommandLine.parse requires a listener")
         }
         var notes = invocation.ignored
         if !invocation.xattr { notes.append("xattrs off: the passthrough backend serves extended attributes whatever the setting") }
         if let limit = invocation.rlimitNofile { notes.append("--rlimit-nofile=\(limit): the engine sizes RLIMIT_NOFILE from its own tables") }
         for note in notes { FileHandleStandardError.write("dpfs-engine: accepted, no effect: \(note)\n") }
         let level = invocation.logLevel == "off" ? "critical" : invocation.logLevel
-        return ["--vhost-user-socket", path, "--backend", "passthrough", "--shared-dir", invocation.sharedDirectory!,
+        return listener + ["--backend", "passthrough", "--shared-dir", invocation.sharedDirectory!,
                 "--cache", invocation.cache.rawValue, "--log-level", level]
     }
 }

@@ -2,8 +2,10 @@
 # test-virtiofsd-cli.sh — dpfs-engine started the way launchers start virtiofsd (issue 11): each
 # launcher's argument list that names a socket path starts a device the load generator (dpfs-bench
 # vhost-user, playing QEMU and the guest) gets real answers from over a real share; the capabilities
-# JSON is what the vhost-user back-end conventions require; a listening descriptor (--fd, not served
-# yet), an unknown option and a refused one end the engine at once with their reason.
+# JSON is what the vhost-user back-end conventions require; libvirt's and Kata's lists, whose socket
+# the launcher binds and hands over (--fd), serve the same way and leave the socket file to its
+# owner; a descriptor that is no listening socket, an unknown option and a refused one end the
+# engine at once with their reason.
 # Exit status: the number of failed checks.
 #   tools/host/test-virtiofsd-cli.sh
 set -uo pipefail
@@ -44,8 +46,38 @@ launcher() {
   kill -TERM $pid; wait $pid 2>/dev/null; pid=
 }
 launcher cloud-hypervisor --log-level debug --socket-path=SOCKET --shared-dir=SHARE --cache=never --thread-pool-size=4 --tag=myfs
-launcher kata --socket-path SOCKET --shared-dir SHARE --cache auto --thread-pool-size=1 -o announce_submounts --xattr
+launcher kata-path --socket-path SOCKET --shared-dir SHARE --cache auto --thread-pool-size=1 -o announce_submounts --xattr
 launcher c-virtiofsd -o vhost_user_socket=SOCKET -o source=SHARE,cache=none -o log_level=info
+# libvirt 9.0 and Kata: the launcher binds and listens, and hands the socket over by number.
+fd_launcher() {
+  local name=$1
+  shift
+  local sock=$work/$name.sock share=$work/share-$name
+  mkdir -p "$share"
+  python3 - "$engine" "$sock" "$share" "$@" >"$work/$name.log" 2>&1 <<'PY' &
+import os, socket, sys
+engine, path, share, *arguments = sys.argv[1:]
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen(1)
+fd = listener.fileno()
+os.set_inheritable(fd, True)
+os.execv(engine, [engine] + [a.replace("FD", str(fd)).replace("SHARE", share) for a in arguments])
+PY
+  pid=$!
+  for _ in $(seq 100); do grep -q "ready" "$work/$name.log" 2>/dev/null && break; sleep 0.05; done
+  if .build/release/dpfs-bench vhost-user --socket "$sock" --operations getattr-file lookup-file read-file write-file \
+      --requests 200 --warmup 20 --depths 1 >"$work/$name.bench" 2>&1 && [ -s "$share/dpfs-bench.dat" ]; then
+    ok "$name"
+  else
+    bad "$name" "$(tail -3 "$work/$name.bench"; tail -3 "$work/$name.log")"
+  fi
+  kill -TERM $pid; wait $pid 2>/dev/null; pid=
+  [ -S "$sock" ] && ok "$name-socket-left-to-its-owner" || bad "$name-socket-left-to-its-owner" "the engine removed the launcher's socket file"
+}
+fd_launcher libvirt-compat --fd=FD -o source=SHARE,cache=always,xattr
+fd_launcher libvirt-separate --fd=FD --shared-dir SHARE --cache always --xattr --thread-pool-size=16
+fd_launcher kata --syslog --cache=auto --shared-dir=SHARE --fd=FD --thread-pool-size=1 --announce-submounts
 grep -q "accepted, no effect: --thread-pool-size=4" "$work/cloud-hypervisor.log" && ok ignored-option-logged \
   || bad ignored-option-logged "no line for --thread-pool-size"
 
@@ -57,7 +89,7 @@ refused() {
   out=$(timeout 10 $engine "$@" 2>&1); status=$?
   if [ $status = 1 ] && grep -q "$reason" <<<"$out"; then ok "$name"; else bad "$name" "status $status: $out"; fi
 }
-refused fd-not-yet "not served yet" --fd=3 --shared-dir="$work" --cache=auto
+refused fd-not-a-socket "is not a socket" --fd=0 --shared-dir="$work" --cache=auto </dev/null
 refused unknown-option "unknown virtiofsd option --frobnicate" --socket-path="$work/x.sock" --shared-dir="$work" --frobnicate
 refused readonly "read-only" --socket-path="$work/x.sock" --shared-dir="$work" --readonly
 echo "test-virtiofsd-cli: $failures failure(s)"
