@@ -92,5 +92,12 @@ refused() {
 refused fd-not-a-socket "is not a socket" --fd=0 --shared-dir="$work" --cache=auto </dev/null
 refused unknown-option "unknown virtiofsd option --frobnicate" --socket-path="$work/x.sock" --shared-dir="$work" --frobnicate
 refused readonly "read-only" --socket-path="$work/x.sock" --shared-dir="$work" --readonly
+# The vhost-user descriptor libvirt looks for: a file-system back-end naming this binary.
+descriptor=$(tools/install-vhost-user-descriptor.sh --binary "$(pwd)/$engine" --directory "$work/vhost-user")
+if python3 -c 'import json,os,sys; d=json.load(open(sys.argv[1])); assert d["type"]=="fs" and os.access(d["binary"], os.X_OK)' "$descriptor"; then
+  ok descriptor
+else
+  bad descriptor "$(cat "$descriptor" 2>&1)"
+fi
 echo "test-virtiofsd-cli: $failures failure(s)"
 exit $failures
