@@ -27,6 +27,18 @@ else
   bad capabilities "$caps"
 fi
 
+# serves NAME SOCKET SHARE: the load generator reads and writes through the engine's socket, and its
+# file is in the share.
+serves() {
+  local name=$1 sock=$2 share=$3
+  if .build/release/dpfs-bench vhost-user --socket "$sock" --operations getattr-file lookup-file read-file write-file \
+      --requests 200 --warmup 20 --depths 1 >"$work/$name.bench" 2>&1 && [ -s "$share/dpfs-bench.dat" ]; then
+    ok "$name"
+  else
+    bad "$name" "$(tail -3 "$work/$name.bench"; tail -3 "$work/$name.log")"
+  fi
+}
+
 # launcher NAME ARGS...: the engine with these arguments (SOCKET and SHARE substituted) serves the load generator.
 launcher() {
   local name=$1
@@ -37,12 +49,7 @@ launcher() {
   $engine "${args[@]}" >"$work/$name.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-  if .build/release/dpfs-bench vhost-user --socket "$sock" --operations getattr-file lookup-file read-file write-file \
-      --requests 200 --warmup 20 --depths 1 >"$work/$name.bench" 2>&1 && [ -s "$share/dpfs-bench.dat" ]; then
-    ok "$name"
-  else
-    bad "$name" "$(tail -3 "$work/$name.bench"; tail -3 "$work/$name.log")"
-  fi
+  serves "$name" "$sock" "$share"
   kill -TERM $pid; wait $pid 2>/dev/null; pid=
 }
 launcher cloud-hypervisor --log-level debug --socket-path=SOCKET --shared-dir=SHARE --cache=never --thread-pool-size=4 --tag=myfs
@@ -66,12 +73,7 @@ os.execv(engine, [engine] + [a.replace("FD", str(fd)).replace("SHARE", share) fo
 PY
   pid=$!
   for _ in $(seq 100); do grep -q "ready" "$work/$name.log" 2>/dev/null && break; sleep 0.05; done
-  if .build/release/dpfs-bench vhost-user --socket "$sock" --operations getattr-file lookup-file read-file write-file \
-      --requests 200 --warmup 20 --depths 1 >"$work/$name.bench" 2>&1 && [ -s "$share/dpfs-bench.dat" ]; then
-    ok "$name"
-  else
-    bad "$name" "$(tail -3 "$work/$name.bench"; tail -3 "$work/$name.log")"
-  fi
+  serves "$name" "$sock" "$share"
   kill -TERM $pid; wait $pid 2>/dev/null; pid=
   [ -S "$sock" ] && ok "$name-socket-left-to-its-owner" || bad "$name-socket-left-to-its-owner" "the engine removed the launcher's socket file"
 }
