@@ -20,6 +20,8 @@ public struct KVBackendFactory: BackendFactory {
                     help: "MiB of file data the store may hold: ENOSPC past it, and what statfs reports"),
             Setting("kv_file_mb", .integer(1...(KVConfiguration.fileBytesLimit >> 20)), default: .integer(KVConfiguration.fileBytesLimit >> 20),
                     help: "MiB one file may grow to (EFBIG past it)"),
+            Setting("kv_inodes_max", .integer(16...(1 << 32)), default: .integer(1 << 20),
+                    help: "files, directories and links the store may hold (ENOSPC past it)"),
             Setting("kv_timeout_ms", .integer(10...600_000), default: .integer(10_000),
                     help: "a request not answered in this many milliseconds fails EIO"),
         ],
@@ -43,7 +45,8 @@ public struct KVBackendFactory: BackendFactory {
                 endpoint: try KVEndpoint.parse(settings.string("kv_url")), prefix: settings.string("kv_prefix"),
                 chunkBytes: settings.integer("kv_chunk_kb") << 10, capacityBytes: settings.integer("kv_capacity_mb") << 20,
                 fileBytesMax: settings.integer("kv_file_mb") << 20, validity: mode.validity, openFlags: mode.openFlags,
-                openFilesMax: settings.integer("open_files_max"), requestTimeoutMilliseconds: settings.integer("kv_timeout_ms"))
+                openFilesMax: settings.integer("open_files_max"), requestTimeoutMilliseconds: settings.integer("kv_timeout_ms"),
+                inodesMax: settings.integer("kv_inodes_max"))
             device = try KVDevice(configuration: configuration)
         } catch {
             throw BackendStartError("\(error)")

@@ -19,6 +19,9 @@ public struct KVConfiguration: Sendable {
     /// File bytes the store may hold (ENOSPC past it), and one file's size at most (EFBIG).
     public var capacityBytes: Int
     public var fileBytesMax: Int
+    /// Inodes the store may hold (files, directories, links, nodes): ENOSPC at the bound, so one
+    /// tenant cannot fill a shared server with empty files.
+    public var inodesMax: Int
     public var validity: CacheValidity
     public var openFlags: UInt32
     public var openFilesMax: Int
@@ -32,11 +35,13 @@ public struct KVConfiguration: Sendable {
     public static let fileBytesLimit = 1 << 36
 
     public init(endpoint: KVEndpoint, prefix: String, chunkBytes: Int, capacityBytes: Int, fileBytesMax: Int,
-                validity: CacheValidity, openFlags: UInt32, openFilesMax: Int, requestTimeoutMilliseconds: Int) {
+                validity: CacheValidity, openFlags: UInt32, openFilesMax: Int, requestTimeoutMilliseconds: Int,
+                inodesMax: Int = 1 << 20) {
         precondition(Self.prefixProblem(prefix) == nil)
         precondition(Self.chunkBytesRange.contains(chunkBytes) && chunkBytes & (chunkBytes - 1) == 0)
         precondition(capacityBytes > 0 && fileBytesMax > 0 && fileBytesMax <= Self.fileBytesLimit)
-        precondition(openFilesMax >= 16 && requestTimeoutMilliseconds >= 10)
+        precondition(openFilesMax >= 16 && requestTimeoutMilliseconds >= 10 && inodesMax >= 2)
+        self.inodesMax = inodesMax
         self.endpoint = endpoint
         self.prefix = prefix
         self.chunkBytes = chunkBytes

@@ -45,9 +45,9 @@ extension KVQueue {
         case .create:
             let target = r.secondName.count > 0 ? r.secondName : UnsafeRawBufferPointer(start: nil, count: 0)
             let shared: Int64 = r.flags & UInt32(O_EXCL) == 0 && r.opcodeRaw == FUSEOpcode.create.rawValue ? 1 : 0
-            return header(&writer, "dpfs_create", arguments: 10) && number(&writer, r.nodeID) && writer.part(r.name)
+            return header(&writer, "dpfs_create", arguments: 11) && number(&writer, r.nodeID) && writer.part(r.name)
                 && writer.part(Int64(r.mode)) && writer.part(Int64(r.uid)) && writer.part(Int64(r.gid)) && writer.part(Int64(r.rdev))
-                && time(&writer, r.now) && writer.part(target) && writer.part(shared)
+                && time(&writer, r.now) && writer.part(target) && writer.part(shared) && writer.part(Int64(device.configuration.inodesMax))
         case .unlink:
             return header(&writer, "dpfs_unlink", arguments: 4) && number(&writer, r.nodeID) && writer.part(r.name) && time(&writer, r.now)
         case .rmdir:

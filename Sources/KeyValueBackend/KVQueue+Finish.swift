@@ -136,9 +136,10 @@ extension KVQueue {
         case .statfs:
             let capacity = UInt64(device.configuration.capacityBytes)
             let used = min(v[0], capacity)
+            let inodes = UInt64(device.configuration.inodesMax)
             reply.statistics(FileSystemStatistics(
                 blocks: capacity / 4096, blocksFree: (capacity - used) / 4096, blocksAvailable: (capacity - used) / 4096,
-                files: v[1] + (1 << 32), filesFree: 1 << 32, blockSizeBytes: 4096, nameBytesMax: UInt32(FUSELimits.nameBytesMax),
+                files: inodes, filesFree: inodes - min(v[1], inodes), blockSizeBytes: 4096, nameBytesMax: UInt32(FUSELimits.nameBytesMax),
                 fragmentSizeBytes: 4096))
         }
     }

@@ -14,6 +14,7 @@
 //                     from the directory's `seq`), so offsets stay stable while entries come and go
 //   P:x:INO           extended attributes: name -> value
 //   P:meta            the store's chunk size (fixed when formatted); P:bytes the file bytes held
+//   P:inodes          inodes that exist (the bound a device sets on them, and what dpfs_check counts)
 //   P:c:INO:INDEX     file data in chunks of a fixed size (a missing or short chunk reads as zeros)
 //   P:orphans         inodes with no name left (unlinked while open): reclaimed by `dpfs_reclaim`
 //                     when the last open ends, and all of them at the next start
@@ -92,6 +93,7 @@ local function delete_inode(p, ino, chunk)
     for index = 0, chunks_of(size, chunk) - 1 do redis.call('DEL', ckey(p, ino, index)) end
     account(p, -size)
   end
+  if mode then redis.call('DECR', p .. ':inodes') end
   redis.call('DEL', ikey(p, ino), dkey(p, ino), okey(p, ino), p .. ':x:' .. ino)
   redis.call('SREM', p .. ':orphans', ino)
 end
@@ -108,6 +110,7 @@ redis.register_function('dpfs_format', function(_, a)
   local p = a[1]
   if redis.call('EXISTS', ikey(p, 1)) == 1 then return attrs(p, 1) end
   redis.call('SET', p .. ':next', 1)
+  redis.call('SET', p .. ':inodes', 1)
   redis.call('HSET', ikey(p, 1), 'mode', a[4], 'uid', a[2], 'gid', a[3], 'size', 4096, 'nlink', 2, 'rdev', 0,
              'as', a[5], 'an', a[6], 'ms', a[5], 'mn', a[6], 'cs', a[5], 'cn', a[6], 'parent', 1)
   return attrs(p, 1)
@@ -126,8 +129,9 @@ redis.register_function{function_name = 'dpfs_lookup', flags = {'no-writes'}, ca
   return attrs(a[1], ino)
 end}
 
--- dpfs_create P PARENT NAME MODE UID GID RDEV S NS TARGET [SHARED]: a file, directory, symlink or
--- node. SHARED '1' (an open(2) with O_CREAT and no O_EXCL): a regular file of that name is answered.
+-- dpfs_create P PARENT NAME MODE UID GID RDEV S NS TARGET [SHARED [INODES]]: a file, directory,
+-- symlink or node. SHARED '1' (an open(2) with O_CREAT and no O_EXCL): a regular file of that name
+-- is answered. INODES: how many inodes the store may hold (ENOSPC at the bound).
 redis.register_function('dpfs_create', function(_, a)
   local p, parent, name, mode = a[1], a[2], a[3], a[4]
   local pmode, errno = directory(p, parent)
@@ -144,8 +148,10 @@ redis.register_function('dpfs_create', function(_, a)
     if a[11] == '1' and ftype(redis.call('HGET', ikey(p, existing), 'mode')) == REG then return attrs(p, existing) end
     return fail('EEXIST')
   end
-  local ino = redis.call('INCR', p .. ':next')
   local kind = ftype(mode)
+  if a[12] and tonumber(redis.call('GET', p .. ':inodes') or '0') >= tonumber(a[12]) then return fail('ENOSPC') end
+  local ino = redis.call('INCR', p .. ':next')
+  redis.call('INCR', p .. ':inodes')
   local size = 0
   if kind == DIR then size = 4096 elseif kind == LNK then size = #a[10] end
   redis.call('HSET', ikey(p, ino), 'mode', mode, 'uid', a[5], 'gid', gid, 'size', size,
@@ -496,10 +502,10 @@ redis.register_function('dpfs_removexattr', function(_, a)
   return 0
 end)
 
--- dpfs_statfs P: file bytes held, inode numbers handed out, orphans waiting.
+-- dpfs_statfs P: file bytes held, inodes that exist, orphans waiting.
 redis.register_function{function_name = 'dpfs_statfs', flags = {'no-writes'}, callback = function(_, a)
   local p = a[1]
-  return {tonumber(redis.call('GET', p .. ':bytes') or '0'), tonumber(redis.call('GET', p .. ':next') or '0'),
+  return {tonumber(redis.call('GET', p .. ':bytes') or '0'), tonumber(redis.call('GET', p .. ':inodes') or '0'),
           redis.call('SCARD', p .. ':orphans')}
 end}
 
@@ -518,8 +524,18 @@ redis.register_function('dpfs_start', function(_, a)
   local p = a[1]
   if redis.call('EXISTS', ikey(p, 1)) == 0 then
     redis.call('SET', p .. ':next', 1)
+    redis.call('SET', p .. ':inodes', 1)
     redis.call('HSET', ikey(p, 1), 'mode', a[4], 'uid', a[2], 'gid', a[3], 'size', 4096, 'nlink', 2, 'rdev', 0,
                'as', a[5], 'an', a[6], 'ms', a[5], 'mn', a[6], 'cs', a[5], 'cn', a[6], 'parent', 1)
+  end
+  if redis.call('EXISTS', p .. ':inodes') == 0 then
+    -- A store made before the count was kept: count once.
+    local cursor, count = '0', 0
+    repeat
+      local page = redis.call('SCAN', cursor, 'MATCH', p .. ':i:*', 'COUNT', 1000)
+      cursor, count = page[1], count + #page[2]
+    until cursor == '0'
+    redis.call('SET', p .. ':inodes', count)
   end
   if not redis.call('HGET', p .. ':meta', 'chunk') then redis.call('HSET', p .. ':meta', 'chunk', a[7]) end
   local chunk = tonumber(redis.call('HGET', p .. ':meta', 'chunk'))
@@ -554,10 +570,11 @@ redis.register_function{function_name = 'dpfs_check', flags = {'no-writes'}, cal
       end
     end
   end
-  local cursor = '0'
+  local cursor, inodes = '0', 0
   repeat
     local page = redis.call('SCAN', cursor, 'MATCH', p .. ':i:*', 'COUNT', 1000)
     cursor = page[1]
+    inodes = inodes + #page[2]
     for _, key in ipairs(page[2]) do
       local ino = string.sub(key, #p + 4)
       local mode = redis.call('HGET', key, 'mode')
@@ -573,6 +590,7 @@ redis.register_function{function_name = 'dpfs_check', flags = {'no-writes'}, cal
       end
     end
   until cursor == '0'
+  if tonumber(redis.call('GET', p .. ':inodes') or '-1') ~= inodes then problems[#problems + 1] = 'inode count' end
   return problems
 end}
 """#
