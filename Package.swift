@@ -55,7 +55,10 @@ let package = Package(
         ),
         // The contract every backend is written against: typed per-operation arguments and replies,
         // defaults for what a backend does not answer, and the one opcode switch (FileSystem).
-        .target(name: "BackendKit", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "DPFSConfiguration"], swiftSettings: swiftSettings),
+        // Metrics for Prometheus, pure: a scrape copies every queue's counters (relaxed loads) and
+        // renders the text exposition format.
+        .target(name: "EngineMetrics", dependencies: ["CDPFS", "DPFSCore", "FUSEWire"], swiftSettings: swiftSettings),
+        .target(name: "BackendKit", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "DPFSConfiguration", "EngineMetrics"], swiftSettings: swiftSettings),
         .target(name: "NullBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "BackendKit", "DPFSConfiguration"], swiftSettings: swiftSettings),
         // A host directory shared with the guest: confined openat2 resolution, the caller's
         // credentials, io_uring data path, inode and open-file tables shared by a device's queues.
@@ -107,6 +110,7 @@ let package = Package(
             name: "dpfs-engine",
             dependencies: [
                 "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSBackends", "VhostUser", "FUSEDevice", "DPFSConfiguration", "CDPFS",
+                "EngineMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -142,7 +146,7 @@ let package = Package(
             name: "DPFSCoreTests",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "LoopbackTransport", "NullBackend", "PassthroughBackend", "DPFSPosix",
-                "DPFSTestSupport", "VhostUser", "VhostUserProtocol", "RESP", "KeyValueStore", "KeyValueBackend", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends",
+                "DPFSTestSupport", "VhostUser", "VhostUserProtocol", "RESP", "KeyValueStore", "KeyValueBackend", "VhostUserFrontend", "DPFSConfiguration", "CDPFS", "NFSBackend", "BackendKit", "ExampleBackend", "DPFSBackends", "EngineMetrics",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -10,6 +10,7 @@ packages=(
   spin gcc                                             # model checking Specs/slot-ring.pml
   python3 fio                                          # host-mount checks (tools/host) and benchmarks
   redis-server                                         # the key-value backend's server (tools/redis-server.sh)
+  prometheus                                           # promtool checks the engine's /metrics (tools/host/test-metrics.sh)
 )
 if [ "${1:-}" = guest ]; then
   packages+=(qemu-system-x86 busybox-static cpio)      # tools/guest: QEMU (and the C virtiofsd), initramfs

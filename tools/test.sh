@@ -61,6 +61,8 @@ step "who can reach the engine: sockets 0600/0660 under any umask, nobody gets E
   tools/host/test-socket-security.sh
 step "dpfs-engine started as launchers start virtiofsd (cloud-hypervisor, Kata, the C virtiofsd's -o): a working device; --print-capabilities; refusals" \
   tools/host/test-virtiofsd-cli.sh
+step "/metrics while serving: promtool accepts every scrape, counters match the load sent, controls fail" \
+  tools/host/test-metrics.sh
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
 step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
 step "guests store files through the passthrough backend (6.1, reboot, 6.12 multi-queue, two tenants)" tools/guest/test-passthrough.sh

@@ -1,5 +1,7 @@
 import DPFSConfiguration
 import DPFSCore
+// Backends name BackendCounter through BackendKit, the one module they are written against.
+@_exported import struct EngineMetrics.BackendCounter
 import FUSEWire
 
 // How a backend module describes itself to the engine (docs/writing-a-backend.md, "Registering"):
@@ -58,12 +60,17 @@ public protocol BackendFactory {
 
     /// One line for the stop log (faults seen, reconnects), or nil.
     func stopReport() -> String?
+
+    /// What the backend counts on its control plane (reconnects, timeouts), for `/metrics`; read
+    /// while the device serves, so from shared atomics, never from a queue's own memory.
+    func metricsCounters() -> [BackendCounter]
 }
 
 extension BackendFactory {
     public var warnings: [String] { [] }
     public func hostMounted(sessionFD: Int32) {}
     public func stopReport() -> String? { nil }
+    public func metricsCounters() -> [BackendCounter] { [] }
 }
 
 /// Settings several backends share, declared once so their keys, ranges and defaults cannot drift.

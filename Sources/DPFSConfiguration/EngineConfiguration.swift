@@ -178,10 +178,13 @@ public struct DeviceConfiguration: Equatable, Sendable {
 
 public struct EngineConfiguration: Equatable, Sendable {
     public var logLevel: String
+    /// Where `/metrics` is served (IPv4 HOST:PORT); nil: nowhere.
+    public var metricsAddress: String?
     public var devices: [DeviceConfiguration]
 
-    public init(logLevel: String = "info", devices: [DeviceConfiguration]) {
+    public init(logLevel: String = "info", metricsAddress: String? = nil, devices: [DeviceConfiguration]) {
         self.logLevel = logLevel
+        self.metricsAddress = metricsAddress
         self.devices = devices
     }
 
@@ -200,11 +203,18 @@ public struct EngineConfiguration: Equatable, Sendable {
             throw ConfigurationError(line: stray.line, "key '\(stray.key)' outside any table")
         }
         var logLevel = "info"
+        var metricsAddress: String?
         for entry in document.tables["engine"]?.entries ?? [] {
-            guard entry.key == "log_level" else { throw ConfigurationError(line: entry.line, "unknown key '\(entry.key)' in [engine]") }
-            logLevel = try DeviceEntries.string(entry)
-            guard logLevels.contains(logLevel) else {
-                throw ConfigurationError(line: entry.line, "log_level must be one of \(logLevels.joined(separator: ", "))")
+            switch entry.key {
+            case "log_level":
+                logLevel = try DeviceEntries.string(entry)
+                guard logLevels.contains(logLevel) else {
+                    throw ConfigurationError(line: entry.line, "log_level must be one of \(logLevels.joined(separator: ", "))")
+                }
+            case "metrics_address":
+                metricsAddress = try DeviceEntries.string(entry)
+            default:
+                throw ConfigurationError(line: entry.line, "unknown key '\(entry.key)' in [engine]")
             }
         }
         var devices: [DeviceConfiguration] = []
@@ -214,7 +224,7 @@ public struct EngineConfiguration: Equatable, Sendable {
         }
         guard !devices.isEmpty else { throw ConfigurationError(line: 0, "no [[device]] configured") }
         try checkDistinct(devices)
-        return EngineConfiguration(logLevel: logLevel, devices: devices)
+        return EngineConfiguration(logLevel: logLevel, metricsAddress: metricsAddress, devices: devices)
     }
 
     /// No two devices share a name, a socket or a mount point, however the paths are spelled (two

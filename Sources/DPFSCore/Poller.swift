@@ -49,9 +49,7 @@ public struct PollerConfiguration: Sendable {
         CompletionRing.plan(&plan, capacity: completionRingCapacity)
         plan.reserve(UInt32.self, count: slotCount)   // free list
         plan.reserve(UInt32.self, count: slotCount)   // completed list
-        plan.reserve(PollerMetrics.self, count: 1)
-        plan.reserve(UInt64.self, count: PollerMetrics.opcodeCountSlots)
-        plan.reserve(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
+        PollerCounters.plan(&plan)
         SharedSession.plan(&plan)
         PollerWake.plan(&plan)
         return plan.bytes
@@ -126,16 +124,12 @@ public struct Poller<T: Transport, B: Backend> {
     public let slots: SlotTable
     /// Backend threads push completion tokens here.
     public let completions: CompletionRing
-    public let metrics: UnsafeMutablePointer<PollerMetrics>
-    /// Time spent in each state, in cycles (index = `SlotState.rawValue`), for one request in
-    /// `stateSamplingInterval`: recording every transition of every request cost ~10 ns a request.
-    public let stateHistograms: UnsafeMutablePointer<UInt64>
+    /// Everything this poller counts (it alone writes them; the control plane may read while it runs).
+    public let counters: PollerCounters
+    @inlinable public var metrics: UnsafeMutablePointer<PollerMetrics> { counters.metrics }
+    /// Time spent in each state is recorded for one request in `stateSamplingInterval`: recording
+    /// every transition of every request cost ~10 ns a request.
     public static var stateSamplingInterval: UInt64 { 16 }
-    /// Requests dispatched, by opcode (`PollerMetrics.opcodeCountSlot`): what the engine itself
-    /// served. Plain counters the poller alone writes.
-    public let opcodeCounts: UnsafeMutablePointer<UInt64>
-    /// Time from fetch to publish of each request, in cycles: the engine's whole share of its latency.
-    public let residenceHistogram: LatencyHistogram
     /// The device's FUSE session, shared with the pollers of its other queues.
     public let session: SharedSession
     /// How other threads wake this poller when it sleeps.
@@ -163,12 +157,7 @@ public struct Poller<T: Transport, B: Backend> {
         freeList = arena.allocate(UInt32.self, count: configuration.slotCount)
         completedList = arena.allocate(UInt32.self, count: configuration.slotCount)
         self.session = session ?? SharedSession(arena: &arena)
-        metrics = arena.allocate(PollerMetrics.self, count: 1)
-        metrics.initialize(to: PollerMetrics())
-        opcodeCounts = arena.allocate(UInt64.self, count: PollerMetrics.opcodeCountSlots)
-        opcodeCounts.initialize(repeating: 0, count: PollerMetrics.opcodeCountSlots)
-        stateHistograms = arena.allocate(UInt64.self, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
-        residenceHistogram = LatencyHistogram(counts: stateHistograms + LatencyHistogram.bucketCount * SlotState.count)
+        counters = PollerCounters(arena: &arena)
         // Lowest index on top, so a quiet engine reuses the same few (cache-hot) slots.
         for index in 0..<configuration.slotCount {
             freeList[index] = UInt32(configuration.slotCount - 1 - index)
@@ -187,21 +176,25 @@ public struct Poller<T: Transport, B: Backend> {
     @inlinable
     public var slotsInUse: Int { configuration.slotCount - freeCount }
 
-    /// The histogram of time spent in `state`, in cycles.
     /// Requests of `opcode` this poller dispatched (read after it stopped, or as a snapshot).
     public func requestsDispatched(_ opcode: FUSEOpcode) -> UInt64 {
-        opcodeCounts[PollerMetrics.opcodeCountSlot(opcode.rawValue)]
+        counters.opcodeRequests[PollerMetrics.opcodeCountSlot(opcode.rawValue)]
     }
 
+    /// The histogram of time spent in `state`, in cycles (sampled).
     public func histogram(for state: SlotState) -> LatencyHistogram {
-        LatencyHistogram(counts: stateHistograms + Int(state.rawValue) * LatencyHistogram.bucketCount)
+        counters.stateHistogram(state)
+    }
+
+    /// Time from fetch to publish of requests of `opcodeClass`, in cycles: the engine's whole share
+    /// of their latency.
+    public func residenceHistogram(of opcodeClass: OpcodeClass) -> LatencyHistogram {
+        counters.classHistogram(opcodeClass)
     }
 
     /// Zeroes counters and histograms (after a warm-up, say). Only while the poller is not stepping.
     public func resetMeasurements() {
-        metrics.pointee = PollerMetrics()
-        opcodeCounts.update(repeating: 0, count: PollerMetrics.opcodeCountSlots)
-        stateHistograms.update(repeating: 0, count: LatencyHistogram.bucketCount * (SlotState.count + 1))
+        counters.reset()
     }
 
     // MARK: - The loop
@@ -217,6 +210,7 @@ public struct Poller<T: Transport, B: Backend> {
         work &+= fetchAndDispatch()
         backend.submit()
         work &+= publishCompleted()
+        metrics.pointee.slotsInUse = UInt64(configuration.slotCount &- freeCount)
         return work
     }
 
@@ -229,6 +223,7 @@ public struct Poller<T: Transport, B: Backend> {
         work &+= drainCompletions()
         backend.submit()
         work &+= publishCompleted()
+        metrics.pointee.slotsInUse = UInt64(configuration.slotCount &- freeCount)
         return work
     }
 
@@ -352,7 +347,7 @@ public struct Poller<T: Transport, B: Backend> {
 
     @inlinable
     mutating func dispatch(_ index: Int, opcodeRaw: UInt32, now: UInt64) {
-        opcodeCounts[PollerMetrics.opcodeCountSlot(opcodeRaw)] &+= 1
+        counters.opcodeRequests[PollerMetrics.opcodeCountSlot(opcodeRaw)] &+= 1
         let reply = slots.reply(index)
         if opcodeRaw == FUSEOpcode.`init`.rawValue {
             let outcome = negotiateInit(slots.request(index), policy: configuration.initPolicy, reply: reply)
@@ -411,16 +406,12 @@ public struct Poller<T: Transport, B: Backend> {
             let index = Int(completedList[position])
             let record = slots.record(index)
             let replyLength = record.pointee.replyLength
-            if replyLength == 0 {
-                metrics.pointee.oneWayRequests &+= 1
-            } else {
-                metrics.pointee.repliesSent &+= 1
-                if replyLength == UInt32(OutHeaderLayout.size) && slots.staging(index).load(fromByteOffset: OutHeaderLayout.error, as: Int32.self) != 0 {
-                    metrics.pointee.errorReplies &+= 1
-                }
-            }
+            let opcodeRaw = record.pointee.request.opcodeRaw
+            let errno = count(replyLength: replyLength, opcodeRaw: opcodeRaw, staging: slots.staging(index))
             transport.complete(handle: record.pointee.fetched.handle, replyBytes: replyLength)
-            residenceHistogram.record(now &- record.pointee.enteredCycles[Int(SlotState.fetched.rawValue)])
+            counters.recordPublished(opcodeRaw: opcodeRaw,
+                                     residenceCycles: now &- record.pointee.enteredCycles[Int(SlotState.fetched.rawValue)],
+                                     errno: errno)
             transition(index, .publish, now: now)
             record.pointee.generation &+= 1
             freeList[freeCount] = UInt32(index)
@@ -431,10 +422,35 @@ public struct Poller<T: Transport, B: Backend> {
         return published
     }
 
+    /// Counts one reply about to be published: sent or one-way, its errno, the data bytes of a
+    /// READ or WRITE that succeeded. Returns the errno (0 for success or no reply).
+    @inlinable
+    mutating func count(replyLength: UInt32, opcodeRaw: UInt32, staging: UnsafeMutableRawPointer) -> Int32 {
+        guard replyLength > 0 else {
+            metrics.pointee.oneWayRequests &+= 1
+            return 0
+        }
+        metrics.pointee.repliesSent &+= 1
+        let headerBytes = UInt32(OutHeaderLayout.size)
+        if replyLength == headerBytes {
+            let error = Int32(littleEndian: staging.load(fromByteOffset: OutHeaderLayout.error, as: Int32.self))
+            if error != 0 {
+                metrics.pointee.errorReplies &+= 1
+                return error == Int32.min ? Int32.max : -error
+            }
+        }
+        if opcodeRaw == FUSEOpcode.read.rawValue {
+            metrics.pointee.bytesRead &+= UInt64(replyLength &- headerBytes)
+        } else if opcodeRaw == FUSEOpcode.write.rawValue && replyLength >= headerBytes &+ 4 {
+            metrics.pointee.bytesWritten &+= UInt64(UInt32(littleEndian: staging.load(fromByteOffset: OutHeaderLayout.size, as: UInt32.self)))
+        }
+        return 0
+    }
+
     /// The only place slot state changes (through `SlotTable.apply`, the annotated leaf).
     @inlinable
     mutating func transition(_ index: Int, _ event: SlotEvent, now: UInt64) {
-        let next = slots.apply(event, toSlot: index, now: now, stateHistograms: stateHistograms)
+        let next = slots.apply(event, toSlot: index, now: now, counters: counters)
         if next == .completed {
             completedList[completedCount] = UInt32(index)
             completedCount &+= 1

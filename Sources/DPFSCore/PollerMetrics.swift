@@ -1,6 +1,6 @@
 // Plain counters in the poller's own memory: the poller is their only writer, so no atomics and no
-// shared cache lines on the data path. Readers look only after the poller stopped (or, later, at a
-// snapshot the poller publishes).
+// shared cache lines on the data path. Readers look after the poller stopped, or scrape them while
+// it runs with relaxed loads (PollerCounters.load).
 
 @frozen
 public struct PollerMetrics {
@@ -23,6 +23,11 @@ public struct PollerMetrics {
     public var notifications: UInt64 = 0
     /// Backends that said `done` without writing a reply: answered with EIO (a backend bug).
     public var backendsWithoutReply: UInt64 = 0
+    /// Data bytes of successful READ replies and of successful WRITEs (what the backend said it wrote).
+    public var bytesRead: UInt64 = 0
+    public var bytesWritten: UInt64 = 0
+    /// Slots fetched and not yet published, as of the end of the last step (a gauge).
+    public var slotsInUse: UInt64 = 0
 
     public init() {}
 

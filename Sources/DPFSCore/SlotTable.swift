@@ -116,7 +116,7 @@ public struct SlotTable: @unchecked Sendable {
     @inlinable
     @_noAllocation @_noLocks
     public func apply(_ event: SlotEvent, toSlot index: Int, now: UInt64,
-                      stateHistograms: UnsafeMutablePointer<UInt64>) -> SlotState {
+                      counters: PollerCounters) -> SlotState {
         let record = record(index)
         let current = record.pointee.state
         guard let next = SlotTransitions.next(from: current, on: event) else {
@@ -124,8 +124,9 @@ public struct SlotTable: @unchecked Sendable {
         }
         if record.pointee.sampled && current != .free {
             let entered = record.pointee.enteredCycles[Int(current.rawValue)]
-            let histogram = stateHistograms + Int(current.rawValue) &* LatencyHistogram.bucketCount
+            let histogram = counters.histograms + Int(current.rawValue) &* LatencyHistogram.bucketCount
             histogram[LatencyHistogram.bucket(of: now &- entered)] &+= 1
+            counters.cyclesTotal[Int(current.rawValue)] &+= now &- entered
         }
         record.pointee.enteredCycles[Int(next.rawValue)] = now
         record.pointee.stateRaw = next.rawValue

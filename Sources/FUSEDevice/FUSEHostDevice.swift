@@ -60,10 +60,13 @@ final class FUSEQueueRunner<B: Backend>: @unchecked Sendable {
     let stop = Atomic<Bool>(false)
     var thread: PinnedThread? = nil
     let wake: WakeEventFD
+    /// The poller's counters, kept apart so a scrape reads them without touching the poller.
+    let pollerCounters: PollerCounters
 
     init(poller: Poller<FUSEQueue, B>, wake: WakeEventFD) {
         self.poller = poller
         self.wake = wake
+        pollerCounters = poller.counters
         wake.attach(to: poller.wake)
     }
 }
@@ -296,6 +299,10 @@ public final class FUSEHostDevice<B: Backend>: @unchecked Sendable {
     /// Counters of one queue (racy plain reads: for reports).
     public func counters(queue index: Int) -> FUSEQueueCounters { runners[index].poller.transport.counters.pointee }
     public func metrics(queue index: Int) -> PollerMetrics { runners[index].poller.metrics.pointee }
+    /// Queue `index`'s poller counters, readable while it runs (`PollerCounters.load`).
+    public func pollerCounters(queue index: Int) -> PollerCounters { runners[index].pollerCounters }
+    /// Request slots per queue.
+    public var slotsPerQueue: Int { configuration.poller.slotCount }
     public var negotiated: NegotiatedSession? { session.negotiated }
 }
 

@@ -57,4 +57,5 @@ public struct KVBackendFactory: BackendFactory {
     public var report: String { "backend \(device.report)" }
     public func makeBackend(queue: Int) -> KVBackend { KVBackend(device: device) }
     public func stopReport() -> String? { device.faultReport }
+    public func metricsCounters() -> [BackendCounter] { device.metricsCounters }
 }

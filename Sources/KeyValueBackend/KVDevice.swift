@@ -1,3 +1,4 @@
+import BackendKit
 import DPFSPosix
 import FUSEWire
 import Glibc
@@ -211,6 +212,14 @@ public final class KVDevice: @unchecked Sendable {
             + "\(lostChangeCount.load(ordering: .relaxed)) change(s) in flight when a connection ended failed EIO, "
             + "\(badReplyCount.load(ordering: .relaxed)) reply(ies) refused as malformed, "
             + "\(sessionReclaimFailures.load(ordering: .relaxed)) new session(s) whose old orphans wait for the next start"
+    }
+
+    /// The fault counters, for `/metrics`.
+    public var metricsCounters: [BackendCounter] {
+        [BackendCounter(name: "reconnects", help: "Connections to the server made again after one failed.", value: UInt64(reconnectCount.load(ordering: .relaxed))),
+         BackendCounter(name: "timeouts", help: "Requests failed EIO because the server did not answer in time.", value: UInt64(timeoutCount.load(ordering: .relaxed))),
+         BackendCounter(name: "lost_changes", help: "Changes in flight when a connection ended, failed EIO.", value: UInt64(lostChangeCount.load(ordering: .relaxed))),
+         BackendCounter(name: "bad_replies", help: "Server replies refused as malformed.", value: UInt64(badReplyCount.load(ordering: .relaxed)))]
     }
 
     public var report: String {

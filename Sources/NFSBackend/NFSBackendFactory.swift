@@ -52,4 +52,5 @@ public struct NFSBackendFactory: BackendFactory {
     public var report: String { "backend \(device.report)" }
     public func makeBackend(queue: Int) -> NFSBackend { NFSBackend(device: device) }
     public func stopReport() -> String? { device.faultReport }
+    public func metricsCounters() -> [BackendCounter] { device.metricsCounters }
 }

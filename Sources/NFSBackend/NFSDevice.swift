@@ -1,4 +1,5 @@
 import CDPFS
+import BackendKit
 import DPFSPosix
 import FUSEWire
 import Glibc
@@ -36,6 +37,13 @@ public final class NFSDevice: @unchecked Sendable {
         "NFS server faults: \(reconnectCount.load(ordering: .relaxed)) reconnect(s), \(timeoutCount.load(ordering: .relaxed)) request(s) failed EIO by the timeout, "
             + "\(resentWriteCount.load(ordering: .relaxed)) uncommitted write(s) resent after a server restart, "
             + "\(unjournaledWriteCount.load(ordering: .relaxed)) write(s) not journaled for want of room (their opens' fsync fails EIO after a restart)"
+    }
+
+    /// The fault counters, for `/metrics`.
+    public var metricsCounters: [BackendCounter] {
+        [BackendCounter(name: "reconnects", help: "Connections to the server made again after one failed.", value: UInt64(reconnectCount.load(ordering: .relaxed))),
+         BackendCounter(name: "timeouts", help: "Requests failed EIO because the server did not answer in time.", value: UInt64(timeoutCount.load(ordering: .relaxed))),
+         BackendCounter(name: "resent_writes", help: "Uncommitted writes resent after a server restart.", value: UInt64(resentWriteCount.load(ordering: .relaxed)))]
     }
 
     /// Hands each queue its number (an open's sole writer is named by it).

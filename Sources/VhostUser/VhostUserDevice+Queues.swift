@@ -103,6 +103,7 @@ extension VhostUserDevice {
 
     func logFailure(_ index: Int) {
         guard failureLogged.insert(index).inserted else { return }
+        controlCounts.failures.add(1, ordering: .relaxed)
         let reason = runners[index].poller.transport.queue?.failure.description ?? "unknown"
         logger.error("device \(configuration.name) queue \(index) failed (device needs reset): \(reason)")
         if plane.queues[index].errorFD >= 0 {
@@ -120,6 +121,14 @@ extension VhostUserDevice {
 
     /// Requests served so far on each queue (control plane view; racy reads of plain counters are
     /// only for reports).
+    /// Queue `index`'s counters, readable while its poller runs (`PollerCounters.load`).
+    public func counters(queue index: Int) -> PollerCounters {
+        runners[index].counters
+    }
+
+    /// Queues that failed since the device started (logged once each per connection).
+    public var failuresTotal: Int { controlCounts.failures.load(ordering: .relaxed) }
+
     public func metrics(queue index: Int) -> PollerMetrics {
         runners[index].poller.metrics.pointee
     }

@@ -45,6 +45,17 @@ struct MappedRegion {
     var local: UnsafeMutableRawPointer { mapping + Int(description.mmapOffset) }
 }
 
+/// Control-plane events a scrape reads from another thread. A class of its own: an `Atomic` stored
+/// directly in a class with a throwing initialiser crashes the Swift 6.3 optimiser's ownership
+/// verifier once specialised (seen with VhostUserServer<KVBackend>).
+public final class DeviceControlCounts: Sendable {
+    /// Front-end connections accepted.
+    public let connections = Atomic<Int>(0)
+    /// Queue failures (each logged once per connection).
+    public let failures = Atomic<Int>(0)
+    public init() {}
+}
+
 /// A poller and the thread that runs it. The control plane touches the poller only while no
 /// thread runs it.
 final class QueueRunner<B: Backend>: @unchecked Sendable {
@@ -55,12 +66,15 @@ final class QueueRunner<B: Backend>: @unchecked Sendable {
     let failed = Atomic<Bool>(false)
     /// What wakes the sleeping poller when another thread completes one of its requests.
     let wake: WakeEventFD
+    /// The poller's counters, kept apart so a scrape reads them without touching the poller.
+    let counters: PollerCounters
 
     /// (The eventfd is made by the caller: a throwing initialiser here crashed the Swift 6.3
     /// optimiser's ownership verifier when specialised for the passthrough backend.)
     init(poller: Poller<VhostUserQueue, B>, wake: WakeEventFD) {
         self.poller = poller
         self.wake = wake
+        counters = poller.counters
         wake.attach(to: poller.wake)
     }
 }
@@ -81,6 +95,8 @@ public final class VhostUserDevice<B: Backend>: @unchecked Sendable {
     let busyPollCycles: UInt64
     /// Queues whose failure was already logged, so a broken guest cannot flood the log.
     var failureLogged: Set<Int> = []
+    /// What the control plane counts, for `/metrics` (read from the scrape's thread).
+    public let controlCounts = DeviceControlCounts()
 
     /// Allocates the engine memory of every queue once, from one arena on this thread's NUMA node.
     /// `makeBackend` runs once per queue (hiprio queue 0 included) with the queue's index; state the

@@ -13,7 +13,7 @@ public final class VhostUserServer<B: Backend>: @unchecked Sendable {
     let logger: Logger
     let socket: ListeningSocket
     let listener: Int32
-    public private(set) var connectionsServed = 0
+    public var connectionsServed: Int { device.controlCounts.connections.load(ordering: .relaxed) }
 
     /// Binds and listens now, so a front-end started right after can connect. The socket admits
     /// this process's user and `access`'s group only (UnixSocketListener: the guest's memory and
@@ -48,7 +48,7 @@ public final class VhostUserServer<B: Backend>: @unchecked Sendable {
             guard Self.waitReadable(listener, milliseconds: 200) else { continue }
             let fd = accept4(listener, __SOCKADDR_ARG(__sockaddr__: nil), nil, Int32(SOCK_CLOEXEC.rawValue))
             if fd < 0 { continue }
-            connectionsServed += 1
+            device.controlCounts.connections.add(1, ordering: .relaxed)
             logger.info("front-end connected to \(socketPath) (connection \(connectionsServed))")
             serve(VhostUserConnection(fd: fd), until: stop)
             device.reset()

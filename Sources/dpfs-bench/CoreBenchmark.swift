@@ -192,7 +192,11 @@ struct CoreResult {
         p50 = clock.nanoseconds(cycles: load.roundTrip.percentile(0.5))
         p99 = clock.nanoseconds(cycles: load.roundTrip.percentile(0.99))
         p999 = clock.nanoseconds(cycles: load.roundTrip.percentile(0.999))
-        let residence = box.poller.residenceHistogram
+        let residenceCounts = UnsafeMutablePointer<UInt64>.allocate(capacity: LatencyHistogram.bucketCount)
+        defer { residenceCounts.deallocate() }
+        residenceCounts.initialize(repeating: 0, count: LatencyHistogram.bucketCount)
+        let residence = LatencyHistogram(counts: residenceCounts)
+        box.poller.counters.addResidence(into: residence)
         engineP50 = clock.nanoseconds(cycles: residence.percentile(0.5))
         engineP99 = clock.nanoseconds(cycles: residence.percentile(0.99))
         engineP999 = clock.nanoseconds(cycles: residence.percentile(0.999))

@@ -3,6 +3,7 @@ import CDPFS
 import DPFSConfiguration
 import DPFSCore
 import DPFSPosix
+import EngineMetrics
 import FUSEDevice
 import FUSEWire
 import Foundation
@@ -74,6 +75,9 @@ struct DPFSEngine: ParsableCommand {
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String?
+
+    @Option(name: .customLong("metrics-address"), help: "Serve Prometheus metrics at http://ADDRESS/metrics (IPv4 HOST:PORT, e.g. 127.0.0.1:9464; overrides [engine] metrics_address).")
+    var metricsAddress: String?
 
     /// The backend's own settings (`--shared-dir DIR`, `--nfs-url URL`, ...), checked against its
     /// schema: the backends declare them, so they are not options of this command.
@@ -165,6 +169,7 @@ struct DPFSEngine: ParsableCommand {
         let clock = CycleClock.calibrate(milliseconds: 20)
         var threads: [PinnedThread] = []
         var started: [StartedDevice] = []
+        let metricsServer = try startMetrics(configuration, logger: logger)
         logger.info("dpfs-engine starting: \(configuration.devices.count) device(s), \(PinnedThread.onlineCPUs) CPUs online")
         for device in configuration.devices {
             var starter = DeviceStarter(engine: self, device: device, clock: clock, devicesInProcess: configuration.devices.count)
@@ -176,21 +181,55 @@ struct DPFSEngine: ParsableCommand {
             let server = device.server
             threads.append(try PinnedThread { server.run(until: shutdownRequested) })
         }
+        if let metricsServer {
+            let devices = started
+            let cyclesPerSecond = clock.cyclesPerNanosecond * 1e9
+            threads.append(try PinnedThread {
+                metricsServer.run(until: shutdownRequested) { PrometheusText.render(devices.map { $0.scrape(cyclesPerSecond: cyclesPerSecond) }) }
+            })
+        }
         logger.info("ready")
         for thread in threads { thread.join() }
         for device in started {
             logger.info("\(device.server.stopAndReport())")
             if let report = device.stopReport() { logger.info("\(device.name): \(report)") }
         }
+        if let metricsServer { logger.info("metrics: \(metricsServer.scrapesServed) scrape(s) served") }
         logger.info("dpfs-engine stopped")
+    }
+
+    /// Binds the metrics listener when an address is configured, so a taken port fails the start.
+    func startMetrics(_ configuration: EngineConfiguration, logger: Logger) throws -> MetricsHTTPServer? {
+        guard let text = metricsAddress ?? configuration.metricsAddress else { return nil }
+        guard let address = MetricsAddress(text) else {
+            throw ValidationError("metrics address '\(text)' is not IPv4 HOST:PORT (e.g. 127.0.0.1:9464)")
+        }
+        do {
+            let server = try MetricsHTTPServer(address: address)
+            logger.info("metrics at http://\(address.host):\(server.port)/metrics")
+            return server
+        } catch {
+            throw StartupError("metrics: \(error)")
+        }
     }
 }
 
-/// A device being served: its server and its backend's stop report.
-struct StartedDevice {
+/// A device being served: its server, its backend's stop report and control-plane counters.
+struct StartedDevice: @unchecked Sendable {
     let name: String
+    let backend: String
     let server: any EngineServer
     let stopReport: () -> String?
+    let backendCounters: () -> [BackendCounter]
+
+    /// What a scrape shows of this device (from any thread).
+    func scrape(cyclesPerSecond: Double) -> DeviceScrape {
+        var scrape = server.scrape(cyclesPerSecond: cyclesPerSecond)
+        scrape.name = name
+        scrape.backend = backend
+        scrape.backendCounters = backendCounters()
+        return scrape
+    }
 }
 
 /// Starts the device whose backend is the visited one: one generic path for every backend,
@@ -217,7 +256,8 @@ struct DeviceStarter: BackendVisitor {
                                             report: factory.report, hostMounted: { factory.hostMounted(sessionFD: $0) }) {
             factory.makeBackend(queue: $0)
         }
-        started = StartedDevice(name: device.name, server: server, stopReport: { factory.stopReport() })
+        started = StartedDevice(name: device.name, backend: device.backend.backend, server: server,
+                                stopReport: { factory.stopReport() }, backendCounters: { factory.metricsCounters() })
     }
 }
 
@@ -226,6 +266,8 @@ protocol EngineServer: Sendable {
     func run(until stop: borrowing Atomic<Bool>)
     /// Resets the device (quiescing its queues) and says what it served.
     func stopAndReport() -> String
+    /// Its queues' counters and its control-plane counts, read while it serves.
+    func scrape(cyclesPerSecond: Double) -> DeviceScrape
 }
 
 extension VhostUserServer: EngineServer {
@@ -239,6 +281,14 @@ extension VhostUserServer: EngineServer {
         }
         return "device \(device.configuration.name): \(connectionsServed) connection(s), \(replies) replies sent; engine served \(reads) READ, \(writes) WRITE"
     }
+
+    func scrape(cyclesPerSecond: Double) -> DeviceScrape {
+        let queues = (0..<device.configuration.queueCount).map {
+            QueueScrape(queue: $0, slots: device.configuration.poller.slotCount, counters: device.counters(queue: $0), cyclesPerSecond: cyclesPerSecond)
+        }
+        return DeviceScrape(name: device.configuration.name, transport: "vhost-user", backend: "", queues: queues,
+                            failures: UInt64(device.failuresTotal), connections: UInt64(connectionsServed))
+    }
 }
 
 /// A host mount's server: waits while the mount is served, unmounts on stop.
@@ -247,6 +297,12 @@ final class FUSEHostServer<B: Backend>: EngineServer, @unchecked Sendable {
     init(device: FUSEHostDevice<B>) { self.device = device }
     func run(until stop: borrowing Atomic<Bool>) { device.run(until: stop) }
     func stopAndReport() -> String { device.stop() }
+    func scrape(cyclesPerSecond: Double) -> DeviceScrape {
+        let queues = (0..<device.queueCount).map {
+            QueueScrape(queue: $0, slots: device.slotsPerQueue, counters: device.pollerCounters(queue: $0), cyclesPerSecond: cyclesPerSecond)
+        }
+        return DeviceScrape(name: "", transport: "fuse", backend: "", queues: queues)
+    }
 }
 
 extension DPFSEngine {

@@ -86,6 +86,12 @@ static inline uint64_t CDPFS_cycles(void) {
 }
 
 /// Spin-wait hint for busy-polling loops (`pause` on x86): an intrinsic, invisible to Swift.
+/// A counter another thread stores with plain increments, read without tearing (a scrape of a
+/// poller's counters): relaxed, so it costs the reader one load and the writer nothing.
+static inline uint64_t CDPFS_load_relaxed_u64(const uint64_t *counter) {
+    return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}
+
 static inline void CDPFS_cpu_relax(void) {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
