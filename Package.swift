@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // One C target for every system header the engine needs; shims only for macros and
@@ -98,8 +99,9 @@ let package = Package(
             dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "LoopbackTransport", "Virtio", "VhostUserProtocol"],
             swiftSettings: swiftSettings
         ),
-        // Configuration: the engine's TOML subset and its validation (pure, tested on its own).
-        .target(name: "DPFSConfiguration", dependencies: ["FUSEWire"], swiftSettings: swiftSettings),
+        // Configuration: the engine's TOML (read by TOMLKit) and its validation (pure, tested on its own).
+        .target(name: "DPFSConfiguration", dependencies: ["FUSEWire", .product(name: "TOMLKit", package: "TOMLKit")],
+                swiftSettings: swiftSettings),
         // The registry: every backend the engine serves, one line each.
         .target(
             name: "DPFSBackends",

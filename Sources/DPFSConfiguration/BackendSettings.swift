@@ -137,7 +137,7 @@ public struct BackendSchema: Sendable {
         do throws(ConfigurationError) {
             try check(settings, deployment)
         } catch {
-            throw ConfigurationError(line: error.line, "device \(device): \(error.message)")
+            throw ConfigurationError(line: error.line, key: error.key, "device \(device): \(error.message)")
         }
         return settings
     }

@@ -144,35 +144,35 @@ public struct DeviceConfiguration: Equatable, Sendable {
     /// Checks the transport and queue values against their limits (the backend's settings were
     /// checked against its schema when they were read).
     public func validate(backends: BackendRegistry) throws(ConfigurationError) {
-        guard !name.isEmpty, name.utf8.count <= 64 else { throw ConfigurationError(line: 0, "device name must be 1...64 bytes") }
+        guard !name.isEmpty, name.utf8.count <= 64 else { throw ConfigurationError(line: 0, key: "name", "device name must be 1...64 bytes") }
         switch transport {
         case .vhostUser(let socket):
             guard !socket.socketPath.isEmpty, socket.socketPath.utf8.count < 108 else {
-                throw ConfigurationError(line: 0, "device \(name): socket path must be 1...107 bytes (sun_path)")
+                throw ConfigurationError(line: 0, key: "socket", "device \(name): socket path must be 1...107 bytes (sun_path)")
             }
         case .fuse(let mount):
             guard mount.mountPoint.hasPrefix("/"), mount.mountPoint.utf8.count < 4096 else {
-                throw ConfigurationError(line: 0, "device \(name): transport fuse needs an absolute mount path (mount, --fuse-mount)")
+                throw ConfigurationError(line: 0, key: "mount", "device \(name): transport fuse needs an absolute mount path (mount, --fuse-mount)")
             }
-            guard (1...1024).contains(mount.ringDepth) else { throw ConfigurationError(line: 0, "device \(name): ring_depth must be 1...1024") }
+            guard (1...1024).contains(mount.ringDepth) else { throw ConfigurationError(line: 0, key: "ring_depth", "device \(name): ring_depth must be 1...1024") }
             let offering = backends.schemas.filter(\.offersKernelPassthrough).map(\.name)
             guard !mount.kernelPassthrough || offering.contains(backend.backend) else {
-                throw ConfigurationError(line: 0, "device \(name): fuse_passthrough needs the \(offering.joined(separator: " or ")) backend")
+                throw ConfigurationError(line: 0, key: "fuse_passthrough", "device \(name): fuse_passthrough needs the \(offering.joined(separator: " or ")) backend")
             }
         }
         try validateQueues()
     }
 
     func validateQueues() throws(ConfigurationError) {
-        guard (1...64).contains(queues.requestQueues) else { throw ConfigurationError(line: 0, "device \(name): request_queues must be 1...64") }
+        guard (1...64).contains(queues.requestQueues) else { throw ConfigurationError(line: 0, key: "request_queues", "device \(name): request_queues must be 1...64") }
         guard (1...65536).contains(queues.slotsPerQueue), queues.slotsPerQueue & (queues.slotsPerQueue - 1) == 0 else {
-            throw ConfigurationError(line: 0, "device \(name): slots must be a power of two in 1...65536")
+            throw ConfigurationError(line: 0, key: "slots", "device \(name): slots must be a power of two in 1...65536")
         }
-        guard (1...queues.slotsPerQueue).contains(queues.batchMax) else { throw ConfigurationError(line: 0, "device \(name): batch must be 1...slots") }
+        guard (1...queues.slotsPerQueue).contains(queues.batchMax) else { throw ConfigurationError(line: 0, key: "batch", "device \(name): batch must be 1...slots") }
         guard (0...1_000_000).contains(queues.busyPollMicroseconds) else {
-            throw ConfigurationError(line: 0, "device \(name): busy_poll_us must be 0...1000000")
+            throw ConfigurationError(line: 0, key: "busy_poll_us", "device \(name): busy_poll_us must be 0...1000000")
         }
-        guard queues.cpus.allSatisfy({ (0..<4096).contains($0) }) else { throw ConfigurationError(line: 0, "device \(name): cpus must be 0...4095") }
+        guard queues.cpus.allSatisfy({ (0..<4096).contains($0) }) else { throw ConfigurationError(line: 0, key: "cpus", "device \(name): cpus must be 0...4095") }
     }
 }
 
@@ -192,24 +192,36 @@ public struct EngineConfiguration: Equatable, Sendable {
 
     /// Reads a configuration file's text; `backends` says which backends exist and their settings.
     public static func parse(_ text: String, backends: BackendRegistry) throws(ConfigurationError) -> EngineConfiguration {
-        let document = try TOMLSubset.parse(text)
-        for name in document.tables.keys where name != "" && name != "engine" {
-            throw ConfigurationError(line: 0, "unknown table [\(name)] (known: [engine], [[device]])")
+        let document = try TOMLReader.parse(text)
+        for (name, table) in document.tables where name != "engine" {
+            throw ConfigurationError(line: table.line, "unknown table [\(name)] (known: [engine], [[device]])")
         }
-        for name in document.tableArrays.keys where name != "device" {
-            throw ConfigurationError(line: 0, "unknown table array [[\(name)]] (known: [[device]])")
+        for (name, tables) in document.tableArrays where name != "device" {
+            throw ConfigurationError(line: tables[0].line, "unknown table array [[\(name)]] (known: [[device]])")
         }
-        if let stray = document.tables[""]!.entries.first {
-            throw ConfigurationError(line: stray.line, "key '\(stray.key)' outside any table")
+        if let stray = document.rootEntries.first {
+            let hint = stray.key == "device" ? " (devices are [[device]] tables)" : ""
+            throw ConfigurationError(line: stray.line, "key '\(stray.key)' outside any table\(hint)")
         }
-        var logLevel = "info"
-        var metricsAddress: String?
-        for entry in document.tables["engine"]?.entries ?? [] {
+        var engine = EngineConfiguration(devices: [])
+        try engine.readEngineTable(document.tables["engine"] ?? ConfigTable())
+        for table in document.tableArrays["device"] ?? [] {
+            var entries = DeviceEntries(table)
+            engine.devices.append(try entries.device(defaultName: "dpfs\(engine.devices.count)", backends: backends))
+        }
+        guard !engine.devices.isEmpty else { throw ConfigurationError(line: 0, "no [[device]] configured") }
+        try checkDistinct(engine.devices)
+        return engine
+    }
+
+    /// `[engine]`: log_level and metrics_address.
+    mutating func readEngineTable(_ table: ConfigTable) throws(ConfigurationError) {
+        for entry in table.entries {
             switch entry.key {
             case "log_level":
                 logLevel = try DeviceEntries.string(entry)
-                guard logLevels.contains(logLevel) else {
-                    throw ConfigurationError(line: entry.line, "log_level must be one of \(logLevels.joined(separator: ", "))")
+                guard Self.logLevels.contains(logLevel) else {
+                    throw ConfigurationError(line: entry.line, "log_level must be one of \(Self.logLevels.joined(separator: ", "))")
                 }
             case "metrics_address":
                 metricsAddress = try DeviceEntries.string(entry)
@@ -217,14 +229,6 @@ public struct EngineConfiguration: Equatable, Sendable {
                 throw ConfigurationError(line: entry.line, "unknown key '\(entry.key)' in [engine]")
             }
         }
-        var devices: [DeviceConfiguration] = []
-        for table in document.tableArrays["device"] ?? [] {
-            var entries = DeviceEntries(table)
-            devices.append(try entries.device(defaultName: "dpfs\(devices.count)", backends: backends))
-        }
-        guard !devices.isEmpty else { throw ConfigurationError(line: 0, "no [[device]] configured") }
-        try checkDistinct(devices)
-        return EngineConfiguration(logLevel: logLevel, metricsAddress: metricsAddress, devices: devices)
     }
 
     /// No two devices share a name, a socket or a mount point, however the paths are spelled (two
@@ -252,20 +256,23 @@ public struct EngineConfiguration: Equatable, Sendable {
 /// One [[device]] table's entries, taken out as they are read: what is left at the end is either
 /// a setting of the device's backend or a mistake, reported with its line.
 struct DeviceEntries {
-    typealias Entry = (key: String, value: TOMLValue, line: Int)
+    typealias Entry = ConfigEntry
     var remaining: [Entry]
     let firstLine: Int
+    /// Lines of the keys taken so far, for checks made after reading (`ConfigurationError.located`).
+    var takenLines: [String: Int] = [:]
 
     static let vhostUserKeys = ["socket", "socket_group"]
     static let hostMountKeys = ["mount", "fuse_transport", "fuse_passthrough", "fuse_allow_other", "ring_depth"]
 
-    init(_ table: TOMLTable) {
+    init(_ table: ConfigTable) {
         remaining = table.entries
-        firstLine = table.entries.first?.line ?? 0
+        firstLine = table.line
     }
 
     mutating func take(_ key: String) -> Entry? {
         guard let position = remaining.firstIndex(where: { $0.key == key }) else { return nil }
+        takenLines[key] = remaining[position].line
         return remaining.remove(at: position)
     }
 
@@ -285,10 +292,14 @@ struct DeviceEntries {
         let schema = backends.schema(backendName)!
         let given = try backendSettings(schema, backends: backends, transport: kind)
         let deployment = DeviceConfiguration(name: name, transport: transport, backend: schema.defaults).deployment
-        let device = DeviceConfiguration(name: name, transport: transport, queues: queues,
-                                         backend: try schema.complete(given, device: name, deployment: deployment))
-        try device.validate(backends: backends)
-        return device
+        do throws(ConfigurationError) {
+            let device = DeviceConfiguration(name: name, transport: transport, queues: queues,
+                                             backend: try schema.complete(given, device: name, deployment: deployment))
+            try device.validate(backends: backends)
+            return device
+        } catch {
+            throw error.located(takenLines)
+        }
     }
 
     mutating func transport(_ kind: TransportKind, device: String) throws(ConfigurationError) -> TransportSettings {
@@ -318,7 +329,7 @@ struct DeviceEntries {
         }
         if let entry = take("batch") { queues.batchMax = try Self.integer(entry) }
         if let entry = take("busy_poll_us") { queues.busyPollMicroseconds = try Self.integer(entry) }
-        if let entry = take("cpus") { queues.cpus = try QueueSettings.cpuList(Self.string(entry), line: entry.line) }
+        if let entry = take("cpus") { queues.cpus = try Self.cpus(entry) }
         return queues
     }
 
@@ -328,6 +339,7 @@ struct DeviceEntries {
                                   transport: TransportKind) throws(ConfigurationError) -> [String: SettingValue] {
         var given: [String: SettingValue] = [:]
         for entry in remaining {
+            takenLines[entry.key] = entry.line
             if let setting = schema.setting(entry.key) {
                 given[entry.key] = try setting.check(Self.settingValue(entry), line: entry.line)
                 continue
@@ -353,11 +365,30 @@ struct DeviceEntries {
         case .integer(let number):
             guard let value = Int(exactly: number) else { throw ConfigurationError(line: entry.line, "'\(entry.key)' is out of range") }
             return .integer(value)
+        default:
+            throw ConfigurationError(line: entry.line, "'\(entry.key)' cannot be \(entry.value.kindName)")
         }
     }
 
+    /// `cpus = [0, 1]`, or the older `cpus = "0,1"`.
+    static func cpus(_ entry: Entry) throws(ConfigurationError) -> [Int] {
+        guard case .array(let values) = entry.value else {
+            return try QueueSettings.cpuList(string(entry), line: entry.line)
+        }
+        var cpus: [Int] = []
+        for value in values {
+            guard case .integer(let cpu) = value, (0..<4096).contains(cpu) else {
+                throw ConfigurationError(line: entry.line, "cpus must be an array of CPU numbers 0...4095, like [0, 1]")
+            }
+            cpus.append(Int(cpu))
+        }
+        return cpus
+    }
+
     static func string(_ entry: Entry) throws(ConfigurationError) -> String {
-        guard case .string(let text) = entry.value else { throw ConfigurationError(line: entry.line, "'\(entry.key)' must be a string") }
+        guard case .string(let text) = entry.value else {
+            throw ConfigurationError(line: entry.line, "'\(entry.key)' must be a string, not \(entry.value.kindName)")
+        }
         return text
     }
 

@@ -28,7 +28,7 @@ requests=3000 warmup=100
 mkdir -p "$work/share"
 cat >"$work/engine.toml" <<EOF
 [engine]
-metrics_address = "127.0.0.1:0"   # the kernel picks the port, the log says which
+metrics_address = '127.0.0.1:0'   # a literal string (TOMLKit reads all of TOML); port 0: the kernel picks, the log says which
 
 [[device]]
 name = "tenant-a"
