@@ -63,6 +63,8 @@ step "dpfs-engine started as launchers start virtiofsd (cloud-hypervisor, Kata, 
   tools/host/test-virtiofsd-cli.sh
 step "/metrics while serving: promtool accepts every scrape, counters match the load sent, controls fail" \
   tools/host/test-metrics.sh
+step "live reload: ten SIGHUPs add, change and remove devices beside a busy one (0 failed, none of its requests 10 ms late); a bad file changes nothing" \
+  tools/host/test-reload.sh
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
 step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
 step "guests store files through the passthrough backend (6.1, reboot, 6.12 multi-queue, two tenants)" tools/guest/test-passthrough.sh

@@ -61,6 +61,13 @@ public final class LoadGenerator: @unchecked Sendable {
     public var stallLimitNanoseconds: UInt64 = 20_000_000_000
     var idleSpins: UInt64 = 0
     var idleSince: UInt64 = 0
+    /// Round trips at least this long are noted with their completion time (`slowRequests`), so a
+    /// test can tell which of them overlapped something it did. `.max`: none are noted.
+    public var slowThresholdCycles: UInt64 = .max
+    public static let slowRequestsMax = 256
+    let slowStorage: UnsafeMutablePointer<(completedCycles: UInt64, roundTripCycles: UInt64)>
+    /// Slow round trips seen (only the first `slowRequestsMax` are kept).
+    public private(set) var slowCount = 0
 
     /// - Parameters:
     ///   - operations: the mix, sent round-robin.
@@ -81,6 +88,12 @@ public final class LoadGenerator: @unchecked Sendable {
         histogramCounts = .allocate(capacity: LatencyHistogram.bucketCount)
         histogramCounts.initialize(repeating: 0, count: LatencyHistogram.bucketCount)
         roundTrip = LatencyHistogram(counts: histogramCounts)
+        slowStorage = .allocate(capacity: Self.slowRequestsMax)
+    }
+
+    /// The slow round trips kept: when each completed and how long it took, in cycles.
+    public var slowRequests: [(completedCycles: UInt64, roundTripCycles: UInt64)] {
+        (0..<min(slowCount, Self.slowRequestsMax)).map { slowStorage[$0] }
     }
 
     deinit {
@@ -88,6 +101,7 @@ public final class LoadGenerator: @unchecked Sendable {
         submitCycles.deallocate()
         slotOperation.deallocate()
         histogramCounts.deallocate()
+        slowStorage.deallocate()
     }
 
     public func resetMeasurements() {
@@ -95,6 +109,7 @@ public final class LoadGenerator: @unchecked Sendable {
         errorReplies = 0
         unexpectedReplies = 0
         completed = 0
+        slowCount = 0
     }
 
     /// Sends FUSE_INIT and waits for its answer, calling `step` while waiting (inline pollers).
@@ -121,11 +136,18 @@ public final class LoadGenerator: @unchecked Sendable {
 
     /// Completes `requests` more requests, keeping `depth` in flight; calls `step` once per pass
     /// (an inline poller), or pass an empty closure when the poller has its own thread.
-    public func run(requests: Int, step: () -> Void) {
+    /// Stops at `deadlineCycles` (the cycle counter) if that comes first; `completed` says how many.
+    public func run(requests: Int, deadlineCycles: UInt64 = .max, step: () -> Void) {
         var submitted = 0
         var done = 0
-        while done < requests {
-            while driver.inFlight < depth && submitted < requests {
+        var limit = requests
+        while done < limit {
+            while driver.inFlight < depth && submitted < limit {
+                // The deadline is read once per 1024 requests: a clock read per request would cost.
+                if submitted & 1023 == 0 && deadlineCycles != .max && cycleCounter() >= deadlineCycles {
+                    limit = submitted
+                    break
+                }
                 guard let slot = driver.acquireSlot() else { break }
                 let operation = operations[nextOperation]
                 nextOperation = nextOperation + 1 == operationCount ? 0 : nextOperation + 1
@@ -173,7 +195,13 @@ public final class LoadGenerator: @unchecked Sendable {
 
     @inline(__always)
     func check(slot: Int, usedLength: UInt32) {
-        roundTrip.record(cycleCounter() &- submitCycles[slot])
+        let now = cycleCounter()
+        let elapsed = now &- submitCycles[slot]
+        roundTrip.record(elapsed)
+        if elapsed >= slowThresholdCycles {
+            if slowCount < Self.slowRequestsMax { slowStorage[slowCount] = (now, elapsed) }
+            slowCount += 1
+        }
         let expected = slotOperation[slot].expectedReply
         if usedLength == 0 {
             if expected.usedLength != 0 { unexpectedReplies += 1 }

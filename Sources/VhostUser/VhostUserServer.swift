@@ -38,14 +38,25 @@ public final class VhostUserServer<B: Backend>: @unchecked Sendable {
         listener = socket.fd
     }
 
+    /// Whether `closeListener` ran (only the thread that stopped `run` calls it).
+    var listenerClosed = false
+
     deinit {
+        closeListener()
+    }
+
+    /// Closes the listening socket and removes its file, so a device started next on the same
+    /// path (a reload) can bind it. Call after `run` returned; closing twice does nothing.
+    public func closeListener() {
+        guard !listenerClosed else { return }
+        listenerClosed = true
         socket.close()
     }
 
-    /// Serves front-ends until `stop` is set; checks it at least every 200 ms.
+    /// Serves front-ends until `stop` is set; checks it at least every 50 ms (a reload waits for it).
     public func run(until stop: borrowing Atomic<Bool>) {
         while !stop.load(ordering: .acquiring) {
-            guard Self.waitReadable(listener, milliseconds: 200) else { continue }
+            guard Self.waitReadable(listener, milliseconds: 50) else { continue }
             let fd = accept4(listener, __SOCKADDR_ARG(__sockaddr__: nil), nil, Int32(SOCK_CLOEXEC.rawValue))
             if fd < 0 { continue }
             device.controlCounts.connections.add(1, ordering: .relaxed)
@@ -62,7 +73,7 @@ public final class VhostUserServer<B: Backend>: @unchecked Sendable {
     func serve(_ connection: VhostUserConnection, until stop: borrowing Atomic<Bool>) {
         while !stop.load(ordering: .acquiring) {
             device.checkFailures()
-            guard Self.waitReadable(connection.fd, milliseconds: 200) else { continue }
+            guard Self.waitReadable(connection.fd, milliseconds: 50) else { continue }
             do throws(VhostUserError) {
                 guard let message = try connection.receive() else { return }
                 if let reply = device.handle(message) {

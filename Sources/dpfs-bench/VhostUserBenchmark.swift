@@ -56,6 +56,12 @@ struct VhostUserBenchmark: ParsableCommand {
     @Option(help: "Warm-up requests per operation and depth.")
     var warmup: Int = 2_000
 
+    @Option(help: "Stop each measured point after this many seconds if its --requests are not done by then (the getattr, statfs, lookup, read and write operations).")
+    var seconds: Double?
+
+    @Option(name: .customLong("slow-ms"), help: "Note every round trip at least this long, with the wall-clock time it ended (JSON 'slow': [[end seconds since the epoch, ms], ...]; the first 256).")
+    var slowMilliseconds: Double?
+
     @Flag(help: "One JSON object per measurement instead of a table.")
     var json = false
 
@@ -91,6 +97,11 @@ struct VhostUserBenchmark: ParsableCommand {
         let completed: Int
         let opsPerSecond: Double
         let p50: Double, p99: Double, p999: Double
+        /// The slowest round trip (the upper edge of its histogram bucket, so never under-reported).
+        let max: Double
+        /// Round trips of at least --slow-ms: when each ended (seconds since the epoch) and how long it took (ms).
+        var slow: [(endSeconds: Double, milliseconds: Double)] = []
+        var slowCount = 0
         let mallocs: Int
         let kicksPerOp: Double
         let unexpectedReplies: Int
@@ -131,9 +142,10 @@ struct VhostUserBenchmark: ParsableCommand {
             if json {
                 print("{\"benchmark\":\"vhost-user\",\"backend\":\"\(label)\",\"operation\":\"\(m.operation)\",\"queue_depth\":\(m.depth),"
                       + "\"requests\":\(m.requests),\"ops_per_second\":\(Int(m.opsPerSecond)),\"p50_ns\":\(Int(m.p50)),\"p99_ns\":\(Int(m.p99)),"
-                      + "\"p999_ns\":\(Int(m.p999)),\"mallocs_per_request\":\(Double(m.mallocs) / Double(m.requests)),"
+                      + "\"p999_ns\":\(Int(m.p999)),\"max_ns\":\(Int(m.max)),\"mallocs_per_request\":\(Double(m.mallocs) / Double(m.requests)),"
                       + "\"kicks_per_request\":\(m.kicksPerOp),\"unexpected_replies\":\(m.unexpectedReplies),"
-                      + "\"daemon_cpu_us_per_op\":\(m.daemonCPUMicrosecondsPerOp.map { Self.format($0, decimals: 3) } ?? "null")}")
+                      + "\"daemon_cpu_us_per_op\":\(m.daemonCPUMicrosecondsPerOp.map { Self.format($0, decimals: 3) } ?? "null"),"
+                      + "\"slow_count\":\(m.slowCount),\"slow\":[\(m.slow.map { "[\(Self.format($0.endSeconds, decimals: 6)),\(Self.format($0.milliseconds, decimals: 3))]" }.joined(separator: ","))]}")
             } else {
                 print(m.operation.padding(13) + " " + String(m.depth).padding(6) + " " + String(Int(m.opsPerSecond)).padding(12) + " "
                       + String(Int(m.p50)).padding(9) + " " + String(Int(m.p99)).padding(9) + " " + String(Int(m.p999)).padding(9) + " "
@@ -149,6 +161,7 @@ struct VhostUserBenchmark: ParsableCommand {
     func measure(report: (String, Measurement) -> Void) throws -> [Measurement] {
         var measurements: [Measurement] = []
         let clock = CycleClock.calibrate()
+        let wallClock = WallClockAnchor()
         var engine: (server: VhostUserServer<NullBackend>, thread: PinnedThread, stop: StopFlag)? = nil
         var socketPath = socket ?? ""
         if inProcessEngine {
@@ -223,6 +236,8 @@ struct VhostUserBenchmark: ParsableCommand {
                 var unexpected = 0
                 var histogram: LatencyHistogram
                 var cpuBefore: UInt64? = nil, cpuAfter: UInt64? = nil
+                var slow: [(endSeconds: Double, milliseconds: Double)] = []
+                var slowCount = 0
                 var wall: UInt64 = 0
                 var mallocs = 0
                 if let operation = FileOperation(rawValue: name), let files {
@@ -251,6 +266,7 @@ struct VhostUserBenchmark: ParsableCommand {
                     let load = LoadGenerator(driver: driverState, depth: depth, operations: [Self.operation(named: name)!])
                     defer { driverState = load.driver }
                     load.kickFD = kicks[1].fd
+                    if let slowMilliseconds { load.slowThresholdCycles = UInt64(slowMilliseconds * 1e6 * clock.cyclesPerNanosecond) }
                     load.run(requests: warmup) {}
                     load.resetMeasurements()
                     let kicksBefore = load.kicks
@@ -258,7 +274,8 @@ struct VhostUserBenchmark: ParsableCommand {
                     let start = monotonicNanoseconds()
                     MallocInterposerSwift.reset()
                     MallocInterposerSwift.hook()
-                    load.run(requests: requests) {}
+                    let deadline = seconds.map { cycleCounter() &+ UInt64($0 * 1e9 * clock.cyclesPerNanosecond) } ?? .max
+                    load.run(requests: requests, deadlineCycles: deadline) {}
                     MallocInterposerSwift.unhook()
                     wall = monotonicNanoseconds() - start
                     cpuAfter = daemon?.sample()
@@ -267,21 +284,28 @@ struct VhostUserBenchmark: ParsableCommand {
                     completed = load.completed
                     unexpected = load.unexpectedReplies
                     histogram = load.roundTrip
+                    slow = load.slowRequests.map { (wallClock.seconds(atCycles: $0.completedCycles, clock: clock), clock.nanoseconds(cycles: $0.roundTripCycles) / 1e6) }
+                    slowCount = load.slowCount
                     if unexpected > 0 { failureMessages.append("\(name) at depth \(depth): \(unexpected) replies with an unexpected error or length") }
                 }
+                // With --seconds a point may stop early: what completed is what was measured.
+                let measured = seconds == nil ? requests : max(1, completed)
                 var cpuPerOp: Double? = nil
                 if daemon != nil {
                     guard let cpuBefore, let cpuAfter else { throw BenchFailure(description: "could not read the CPU time of pid \(daemonPid!)") }
-                    cpuPerOp = Double(cpuAfter &- cpuBefore) / 1000 / Double(requests)
+                    cpuPerOp = Double(cpuAfter &- cpuBefore) / 1000 / Double(measured)
                 }
-                let measurement = Measurement(
-                    operation: name, depth: depth, requests: requests, completed: completed,
-                    opsPerSecond: Double(requests) / (Double(wall) / 1e9),
+                var measurement = Measurement(
+                    operation: name, depth: depth, requests: measured, completed: completed,
+                    opsPerSecond: Double(measured) / (Double(wall) / 1e9),
                     p50: clock.nanoseconds(cycles: histogram.percentile(0.5)),
                     p99: clock.nanoseconds(cycles: histogram.percentile(0.99)),
                     p999: clock.nanoseconds(cycles: histogram.percentile(0.999)),
+                    max: clock.nanoseconds(cycles: histogram.percentile(1.0)),
                     mallocs: mallocs, kicksPerOp: Double(kicksThisPoint) / Double(requests),
                     unexpectedReplies: unexpected, daemonCPUMicrosecondsPerOp: cpuPerOp)
+                measurement.slow = slow
+                measurement.slowCount = slowCount
                 failures += unexpected
                 measurements.append(measurement)
                 report(description, measurement)
@@ -307,5 +331,22 @@ struct VhostUserBenchmark: ParsableCommand {
 extension String {
     func padding(_ width: Int) -> String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
+}
+
+/// A wall-clock time and the cycle counter read together, to date events measured in cycles.
+struct WallClockAnchor {
+    let seconds: Double
+    let cycles: UInt64
+
+    init() {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        cycles = cycleCounter()
+        seconds = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+
+    func seconds(atCycles value: UInt64, clock: CycleClock) -> Double {
+        seconds + clock.nanoseconds(cycles: value &- cycles) / 1e9
     }
 }

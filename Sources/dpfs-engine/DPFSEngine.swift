@@ -162,38 +162,41 @@ struct DPFSEngine: ParsableCommand {
 
     func serve(_ configuration: EngineConfiguration, logger: Logger) throws {
         _ = shutdownRequested.load(ordering: .relaxed)   // initialise before any handler can run
+        _ = reloadRequested.load(ordering: .relaxed)
         signal(SIGTERM) { _ in shutdownRequested.store(true, ordering: .relaxed) }
         signal(SIGINT) { _ in shutdownRequested.store(true, ordering: .relaxed) }
+        signal(SIGHUP) { _ in reloadRequested.store(true, ordering: .relaxed) }
         signal(SIGPIPE, SIG_IGN)
 
         let clock = CycleClock.calibrate(milliseconds: 20)
-        var threads: [PinnedThread] = []
-        var started: [StartedDevice] = []
+        let table = DeviceTable()
+        let supervisor = DeviceSupervisor(engine: self, table: table, clock: clock, logger: logger)
         let metricsServer = try startMetrics(configuration, logger: logger)
         logger.info("dpfs-engine starting: \(configuration.devices.count) device(s), \(PinnedThread.onlineCPUs) CPUs online")
         for device in configuration.devices {
-            var starter = DeviceStarter(engine: self, device: device, clock: clock, devicesInProcess: configuration.devices.count)
-            try RegisteredBackends.visitAll(&starter)
-            guard let device = starter.started else { throw StartupError("device \(device.name): backend \(device.backend.backend) is not registered") }
-            started.append(device)
+            table.add(try supervisor.start(device, devicesInProcess: configuration.devices.count))
         }
-        for device in started {
-            let server = device.server
-            threads.append(try PinnedThread { server.run(until: shutdownRequested) })
-        }
+        var metricsThread: PinnedThread?
         if let metricsServer {
-            let devices = started
             let cyclesPerSecond = clock.cyclesPerNanosecond * 1e9
-            threads.append(try PinnedThread {
-                metricsServer.run(until: shutdownRequested) { PrometheusText.render(devices.map { $0.scrape(cyclesPerSecond: cyclesPerSecond) }) }
-            })
+            metricsThread = try PinnedThread { metricsServer.run(until: shutdownRequested) { table.render(cyclesPerSecond: cyclesPerSecond) } }
         }
         logger.info("ready")
-        for thread in threads { thread.join() }
-        for device in started {
-            logger.info("\(device.server.stopAndReport())")
-            if let report = device.stopReport() { logger.info("\(device.name): \(report)") }
+        var inForce = configuration
+        while !shutdownRequested.load(ordering: .relaxed) {
+            if reloadRequested.exchange(false, ordering: .acquiring) {
+                if let config {
+                    inForce = supervisor.reload(path: config, running: inForce)
+                } else {
+                    logger.warning("SIGHUP: no configuration file to read again (started without --config); nothing changed")
+                }
+            }
+            usleep(20_000)
         }
+        for device in table.all() {
+            for line in device.stopAndJoin() { logger.info("\(line)") }
+        }
+        metricsThread?.join()
         if let metricsServer { logger.info("metrics: \(metricsServer.scrapesServed) scrape(s) served") }
         logger.info("dpfs-engine stopped")
     }
@@ -266,6 +269,8 @@ protocol EngineServer: Sendable {
     func run(until stop: borrowing Atomic<Bool>)
     /// Resets the device (quiescing its queues) and says what it served.
     func stopAndReport() -> String
+    /// Frees what the device bound (its socket file), once its `run` returned.
+    func closeListener()
     /// Its queues' counters and its control-plane counts, read while it serves.
     func scrape(cyclesPerSecond: Double) -> DeviceScrape
 }
@@ -297,6 +302,7 @@ final class FUSEHostServer<B: Backend>: EngineServer, @unchecked Sendable {
     init(device: FUSEHostDevice<B>) { self.device = device }
     func run(until stop: borrowing Atomic<Bool>) { device.run(until: stop) }
     func stopAndReport() -> String { device.stop() }
+    func closeListener() {}
     func scrape(cyclesPerSecond: Double) -> DeviceScrape {
         let queues = (0..<device.queueCount).map {
             QueueScrape(queue: $0, slots: device.slotsPerQueue, counters: device.pollerCounters(queue: $0), cyclesPerSecond: cyclesPerSecond)
