@@ -66,6 +66,8 @@ step "/metrics while serving: promtool accepts every scrape, counters match the 
 step "live reload: ten SIGHUPs add, change and remove devices beside a busy one (0 failed, none of its requests 10 ms late); a bad file changes nothing" \
   tools/host/test-reload.sh
 step "guests mount dpfs-engine (6.1, reboot, reconnect, 6.12 multi-queue)" tools/guest/test-engine.sh
+step "libvirt 9.0 runs dpfs-engine as a domain's virtio-fs back-end (<binary path>, then the vhost-user descriptor alone); control: the null backend behind libvirt fails" \
+  tools/guest/test-libvirt.sh
 step "guest harness against the C virtiofsd" tools/guest/test-against-virtiofsd.sh --quick
 step "guests store files through the passthrough backend (6.1, reboot, 6.12 multi-queue, two tenants)" tools/guest/test-passthrough.sh
 step "the same guest workload and host checks pass on the C virtiofsd (the harness is right on a known-good server)" \
