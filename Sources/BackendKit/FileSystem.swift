@@ -16,6 +16,9 @@ import FUSEWire
 /// SETXATTR/GETXATTR/LISTXATTR/REMOVEXATTR, INTERRUPT, FALLOCATE, LSEEK, COPY_FILE_RANGE,
 /// SYNCFS, STATX); for the rest the caller sees ENOSYS.
 public protocol FileSystem: Backend {
+    /// A read-only share: every request that would change it is answered EROFS before it reaches
+    /// the backend (ReadOnlyShare). Default: false.
+    var refusesChanges: Bool { get }
     /// LOOKUP: `name` in directory `nodeID`; counts one lookup of the answered node.
     mutating func lookup(_ operation: Operation<NameArguments>, reply: EntryReply) -> BackendAnswer
     /// FORGET and BATCH_FORGET: the kernel drops `lookups` references to `nodeID`. No reply.
@@ -77,6 +80,7 @@ public struct InterruptArguments {
 }
 
 extension FileSystem {
+    @inlinable public var refusesChanges: Bool { false }
     @inlinable public mutating func lookup(_ operation: Operation<NameArguments>, reply: EntryReply) -> BackendAnswer { reply.fail(.notImplemented) }
     @inlinable public mutating func forget(nodeID: UInt64, lookups: UInt64) {}
     @inlinable public mutating func getattr(_ operation: Operation<GetattrArguments>, reply: AttributesReply) -> BackendAnswer { reply.fail(.notImplemented) }

@@ -44,6 +44,28 @@ extension Operation where Arguments: RequestArguments {
     }
 }
 
+/// What a read-only share refuses (virtiofsd's --readonly): every opcode that changes the tree,
+/// a file's data or its attributes, and an OPEN that asks to write or truncate. FSYNC, FLUSH and
+/// locks are allowed: they change nothing on a share nobody can write.
+public enum ReadOnlyShare {
+    @inlinable
+    public static func refuses(_ request: FUSERequest) -> Bool {
+        switch request.opcodeRaw {
+        case FUSEOpcode.setattr.rawValue, FUSEOpcode.symlink.rawValue, FUSEOpcode.mknod.rawValue, FUSEOpcode.mkdir.rawValue,
+             FUSEOpcode.unlink.rawValue, FUSEOpcode.rmdir.rawValue, FUSEOpcode.rename.rawValue, FUSEOpcode.rename2.rawValue,
+             FUSEOpcode.link.rawValue, FUSEOpcode.create.rawValue, FUSEOpcode.tmpfile.rawValue, FUSEOpcode.write.rawValue,
+             FUSEOpcode.setxattr.rawValue, FUSEOpcode.removexattr.rawValue, FUSEOpcode.fallocate.rawValue,
+             FUSEOpcode.copyFileRange.rawValue, FUSEOpcode.copyFileRange64.rawValue:
+            return true
+        case FUSEOpcode.open.rawValue:
+            let flags = OpenArguments(request).flags
+            return flags & UInt32(O_ACCMODE) != UInt32(O_RDONLY) || flags & UInt32(O_TRUNC) != 0
+        default:
+            return false
+        }
+    }
+}
+
 extension FileSystem {
     /// Routes one decoded request to its typed method. INIT and DESTROY never arrive (the engine
     /// answers them); FORGET and BATCH_FORGET become `forget` calls; the opcodes no backend of a
@@ -53,6 +75,10 @@ extension FileSystem {
         // On the raw number, not FUSEOpcode(rawValue:): one jump table instead of a conversion
         // call and then a jump table.
         let opcode = request.opcodeRaw
+        if refusesChanges && ReadOnlyShare.refuses(request) {
+            reply.fail(.readOnlyFileSystem)
+            return .done
+        }
         switch opcode {
         case FUSEOpcode.lookup.rawValue: return lookup(Operation(request, token), reply: Reply(reply))
         case FUSEOpcode.getattr.rawValue: return getattr(Operation(request, token), reply: Reply(reply))

@@ -6,7 +6,6 @@ import FUSEWire
 // cloud-hypervisor (`--log-level debug --socket-path=P --shared-dir=D --cache=never
 // --thread-pool-size=N`). Pure: it reads the arguments into one passthrough device's settings
 // and says, for every option, whether it is applied, accepted and ignored (with why), or refused.
-// Not wired into dpfs-engine yet: serving a listening descriptor (--fd) comes with that step.
 
 /// What a virtiofsd-style invocation asks for.
 public struct VirtiofsdInvocation: Equatable, Sendable {
@@ -23,12 +22,26 @@ public struct VirtiofsdInvocation: Equatable, Sendable {
     public var xattr = false
     public var logLevel = "info"
     public var rlimitNofile: Int?
+    /// `--readonly`: every change is refused with EROFS.
+    public var readOnly = false
+    /// `--sandbox`, `-o sandbox=`: what the process does to confine itself once set up.
+    public var sandbox: SandboxMode = .none
     /// `--print-capabilities`: print `capabilitiesJSON` and exit.
     public var printCapabilities = false
     /// Options accepted but with no effect here, each with the reason (one log line each at start).
     public var ignored: [String] = []
 
     public init() {}
+}
+
+/// How the engine confines itself after set-up in single-device mode. `namespace`, virtiofsd's
+/// default, is refused when asked for by name: it needs the mount namespace made before the first
+/// thread, and the engine does not make one (docs/configuration.md).
+public enum SandboxMode: String, Sendable, CaseIterable {
+    /// Nothing beyond the backend's own confinement (names resolve beneath the share).
+    case none
+    /// chroot(2) into the share once the device is set up (root: CAP_SYS_CHROOT).
+    case chroot
 }
 
 public struct VirtiofsdOptionError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -48,7 +61,6 @@ public enum VirtiofsdCommandLine {
         "syslog": "logs go to standard error, which the launcher collects",
         "announce-submounts": "the share is served as one file system; submounts are not announced",
         "foreground": "dpfs-engine never daemonizes",
-        "sandbox": "names resolve beneath the share only (openat2 RESOLVE_BENEATH), whatever the sandbox mode",
         "tag": "the tag is the launcher's device setting (QEMU's -device vhost-user-fs-pci,tag=)",
         "no_flock": "flock(2) is kept by the guest's kernel already",
         "flock": "flock(2) is kept by the guest's kernel",
@@ -58,7 +70,6 @@ public enum VirtiofsdCommandLine {
 
     /// Options refused, with why: reading them as something else would serve the wrong thing.
     static let refusedOptions: [String: String] = [
-        "readonly": "read-only shares are not supported yet",
         "uid-map": "uid mapping is not supported",
         "gid-map": "gid mapping is not supported",
         "translate-uid": "uid translation is not supported",
@@ -144,7 +155,9 @@ public enum VirtiofsdCommandLine {
         case "rlimit-nofile":
             guard let limit = Int(try argument()), limit >= 0 else { throw VirtiofsdOptionError("--rlimit-nofile needs a number") }
             invocation.rlimitNofile = limit
-        case "thread-pool-size", "sandbox", "tag":
+        case "readonly": invocation.readOnly = true
+        case "sandbox": invocation.sandbox = try sandbox(try argument())
+        case "thread-pool-size", "tag":
             let given = try argument()
             invocation.ignored.append("--\(name)=\(given): \(ignoredOptions[name]!)")
         case _ where ignoredOptions[name] != nil:
@@ -167,7 +180,9 @@ public enum VirtiofsdCommandLine {
         case ("xattr", nil): invocation.xattr = true
         case ("no_xattr", nil): invocation.xattr = false
         case ("log_level", let level?), ("loglevel", let level?): invocation.logLevel = try logLevel(level)
-        case ("sandbox", let mode?), ("tag", let mode?): invocation.ignored.append("-o \(key)=\(mode): \(ignoredOptions[key]!)")
+        case ("sandbox", let mode?): invocation.sandbox = try sandbox(mode)
+        case ("readonly", nil): invocation.readOnly = true
+        case ("tag", let mode?): invocation.ignored.append("-o \(key)=\(mode): \(ignoredOptions[key]!)")
         case ("announce_submounts", nil): invocation.ignored.append("-o \(key): \(ignoredOptions["announce-submounts"]!)")
         case (_, nil) where ignoredOptions[key] != nil: invocation.ignored.append("-o \(key): \(ignoredOptions[key]!)")
         default: throw VirtiofsdOptionError("unknown or malformed virtiofsd option -o \(option)")
@@ -180,6 +195,14 @@ public enum VirtiofsdCommandLine {
         guard let mode = CacheMode(rawValue: text) else {
             throw VirtiofsdOptionError("cache mode '\(text)' is none, never, metadata, auto or always")
         }
+        return mode
+    }
+
+    static func sandbox(_ text: String) throws(VirtiofsdOptionError) -> SandboxMode {
+        if text == "namespace" {
+            throw VirtiofsdOptionError("sandbox mode namespace is refused: the engine does not build a mount namespace; --sandbox chroot confines it to the share, --sandbox none leaves the backend's own confinement")
+        }
+        guard let mode = SandboxMode(rawValue: text) else { throw VirtiofsdOptionError("sandbox mode '\(text)' is none or chroot (namespace is refused)") }
         return mode
     }
 

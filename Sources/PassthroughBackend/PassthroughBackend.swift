@@ -96,6 +96,8 @@ enum PendingKind: UInt8 {
 
 public struct PassthroughBackend: FileSystem {
     public let device: PassthroughDevice
+    /// The share is read-only (a copy of the setting, so the check costs one load).
+    public let refusesChanges: Bool
     var queue: PassthroughQueueState? = nil
     /// The fs credentials this thread currently has (the engine starts as root).
     var currentUID: UInt32 = 0
@@ -146,6 +148,7 @@ public struct PassthroughBackend: FileSystem {
 
     public init(device: PassthroughDevice, useIOURing: Bool = true) {
         self.device = device
+        refusesChanges = device.configuration.readOnly
         switchesCredentials = geteuid() == 0
         validity = device.configuration.cacheMode.validity
         openFlags = device.configuration.cacheMode.openFlags

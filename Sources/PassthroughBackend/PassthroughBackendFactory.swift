@@ -18,6 +18,8 @@ public struct PassthroughBackendFactory: BackendFactory {
                     help: "inode descriptors kept open; idle ones beyond are closed and re-opened by file handle"),
             Setting("data_path", .choice(PassthroughDataPath.allCases.map(\.rawValue)), default: .string(PassthroughDataPath.inlineFirst.rawValue),
                     help: "how READ/WRITE reach the file: inline-first (on the poller when it cannot block, else io_uring) or uring"),
+            Setting("read_only", .boolean, default: .boolean(false),
+                    help: "refuse every change (write, create, rename, setattr, xattrs, ...) with EROFS"),
         ],
         offersKernelPassthrough: true,
         check: { settings, deployment throws(ConfigurationError) in
@@ -39,6 +41,7 @@ public struct PassthroughBackendFactory: BackendFactory {
             inodesMax: settings.integer("inodes_max"), openFilesMax: settings.integer("open_files_max"))
         configuration.inodeDescriptorsMax = settings.integer("inode_descriptors_max")
         configuration.dataPath = settings.choice("data_path", PassthroughDataPath.self)
+        configuration.readOnly = settings.boolean("read_only")
         do {
             device = try PassthroughDevice(configuration: configuration)
         } catch {

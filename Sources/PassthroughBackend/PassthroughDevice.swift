@@ -35,6 +35,8 @@ public struct PassthroughConfiguration: Sendable {
     public var lockOwnersMax: Int = 1024
     public var lockWaitersMax: Int = 256
     public var lockWorkers: Int = 2
+    /// Refuse every change with EROFS (virtiofsd's --readonly).
+    public var readOnly = false
 
     public init(sharedDirectory: String, cacheMode: CacheMode = .auto, inodesMax: Int = DeviceTableDefaults.nodesMax,
                 openFilesMax: Int = DeviceTableDefaults.openFilesMax, crossMounts: Bool = false) {
@@ -256,7 +258,7 @@ public final class PassthroughDevice: @unchecked Sendable {
 
     /// One line for the start-up report.
     public var report: String {
-        "passthrough \(configuration.sharedDirectory): cache \(configuration.cacheMode.rawValue), "
+        "passthrough \(configuration.sharedDirectory)\(configuration.readOnly ? " (read-only)" : ""): cache \(configuration.cacheMode.rawValue), "
             + "\(configuration.inodesMax) inodes (\(configuration.inodeDescriptorsMax) descriptors cached), "
             + "\(configuration.openFilesMax) open files, "
             + "\(configuration.lockOwnersMax) lock owners max, \(configuration.lockWorkers) lock workers; "

@@ -186,14 +186,16 @@ final class FileLoadGenerator {
     }
 
     /// LOOKUP (or CREATE) the benchmark file, OPEN it, fill it with WRITEs; keeps node id and handle.
-    func setUp() throws {
+    /// `readOnly`: the file must exist already with the fill's contents; it is opened O_RDONLY
+    /// and nothing is written (a read-only share).
+    func setUp(readOnly: Bool = false) throws {
         let name = fileName
         let lookup = try call { buffer, unique in
             (Self.encodeNamed(.lookup, into: buffer, unique: unique, parent: Self.rootNodeID, prefix: [], name: name),
              OutHeaderLayout.size + EntryOutLayout.size, 0)
         }
         var how: String
-        if lookup.error == -ENOENT {
+        if lookup.error == -ENOENT && !readOnly {
             // O_RDWR | O_CREAT, a regular file rw-r--r--.
             let create = try call { buffer, unique in
                 (Self.encodeNamed(.create, into: buffer, unique: unique, parent: Self.rootNodeID,
@@ -211,7 +213,7 @@ final class FileLoadGenerator {
             let open = try call { buffer, unique in
                 let length = InHeaderLayout.size + 8
                 RequestEncoder.header(into: buffer, length: length, opcode: .open, unique: unique, nodeID: node)
-                (buffer + InHeaderLayout.size).storeBytes(of: UInt32(2).littleEndian, as: UInt32.self)   // O_RDWR
+                (buffer + InHeaderLayout.size).storeBytes(of: UInt32(readOnly ? 0 : 2).littleEndian, as: UInt32.self)   // O_RDONLY, O_RDWR
                 (buffer + InHeaderLayout.size + 4).storeBytes(of: UInt32(0), as: UInt32.self)
                 return (length, OutHeaderLayout.size + OpenOutLayout.size, 0)
             }
@@ -220,7 +222,7 @@ final class FileLoadGenerator {
             how = "found"
         }
         let node = fileNodeID, handle = fileHandle
-        for block in 0..<blockCount {
+        for block in 0..<(readOnly ? 0 : blockCount) {
             let write = try call { buffer, unique in
                 let length = RequestEncoder.write(into: buffer, unique: unique, nodeID: node, fileHandle: handle,
                                                   offset: block * UInt64(Self.blockBytes), size: UInt32(Self.blockBytes))

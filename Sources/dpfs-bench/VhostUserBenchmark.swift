@@ -56,6 +56,9 @@ struct VhostUserBenchmark: ParsableCommand {
     @Option(help: "Warm-up requests per operation and depth.")
     var warmup: Int = 2_000
 
+    @Flag(name: .customLong("existing-file"), help: "The file exists with the contents the fill would write (block i all bytes i mod 256): open it read-only and write nothing (a read-only share).")
+    var existingFile = false
+
     @Option(help: "Stop each measured point after this many seconds if its --requests are not done by then (the getattr, statfs, lookup, read and write operations).")
     var seconds: Double?
 
@@ -221,7 +224,7 @@ struct VhostUserBenchmark: ParsableCommand {
         if operations.contains(where: { FileOperation(rawValue: $0) != nil }) {
             let generator = FileLoadGenerator(driver: driverState, kickFD: kicks[1].fd, fileName: file, fileSizeBytes: UInt64(fileSize))
             if sleepWhenIdle { generator.callFD = calls[1].fd }
-            try generator.setUp()
+            try generator.setUp(readOnly: existingFile)
             driverState = generator.driver
             description += "; " + generator.setupDescription
             files = generator

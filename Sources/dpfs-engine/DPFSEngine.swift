@@ -76,6 +76,9 @@ struct DPFSEngine: ParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String?
 
+    @Option(help: "After set-up, confine the process: none, or chroot into the passthrough backend's shared directory (one device from the command line; root). virtiofsd's --sandbox.")
+    var sandbox: String?
+
     @Option(name: .customLong("metrics-address"), help: "Serve Prometheus metrics at http://ADDRESS/metrics (IPv4 HOST:PORT, e.g. 127.0.0.1:9464; overrides [engine] metrics_address).")
     var metricsAddress: String?
 
@@ -87,6 +90,12 @@ struct DPFSEngine: ParsableCommand {
     func validate() throws {
         guard [config != nil, socket != nil, listeningDescriptor != nil, fuseMount != nil].filter({ $0 }).count == 1 else {
             throw ValidationError("give one of --config FILE, --vhost-user-socket PATH, --vhost-user-fd N or --fuse-mount DIR")
+        }
+        if let sandbox {
+            guard SandboxMode(rawValue: sandbox) != nil else { throw ValidationError("--sandbox is none or chroot") }
+            guard sandbox == "none" || (config == nil && fuseMount == nil && backend == "passthrough") else {
+                throw ValidationError("--sandbox chroot confines one vhost-user device of the passthrough backend started from the command line (a --config file is read again on SIGHUP, a host mount needs /dev/fuse)")
+            }
         }
     }
 
@@ -176,6 +185,7 @@ struct DPFSEngine: ParsableCommand {
         for device in configuration.devices {
             table.add(try supervisor.start(device, devicesInProcess: configuration.devices.count))
         }
+        try confine(configuration, logger: logger)
         var metricsThread: PinnedThread?
         if let metricsServer {
             let cyclesPerSecond = clock.cyclesPerNanosecond * 1e9
@@ -199,6 +209,18 @@ struct DPFSEngine: ParsableCommand {
         metricsThread?.join()
         if let metricsServer { logger.info("metrics: \(metricsServer.scrapesServed) scrape(s) served") }
         logger.info("dpfs-engine stopped")
+    }
+
+    /// `--sandbox chroot`: once the device is set up (socket bound, share and /proc/self/fd opened,
+    /// threads started), the process's root becomes the share, so no later path reaches past it.
+    func confine(_ configuration: EngineConfiguration, logger: Logger) throws {
+        guard sandbox == SandboxMode.chroot.rawValue else { return }
+        let share = configuration.devices[0].backend.string("shared_dir")
+        guard chroot(share) == 0, chdir("/") == 0 else {
+            let reason = String(cString: strerror(errno))
+            throw StartupError("--sandbox chroot: chroot(\(share)) failed: \(reason) (needs root, CAP_SYS_CHROOT; --sandbox none serves without it)")
+        }
+        logger.info("sandbox: chroot into \(share)")
     }
 
     /// Binds the metrics listener when an address is configured, so a taken port fails the start.

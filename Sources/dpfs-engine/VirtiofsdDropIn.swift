@@ -39,7 +39,8 @@ extension DPFSEngine {
         for note in notes { FileHandleStandardError.write("dpfs-engine: accepted, no effect: \(note)\n") }
         let level = invocation.logLevel == "off" ? "critical" : invocation.logLevel
         return listener + ["--backend", "passthrough", "--shared-dir", invocation.sharedDirectory!,
-                "--cache", invocation.cache.rawValue, "--log-level", level]
+                "--cache", invocation.cache.rawValue, "--sandbox", invocation.sandbox.rawValue, "--log-level", level]
+            + (invocation.readOnly ? ["--read-only"] : [])
     }
 }
 

@@ -11,6 +11,18 @@ import Testing
         try VirtiofsdCommandLine.parse(line.split(separator: " ").map(String.init))
     }
 
+    @Test("sandbox and read-only: applied, in both spellings; the default is no sandbox and a writable share")
+    func sandboxAndReadOnly() throws {
+        // libvirt 9.0 with every <binary> option of its domain XML set.
+        let libvirt = try Self.parse("--fd=33 -o source=/srv/share,cache=always,sandbox=chroot,xattr,flock,posix_lock --thread-pool-size=16")
+        #expect(libvirt.sandbox == .chroot && !libvirt.readOnly && libvirt.cache == .always)
+        let separate = try Self.parse("--socket-path=/run/s.sock --shared-dir=/srv/share --sandbox none --readonly")
+        #expect(separate.sandbox == SandboxMode.none && separate.readOnly)
+        #expect(try Self.parse("--fd=3 -o source=/s,readonly").readOnly)
+        let plain = try Self.parse("--fd=3 --shared-dir=/s")
+        #expect(plain.sandbox == SandboxMode.none && !plain.readOnly)
+    }
+
     @Test("each launcher's argument list reads as the device it asks for", arguments: [
         // libvirt 9.0 (Debian 12), compat -o spelling.
         ("--fd=21 -o source=/srv/share,cache=always,xattr", VirtiofsdInvocation.Listener.descriptor(21), CacheMode.always, true),
@@ -49,7 +61,8 @@ import Testing
     }
 
     @Test("what would be misread is refused with its reason, never taken for something else", arguments: [
-        ("--fd=3 --shared-dir=/s --readonly", "read-only"),
+        ("--fd=3 --shared-dir=/s --sandbox=namespace", "sandbox mode namespace is refused"),
+        ("--fd=3 -o source=/s,sandbox=jail", "sandbox mode 'jail'"),
         ("--fd=3 --shared-dir=/s --uid-map=:0:1000:1:", "uid mapping"),
         ("--fd=3 --shared-dir=/s --daemonize", "does not daemonize"),
         ("--fd=3 --shared-dir=/s --frobnicate", "unknown virtiofsd option --frobnicate"),

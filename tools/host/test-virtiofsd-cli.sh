@@ -31,7 +31,8 @@ fi
 # file is in the share.
 serves() {
   local name=$1 sock=$2 share=$3
-  if .build/release/dpfs-bench vhost-user --socket "$sock" --operations getattr-file lookup-file read-file write-file \
+  # shellcheck disable=SC2086 # the operations are words
+  if .build/release/dpfs-bench vhost-user --socket "$sock" --operations ${operations:-getattr-file lookup-file read-file write-file} ${bench_flags:-} \
       --requests 200 --warmup 20 --depths 1 >"$work/$name.bench" 2>&1 && [ -s "$share/dpfs-bench.dat" ]; then
     ok "$name"
   else
@@ -74,12 +75,37 @@ PY
   pid=$!
   for _ in $(seq 100); do grep -q "ready" "$work/$name.log" 2>/dev/null && break; sleep 0.05; done
   serves "$name" "$sock" "$share"
+  if [ "${expect_root:-}" = share ]; then
+    # sandbox=chroot: the engine's root is the share once it is set up.
+    [ "$(readlink /proc/$pid/root)" = "$share" ] && ok "$name-chroot" || bad "$name-chroot" "root is $(readlink /proc/$pid/root)"
+  fi
   kill -TERM $pid; wait $pid 2>/dev/null; pid=
   [ -S "$sock" ] && ok "$name-socket-left-to-its-owner" || bad "$name-socket-left-to-its-owner" "the engine removed the launcher's socket file"
 }
 fd_launcher libvirt-compat --fd=FD -o source=SHARE,cache=always,xattr
 fd_launcher libvirt-separate --fd=FD --shared-dir SHARE --cache always --xattr --thread-pool-size=16
 fd_launcher kata --syslog --cache=auto --shared-dir=SHARE --fd=FD --thread-pool-size=1 --announce-submounts
+# libvirt 9.0 with every <binary> option of its domain XML set (as a probe saw it pass them).
+expect_root=share fd_launcher libvirt-all-options --fd=FD -o source=SHARE,cache=always,sandbox=chroot,xattr,flock,posix_lock --thread-pool-size=16
+
+# --readonly: reads are served, the load generator's writes fail, and the file is unchanged.
+share=$work/share-readonly
+mkdir -p "$share"
+# The load generator's own fill: block i of 4 KiB is all bytes i mod 256.
+python3 -c 'import sys; sys.stdout.buffer.write(b"".join(bytes([i % 256]) * 4096 for i in range(256)))' >"$share/dpfs-bench.dat"
+before=$(md5sum <"$share/dpfs-bench.dat")
+$engine --socket-path "$work/readonly.sock" --shared-dir "$share" --readonly >"$work/readonly.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do [ -S "$work/readonly.sock" ] && break; sleep 0.05; done
+operations="getattr-file lookup-file read-file" bench_flags=--existing-file serves readonly-reads "$work/readonly.sock" "$share"
+if .build/release/dpfs-bench vhost-user --socket "$work/readonly.sock" --operations write-file --requests 50 --warmup 0 --depths 1 \
+    >"$work/readonly-write.bench" 2>&1; then
+  bad readonly-writes-refused "the writes succeeded"
+else
+  ok readonly-writes-refused
+fi
+[ "$(md5sum <"$share/dpfs-bench.dat")" = "$before" ] && ok readonly-file-unchanged || bad readonly-file-unchanged "the file changed"
+kill -TERM $pid; wait $pid 2>/dev/null; pid=
 grep -q "accepted, no effect: --thread-pool-size=4" "$work/cloud-hypervisor.log" && ok ignored-option-logged \
   || bad ignored-option-logged "no line for --thread-pool-size"
 
@@ -93,7 +119,7 @@ refused() {
 }
 refused fd-not-a-socket "is not a socket" --fd=0 --shared-dir="$work" --cache=auto </dev/null
 refused unknown-option "unknown virtiofsd option --frobnicate" --socket-path="$work/x.sock" --shared-dir="$work" --frobnicate
-refused readonly "read-only" --socket-path="$work/x.sock" --shared-dir="$work" --readonly
+refused sandbox-namespace "sandbox mode namespace is refused" --socket-path="$work/x.sock" --shared-dir="$work" --sandbox=namespace
 # The vhost-user descriptor libvirt looks for: a file-system back-end naming this binary.
 descriptor=$(tools/install-vhost-user-descriptor.sh --binary "$(pwd)/$engine" --directory "$work/vhost-user")
 if python3 -c 'import json,os,sys; d=json.load(open(sys.argv[1])); assert d["type"]=="fs" and os.access(d["binary"], os.X_OK)' "$descriptor"; then
