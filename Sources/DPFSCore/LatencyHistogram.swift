@@ -15,7 +15,7 @@ public struct LatencyHistogram: @unchecked Sendable {
         self.counts = counts
     }
 
-    @inlinable
+    @inlinable @inline(__always)
     @_noAllocation @_noLocks
     public static func bucket(of value: UInt64) -> Int {
         let subBuckets = UInt64(1) << subBucketBits

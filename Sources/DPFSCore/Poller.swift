@@ -424,7 +424,7 @@ public struct Poller<T: Transport, B: Backend> {
 
     /// Counts one reply about to be published: sent or one-way, its errno, the data bytes of a
     /// READ or WRITE that succeeded. Returns the errno (0 for success or no reply).
-    @inlinable
+    @inlinable @inline(__always)
     mutating func count(replyLength: UInt32, opcodeRaw: UInt32, staging: UnsafeMutableRawPointer) -> Int32 {
         guard replyLength > 0 else {
             metrics.pointee.oneWayRequests &+= 1
@@ -450,7 +450,7 @@ public struct Poller<T: Transport, B: Backend> {
     /// The only place slot state changes (through `SlotTable.apply`, the annotated leaf).
     @inlinable
     mutating func transition(_ index: Int, _ event: SlotEvent, now: UInt64) {
-        let next = slots.apply(event, toSlot: index, now: now, counters: counters)
+        let next = slots.apply(event, toSlot: index, now: now, stateHistograms: counters.histograms, stateCyclesTotal: counters.cyclesTotal)
         if next == .completed {
             completedList[completedCount] = UInt32(index)
             completedCount &+= 1

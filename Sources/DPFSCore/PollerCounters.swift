@@ -42,7 +42,7 @@ public enum OpcodeClass: UInt8, CaseIterable, Sendable {
     }
 
     /// A switch, not a table: a global array would be lazily initialised (a lock) on the data path.
-    @inlinable
+    @inlinable @inline(__always)
     @_noAllocation @_noLocks
     public static func of(_ opcodeRaw: UInt32) -> OpcodeClass {
         switch opcodeRaw {
@@ -132,7 +132,8 @@ public struct PollerCounters: @unchecked Sendable {
     }
 
     /// Records one published request: its class's latency and, for an error reply, its errno.
-    @inlinable
+    /// Inlined into the publish loop: a call per request cost more than the counting.
+    @inlinable @inline(__always)
     @_noAllocation @_noLocks
     public func recordPublished(opcodeRaw: UInt32, residenceCycles: UInt64, errno: Int32) {
         let opcodeClass = Int(OpcodeClass.of(opcodeRaw).rawValue)

@@ -116,7 +116,7 @@ public struct SlotTable: @unchecked Sendable {
     @inlinable
     @_noAllocation @_noLocks
     public func apply(_ event: SlotEvent, toSlot index: Int, now: UInt64,
-                      counters: PollerCounters) -> SlotState {
+                      stateHistograms: UnsafeMutablePointer<UInt64>, stateCyclesTotal: UnsafeMutablePointer<UInt64>) -> SlotState {
         let record = record(index)
         let current = record.pointee.state
         guard let next = SlotTransitions.next(from: current, on: event) else {
@@ -124,9 +124,9 @@ public struct SlotTable: @unchecked Sendable {
         }
         if record.pointee.sampled && current != .free {
             let entered = record.pointee.enteredCycles[Int(current.rawValue)]
-            let histogram = counters.histograms + Int(current.rawValue) &* LatencyHistogram.bucketCount
+            let histogram = stateHistograms + Int(current.rawValue) &* LatencyHistogram.bucketCount
             histogram[LatencyHistogram.bucket(of: now &- entered)] &+= 1
-            counters.cyclesTotal[Int(current.rawValue)] &+= now &- entered
+            stateCyclesTotal[Int(current.rawValue)] &+= now &- entered
         }
         record.pointee.enteredCycles[Int(next.rawValue)] = now
         record.pointee.stateRaw = next.rawValue

@@ -141,6 +141,8 @@ public final class LoadGenerator: @unchecked Sendable {
         var submitted = 0
         var done = 0
         var limit = requests
+        // Read once: a class property read per reply is a dynamic exclusivity check per reply.
+        let slowThreshold = slowThresholdCycles
         while done < limit {
             while driver.inFlight < depth && submitted < limit {
                 // The deadline is read once per 1024 requests: a clock read per request would cost.
@@ -162,7 +164,7 @@ public final class LoadGenerator: @unchecked Sendable {
             var reapedAny = false
             while let (slot, usedLength) = driver.reap() {
                 reapedAny = true
-                check(slot: slot, usedLength: usedLength)
+                check(slot: slot, usedLength: usedLength, slowThreshold: slowThreshold)
                 driver.releaseSlot(slot)
                 done += 1
             }
@@ -194,11 +196,11 @@ public final class LoadGenerator: @unchecked Sendable {
     }
 
     @inline(__always)
-    func check(slot: Int, usedLength: UInt32) {
+    func check(slot: Int, usedLength: UInt32, slowThreshold: UInt64) {
         let now = cycleCounter()
         let elapsed = now &- submitCycles[slot]
         roundTrip.record(elapsed)
-        if elapsed >= slowThresholdCycles {
+        if elapsed >= slowThreshold {
             if slowCount < Self.slowRequestsMax { slowStorage[slowCount] = (now, elapsed) }
             slowCount += 1
         }
