@@ -21,6 +21,8 @@ public final class PinnedThread: @unchecked Sendable {
         var thread = pthread_t()
         let result = pthread_create(&thread, nil, { raw in
             let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
+            // A thread made by lowered control-plane work (a reload) runs at the engine's priority.
+            ThreadPriority.restoreCurrent()
             if let cpu = box.cpu { _ = CDPFS_pin_current_thread(Int32(cpu)) }
             box.body()
             return nil

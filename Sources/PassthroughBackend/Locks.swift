@@ -127,6 +127,7 @@ public final class LockWaiters: @unchecked Sendable {
             let box = Unmanaged.passRetained(self)
             let created = pthread_create(&thread, nil, { raw in
                 let pool = Unmanaged<LockWaiters>.fromOpaque(raw!).takeRetainedValue()
+                ThreadPriority.restoreCurrent()      // made during a reload: the engine's priority
                 pool.work()
                 return nil
             }, box.toOpaque())

@@ -238,6 +238,10 @@ struct VhostUserBenchmark: ParsableCommand {
                 var completed = 0
                 var unexpected = 0
                 var histogram: LatencyHistogram
+                // The histogram points into its generator's memory: the generator lives until the
+                // point's percentiles are read (a local `load` could be freed at its block's end).
+                var generatorKeptAlive: LoadGenerator? = nil
+                defer { withExtendedLifetime(generatorKeptAlive) {} }
                 var cpuBefore: UInt64? = nil, cpuAfter: UInt64? = nil
                 var slow: [(endSeconds: Double, milliseconds: Double)] = []
                 var slowCount = 0
@@ -287,6 +291,7 @@ struct VhostUserBenchmark: ParsableCommand {
                     completed = load.completed
                     unexpected = load.unexpectedReplies
                     histogram = load.roundTrip
+                    generatorKeptAlive = load
                     slow = load.slowRequests.map { (wallClock.seconds(atCycles: $0.completedCycles, clock: clock), clock.nanoseconds(cycles: $0.roundTripCycles) / 1e6) }
                     slowCount = load.slowCount
                     if unexpected > 0 { failureMessages.append("\(name) at depth \(depth): \(unexpected) replies with an unexpected error or length") }

@@ -177,6 +177,7 @@ struct DPFSEngine: ParsableCommand {
         signal(SIGHUP) { _ in reloadRequested.store(true, ordering: .relaxed) }
         signal(SIGPIPE, SIG_IGN)
 
+        ThreadPriority.recordNormal()
         let clock = CycleClock.calibrate(milliseconds: 20)
         let table = DeviceTable()
         let supervisor = DeviceSupervisor(engine: self, table: table, clock: clock, logger: logger)

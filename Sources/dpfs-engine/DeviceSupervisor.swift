@@ -86,6 +86,9 @@ struct DeviceSupervisor {
     /// Re-reads `path` and applies the difference to the running devices; returns the
     /// configuration now in force (the old one when the file did not validate).
     func reload(path: String, running current: EngineConfiguration) -> EngineConfiguration {
+        // Below the queues' priority while it builds and tears down devices (ThreadPriority).
+        _ = ThreadPriority.lowerForControlWork()
+        defer { ThreadPriority.restoreCurrent() }
         let wanted: EngineConfiguration
         do {
             let text = try String(contentsOfFile: path, encoding: .utf8)

@@ -86,6 +86,11 @@ static inline uint64_t CDPFS_cycles(void) {
 }
 
 /// Spin-wait hint for busy-polling loops (`pause` on x86): an intrinsic, invisible to Swift.
+/// The calling thread's id (per-thread priorities: setpriority(PRIO_PROCESS, tid, ...)).
+static inline int CDPFS_gettid(void) {
+    return (int)syscall(SYS_gettid);
+}
+
 /// A counter another thread stores with plain increments, read without tearing (a scrape of a
 /// poller's counters): relaxed, so it costs the reader one load and the writer nothing.
 static inline uint64_t CDPFS_load_relaxed_u64(const uint64_t *counter) {
