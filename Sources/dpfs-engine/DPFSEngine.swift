@@ -195,6 +195,10 @@ struct DPFSEngine: ParsableCommand {
         logger.info("ready")
         var inForce = configuration
         while !shutdownRequested.load(ordering: .relaxed) {
+            if table.allEnded {
+                logger.info("every device has ended (unmounted from outside): stopping")
+                break
+            }
             if reloadRequested.exchange(false, ordering: .acquiring) {
                 if let config {
                     inForce = supervisor.reload(path: config, running: inForce)

@@ -19,6 +19,8 @@ final class RunningDevice: @unchecked Sendable {
     let configuration: DeviceConfiguration
     let started: StartedDevice
     let stop = Atomic<Bool>(false)
+    /// Set when the server's run returned: asked to stop, or its host mount was unmounted.
+    let ended = Atomic<Bool>(false)
     var thread: PinnedThread?
 
     init(configuration: DeviceConfiguration, started: StartedDevice) {
@@ -28,7 +30,10 @@ final class RunningDevice: @unchecked Sendable {
 
     func startThread() throws {
         let server = started.server
-        thread = try PinnedThread { [self] in server.run(until: stop) }
+        thread = try PinnedThread { [self] in
+            server.run(until: stop)
+            ended.store(true, ordering: .releasing)
+        }
     }
 
     /// Drains the device (its queues quiesce: requests in flight are answered first), stops its
@@ -60,6 +65,10 @@ final class DeviceTable: Sendable {
     }
 
     func all() -> [RunningDevice] { devices.withLock { $0 } }
+
+    /// Every device's server returned by itself (each host mount was unmounted from outside):
+    /// nothing is left to serve.
+    var allEnded: Bool { all().allSatisfy { $0.ended.load(ordering: .acquiring) } }
 
     func render(cyclesPerSecond: Double) -> String {
         devices.withLock { list in PrometheusText.render(list.map { $0.started.scrape(cyclesPerSecond: cyclesPerSecond) }) }
