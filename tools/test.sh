@@ -93,6 +93,8 @@ step "redis-server killed, restarted and stalled under load: fsync'ed data kept,
 step "guests store files through the key-value backend (6.1, redis-server crash between boots, reboot, 6.12 multi-queue)" \
   tools/guest/test-passthrough.sh --kv
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
+step "two engines on one NFSv3 export: started at once both serve, files cross both ways, a change seen within the cache time, hidden files kept; control: a .dpfs-hidden that is a file stops the start" \
+  tools/host/test-nfs-engines.sh --rounds 6
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \
   tools/host/test-nfs-crash.sh

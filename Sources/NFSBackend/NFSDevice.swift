@@ -79,7 +79,8 @@ public final class NFSDevice: @unchecked Sendable {
     public var report: String {
         "nfs \(configuration.url) (read ≤ \(readBytesMax) B, write ≤ \(writeBytesMax) B per RPC; \(configuration.nodesMax) nodes, "
             + "\(configuration.openFilesMax) open files; per queue \(configuration.connectionsPerQueue) connection(s), "
-            + "\(configuration.journalBytesPerQueue >> 20) MiB write journal; timeout \(configuration.requestTimeoutMilliseconds) ms)"
+            + "\(configuration.journalBytesPerQueue >> 20) MiB write journal; timeout \(configuration.requestTimeoutMilliseconds) ms); "
+            + "POSIX locks stay in the guest's kernel: NFSv3 without NLM cannot show them to other clients of the export"
     }
 
     /// The kernel of a new session knows none of the old inodes or opens.
@@ -125,7 +126,9 @@ public final class NFSDevice: @unchecked Sendable {
     }
 
     /// The handle of the export's `.dpfs-hidden` directory, made (mode 1777: every uid hides its
-    /// own files there, none removes another's) when it is not there yet.
+    /// own files there, none removes another's) when it is not there yet. Several engines share an
+    /// export and may start at once: a MKDIR answered EXIST means another made it first, so it is
+    /// looked up again and used, once it is shown to be a directory.
     static func hiddenDirectory(_ url: NFSURL, root: [UInt8], timeoutMilliseconds: Int) throws(NFSStartupError) -> [UInt8] {
         let call = ControlCall(url: url, timeoutMilliseconds: timeoutMilliseconds)
         defer { call.close() }
@@ -136,29 +139,10 @@ public final class NFSDevice: @unchecked Sendable {
         let rootHandle = nfs_fh3(data: .init(data_len: u_int(raw.count), data_val: raw.baseAddress!.assumingMemoryBound(to: CChar.self)))
         let name = strdup(HiddenName.directory)!
         defer { Glibc.free(name) }
-        var handle: [UInt8] = []
-        var status: UInt32 = 0
+        if let found = try lookupHidden(call, root: rootHandle, name: name) { return found }
         var failure: String? = nil
-        func keep(_ fh: nfs_fh3) {
-            let length = Int(fh.data.data_len)
-            guard length >= 1, length <= nfsFileHandleBytesMax, let bytes = fh.data.data_val else {
-                failure = "the server sent a \(length)-byte handle for \(HiddenName.directory)"
-                return
-            }
-            handle = Array(UnsafeRawBufferPointer(start: bytes, count: length))
-        }
-        var lookup = LOOKUP3args(what: diropargs3(dir: rootHandle, name: name))
-        try call.run("LOOKUP \(HiddenName.directory)") { rpc, callback, tag in
-            rpc_nfs3_lookup_async(rpc, callback, &lookup, tag)
-        } result: { rpcStatus, data in
-            guard rpcStatus == RPC_STATUS_SUCCESS, let data else { failure = "LOOKUP failed"; return }
-            let result = data.assumingMemoryBound(to: LOOKUP3res.self).pointee
-            status = result.status.rawValue
-            if status == 0 { keep(result.LOOKUP3res_u.resok.object) }
-        }
-        if let failure { throw NFSStartupError(failure) }
-        if status == 0 { return handle }
-        guard status == 2 else { throw NFSStartupError("LOOKUP \(HiddenName.directory) in the export: nfsstat3 \(status)") }
+        var handle: [UInt8] = []
+        var exists = false
         var attributes = sattr3()
         attributes.mode = set_mode3(set_it: 1, set_mode3_u: .init(mode: 0o1777))
         var mkdir = MKDIR3args(where: diropargs3(dir: rootHandle, name: name), attributes: attributes)
@@ -167,16 +151,63 @@ public final class NFSDevice: @unchecked Sendable {
         } result: { rpcStatus, data in
             guard rpcStatus == RPC_STATUS_SUCCESS, let data else { failure = "MKDIR failed"; return }
             let result = data.assumingMemoryBound(to: MKDIR3res.self).pointee
+            if result.status == NFS3ERR_EXIST { exists = true; return }
             guard result.status.rawValue == 0 else {
                 failure = "cannot make \(HiddenName.directory) in the export (nfsstat3 \(result.status.rawValue)): the export must be writable"
                 return
             }
             let ok = result.MKDIR3res_u.resok
             guard ok.obj.handle_follows != 0 else { failure = "MKDIR \(HiddenName.directory) returned no handle"; return }
-            keep(ok.obj.post_op_fh3_u.handle)
+            switch hiddenHandle(ok.obj.post_op_fh3_u.handle) {
+            case .success(let bytes): handle = bytes
+            case .failure(let error): failure = error.description
+            }
+        }
+        if let failure { throw NFSStartupError(failure) }
+        guard exists else { return handle }
+        // Another engine made it between our LOOKUP and MKDIR.
+        guard let found = try lookupHidden(call, root: rootHandle, name: name) else {
+            throw NFSStartupError("MKDIR \(HiddenName.directory) answered EXIST, yet LOOKUP finds no such name")
+        }
+        return found
+    }
+
+    /// LOOKUP of `.dpfs-hidden` in the export's root: its handle, nil when there is no such name,
+    /// an error when it is not a directory (the engine must not hide files in something else).
+    static func lookupHidden(_ call: ControlCall, root: nfs_fh3, name: UnsafeMutablePointer<CChar>) throws(NFSStartupError) -> [UInt8]? {
+        var failure: String? = nil
+        var handle: [UInt8]? = nil
+        var lookup = LOOKUP3args(what: diropargs3(dir: root, name: name))
+        try call.run("LOOKUP \(HiddenName.directory)") { rpc, callback, tag in
+            rpc_nfs3_lookup_async(rpc, callback, &lookup, tag)
+        } result: { rpcStatus, data in
+            guard rpcStatus == RPC_STATUS_SUCCESS, let data else { failure = "LOOKUP failed"; return }
+            let result = data.assumingMemoryBound(to: LOOKUP3res.self).pointee
+            if result.status == NFS3ERR_NOENT { return }
+            guard result.status.rawValue == 0 else {
+                failure = "LOOKUP \(HiddenName.directory) in the export: nfsstat3 \(result.status.rawValue)"
+                return
+            }
+            let ok = result.LOOKUP3res_u.resok
+            if ok.obj_attributes.attributes_follow != 0, ok.obj_attributes.post_op_attr_u.attributes.type != NF3DIR {
+                failure = "\(HiddenName.directory) in the export is not a directory: remove it, the engine keeps unlinked open files there"
+                return
+            }
+            switch hiddenHandle(ok.object) {
+            case .success(let bytes): handle = bytes
+            case .failure(let error): failure = error.description
+            }
         }
         if let failure { throw NFSStartupError(failure) }
         return handle
+    }
+
+    static func hiddenHandle(_ fh: nfs_fh3) -> Result<[UInt8], NFSStartupError> {
+        let length = Int(fh.data.data_len)
+        guard length >= 1, length <= nfsFileHandleBytesMax, let bytes = fh.data.data_val else {
+            return .failure(NFSStartupError("the server sent a \(length)-byte handle for \(HiddenName.directory)"))
+        }
+        return .success(Array(UnsafeRawBufferPointer(start: bytes, count: length)))
     }
 
     /// FSINFO of the root: the largest READ and WRITE the server takes.
