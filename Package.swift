@@ -66,7 +66,7 @@ let package = Package(
         .target(name: "PassthroughBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSConfiguration"], swiftSettings: swiftSettings),
         // An NFS export (NFSv3 over libnfs's raw asynchronous RPC layer): file handles, never paths;
         // each queue's own connection driven from its poller; reconnect, resend and timeouts.
-        .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSConfiguration"], swiftSettings: swiftSettings),
+        .target(name: "NFSBackend", dependencies: ["CDPFS", "DPFSCore", "FUSEWire", "DPFSPosix", "BackendKit", "DPFSConfiguration", "NFSv4Wire"], swiftSettings: swiftSettings),
         // NFSv4 XDR, pure: COMPOUNDs written and replies read in caller memory, every length checked
         // (the NFS backend's v4 wire; not used by a device yet).
         .target(name: "NFSv4Wire", swiftSettings: swiftSettings),
@@ -125,7 +125,7 @@ let package = Package(
             name: "dpfs-bench",
             dependencies: [
                 "DPFSCore", "FUSEWire", "Virtio", "DPFSPosix", "LoopbackTransport", "NullBackend", "PassthroughBackend",
-                "VhostUser", "VhostUserFrontend", "FUSEDevice", "NFSBackend", "KeyValueBackend", "CDPFS",
+                "VhostUser", "VhostUserFrontend", "FUSEDevice", "NFSBackend", "NFSv4Wire", "KeyValueBackend", "CDPFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),

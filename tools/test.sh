@@ -95,6 +95,8 @@ step "guests store files through the key-value backend (6.1, redis-server crash 
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "two engines on one NFSv3 export: started at once both serve, files cross both ways, a change seen within the cache time, hidden files kept; control: a .dpfs-hidden that is a file stops the start" \
   tools/host/test-nfs-engines.sh --rounds 6
+step "NFSv4.1 client layer (our XDR over libnfs's transport) against nfs-ganesha: session, a file's whole life three times, the kept file on disk; controls: a changed byte, a version not spoken" \
+  tools/host/test-nfs4-session.sh
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \
   tools/host/test-nfs-crash.sh

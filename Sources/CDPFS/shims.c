@@ -112,21 +112,46 @@ struct CDPFS_libnfs40_pdu_head {
 // libnfs's encode buffer before any alloc hint (ZDR_ENCODEBUF_MINSIZE in its private header).
 enum { CDPFS_libnfs_encode_bytes_min = 4096 };
 
-int CDPFS_nfs4_compound_async(struct rpc_context *rpc, rpc_cb cb, COMPOUND4args *args, void *private_data,
-                              size_t payload_bytes) {
-    if (payload_bytes > (size_t)64 << 20) return -2;
+// The reply's results, left where they lie: our parser reads them inside the callback. libnfs
+// calls the decoder with ZDR_DECODE at the results' position; zdr_free (ZDR_FREE) is a no-op in 4.0.
+static uint32_t CDPFS_nfs4_capture(ZDR *zdr, void *where, ...) {
+    struct CDPFS_nfs4_reply *reply = where;
+    if (zdr->x_op != ZDR_DECODE) return 1;
+    if (zdr->pos < 0 || zdr->pos > zdr->size) return 0;
+    reply->bytes = (const uint8_t *)zdr->buf + zdr->pos;
+    reply->count = (uint32_t)(zdr->size - zdr->pos);
+    zdr->pos = zdr->size;
+    return 1;
+}
+
+struct rpc_pdu *CDPFS_nfs4_begin(struct rpc_context *rpc, rpc_cb cb, void *private_data, size_t room_bytes,
+                                 uint8_t **area, size_t *area_bytes, int *layout_wrong) {
+    *layout_wrong = 0;
+    if (room_bytes > (size_t)64 << 20) return NULL;
     struct rpc_pdu *pdu = rpc_allocate_pdu2(rpc, NFS4_PROGRAM, NFS_V4, NFSPROC4_COMPOUND, cb, private_data,
-                                            (zdrproc_t)zdr_COMPOUND4res, sizeof(COMPOUND4res), payload_bytes);
-    if (pdu == NULL) return -1;
+                                            (zdrproc_t)CDPFS_nfs4_capture, sizeof(struct CDPFS_nfs4_reply), room_bytes);
+    if (pdu == NULL) return NULL;
     struct CDPFS_libnfs40_pdu_head *head = (struct CDPFS_libnfs40_pdu_head *)pdu;
-    if (head->zdr.x_op != ZDR_ENCODE || head->zdr.size != (int)(CDPFS_libnfs_encode_bytes_min + payload_bytes)) {
+    if (head->zdr.x_op != ZDR_ENCODE || head->zdr.size != (int)(CDPFS_libnfs_encode_bytes_min + room_bytes)
+        || head->zdr.pos <= 0 || head->zdr.pos > head->zdr.size) {
         rpc_free_pdu(rpc, pdu);
-        return -4;
+        *layout_wrong = 1;
+        return NULL;
     }
-    if (zdr_COMPOUND4args(&head->zdr, args) == 0) {
+    *area = (uint8_t *)head->zdr.buf + head->zdr.pos;
+    *area_bytes = (size_t)(head->zdr.size - head->zdr.pos);
+    return pdu;
+}
+
+int CDPFS_nfs4_send(struct rpc_context *rpc, struct rpc_pdu *pdu, size_t written) {
+    struct CDPFS_libnfs40_pdu_head *head = (struct CDPFS_libnfs40_pdu_head *)pdu;
+    if (written > (size_t)(head->zdr.size - head->zdr.pos) || written % 4 != 0) {
         rpc_free_pdu(rpc, pdu);
-        return -2;
+        return -1;
     }
+    head->zdr.pos += (int)written;
     if (rpc_queue_pdu(rpc, pdu) != 0) return -1;
     return 0;
 }
+
+void CDPFS_nfs4_abandon(struct rpc_context *rpc, struct rpc_pdu *pdu) { rpc_free_pdu(rpc, pdu); }

@@ -23,7 +23,11 @@ public struct NFSBackendFactory: BackendFactory {
         ],
         check: { settings, _ throws(ConfigurationError) in
             do throws(NFSURL.ParseError) {
-                _ = try NFSURL.parse(settings.string("nfs_url"))
+                let url = try NFSURL.parse(settings.string("nfs_url"))
+                guard url.version == 3 else {
+                    throw NFSURL.ParseError(description: "NFS version \(url.versionText) is not served yet (version=3 is; "
+                        + "the NFSv4.1 client and session layer is checked by dpfs-bench nfs4-probe)")
+                }
             } catch {
                 throw ConfigurationError(line: 0, "nfs_url: \(error.description)")
             }

@@ -9,6 +9,8 @@ public struct NFSURL: Equatable, Sendable, CustomStringConvertible {
     /// The export's path on the server (v3 mounts by path; v4 would use the pseudo path).
     public var exportPath: String
     public var version: Int
+    /// NFSv4's minor version (0 or 1); 0 for v3. `version=4` means 4.1.
+    public var minorVersion: Int = 0
     /// The NFS service's TCP port (the portmapper is never asked for it: 2049 is the standard).
     public var nfsPort: Int
     /// The MOUNT service's TCP port; 0 = ask the server's portmapper.
@@ -23,11 +25,14 @@ public struct NFSURL: Equatable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        var text = "nfs://\(host)\(exportPath)?version=\(version)"
+        var text = "nfs://\(host)\(exportPath)?version=\(versionText)"
         if nfsPort != 2049 { text += "&nfsport=\(nfsPort)" }
         if mountPort != 0 { text += "&mountport=\(mountPort)" }
         return text
     }
+
+    /// "3", "4.0" or "4.1".
+    public var versionText: String { version == 3 ? "3" : "4.\(minorVersion)" }
 
     public struct ParseError: Error, CustomStringConvertible {
         public let description: String
@@ -51,15 +56,19 @@ public struct NFSURL: Equatable, Sendable, CustomStringConvertible {
         if pathAndQuery.count == 2 {
             for parameter in pathAndQuery[1].split(separator: "&") {
                 let pair = parameter.split(separator: "=", maxSplits: 1)
+                if pair.count == 2, pair[0] == "version" {
+                    switch pair[1] {
+                    case "3": url.version = 3
+                    case "4", "4.1": (url.version, url.minorVersion) = (4, 1)
+                    case "4.0": (url.version, url.minorVersion) = (4, 0)
+                    default: throw ParseError(description: "NFS version '\(pair[1])' is not known (3, 4.0, 4.1; 4 means 4.1)")
+                    }
+                    continue
+                }
                 guard pair.count == 2, let value = Int(pair[1]) else {
                     throw ParseError(description: "NFS URL parameter '\(parameter)' is not name=number")
                 }
                 switch pair[0] {
-                case "version":
-                    guard value == 3 else {
-                        throw ParseError(description: "NFS version \(value) is not served yet (version=3 is)")
-                    }
-                    url.version = value
                 case "nfsport":
                     guard (1...65_535).contains(value) else { throw ParseError(description: "nfsport \(value) out of range") }
                     url.nfsPort = value

@@ -54,6 +54,7 @@ public final class NFSDevice: @unchecked Sendable {
     public init(configuration: NFSConfiguration) throws(NFSStartupError) {
         self.configuration = configuration
         let url = configuration.url
+        guard url.version == 3 else { throw NFSStartupError("NFS version \(url.versionText) is not served by the device yet (version=3 is)") }
         hostName = strdup(url.host)!
         let root = try Self.mountRoot(url, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
         let limits = try Self.fileSystemInfo(url, root: root, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)

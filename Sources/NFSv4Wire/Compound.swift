@@ -236,6 +236,15 @@ public struct CompoundReader {
                                    targetHighestSlot: try xdr.u32(), statusFlags: try xdr.u32())
     }
 
+    /// SEQUENCE's result; the session must be `session`.
+    public mutating func sequenceResult(session: NFSv4SessionID) throws(XDRError) -> NFSv4SequenceResult {
+        let at = xdr.position
+        let echoed = NFSv4SessionID(try xdr.fixedOpaque(16))
+        guard echoed == session else { throw .invalid(at: at, value: UInt32(truncatingIfNeeded: echoed.bytes.0).bigEndian) }
+        return NFSv4SequenceResult(sequenceID: try xdr.u32(), slot: try xdr.u32(), highestSlot: try xdr.u32(),
+                                   targetHighestSlot: try xdr.u32(), statusFlags: try xdr.u32())
+    }
+
     /// GETATTR's attributes (after an OK status).
     public mutating func attributes() throws(XDRError) -> NFSv4Attributes {
         try NFSv4Attributes.read(&xdr)

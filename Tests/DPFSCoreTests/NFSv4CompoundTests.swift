@@ -1,9 +1,10 @@
 import CDPFS
+import NFSv4Wire
 import Testing
 
-/// What the NFSv4 path needs from libnfs 4.0 before any server is involved: a COMPOUND carrying a
-/// WRITE larger than libnfs's own 4 KiB encode buffer can be queued, and the private pdu layout the
-/// shim relies on is the one this libnfs has (the shim checks it on every call).
+/// What the NFSv4 path needs from libnfs 4.0 before any server is involved: a COMPOUND of our own
+/// XDR carrying a WRITE larger than libnfs's own 4 KiB encode buffer can be queued, and the private
+/// pdu layout the shim relies on is the one this libnfs has (the shim checks it on every call).
 @Suite struct NFSv4CompoundTests {
     static let ignore: rpc_cb = { _, _, _, _ in }
 
@@ -39,33 +40,58 @@ import Testing
         return send(rpc, &arguments)
     }
 
-    @Test("libnfs 4.0's own COMPOUND call cannot carry a 64 KiB WRITE; the shim with room for it can")
-    func largeWriteFits() {
-        let bytes = 64 << 10
-        let own = Self.queueWrite(dataBytes: bytes) { rpc, arguments in
+    @Test("libnfs 4.0's own COMPOUND call cannot carry a 64 KiB WRITE")
+    func libnfsOwnLimit() {
+        let own = Self.queueWrite(dataBytes: 64 << 10) { rpc, arguments in
             rpc_nfs4_compound_async(rpc, Self.ignore, arguments, nil)
         }
         #expect(own == -2, "libnfs 4.0 encodes into 4 KiB: the limit the shim exists for")
-        let shim = Self.queueWrite(dataBytes: bytes) { rpc, arguments in
-            CDPFS_nfs4_compound_async(rpc, Self.ignore, arguments, nil, bytes + 1024)
-        }
-        #expect(shim == 0, "queued: the pdu layout check passed and the WRITE was encoded")
     }
 
-    @Test("the shim refuses what does not fit the room it was given, and a payload over 64 MiB")
-    func tooLittleRoomIsRefused() {
+    /// Begins a pdu on an unconnected context, hands its area to `body`, which answers the bytes
+    /// written (nil: abandon), and returns what send answered.
+    static func begin(room: Int, body: (UnsafeMutableRawBufferPointer) -> Int?) -> (begun: Bool, layoutWrong: Int32, sent: Int32?) {
+        let rpc = rpc_init_context()!
+        defer { rpc_destroy_context(rpc) }
+        var area: UnsafeMutablePointer<UInt8>? = nil
+        var areaBytes = 0
+        var layoutWrong: Int32 = 0
+        guard let pdu = CDPFS_nfs4_begin(rpc, Self.ignore, nil, room, &area, &areaBytes, &layoutWrong) else {
+            return (false, layoutWrong, nil)
+        }
+        guard let written = body(UnsafeMutableRawBufferPointer(start: area, count: areaBytes)) else {
+            CDPFS_nfs4_abandon(rpc, pdu)
+            return (true, layoutWrong, nil)
+        }
+        return (true, layoutWrong, CDPFS_nfs4_send(rpc, pdu, written))
+    }
+
+    @Test("the shim's room holds a 64 KiB WRITE written by our own XDR, and the layout check passes")
+    func largeWriteFits() {
         let bytes = 64 << 10
-        let short = Self.queueWrite(dataBytes: bytes) { rpc, arguments in
-            CDPFS_nfs4_compound_async(rpc, Self.ignore, arguments, nil, bytes / 2)
+        var roomSeen = 0
+        let result = Self.begin(room: bytes + 1024) { area in
+            roomSeen = area.count
+            var compound = CompoundWriter(buffer: area, minorVersion: 1)
+            let handle: [UInt8] = [7, 7, 7, 7, 7, 7, 7, 7]
+            handle.withUnsafeBytes { compound.putfh($0) }
+            guard let data = compound.write(.anonymous, offset: 4096, stability: .unstable, byteCount: bytes) else { return nil }
+            data.initializeMemory(as: UInt8.self, repeating: 0x5A)
+            return compound.finish()
         }
-        #expect(short == -2)
-        let huge = Self.queueWrite(dataBytes: 16) { rpc, arguments in
-            CDPFS_nfs4_compound_async(rpc, Self.ignore, arguments, nil, (64 << 20) + 1)
-        }
-        #expect(huge == -2)
-        let small = Self.queueWrite(dataBytes: 512) { rpc, arguments in
-            CDPFS_nfs4_compound_async(rpc, Self.ignore, arguments, nil, 0)
-        }
-        #expect(small == 0, "a small COMPOUND fits the 4 KiB libnfs always gives")
+        #expect(result.begun && result.layoutWrong == 0)
+        // The room asked for, plus what is left of libnfs's own 4 KiB after the RPC header.
+        #expect(roomSeen > bytes + 1024 && roomSeen < bytes + 1024 + 4096)
+        #expect(result.sent == 0, "queued")
+    }
+
+    @Test("the shim refuses more than its room, a length not a multiple of 4, and a room over 64 MiB")
+    func wrongLengthsAreRefused() {
+        #expect(Self.begin(room: 1024) { area in area.count + 4 }.sent == -1)
+        #expect(Self.begin(room: 1024) { _ in 10 }.sent == -1)
+        let huge = Self.begin(room: (64 << 20) + 1) { _ in 0 }
+        #expect(!huge.begun && huge.layoutWrong == 0)
+        #expect(Self.begin(room: 0) { _ in 8 }.sent == 0, "a small COMPOUND fits the 4 KiB libnfs always gives")
+        #expect(Self.begin(room: 0) { _ in nil }.begun, "abandoned: freed without sending")
     }
 }

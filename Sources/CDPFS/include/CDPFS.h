@@ -63,13 +63,26 @@
 void rpc_set_autoreconnect(struct rpc_context *rpc, int num_retries);
 void rpc_set_timeout(struct rpc_context *rpc, int timeout);
 
-/// Queues an NFSv4 COMPOUND with room for `payload_bytes` beyond libnfs's 4 KiB encode buffer.
-/// libnfs 4.0's own `rpc_nfs4_compound_async` gives every COMPOUND exactly 4 096 bytes, so no WRITE
-/// above about 3.9 KB can be encoded (it returns -2). Returns 0 when queued, -1 out of memory, -2
-/// when the arguments do not fit even so, -4 when libnfs's private pdu layout is not the one of
-/// libnfs 4.0 (the caller must then refuse NFSv4 rather than guess).
-int CDPFS_nfs4_compound_async(struct rpc_context *rpc, rpc_cb cb, COMPOUND4args *args, void *private_data,
-                              size_t payload_bytes);
+// NFSv4 COMPOUNDs in our own XDR over libnfs's transport (connection, AUTH_SYS, record marking,
+// xid matching). libnfs 4.0's own `rpc_nfs4_compound_async` encodes from its generated structures
+// into a 4 KiB buffer; these hand the caller the room after the RPC header instead:
+//   begin   → a pdu with `room_bytes` (beyond libnfs's 4 KiB) to write the COMPOUND4args into;
+//   send    → queues it with `written` bytes of arguments;
+//   abandon → frees a begun pdu that will not be sent.
+// The reply's COMPOUND4res is not decoded by libnfs: the callback's `data` (on RPC_STATUS_SUCCESS)
+// is a `CDPFS_nfs4_reply` naming the raw bytes, valid until the callback returns.
+struct CDPFS_nfs4_reply {
+    const uint8_t *bytes;
+    uint32_t count;
+};
+
+/// NULL when out of memory or when libnfs's private pdu layout is not libnfs 4.0's (`*layout_wrong`
+/// is then 1: the caller must refuse NFSv4 rather than guess).
+struct rpc_pdu *CDPFS_nfs4_begin(struct rpc_context *rpc, rpc_cb cb, void *private_data, size_t room_bytes,
+                                 uint8_t **area, size_t *area_bytes, int *layout_wrong);
+/// 0 when queued; -1 when `written` exceeds the room (the pdu is freed).
+int CDPFS_nfs4_send(struct rpc_context *rpc, struct rpc_pdu *pdu, size_t written);
+void CDPFS_nfs4_abandon(struct rpc_context *rpc, struct rpc_pdu *pdu);
 
 #ifdef __linux__
 

@@ -1,0 +1,209 @@
+import CDPFS
+import DPFSPosix
+import Glibc
+import NFSv4Wire
+
+// NFSv4 on the control plane: one blocking connection carrying COMPOUNDs in our own XDR
+// (NFSv4Wire) over libnfs's transport (the CDPFS_nfs4_* shim), and on it an NFSv4.1 client and
+// session (EXCHANGE_ID, CREATE_SESSION, RECLAIM_COMPLETE; DESTROY_SESSION and DESTROY_CLIENTID at
+// the end). Start-up and stop use it, and `dpfs-bench nfs4-probe` drives a file's whole life
+// through it against a real server. Replies are copied out of libnfs's buffer inside its callback:
+// this path allocates, the data path will not.
+
+/// One blocking NFSv4 connection: a COMPOUND written by the caller, its reply's bytes returned.
+public final class NFSv4ControlClient {
+    public let url: NFSURL
+    let rpc: OpaquePointer
+    let timeoutNanoseconds: UInt64
+    var done = false
+    var failure: String? = nil
+    var reply: [UInt8] = []
+
+    /// Connects to the server's NFS port as AUTH_SYS `uid`/`gid`.
+    public init(url: NFSURL, timeoutMilliseconds: Int, uid: UInt32 = 0, gid: UInt32 = 0) throws(NFSStartupError) {
+        precondition(url.version == 4 && timeoutMilliseconds > 0)
+        self.url = url
+        guard let context = rpc_init_context() else { throw NFSStartupError("NFSv4: cannot make an RPC context") }
+        rpc = context
+        timeoutNanoseconds = UInt64(timeoutMilliseconds) * 1_000_000
+        rpc_set_autoreconnect(rpc, 0)
+        rpc_set_uid(rpc, Int32(bitPattern: uid))
+        rpc_set_gid(rpc, Int32(bitPattern: gid))
+        done = false
+        let started = url.host.withCString { host in
+            rpc_connect_port_async(rpc, host, Int32(url.nfsPort), Int32(NFS4_PROGRAM), Int32(NFS_V4), Self.callback, tag)
+        }
+        guard started == 0 else {
+            defer { rpc_destroy_context(rpc) }
+            throw NFSStartupError("NFSv4 service at \(url.host):\(url.nfsPort): \(String(cString: rpc_get_error(rpc)))")
+        }
+        do { try pump("connect") } catch {
+            rpc_destroy_context(rpc)
+            throw error
+        }
+        if let failure {
+            rpc_destroy_context(rpc)
+            throw NFSStartupError("cannot connect to the NFSv4 service at \(url.host):\(url.nfsPort): \(failure)")
+        }
+    }
+
+    public func close() { rpc_destroy_context(rpc) }
+
+    var tag: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+
+    static let callback: rpc_cb = { _, status, data, tag in
+        let client = Unmanaged<NFSv4ControlClient>.fromOpaque(tag!).takeUnretainedValue()
+        client.done = true
+        guard status == RPC_STATUS_SUCCESS else {
+            let text = status == RPC_STATUS_ERROR && data != nil ? String(cString: data!.assumingMemoryBound(to: CChar.self)) : "RPC status \(status)"
+            client.failure = text
+            return
+        }
+        // A connect's callback carries no data; a COMPOUND's carries the raw COMPOUND4res.
+        guard let data else { return }
+        let captured = data.assumingMemoryBound(to: CDPFS_nfs4_reply.self).pointee
+        client.reply = Array(UnsafeRawBufferPointer(start: captured.bytes, count: Int(captured.count)))
+    }
+
+    /// Sends one COMPOUND, written by `body` into the room libnfs gives plus `roomBytes`, and
+    /// returns the reply's COMPOUND4res bytes.
+    public func compound(_ what: String, minorVersion: UInt32, roomBytes: Int = 0,
+                         _ body: (inout CompoundWriter) -> Void) throws(NFSStartupError) -> [UInt8] {
+        var area: UnsafeMutablePointer<UInt8>? = nil
+        var areaBytes = 0
+        var layoutWrong: Int32 = 0
+        guard let pdu = CDPFS_nfs4_begin(rpc, Self.callback, tag, roomBytes, &area, &areaBytes, &layoutWrong) else {
+            throw NFSStartupError(layoutWrong != 0 ? "\(what): this libnfs's private pdu layout is not libnfs 4.0's: NFSv4 refused"
+                                                   : "\(what): out of memory")
+        }
+        var writer = CompoundWriter(buffer: UnsafeMutableRawBufferPointer(start: area, count: areaBytes), minorVersion: minorVersion)
+        body(&writer)
+        guard let written = writer.finish() else {
+            CDPFS_nfs4_abandon(rpc, pdu)
+            throw NFSStartupError("\(what): the COMPOUND does not fit \(areaBytes) bytes")
+        }
+        done = false
+        failure = nil
+        reply = []
+        guard CDPFS_nfs4_send(rpc, pdu, written) == 0 else { throw NFSStartupError("\(what): cannot queue the COMPOUND") }
+        try pump(what)
+        if let failure { throw NFSStartupError("\(what): \(failure)") }
+        return reply
+    }
+
+    func pump(_ what: String) throws(NFSStartupError) {
+        let deadline = monotonicNanoseconds() + timeoutNanoseconds
+        while !done {
+            guard monotonicNanoseconds() < deadline else { throw NFSStartupError("\(what): no answer from \(url.host) in time") }
+            var entry = pollfd(fd: rpc_get_fd(rpc), events: Int16(rpc_which_events(rpc)), revents: 0)
+            let ready = Glibc.poll(&entry, 1, 100)
+            if ready < 0 && errno != EINTR { throw NFSStartupError("\(what): poll: errno \(errno)") }
+            if rpc_service(rpc, ready > 0 ? Int32(entry.revents) : 0) < 0 && !done {
+                throw NFSStartupError("\(what): \(String(cString: rpc_get_error(rpc)))")
+            }
+        }
+    }
+}
+
+/// An NFSv4.1 client id and session over a control connection, using slot 0 only.
+public final class NFSv4ControlSession {
+    public let client: NFSv4ControlClient
+    public private(set) var clientID: UInt64 = 0
+    public private(set) var session = NFSv4SessionID()
+    /// The fore channel the server granted.
+    public private(set) var fore = NFSv4ChannelAttributes(requestBytesMax: 0, responseBytesMax: 0, responseCachedBytesMax: 0,
+                                                          operationsMax: 0, requestsMax: 0)
+    public private(set) var exchange = NFSv4ExchangeIDResult(clientID: 0, sequenceID: 0, flags: 0, stateProtection: 0)
+    var slotSequence: UInt32 = 1
+    var established = false
+
+    /// EXCHANGE_ID as `owner` (the same owner across restarts: the server then drops the old
+    /// instance's state, told apart by `verifier`), CREATE_SESSION asking `slots` fore-channel
+    /// slots, then RECLAIM_COMPLETE (nothing to reclaim: a new client).
+    public init(client: NFSv4ControlClient, owner: [UInt8], verifier: UInt64, slots: UInt32,
+                transferBytesMax: UInt32) throws(NFSStartupError) {
+        precondition(slots >= 1 && client.url.minorVersion == 1)
+        self.client = client
+        let exchanged = try Self.parse("EXCHANGE_ID", client.compound("EXCHANGE_ID", minorVersion: 1) { writer in
+            owner.withUnsafeBytes { writer.exchangeID(verifier: verifier, owner: $0, flags: NFSv4ExchangeFlags.useNonPNFS) }
+        }, operations: 1) { reader throws(XDRError) in try reader.exchangeIDResult() }
+        exchange = exchanged
+        clientID = exchanged.clientID
+        // Room for the largest READ or WRITE plus its COMPOUND's other operations.
+        let message = transferBytesMax + 8192
+        let asked = NFSv4ChannelAttributes(requestBytesMax: message, responseBytesMax: message, responseCachedBytesMax: 8192,
+                                           operationsMax: UInt32(CompoundWriter.operationsMax), requestsMax: slots)
+        let back = NFSv4ChannelAttributes(requestBytesMax: 4096, responseBytesMax: 4096, responseCachedBytesMax: 0,
+                                          operationsMax: 2, requestsMax: 1)
+        let created = try Self.parse("CREATE_SESSION", client.compound("CREATE_SESSION", minorVersion: 1) { writer in
+            writer.createSession(clientID: exchanged.clientID, sequenceID: exchanged.sequenceID, fore: asked, back: back)
+        }, operations: 1) { reader throws(XDRError) in try reader.createSessionResult() }
+        guard created.fore.requestsMax >= 1 else { throw NFSStartupError("CREATE_SESSION: the server granted no slots") }
+        session = created.session
+        fore = created.fore
+        established = true
+        _ = try call("RECLAIM_COMPLETE", operations: 1) { writer in writer.reclaimComplete(oneFileSystem: false) } read: { _, _ in () }
+    }
+
+    /// SEQUENCE on slot 0, then the operations `body` writes (`operations` of them); `read` gets
+    /// the reader after SEQUENCE's result and the last operation's status as sent by the server.
+    public func call<T>(_ what: String, operations: Int, roomBytes: Int = 0, _ body: (inout CompoundWriter) -> Void,
+                        read: (inout CompoundReader, NFSv4Status) throws(XDRError) -> T) throws(NFSStartupError) -> T {
+        let bytes = try client.compound(what, minorVersion: 1, roomBytes: roomBytes) { writer in
+            self.session.withBytes { writer.sequence(session: $0, sequenceID: slotSequence, slot: 0, highestSlot: 0, cacheThis: false) }
+            body(&writer)
+        }
+        let session = self.session
+        return try Self.parse(what, bytes, operations: operations + 1) { reader throws(XDRError) in
+            let sequenceStatus = try reader.next(.sequence)
+            guard sequenceStatus == .ok else { throw XDRError.invalid(at: 0, value: sequenceStatus.rawValue) }
+            _ = try reader.sequenceResult(session: session)
+            slotSequence &+= 1
+            return try read(&reader, reader.status)
+        }
+    }
+
+    /// Reads a reply whose first result must be OK; a lie or a failed first operation is an error
+    /// naming the call.
+    static func parse<T>(_ what: String, _ bytes: [UInt8], operations: Int,
+                         _ read: (inout CompoundReader) throws(XDRError) -> T) throws(NFSStartupError) -> T {
+        do throws(XDRError) {
+            let result = bytes.withUnsafeBytes { raw in
+                Result { () throws(XDRError) -> T in
+                    var reader = try CompoundReader(buffer: raw, operationsSent: operations)
+                    if operations == 1 {
+                        let status = try reader.next(Self.only(what))
+                        guard status == .ok else { throw XDRError.invalid(at: 0, value: status.rawValue) }
+                    }
+                    return try read(&reader)
+                }
+            }
+            return try result.get()
+        } catch {
+            if case .invalid(at: 0, let status) = error { throw NFSStartupError("\(what): the server answered nfsstat4 \(status)") }
+            throw NFSStartupError("\(what): the reply does not parse (\(error))")
+        }
+    }
+
+    static func only(_ what: String) -> NFSv4Operation {
+        switch what {
+        case "EXCHANGE_ID": return .exchangeID
+        case "CREATE_SESSION": return .createSession
+        case "DESTROY_SESSION": return .destroySession
+        default: return .destroyClientID
+        }
+    }
+
+    /// DESTROY_SESSION then DESTROY_CLIENTID: the server forgets this client now, not at lease end.
+    public func destroy() throws(NFSStartupError) {
+        guard established else { return }
+        established = false
+        let session = self.session
+        _ = try Self.parse("DESTROY_SESSION", client.compound("DESTROY_SESSION", minorVersion: 1) { writer in
+            writer.destroySession(session)
+        }, operations: 1) { _ throws(XDRError) in () }
+        _ = try Self.parse("DESTROY_CLIENTID", client.compound("DESTROY_CLIENTID", minorVersion: 1) { writer in
+            writer.destroyClientID(clientID)
+        }, operations: 1) { _ throws(XDRError) in () }
+    }
+}
