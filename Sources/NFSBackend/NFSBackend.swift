@@ -183,6 +183,8 @@ final class NFSQueue: @unchecked Sendable {
     /// WRITE payloads spread over several guest segments are gathered here (the call encodes them
     /// at once, so one buffer per queue is enough).
     let gather: UnsafeMutableRawPointer
+    /// The queue's NFSv4.1 session (nil on an NFSv3 device): see NFSQueue+Version4.swift.
+    let v4: NFSv4QueueSession?
 
     // The connections (NFSQueue+Connection.swift).
     let connections: [NFSConnection]
@@ -230,6 +232,7 @@ final class NFSQueue: @unchecked Sendable {
         let journalBytes = device.configuration.journalBytesPerQueue
         journal = WriteJournal(capacityBytes: journalBytes, entryCapacity: max(64, journalBytes / 1024))
         queueNumber = device.queueNumbers.add(1, ordering: .relaxed).oldValue
+        v4 = device.v4 == nil ? nil : NFSv4QueueSession(engineSlots: slotCount, queueNumber: queueNumber)
         gather = .allocate(byteCount: FUSELimits.writeBytesMax, alignment: 4096)
         let me = Unmanaged.passUnretained(self).toOpaque()
         for slot in 0..<slotCount + connectionCount { (tags + slot).initialize(to: NFSCallTag(queue: me, slot: UInt32(slot))) }

@@ -7,9 +7,9 @@ import FUSEWire
 /// built from them (the mount, the tables) and its fault report at stop.
 public struct NFSBackendFactory: BackendFactory {
     public static let schema = BackendSchema(
-        name: "nfs", summary: "an NFSv3 export, over one connection per queue driven from its poller",
+        name: "nfs", summary: "an NFS export (NFSv3, or NFSv4.1 with a session per queue), over connections driven from each queue's poller",
         settings: [
-            Setting("nfs_url", .string, default: nil, help: "the export: nfs://HOST/EXPORT?version=3[&nfsport=N][&mountport=N]"),
+            Setting("nfs_url", .string, default: nil, help: "the export: nfs://HOST/EXPORT?version=3[&nfsport=N][&mountport=N], or nfs://HOST/PSEUDO-PATH?version=4.1[&nfsport=N]"),
             SharedSettings.cache,
             SharedSettings.nodesMax,
             SharedSettings.openFilesMax,
@@ -24,9 +24,11 @@ public struct NFSBackendFactory: BackendFactory {
         check: { settings, _ throws(ConfigurationError) in
             do throws(NFSURL.ParseError) {
                 let url = try NFSURL.parse(settings.string("nfs_url"))
-                guard url.version == 3 else {
-                    throw NFSURL.ParseError(description: "NFS version \(url.versionText) is not served yet (version=3 is; "
-                        + "the NFSv4.1 client and session layer is checked by dpfs-bench nfs4-probe)")
+                guard url.version == 3 || url.minorVersion == 1 else {
+                    throw NFSURL.ParseError(description: "NFS version \(url.versionText) is not served yet (version=3 and 4.1 are)")
+                }
+                guard url.version == 3 || settings.integer("nfs_connections") == 1 else {
+                    throw NFSURL.ParseError(description: "NFSv4.1 takes one connection per queue (its session binds it): nfs_connections must be 1")
                 }
             } catch {
                 throw ConfigurationError(line: 0, "nfs_url: \(error.description)")
@@ -55,6 +57,6 @@ public struct NFSBackendFactory: BackendFactory {
     public var initPolicy: InitPolicy { NFSBackend.initPolicy(device) }
     public var report: String { "backend \(device.report)" }
     public func makeBackend(queue: Int) -> NFSBackend { NFSBackend(device: device) }
-    public func stopReport() -> String? { device.faultReport }
+    public func stopReport() -> String? { [device.faultReport, device.stopV4()].compactMap { $0 }.joined(separator: "; ") }
     public func metricsCounters() -> [BackendCounter] { device.metricsCounters }
 }

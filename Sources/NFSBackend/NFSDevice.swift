@@ -26,6 +26,8 @@ public final class NFSDevice: @unchecked Sendable {
     /// This engine's number in hidden names (random per start, so engines sharing an export and
     /// successive sessions never pick the same name).
     public let instance: UInt64
+    /// NFSv4.1: the client, its control session and the queues' sessions (nil over NFSv3).
+    public let v4: NFSv4DeviceState?
     /// Fault counters of all queues (rare events: a shared atomic each is cheap enough).
     let reconnectCount = Atomic<Int>(0)
     let timeoutCount = Atomic<Int>(0)
@@ -54,20 +56,30 @@ public final class NFSDevice: @unchecked Sendable {
     public init(configuration: NFSConfiguration) throws(NFSStartupError) {
         self.configuration = configuration
         let url = configuration.url
-        guard url.version == 3 else { throw NFSStartupError("NFS version \(url.versionText) is not served by the device yet (version=3 is)") }
+        let instance = UInt64.random(in: 1...UInt64.max)
+        self.instance = instance
+        let timeout = configuration.requestTimeoutMilliseconds
+        let root: [UInt8], hidden: [UInt8]
+        if url.version == 4 {
+            let started = try Self.startV4(url, timeoutMilliseconds: timeout, instance: instance)
+            v4 = started.state
+            (root, hidden) = (started.root, started.hidden)
+            (readBytesMax, writeBytesMax) = (started.read, started.write)
+        } else {
+            v4 = nil
+            root = try Self.mountRoot(url, timeoutMilliseconds: timeout)
+            let limits = try Self.fileSystemInfo(url, root: root, timeoutMilliseconds: timeout)
+            readBytesMax = limits.read
+            writeBytesMax = limits.write
+            hidden = try Self.hiddenDirectory(url, root: root, timeoutMilliseconds: timeout)
+        }
         hostName = strdup(url.host)!
-        let root = try Self.mountRoot(url, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
-        let limits = try Self.fileSystemInfo(url, root: root, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
-        readBytesMax = limits.read
-        writeBytesMax = limits.write
-        let hidden = try Self.hiddenDirectory(url, root: root, timeoutMilliseconds: configuration.requestTimeoutMilliseconds)
         let nodes = root.withUnsafeBytes { FileHandleTable(capacity: configuration.nodesMax, rootHandle: $0, rootKind: FileType.directory) }
         // Its own pin keeps the record when a new session forgets every node.
         let hiddenID = hidden.withUnsafeBytes { nodes.lookup(handle: $0, kind: FileType.directory) }!
         hiddenDirectory = nodes.pin(hiddenID)!
         self.nodes = nodes
         files = OpenFileTable(capacity: configuration.openFilesMax)
-        instance = UInt64.random(in: 1...UInt64.max)
     }
 
     deinit { Glibc.free(hostName) }
@@ -81,7 +93,14 @@ public final class NFSDevice: @unchecked Sendable {
         "nfs \(configuration.url) (read ≤ \(readBytesMax) B, write ≤ \(writeBytesMax) B per RPC; \(configuration.nodesMax) nodes, "
             + "\(configuration.openFilesMax) open files; per queue \(configuration.connectionsPerQueue) connection(s), "
             + "\(configuration.journalBytesPerQueue >> 20) MiB write journal; timeout \(configuration.requestTimeoutMilliseconds) ms); "
-            + "POSIX locks stay in the guest's kernel: NFSv3 without NLM cannot show them to other clients of the export"
+            + (v4 == nil ? "POSIX locks stay in the guest's kernel: NFSv3 without NLM cannot show them to other clients of the export"
+                         : "NFSv4.1 client \(String(v4!.clientID, radix: 16)), a session per queue; POSIX locks stay in the guest's kernel (v4 LOCK not yet sent)")
+    }
+
+    /// At stop: the v4 sessions and client are destroyed (the server forgets them now, not a lease later).
+    public func stopV4() -> String? {
+        guard let v4 else { return nil }
+        return v4.destroy().map { "NFSv4 clean-up: \($0)" }
     }
 
     /// The kernel of a new session knows none of the old inodes or opens.

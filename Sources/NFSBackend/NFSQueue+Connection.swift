@@ -61,13 +61,17 @@ extension NFSQueue {
         rpc_set_gid(context, Int32(bitPattern: link.currentGID))
         link.rpc = context
         link.state = .connecting
+        let version4 = v4 != nil
         let started = rpc_connect_port_async(context, device.hostName, Int32(device.configuration.url.nfsPort),
-                                             Int32(NFS_PROGRAM), Int32(NFS_V3), Self.connected, connectTag(link.index))
+                                             Int32(version4 ? NFS4_PROGRAM : NFS_PROGRAM), Int32(version4 ? NFS_V4 : NFS_V3),
+                                             Self.connected, connectTag(link.index))
         if started != 0 { dropConnection(link, now: now) }
     }
 
     func connectFinished(_ link: NFSConnection, success: Bool) {
-        guard success else {
+        // NFSv4.1: a new session with each connection (a blocking CREATE_SESSION on the device's
+        // control connection, taken only when a connection comes up).
+        guard success, establishSession4() else {
             link.teardownWanted = true
             return
         }

@@ -140,11 +140,24 @@ extension NFSQueue {
             waiting += 1
             return
         }
+        if let session = v4 {
+            // NFSv4.1: the call needs a session slot of its own; without one it waits for the next.
+            guard let sessionSlot = session.acquire() else {
+                records[slot].state = .waiting
+                waiting += 1
+                return
+            }
+            session.held[slot] = sessionSlot
+        }
         let request = records[slot].request
         if records[slot].plan.progress.contains(.asEngine) { become(link, uid: 0, gid: 0) } else { become(link, uid: request.uid, gid: request.gid) }
         let tag = UnsafeMutableRawPointer(tags + slot)
         let started = send(slot, rpc, tag)
         guard started == 0 else {
+            if let session = v4 {
+                session.release(session.held[slot], advanced: false)
+                session.held[slot] = -1
+            }
             // libnfs could not even queue it: out of memory, or (-2) the arguments do not fit the
             // 4 KiB buffer libnfs 4.0 encodes every call into, which only a symlink target near
             // PATH_MAX reaches (Specs/nfs-semantics.md).
@@ -161,6 +174,7 @@ extension NFSQueue {
     /// Queues the RPC of the slot's current stage in libnfs (AUTH_SYS already set): 0, or
     /// libnfs's failure (-2: the arguments do not fit its encoding buffer).
     func send(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        if v4 != nil { return send4(slot, rpc, tag) }
         switch records[slot].plan.call {
         case .none:
             preconditionFailure("a slot issued without a call")
@@ -638,6 +652,7 @@ extension NFSQueue {
         records[slot].sent = false
         records[slot].openFile = 0
         records[slot].stagedHandleLength = 0
+        v4?.namesOnly[slot] = false
         pendingCount -= 1
         if slot == startingSlot {
             // Answered before `begin` returned: the poller sees `.done`, not a completion.

@@ -116,6 +116,13 @@ public final class NFSv4ControlSession {
     public private(set) var exchange = NFSv4ExchangeIDResult(clientID: 0, sequenceID: 0, flags: 0, stateProtection: 0)
     var slotSequence: UInt32 = 1
     var established = false
+    /// The sequence the client's next CREATE_SESSION carries (EXCHANGE_ID's, then one more each).
+    var createSessionSequence: UInt32 = 0
+
+    func nextCreateSessionSequence() -> UInt32 {
+        defer { createSessionSequence &+= 1 }
+        return createSessionSequence
+    }
 
     /// EXCHANGE_ID as `owner` (the same owner across restarts: the server then drops the old
     /// instance's state, told apart by `verifier`), CREATE_SESSION asking `slots` fore-channel
@@ -135,6 +142,7 @@ public final class NFSv4ControlSession {
                                            operationsMax: UInt32(CompoundWriter.operationsMax), requestsMax: slots)
         let back = NFSv4ChannelAttributes(requestBytesMax: 4096, responseBytesMax: 4096, responseCachedBytesMax: 0,
                                           operationsMax: 2, requestsMax: 1)
+        createSessionSequence = exchanged.sequenceID &+ 1
         let created = try Self.parse("CREATE_SESSION", client.compound("CREATE_SESSION", minorVersion: 1) { writer in
             writer.createSession(clientID: exchanged.clientID, sequenceID: exchanged.sequenceID, fore: asked, back: back)
         }, operations: 1) { reader throws(XDRError) in try reader.createSessionResult() }

@@ -36,6 +36,15 @@ public struct NFSv4Attributes: Equatable, Sendable {
     public var accessTime = NFSv4Time(seconds: 0, nanoseconds: 0)
     public var metadataTime = NFSv4Time(seconds: 0, nanoseconds: 0)
     public var modifyTime = NFSv4Time(seconds: 0, nanoseconds: 0)
+    /// Where the entry's handle lies in the reply buffer (READDIR), -1 when not sent.
+    public var handleOffset = -1
+    public var handleLength = 0
+    public var files: (available: UInt64, free: UInt64, total: UInt64) = (0, 0, 0)
+    public var space: (available: UInt64, free: UInt64, total: UInt64) = (0, 0, 0)
+    public var maxread: UInt64 = 0
+    public var maxwrite: UInt64 = 0
+    /// READDIR's per-entry `rdattr_error` (0: the entry's attributes came).
+    public var rdattrError: UInt32 = 0
 
     public init() {}
 
@@ -44,6 +53,8 @@ public struct NFSv4Attributes: Equatable, Sendable {
             && a.fileid == b.fileid && a.mode == b.mode && a.numlinks == b.numlinks && a.owner == b.owner
             && a.ownerGroup == b.ownerGroup && a.rawdev == b.rawdev && a.spaceUsed == b.spaceUsed
             && a.accessTime == b.accessTime && a.metadataTime == b.metadataTime && a.modifyTime == b.modifyTime
+            && a.handleOffset == b.handleOffset && a.handleLength == b.handleLength && a.files == b.files && a.space == b.space
+            && a.maxread == b.maxread && a.maxwrite == b.maxwrite && a.rdattrError == b.rdattrError
     }
 
     /// Reads a `fattr4` at the reader's position.
@@ -55,7 +66,7 @@ public struct NFSv4Attributes: Equatable, Sendable {
             let bits = try xdr.u32()
             for bit in 0..<32 where bits & (1 << UInt32(bit)) != 0 {
                 let number = word * 32 + bit
-                guard NFSv4Bitmap.standard.contains(number) else { throw .invalid(at: at, value: UInt32(number)) }
+                guard NFSv4Bitmap.known.contains(number) else { throw .invalid(at: at, value: UInt32(number)) }
                 attributes.present.insert(number)
             }
         }
@@ -88,6 +99,19 @@ public struct NFSv4Attributes: Equatable, Sendable {
         case .timeAccess: accessTime = try Self.time(&xdr)
         case .timeMetadata: metadataTime = try Self.time(&xdr)
         case .timeModify: modifyTime = try Self.time(&xdr)
+        case .rdattrError: rdattrError = try xdr.u32()
+        case .filehandle:
+            let handle = try xdr.opaque(limit: CompoundWriter.handleBytesMax)
+            handleOffset = handle.baseAddress.map { $0 - xdr.buffer.baseAddress! } ?? xdr.position
+            handleLength = handle.count
+        case .filesAvailable: files.available = try xdr.u64()
+        case .filesFree: files.free = try xdr.u64()
+        case .filesTotal: files.total = try xdr.u64()
+        case .maxread: maxread = try xdr.u64()
+        case .maxwrite: maxwrite = try xdr.u64()
+        case .spaceAvailable: space.available = try xdr.u64()
+        case .spaceFree: space.free = try xdr.u64()
+        case .spaceTotal: space.total = try xdr.u64()
         }
     }
 

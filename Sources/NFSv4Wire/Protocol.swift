@@ -58,6 +58,9 @@ public enum NFSv4Attribute: Int, Sendable, CaseIterable {
     case type = 1, change = 3, size = 4, fsid = 8, fileid = 20, mode = 33, numlinks = 35
     case owner = 36, ownerGroup = 37, rawdev = 41, spaceUsed = 45, timeAccess = 47
     case timeMetadata = 52, timeModify = 53
+    // Asked for by READDIR (the handle), STATFS (space, files) and at start-up (transfer limits).
+    case rdattrError = 11, filehandle = 19, filesAvailable = 21, filesFree = 22, filesTotal = 23, maxread = 30, maxwrite = 31
+    case spaceAvailable = 42, spaceFree = 43, spaceTotal = 44
 }
 
 /// An attribute bitmap (`bitmap4`): words of 32 bits, bit n of word n / 32.
@@ -84,5 +87,20 @@ public struct NFSv4Bitmap: Equatable, Sendable {
     public static func == (a: NFSv4Bitmap, b: NFSv4Bitmap) -> Bool { a.words == b.words }
 
     /// The attributes the backend asks for on every GETATTR and LOOKUP.
-    public static let standard = NFSv4Bitmap(NFSv4Attribute.allCases)
+    public static let standard = NFSv4Bitmap([.type, .change, .size, .fsid, .fileid, .mode, .numlinks, .owner, .ownerGroup,
+                                              .rawdev, .spaceUsed, .timeAccess, .timeMetadata, .timeModify])
+    /// READDIR's: the standard ones and each entry's handle.
+    public static let listing = standard.union(NFSv4Bitmap([.filehandle]))
+    /// A names-only listing: what a directory the caller may read but not search allows.
+    public static let namesOnly = NFSv4Bitmap([.rdattrError])
+    /// STATFS's.
+    public static let statistics = NFSv4Bitmap([.filesAvailable, .filesFree, .filesTotal, .spaceAvailable, .spaceFree, .spaceTotal])
+    /// Every attribute the reader knows the size of: a reply may carry only these.
+    public static let known = NFSv4Bitmap(NFSv4Attribute.allCases)
+
+    public func union(_ other: NFSv4Bitmap) -> NFSv4Bitmap {
+        var result = self
+        result.words = (words.0 | other.words.0, words.1 | other.words.1)
+        return result
+    }
 }

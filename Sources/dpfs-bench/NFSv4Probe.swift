@@ -38,9 +38,10 @@ struct NFSv4Probe: ParsableCommand {
         guard url.version == 4, url.minorVersion == 1 else { throw ValidationError("nfs4-probe speaks NFSv4.1: version=4.1") }
         let client = try NFSv4ControlClient(url: url, timeoutMilliseconds: timeoutMs)
         defer { client.close() }
-        var hostName = [CChar](repeating: 0, count: 256)
-        gethostname(&hostName, 255)
-        let owner = Array("dpfs-probe/\(String(cString: hostName))/\(getpid())".utf8)
+        var hostBytes = [UInt8](repeating: 0, count: 256)
+        gethostname(&hostBytes, 255)
+        let hostName = String(decoding: hostBytes.prefix { $0 != 0 }, as: UTF8.self)
+        let owner = Array("dpfs-probe/\(hostName)/\(getpid())".utf8)
         let random = UInt64.random(in: 0...UInt64.max)
         let session = try NFSv4ControlSession(client: client, owner: owner, verifier: random, slots: 4, transferBytesMax: 1 << 20)
         print("nfs4-probe: client id \(String(session.clientID, radix: 16)), session of \(session.fore.requestsMax) slot(s), "

@@ -1,0 +1,399 @@
+import CDPFS
+import DPFSCore
+import DPFSPosix
+import FUSEWire
+import Glibc
+import NFSv4Wire
+
+// NFSv4.1 as a second wire under the same stages. Each stage the plan chooses (NFSStagePlan.swift)
+// is one COMPOUND instead of one NFSv3 call: SEQUENCE on the request's session slot, PUTFH, the
+// operation, and what NFSv3 returns with it for free (GETFH, GETATTR), so the plan, the node and
+// open tables, the journal and the hidden names work unchanged. The COMPOUND is written by our own
+// XDR straight into libnfs's send buffer, and the reply read in place inside libnfs's callback
+// (the CDPFS_nfs4_* shim): nothing of ours allocates per request. READ and WRITE use the anonymous
+// stateid, as NFSv3 needs no open; a new regular file is OPENed and CLOSEd in the one COMPOUND that
+// makes it (CLOSE names the current stateid, RFC 8881 §16.2.3.1.2).
+
+/// A queue's NFSv4.1 session: the sequence id of each of its slots and which request holds which.
+/// Made again (CREATE_SESSION over the device's control connection) each time the queue's
+/// connection comes up, so no slot is ever left in doubt by a call lost with a connection.
+final class NFSv4QueueSession {
+    static let slotsMax = 1024
+    var id = NFSv4SessionID()
+    var granted = 0
+    let sequences: UnsafeMutablePointer<UInt32>
+    let freeSlots: UnsafeMutablePointer<Int32>
+    var freeCount = 0
+    /// Per engine slot: the session slot its call holds (-1: none), and how many operations it sent.
+    let held: UnsafeMutablePointer<Int32>
+    let operationsSent: UnsafeMutablePointer<Int32>
+    /// Per engine slot: its listing asks for names only (the directory cannot be searched).
+    let namesOnly: UnsafeMutablePointer<Bool>
+    let owner: [UInt8]
+
+    init(engineSlots: Int, queueNumber: Int32) {
+        sequences = .allocate(capacity: Self.slotsMax)
+        sequences.initialize(repeating: 0, count: Self.slotsMax)
+        freeSlots = .allocate(capacity: Self.slotsMax)
+        freeSlots.initialize(repeating: 0, count: Self.slotsMax)
+        held = .allocate(capacity: engineSlots)
+        held.initialize(repeating: -1, count: engineSlots)
+        operationsSent = .allocate(capacity: engineSlots)
+        operationsSent.initialize(repeating: 0, count: engineSlots)
+        namesOnly = .allocate(capacity: engineSlots)
+        namesOnly.initialize(repeating: false, count: engineSlots)
+        owner = Array("dpfs-queue-\(queueNumber)".utf8)
+    }
+
+    deinit {
+        sequences.deallocate()
+        freeSlots.deallocate()
+        held.deallocate()
+        operationsSent.deallocate()
+        namesOnly.deallocate()
+    }
+
+    /// A new session: every slot free, every sequence at 1.
+    func reset(_ session: NFSv4SessionID, granted: Int) {
+        precondition(granted >= 1 && granted <= Self.slotsMax)
+        id = session
+        self.granted = granted
+        freeCount = 0
+        for slot in stride(from: granted - 1, through: 0, by: -1) {
+            sequences[slot] = 1
+            freeSlots[freeCount] = Int32(slot)
+            freeCount += 1
+        }
+    }
+
+    @_noAllocation @_noLocks
+    func acquire() -> Int32? {
+        guard freeCount > 0 else { return nil }
+        freeCount -= 1
+        return freeSlots[freeCount]
+    }
+
+    /// Gives the slot back; `advanced`: the server saw this sequence id (the next call uses +1).
+    @_noAllocation @_noLocks
+    func release(_ slot: Int32, advanced: Bool) {
+        if advanced { sequences[Int(slot)] &+= 1 }
+        freeSlots[freeCount] = slot
+        freeCount += 1
+    }
+}
+
+extension NFSv4Stateid {
+    /// The current stateid (RFC 8881 §16.2.3.1.2): the one the COMPOUND's previous operation made.
+    static let current = NFSv4Stateid(sequence: 1, other: (0, 0))
+}
+
+extension NFSQueue {
+    static let completed4: rpc_cb = { _, status, data, tag in
+        let tag = tag!.assumingMemoryBound(to: NFSCallTag.self).pointee
+        let queue = Unmanaged<NFSQueue>.fromOpaque(tag.queue).takeUnretainedValue()
+        queue.finished4(Int(tag.slot), status: status, data: data)
+    }
+
+    /// The queue's session, made when its connection comes up; false when the server refused.
+    func establishSession4() -> Bool {
+        guard let session = v4, let state = device.v4 else { return true }
+        do throws(NFSStartupError) {
+            let made = try state.makeSession(slots: min(slotCount, NFSv4QueueSession.slotsMax), transferBytesMax: device.transferBytesMax)
+            session.reset(made.0, granted: made.1)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// Writes the slot's stage as one COMPOUND after SEQUENCE and queues it: 0, -1 (libnfs could
+    /// not), -2 (it does not fit).
+    func compound4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, roomBytes: Int = 0, cacheThis: Bool = false,
+                   _ body: (inout CompoundWriter) -> Void) -> Int32 {
+        let session = v4!
+        let sessionSlot = session.held[slot]
+        precondition(sessionSlot >= 0, "a COMPOUND without a session slot")
+        var area: UnsafeMutablePointer<UInt8>? = nil
+        var areaBytes = 0
+        var layoutWrong: Int32 = 0
+        guard let pdu = CDPFS_nfs4_begin(rpc, Self.completed4, tag, roomBytes, &area, &areaBytes, &layoutWrong) else { return -1 }
+        var writer = CompoundWriter(buffer: UnsafeMutableRawBufferPointer(start: area, count: areaBytes), minorVersion: 1)
+        withUnsafeBytes(of: session.id.bytes) {
+            writer.sequence(session: $0, sequenceID: session.sequences[Int(sessionSlot)], slot: UInt32(sessionSlot),
+                            highestSlot: UInt32(session.granted - 1), cacheThis: cacheThis)
+        }
+        body(&writer)
+        guard let written = writer.finish() else {
+            CDPFS_nfs4_abandon(rpc, pdu)
+            return -2
+        }
+        session.operationsSent[slot] = Int32(writer.operations)
+        return CDPFS_nfs4_send(rpc, pdu, written) == 0 ? 0 : -1
+    }
+
+    /// The slot's current stage as a COMPOUND.
+    func send4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer) -> Int32 {
+        let request = records[slot].request
+        let primary = device.nodes.handle(records[slot].primaryNode)
+        switch records[slot].plan.call {
+        case .none:
+            preconditionFailure("a slot issued without a call")
+        case .lookup:
+            let check = records[slot].plan.progress.contains(.noReplaceCheck) || records[slot].plan.progress.contains(.replaceCheck)
+            let directory = check ? device.nodes.handle(records[slot].secondaryNode) : primary
+            let name = check ? request.secondName : request.name
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(directory)
+                writer.lookup(name)
+                writer.getfh()
+                writer.getattr(.standard)
+            }
+        case .getattr:
+            let target = target4(slot)
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(target)
+                writer.getattr(.standard)
+            }
+        case .setattr:
+            let target = target4(slot)
+            let attributes = newAttributes4(slot)
+            return compound4(slot, rpc, tag, cacheThis: true) { writer in
+                writer.putfh(target)
+                writer.getattr(.standard)
+                // Nothing to set (chown(-1, -1)): an empty SETATTR is refused to a non-owner by
+                // the server, and answered by POSIX as success. The attributes are the answer.
+                guard attributes.mask != NFSv4Bitmap() else { return }
+                writer.setattr(.anonymous, attributes)
+                writer.getattr(.standard)
+            }
+        case .readlink:
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                writer.readlink()
+            }
+        case .symlink, .mknod, .mkdir:
+            return sendMade4(slot, rpc, tag, directory: primary, request)
+        case .create:
+            return sendCreate4(slot, rpc, tag, directory: primary, request)
+        case .remove, .rmdir:
+            let hidden = records[slot].plan.progress.contains(.removingHidden)
+            let directory = hidden ? device.nodes.handle(device.hiddenDirectory) : primary
+            let name = hidden ? hiddenName4(slot) : request.name
+            return compound4(slot, rpc, tag, cacheThis: true) { writer in
+                writer.putfh(directory)
+                writer.remove(name)
+            }
+        case .rename:
+            return sendRename4(slot, rpc, tag, primary, request)
+        case .link:
+            let file = device.nodes.handle(records[slot].secondaryNode)
+            return compound4(slot, rpc, tag, cacheThis: true) { writer in
+                writer.putfh(file)
+                writer.savefh()
+                writer.putfh(primary)
+                writer.link(request.name)
+                writer.restorefh()
+                writer.getattr(.standard)
+            }
+        case .access:
+            let bits = accessWanted(slot)
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                writer.access(bits)
+            }
+        default:
+            return sendData4(slot, rpc, tag, primary, request)
+        }
+    }
+
+    /// READ, WRITE (first or from the journal), COMMIT, FSSTAT, READDIR, READDIRPLUS.
+    func sendData4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, _ primary: UnsafeRawBufferPointer,
+                   _ request: NFSRequestArguments) -> Int32 {
+        switch records[slot].plan.call {
+        case .read:
+            let count = min(Int(request.size), records[slot].reply.dataCapacity, device.readBytesMax)
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                writer.read(.anonymous, offset: request.offset, count: UInt32(count))
+            }
+        case .write:
+            let count = min(request.payloadLength, device.writeBytesMax)
+            let data = journaledPayload(slot, request, count: count)
+            return compound4(slot, rpc, tag, roomBytes: count + 512) { writer in
+                writer.putfh(primary)
+                guard let area = writer.write(.anonymous, offset: request.offset, stability: .unstable, byteCount: count) else { return }
+                if count > 0 { area.baseAddress!.copyMemory(from: data, byteCount: count) }
+            }
+        case .resendWrite:
+            let entry = journal.entry(records[slot].resendEntry).pointee
+            let data = journal.data(records[slot].resendEntry)
+            return compound4(slot, rpc, tag, roomBytes: entry.length + 512) { writer in
+                writer.putfh(primary)
+                guard let area = writer.write(.anonymous, offset: entry.offsetInFile, stability: .unstable, byteCount: entry.length) else { return }
+                if entry.length > 0 { area.baseAddress!.copyMemory(from: data, byteCount: entry.length) }
+            }
+        case .commit:
+            records[slot].commitSnapshot = device.files.commitSnapshot(records[slot].openFile)
+            records[slot].journalSnapshot = journal.ackCounter
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                writer.commit(offset: 0, count: 0)
+            }
+        case .fsstat:
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                writer.getattr(.statistics)
+            }
+        default:
+            return sendReaddir4(slot, rpc, tag, primary, request)
+        }
+    }
+
+    func sendReaddir4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, _ primary: UnsafeRawBufferPointer,
+                      _ request: NFSRequestArguments) -> Int32 {
+        let capacity = min(Int(request.size), records[slot].reply.bodyCapacity)
+        let verifier = request.offset == 0 ? 0 : device.files.cookieVerifiers[records[slot].openFile]
+        let plus = records[slot].plan.call == .readdirplus
+        var names = NFSv4Bitmap([.type, .fileid])
+        if plus { names = .listing }
+        // A directory the caller may read but not search lists its names only (the server
+        // refuses any attribute of its entries then, as a local file system refuses their stat).
+        if v4!.namesOnly[slot] { names = .namesOnly }
+        // A v4 entry carries its attributes: a listing's worth of them is several times FUSE's size.
+        let replyBytes = plus ? 4 * capacity + 4096 : 2 * capacity + 2048
+        return compound4(slot, rpc, tag) { writer in
+            writer.putfh(primary)
+            writer.readdir(cookie: request.offset, verifier: verifier, directoryBytes: UInt32(capacity),
+                           replyBytes: UInt32(replyBytes), names)
+        }
+    }
+
+    /// SYMLINK, MKNOD (not of a regular file) and MKDIR: CREATE, then the new entry's handle and attributes.
+    func sendMade4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, directory: UnsafeRawBufferPointer,
+                   _ request: NFSRequestArguments) -> Int32 {
+        let mode = request.mode & 0o7777
+        return compound4(slot, rpc, tag, cacheThis: true) { writer in
+            writer.putfh(directory)
+            switch records[slot].plan.call {
+            case .symlink: writer.create(.symlink(request.secondName), name: request.name, attributes: NFSv4SetAttributes())
+            case .mkdir: writer.create(.directory, name: request.name, attributes: NFSv4SetAttributes(mode: mode))
+            default: writer.create(Self.nodeType4(request), name: request.name, attributes: NFSv4SetAttributes(mode: mode))
+            }
+            writer.getfh()
+            writer.getattr(.standard)
+        }
+    }
+
+    static func nodeType4(_ request: NFSRequestArguments) -> NFSv4CreateType {
+        switch request.mode & FileType.mask {
+        case FileType.characterDevice: return .character(major: major(request.rdev), minor: minor(request.rdev))
+        case FileType.blockDevice: return .block(major: major(request.rdev), minor: minor(request.rdev))
+        case FileType.socket: return .socket
+        default: return .fifo
+        }
+    }
+
+    /// CREATE (and MKNOD of a regular file): OPEN creating it by name, its handle and attributes,
+    /// and CLOSE of the open just made: the guest's open is the engine's, as over NFSv3.
+    func sendCreate4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, directory: UnsafeRawBufferPointer,
+                     _ request: NFSRequestArguments) -> Int32 {
+        let progress = records[slot].plan.progress
+        let mode = request.mode & 0o7777
+        let how: NFSv4OpenCreate
+        if progress.contains(.exclusive) {
+            how = .exclusive(verifier: records[slot].createVerifier, NFSv4SetAttributes())
+        } else if progress.contains(.guarded) {
+            how = .guarded(NFSv4SetAttributes(mode: mode))
+        } else {
+            // O_TRUNC of a file that exists: UNCHECKED applies only the size to it.
+            let truncate = Int32(bitPattern: request.flags) & O_TRUNC != 0
+            how = .unchecked(NFSv4SetAttributes(size: truncate ? 0 : nil, mode: mode))
+        }
+        let access: UInt32
+        if request.opcodeRaw == FUSEOpcode.create.rawValue {
+            switch Int32(bitPattern: request.flags) & O_ACCMODE {
+            case O_RDONLY: access = NFSv4ShareAccess.read
+            case O_WRONLY: access = NFSv4ShareAccess.write
+            default: access = NFSv4ShareAccess.both
+            }
+        } else {
+            access = NFSv4ShareAccess.write
+        }
+        let clientID = device.v4!.clientID
+        let owner = v4!.owner
+        return compound4(slot, rpc, tag, cacheThis: true) { writer in
+            writer.putfh(directory)
+            owner.withUnsafeBytes {
+                writer.open(clientID: clientID, owner: $0, access: access | NFSv4ShareAccess.wantNoDelegation, create: how,
+                            claim: .name(request.name))
+            }
+            writer.getfh()
+            writer.getattr(.standard)
+            writer.close(.current)
+        }
+    }
+
+    func sendRename4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, _ primary: UnsafeRawBufferPointer,
+                     _ request: NFSRequestArguments) -> Int32 {
+        let from: UnsafeRawBufferPointer, fromName: UnsafeRawBufferPointer, to: UnsafeRawBufferPointer, toName: UnsafeRawBufferPointer
+        if records[slot].plan.progress.contains(.hiding) {
+            // UNLINK hides its name's file; RENAME the file its new name would replace.
+            let isUnlink = request.opcodeRaw == FUSEOpcode.unlink.rawValue
+            from = isUnlink ? primary : device.nodes.handle(records[slot].secondaryNode)
+            fromName = isUnlink ? request.name : request.secondName
+            to = device.nodes.handle(device.hiddenDirectory)
+            toName = hiddenName4(slot)
+        } else {
+            from = primary
+            fromName = request.name
+            to = device.nodes.handle(records[slot].secondaryNode)
+            toName = request.secondName
+        }
+        return compound4(slot, rpc, tag, cacheThis: true) { writer in
+            writer.putfh(from)
+            writer.savefh()
+            writer.putfh(to)
+            writer.rename(fromName, to: toName)
+        }
+    }
+
+    // MARK: - Argument helpers
+
+    func target4(_ slot: Int) -> UnsafeRawBufferPointer {
+        records[slot].plan.progress.contains(.stagedTarget)
+            ? UnsafeRawBufferPointer(start: stagedHandle(bytesOf: slot), count: records[slot].stagedHandleLength)
+            : device.nodes.handle(records[slot].primaryNode)
+    }
+
+    /// The slot's hidden name (16 hex digits, '-', 16 hex digits), without its NUL.
+    func hiddenName4(_ slot: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: hiddenName(slot), count: 33)
+    }
+
+    /// SETATTR's attributes: the guest's (FUSE SETATTR) or an exclusive CREATE's mode.
+    func newAttributes4(_ slot: Int) -> NFSv4SetAttributes {
+        let request = records[slot].request
+        if records[slot].plan.progress.contains(.stagedTarget) {
+            // The verifier may be stored in the times: give the file real ones.
+            return NFSv4SetAttributes(mode: request.mode & 0o7777, accessTime: .server, modifyTime: .server)
+        }
+        let fuse = request.setattr
+        let valid = fuse.valid
+        var attributes = NFSv4SetAttributes()
+        if valid & UInt32(FATTR_MODE) != 0 { attributes.mode = fuse.mode & 0o7777 }
+        if valid & UInt32(FATTR_UID) != 0 { attributes.owner = fuse.uid }
+        if valid & UInt32(FATTR_GID) != 0 { attributes.ownerGroup = fuse.gid }
+        if valid & UInt32(FATTR_SIZE) != 0 { attributes.size = fuse.size }
+        if valid & UInt32(FATTR_ATIME_NOW) != 0 {
+            attributes.accessTime = .server
+        } else if valid & UInt32(FATTR_ATIME) != 0 {
+            attributes.accessTime = .client(NFSv4Time(seconds: Int64(bitPattern: fuse.atime), nanoseconds: min(fuse.atimensec, 999_999_999)))
+        }
+        if valid & UInt32(FATTR_MTIME_NOW) != 0 {
+            attributes.modifyTime = .server
+        } else if valid & UInt32(FATTR_MTIME) != 0 {
+            attributes.modifyTime = .client(NFSv4Time(seconds: Int64(bitPattern: fuse.mtime), nanoseconds: min(fuse.mtimensec, 999_999_999)))
+        }
+        return attributes
+    }
+}

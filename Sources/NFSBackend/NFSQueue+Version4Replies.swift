@@ -1,0 +1,484 @@
+import CDPFS
+import DPFSCore
+import FUSEWire
+import Glibc
+import NFSv4Wire
+
+// NFSv4.1 answers, read in place inside libnfs's callback and turned into the same outcomes the
+// NFSv3 answers give the plan. A reply that lies (a result for another operation, a length past
+// its end, more results than sent, an attribute it was not asked for) is `.malformed`: the request
+// fails EIO, nothing is read past the reply.
+
+extension NFSQueue {
+    /// An NFSv4 status as the NFSv3 one the plan and the errno table know. Below 10009 the two
+    /// protocols number alike (RFC 7530 §13.1, RFC 1813 §2.6); the rest are v4's own.
+    static func v3Equivalent(_ status: NFSv4Status) -> UInt32 {
+        let raw = status.rawValue
+        if raw < 10009 { return raw }
+        switch raw {
+        case 10013, 10018: return 10008        // GRACE, RESOURCE: try again (JUKEBOX)
+        case 10012: return 70                  // FHEXPIRED → STALE
+        case 10029: return 20                  // SYMLINK where a directory was needed → NOTDIR
+        case 10040, 10041: return 22           // BADCHAR, BADNAME → INVAL
+        case 10038: return 13                  // OPENMODE → ACCES
+        default: return 5                      // session, state and protocol errors → IO
+        }
+    }
+
+    func finished4(_ slot: Int, status: Int32, data: UnsafeMutableRawPointer?) {
+        precondition(records[slot].state == .inFlight, "an answer for a slot with nothing in flight")
+        records[slot].state = .free
+        inFlight -= 1
+        let link = connections[Int(records[slot].connection)]
+        link.inFlight -= 1
+        let session = v4!
+        let sessionSlot = session.held[slot]
+        session.held[slot] = -1
+        guard status == RPC_STATUS_SUCCESS, let data else {
+            // The session is made again with the next connection: this slot's sequence no longer matters.
+            session.release(sessionSlot, advanced: false)
+            link.teardownWanted = true
+            return perform(slot, .connectionLost(sent: records[slot].sent))
+        }
+        let captured = data.assumingMemoryBound(to: CDPFS_nfs4_reply.self).pointee
+        let bytes = UnsafeRawBufferPointer(start: captured.bytes, count: Int(captured.count))
+        // The server answered, so it saw this sequence id, whatever the answer says after it.
+        var released = false
+        do throws(XDRError) {
+            var reader = try CompoundReader(buffer: bytes, operationsSent: Int(session.operationsSent[slot]))
+            let sequenceStatus = try reader.next(.sequence)
+            guard sequenceStatus == .ok else {
+                session.release(sessionSlot, advanced: false)
+                return sequenceFailed4(slot, sequenceStatus, link: link)
+            }
+            _ = try reader.sequenceResult(session: session.id)
+            session.release(sessionSlot, advanced: true)
+            released = true
+            reissueWaiting4()
+            try answered4(slot, &reader)
+        } catch {
+            if !released { session.release(sessionSlot, advanced: true) }
+            perform(slot, .malformed)
+        }
+    }
+
+    /// SEQUENCE itself failed: the session is gone (server restart, expiry) or the slot is out of
+    /// step. The connection is made again, and with it the session; what is safe to repeat waits.
+    func sequenceFailed4(_ slot: Int, _ status: NFSv4Status, link: NFSConnection) {
+        if status == .delay {
+            records[slot].state = .waiting
+            waiting += 1
+            return
+        }
+        link.teardownWanted = true
+        perform(slot, .connectionLost(sent: records[slot].sent))
+    }
+
+    /// A session slot came free: one request waiting for one goes.
+    func reissueWaiting4() {
+        guard waiting > 0, upCount > 0 else { return }
+        for candidate in 0..<slotCount where records[candidate].state == .waiting {
+            records[candidate].state = .free
+            waiting -= 1
+            issue(candidate)
+            return
+        }
+    }
+
+    /// The stage's results after SEQUENCE.
+    func answered4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        switch records[slot].plan.call {
+        case .none: preconditionFailure("an answer for a slot without a call")
+        case .lookup: try answeredLookup4(slot, &reader)
+        case .getattr:
+            let status = try putfh4(&reader)
+            guard status == .ok, try reader.next(.getattr) == .ok else { return failedEntry4(slot, status) }
+            answeredAttributes4(slot, try reader.attributes())
+        case .setattr: try answeredSetattr4(slot, &reader)
+        case .readlink: try answeredReadlink4(slot, &reader)
+        case .symlink, .mknod, .mkdir: try answeredMade4(slot, &reader, .create)
+        case .create: try answeredMade4(slot, &reader, .open)
+        case .remove, .rmdir:
+            var status = try putfh4(&reader)
+            if status == .ok {
+                status = try reader.next(.remove)
+                if status == .ok { _ = try reader.changeInfo() }
+            }
+            perform(slot, .status(Self.v3Equivalent(status)))
+        case .rename: try answeredRename4(slot, &reader)
+        case .link: try answeredLink4(slot, &reader)
+        case .access:
+            var status = try putfh4(&reader)
+            var granted: UInt32 = 0
+            if status == .ok {
+                status = try reader.next(.access)
+                if status == .ok { granted = try reader.accessResult().granted }
+            }
+            perform(slot, .access(status: Self.v3Equivalent(status), allowed: status == .ok && accessAllowed(slot, granted: granted)))
+        default: try answeredData4(slot, &reader)
+        }
+    }
+
+    /// PUTFH's status (every stage starts with one).
+    func putfh4(_ reader: inout CompoundReader) throws(XDRError) -> NFSv4Status { try reader.next(.putfh) }
+
+    func failedEntry4(_ slot: Int, _ status: NFSv4Status) {
+        // A GETATTR that failed after an OK PUTFH carries its own status; none is a lie.
+        perform(slot, .entry(status: status == .ok ? 5 : Self.v3Equivalent(status), handle: .absent, attributes: false))
+    }
+
+    func answeredLookup4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        var status = try putfh4(&reader)
+        if status == .ok { status = try reader.next(.lookup) }
+        let v3 = Self.v3Equivalent(status)
+        switch records[slot].plan.lookupPurpose {
+        case .noReplaceCheck:
+            perform(slot, .status(v3))
+        case .target:
+            guard status == .ok, try reader.next(.getfh) == .ok else { return perform(slot, .target(status: status == .ok ? 5 : v3, openByGuest: false)) }
+            let handle = try reader.handle()
+            guard try reader.next(.getattr) == .ok else { return perform(slot, .target(status: 5, openByGuest: false)) }
+            let attributes = try reader.attributes()
+            perform(slot, .target(status: 0, openByGuest: stageOpenTarget4(slot, handle: handle, attributes)))
+        case .entry:
+            guard status == .ok else { return perform(slot, .entry(status: v3, handle: .absent, attributes: false)) }
+            try stagedEntry4(slot, &reader)
+        }
+    }
+
+    /// GETFH and GETATTR of a new or found entry, staged for the plan.
+    func stagedEntry4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        guard try reader.next(.getfh) == .ok else { return perform(slot, .malformed) }
+        guard stage4(slot, handle: try reader.handle()) else { return perform(slot, .malformed) }
+        var came = false
+        if try reader.next(.getattr) == .ok {
+            records[slot].stagedAttributes = Self.attributes4(try reader.attributes())
+            came = true
+        }
+        perform(slot, .entry(status: 0, handle: .valid, attributes: came))
+    }
+
+    func answeredAttributes4(_ slot: Int, _ received: NFSv4Attributes) {
+        var attributes = Self.attributes4(received)
+        if records[slot].plan.progress.contains(.stagedTarget) { records[slot].stagedAttributes = attributes }
+        let action = records[slot].plan.answer(.entry(status: 0, handle: .absent, attributes: true))
+        guard action == .reply else { return perform(slot, action: action) }
+        if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+        records[slot].reply.attributes(attributes, valid: validity)
+        complete(slot)
+    }
+
+    /// SETATTR between two GETATTRs: the one before tells a refused set-ID drop (NFSv3 has it in
+    /// the refusal), the one after is the answer.
+    func answeredSetattr4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        let status = try putfh4(&reader)
+        guard status == .ok, try reader.next(.getattr) == .ok else {
+            return perform(slot, .setattr(status: status == .ok ? 5 : Self.v3Equivalent(status), setIDDropRefused: false, attributes: false))
+        }
+        let before = try reader.attributes()
+        if newAttributes4(slot).mask == NFSv4Bitmap() {
+            let action = records[slot].plan.answer(.setattr(status: 0, setIDDropRefused: false, attributes: true))
+            var attributes = Self.attributes4(before)
+            if records[slot].plan.progress.contains(.stagedTarget) { records[slot].stagedAttributes = attributes }
+            guard action == .reply else { return perform(slot, action: action) }
+            if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+            records[slot].reply.attributes(attributes, valid: validity)
+            return complete(slot)
+        }
+        let setStatus = try reader.next(.setattr)
+        _ = try reader.setattrResult()
+        guard setStatus == .ok else {
+            let fuse = records[slot].request.setattr
+            let refused = setStatus == .perm && records[slot].request.uid != 0
+                && fuse.valid & ~UInt32(FATTR_FH | FATTR_LOCKOWNER) == UInt32(FATTR_MODE)
+                && SetIDBits.onlyDrops(from: before.mode, to: fuse.mode)
+            return perform(slot, .setattr(status: Self.v3Equivalent(setStatus), setIDDropRefused: refused, attributes: false))
+        }
+        var came = false
+        var attributes = Self.attributes4(before)
+        if try reader.next(.getattr) == .ok {
+            attributes = Self.attributes4(try reader.attributes())
+            came = true
+        }
+        if records[slot].plan.progress.contains(.stagedTarget) && came { records[slot].stagedAttributes = attributes }
+        let action = records[slot].plan.answer(.setattr(status: 0, setIDDropRefused: false, attributes: came))
+        guard action == .reply else { return perform(slot, action: action) }
+        if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
+        records[slot].reply.attributes(attributes, valid: validity)
+        complete(slot)
+    }
+
+    func answeredReadlink4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        var status = try putfh4(&reader)
+        if status == .ok { status = try reader.next(.readlink) }
+        guard replyWanted(slot, status: Self.v3Equivalent(status)) else { return }
+        let target = try reader.readlinkResult()
+        let reply = records[slot].reply
+        // An empty target is no symlink a server may have; one longer than PATH_MAX no guest can take.
+        guard target.count >= 1, !target.contains(0) else { return finish(slot, .io) }
+        guard target.count <= FUSELimits.symlinkTargetBytesMax, target.count <= reply.dataCapacity else { return finish(slot, .nameTooLong) }
+        var cursor = reply.data
+        let written = cursor.write(from: target.baseAddress!, byteCount: target.count)
+        precondition(written == target.count)
+        reply.sendInPlace(dataBytes: target.count)
+        complete(slot)
+    }
+
+    /// CREATE (SYMLINK, MKNOD, MKDIR) or OPEN+CLOSE (CREATE of a regular file), then GETFH, GETATTR.
+    func answeredMade4(_ slot: Int, _ reader: inout CompoundReader, _ operation: NFSv4Operation) throws(XDRError) {
+        var status = try putfh4(&reader)
+        if status == .ok { status = try reader.next(operation) }
+        guard status == .ok else { return perform(slot, .entry(status: Self.v3Equivalent(status), handle: .absent, attributes: false)) }
+        if operation == .open {
+            let opened = try reader.openResult()
+            // 4.1 needs no OPEN_CONFIRM; a server asking for one is not speaking 4.1.
+            guard !opened.needsConfirm else { return perform(slot, .malformed) }
+        } else {
+            _ = try reader.createResult()
+        }
+        try stagedEntry4(slot, &reader)
+    }
+
+    func answeredRename4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        var status = try putfh4(&reader)
+        if status == .ok { status = try reader.next(.savefh) }
+        if status == .ok { status = try reader.next(.putfh) }
+        if status == .ok {
+            status = try reader.next(.rename)
+            if status == .ok { _ = try reader.renameResult() }
+        }
+        perform(slot, .status(Self.v3Equivalent(status)))
+    }
+
+    /// LINK: the entry names the linked node (its handle is the one the request pinned).
+    func answeredLink4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        var status = try putfh4(&reader)
+        if status == .ok { status = try reader.next(.savefh) }
+        if status == .ok { status = try reader.next(.putfh) }
+        if status == .ok {
+            status = try reader.next(.link)
+            if status == .ok { _ = try reader.changeInfo() }
+        }
+        guard status == .ok else { return perform(slot, .entry(status: Self.v3Equivalent(status), handle: .absent, attributes: false)) }
+        let linked = device.nodes.handle(records[slot].secondaryNode)
+        stagedHandle(bytesOf: slot).copyMemory(from: linked.baseAddress!, byteCount: linked.count)
+        records[slot].stagedHandleLength = linked.count
+        var came = false
+        if try reader.next(.restorefh) == .ok, try reader.next(.getattr) == .ok {
+            records[slot].stagedAttributes = Self.attributes4(try reader.attributes())
+            came = true
+        }
+        perform(slot, .entry(status: 0, handle: .valid, attributes: came))
+    }
+}
+
+extension NFSQueue {
+    /// READ, WRITE, COMMIT, the journal's WRITE again, FSSTAT, READDIR, READDIRPLUS.
+    func answeredData4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        let call = records[slot].plan.call
+        var status = try putfh4(&reader)
+        let operation: NFSv4Operation = switch call {
+        case .read: .read
+        case .write, .resendWrite: .write
+        case .commit: .commit
+        case .fsstat: .getattr
+        default: .readdir
+        }
+        if status == .ok { status = try reader.next(operation) }
+        if operation == .readdir, status == .access, !v4!.namesOnly[slot] {
+            // Readable but not searchable: the names alone, as a local file system lists them.
+            v4!.namesOnly[slot] = true
+            return issue(slot)
+        }
+        let v3 = Self.v3Equivalent(status)
+        switch call {
+        case .commit:
+            guard status == .ok else { return perform(slot, .committed(status: v3, repairable: false, mismatch: false)) }
+            committed4(slot, verifier: try reader.commitVerifier())
+        case .resendWrite:
+            guard status == .ok else { return perform(slot, .resent(status: v3, more: false)) }
+            let result = try reader.writeResult()
+            resentWrite4(slot, count: Int(result.count), unstable: result.committed == .unstable, verifier: result.verifier)
+        default:
+            guard replyWanted(slot, status: v3) else { return }
+            switch call {
+            case .read:
+                let asked = min(Int(records[slot].request.size), records[slot].reply.dataCapacity, device.readBytesMax)
+                let (_, data) = try reader.readData(limit: asked)
+                read4(slot, data)
+            case .write:
+                let result = try reader.writeResult()
+                wrote4(slot, count: Int(result.count), unstable: result.committed == .unstable, verifier: result.verifier)
+            case .fsstat: statistics4(slot, try reader.attributes())
+            default: try listed4(slot, &reader)
+            }
+        }
+    }
+
+    func read4(_ slot: Int, _ data: UnsafeRawBufferPointer) {
+        let reply = records[slot].reply
+        if !data.isEmpty {
+            var cursor = reply.data
+            let written = cursor.write(from: data.baseAddress!, byteCount: data.count)
+            precondition(written == data.count)
+        }
+        reply.sendInPlace(dataBytes: data.count)
+        complete(slot)
+    }
+
+    func wrote4(_ slot: Int, count: Int, unstable: Bool, verifier: UInt64) {
+        let asked = min(records[slot].request.payloadLength, device.writeBytesMax)
+        guard count <= asked else { return finish(slot, .io) }
+        if unstable {
+            if records[slot].journalEntry >= 0 {
+                // The journal keeps the bytes until a COMMIT with this verifier covers them.
+                journal.acknowledge(records[slot].journalEntry, verifier: verifier)
+                records[slot].journalEntry = -1
+            }
+            device.files.wrote(records[slot].openFile, verifier: verifier)
+        }
+        records[slot].reply.written(bytes: UInt32(count))
+        complete(slot)
+    }
+
+    func committed4(_ slot: Int, verifier: UInt64) {
+        records[slot].commitVerifier = verifier
+        let repairable = repairable(records[slot].openFile)
+        var mismatch = false
+        if repairable, let entry = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
+                                                    verifier: verifier, from: 0) {
+            mismatch = true
+            records[slot].resendVerifier = verifier
+            records[slot].resendEntry = entry
+        }
+        perform(slot, .committed(status: 0, repairable: repairable, mismatch: mismatch))
+    }
+
+    func resentWrite4(_ slot: Int, count: Int, unstable: Bool, verifier: UInt64) {
+        let entry = records[slot].resendEntry
+        guard count == journal.entry(entry).pointee.length else { return perform(slot, .malformed) }
+        device.resentWriteCount.add(1, ordering: .relaxed)
+        if unstable {
+            journal.rewritten(entry, verifier: verifier)
+        } else {
+            journal.rewritten(entry, verifier: records[slot].resendVerifier)
+            journal.release(entry)
+        }
+        if unstable && verifier != records[slot].resendVerifier { records[slot].resendVerifier = verifier }
+        let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
+                                    verifier: records[slot].resendVerifier, from: 0)
+        records[slot].resendEntry = next ?? -1
+        perform(slot, .resent(status: 0, more: next != nil))
+    }
+
+    func statistics4(_ slot: Int, _ a: NFSv4Attributes) {
+        let blockBytes: UInt64 = 4096
+        records[slot].reply.statistics(FileSystemStatistics(
+            blocks: a.space.total / blockBytes, blocksFree: a.space.free / blockBytes, blocksAvailable: a.space.available / blockBytes,
+            files: a.files.total, filesFree: a.files.available, blockSizeBytes: UInt32(blockBytes),
+            nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: UInt32(blockBytes)))
+        complete(slot)
+    }
+
+    /// READDIR and READDIRPLUS: each entry's cookie is its FUSE offset. For READDIRPLUS every
+    /// entry with a handle becomes a node the kernel will FORGET (v4 lists no "." or "..").
+    func listed4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        let from = records[slot].request.offset
+        let reply = records[slot].reply
+        let plus = records[slot].plan.call == .readdirplus
+        var writer = DirectoryEntryWriter(destination: reply.body, capacity: min(Int(records[slot].request.size), reply.bodyCapacity))
+        let verifier = try reader.readdirVerifier()
+        var entriesMax = Self.entriesPerListingMax
+        var failure: FUSEErrno? = nil
+        while entriesMax > 0, let entry = try reader.directoryEntry() {
+            entriesMax -= 1
+            // A server handing out the cookie it was asked to continue from would list forever.
+            if from != 0 && entry.cookie == from { failure = Self.ELOOP; break }
+            guard Self.entryName4(entry.name), !HiddenName.isReserved(entry.name) else { continue }
+            let attributes = Self.attributes4(entry.attributes)
+            let namesOnly = !entry.attributes.present.contains(NFSv4Attribute.fileid.rawValue)
+            if !plus || namesOnly {
+                // Without its attributes an entry's inode is unknown: its cookie stands in (never 0).
+                let inode = namesOnly ? entry.cookie : entry.attributes.fileid
+                if plus {
+                    var unknown = Self.unknownAttributes(inode: inode)
+                    unknown.mode = 0
+                    guard writer.bytesWritten + EntryOutLayout.size + DirentLayout.alignedSize(nameLength: entry.name.count) <= writer.capacity,
+                          writer.appendPlus(nodeID: 0, generation: 0, entryValid: CacheValidity(seconds: 0), attrValid: CacheValidity(seconds: 0),
+                                            attributes: unknown, nextOffset: entry.cookie, type: 0, name: entry.name) else { break }
+                    continue
+                }
+                guard writer.append(inode: inode, nextOffset: entry.cookie, type: 0, name: entry.name) else { break }
+                continue
+            }
+            let needed = EntryOutLayout.size + DirentLayout.alignedSize(nameLength: entry.name.count)
+            guard writer.bytesWritten + needed <= writer.capacity else { break }
+            var nodeID: UInt64 = 0
+            let a = entry.attributes
+            if a.handleOffset >= 0, a.handleLength >= 1, a.handleLength <= nfsFileHandleBytesMax, a.present.contains(NFSv4Attribute.type.rawValue) {
+                let handle = UnsafeRawBufferPointer(rebasing: reader.xdr.buffer[a.handleOffset..<(a.handleOffset + a.handleLength)])
+                guard let id = device.nodes.lookup(handle: handle, kind: attributes.mode & FileType.mask) else {
+                    if writer.bytesWritten == 0 { failure = Self.ENFILE }
+                    break
+                }
+                nodeID = id
+            }
+            let valid = nodeID == 0 ? CacheValidity(seconds: 0) : validity
+            let appended = writer.appendPlus(nodeID: nodeID, generation: 0, entryValid: valid, attrValid: valid, attributes: attributes,
+                                             nextOffset: entry.cookie, type: (attributes.mode & FileType.mask) >> 12, name: entry.name)
+            precondition(appended, "an entry that was measured to fit did not")
+        }
+        v4!.namesOnly[slot] = false
+        if let failure { return finish(slot, failure) }
+        device.files.cookieVerifiers[records[slot].openFile] = verifier
+        reply.send(bodyBytes: writer.bytesWritten)
+        complete(slot)
+    }
+
+    /// A server's entry name the guest can take: 1...255 bytes, no '/', no NUL.
+    static func entryName4(_ name: UnsafeRawBufferPointer) -> Bool {
+        name.count >= 1 && name.count <= FUSELimits.nameBytesMax && !name.contains(UInt8(ascii: "/")) && !name.contains(0)
+    }
+
+    /// Keeps a handle the server sent for the next stage; false when it is not one the table takes.
+    func stage4(_ slot: Int, handle: UnsafeRawBufferPointer) -> Bool {
+        guard handle.count >= 1, handle.count <= nfsFileHandleBytesMax else { return false }
+        stagedHandle(bytesOf: slot).copyMemory(from: handle.baseAddress!, byteCount: handle.count)
+        records[slot].stagedHandleLength = handle.count
+        return true
+    }
+
+    /// UNLINK's or RENAME's target as LOOKUP found it: true when it is a regular file with one
+    /// link that the guest has open and that is not hidden yet (see `stageOpenTarget`).
+    func stageOpenTarget4(_ slot: Int, handle: UnsafeRawBufferPointer, _ attributes: NFSv4Attributes) -> Bool {
+        guard attributes.type == 1, attributes.numlinks == 1, handle.count >= 1, handle.count <= nfsFileHandleBytesMax,
+              let node = device.nodes.findPinned(handle: handle) else { return false }
+        guard device.nodes.openCount(node) > 0, !device.nodes.isHidden(node) else {
+            device.nodes.unpin(node)
+            return false
+        }
+        records[slot].stagedNode = node
+        writeHiddenName(slot)
+        return true
+    }
+
+    /// fattr4 → fuse_attr: the type becomes st_mode's type bits, the blocks are 512-byte units. An
+    /// owner the server named instead of numbering (a misconfigured server) is "nobody".
+    static func attributes4(_ a: NFSv4Attributes) -> FileAttributes {
+        let type: UInt32 = switch a.type {
+        case 2: FileType.directory
+        case 3: FileType.blockDevice
+        case 4: FileType.characterDevice
+        case 5: FileType.symlink
+        case 6: FileType.socket
+        case 7: FileType.fifo
+        default: FileType.regular
+        }
+        func time(_ t: NFSv4Time) -> FUSETime { FUSETime(seconds: UInt64(bitPattern: t.seconds), nanoseconds: t.nanoseconds) }
+        return FileAttributes(
+            inode: a.fileid, sizeBytes: a.size, blocks: a.spaceUsed / 512 + (a.spaceUsed % 512 == 0 ? 0 : 1),
+            accessTime: time(a.accessTime), modificationTime: time(a.modifyTime), changeTime: time(a.metadataTime),
+            mode: type | (a.mode & 0o7777), linkCount: a.numlinks, uid: a.owner ?? 65_534, gid: a.ownerGroup ?? 65_534,
+            rdev: encodeDevice(major: a.rawdev.major, minor: a.rawdev.minor), blockSizeBytes: 4096)
+    }
+}

@@ -1,0 +1,175 @@
+import CDPFS
+import DPFSPosix
+import FUSEWire
+import Glibc
+import NFSv4Wire
+import Synchronization
+
+// An NFSv4.1 device's start-up, on the control plane: one client id for the device (EXCHANGE_ID
+// over a control connection kept for the device's life), a control session for RECLAIM_COMPLETE
+// and the start-up calls (the export's handle walked from the pseudo root, its transfer limits,
+// `.dpfs-hidden`), then one session per queue (CREATE_SESSION over the same control connection,
+// one at a time: a client's CREATE_SESSIONs carry one sequence). A queue's own connection joins its
+// session with its first SEQUENCE (the client asked for no state protection, so the server binds
+// the connection then, RFC 8881 §2.10.5.1).
+
+/// What a v4 device keeps for its life: the client, the control session, what queues were given.
+public final class NFSv4DeviceState: @unchecked Sendable {
+    let control: NFSv4ControlSession
+    let mutex = HostMutex()
+    /// Sessions made for queues (destroyed at stop).
+    var sessions: [NFSv4SessionID] = []
+    public var clientID: UInt64 { control.clientID }
+
+    init(control: NFSv4ControlSession) {
+        self.control = control
+    }
+
+    /// A session of up to `slots` fore-channel slots for one queue: its id and the slots granted.
+    func makeSession(slots: Int, transferBytesMax: Int) throws(NFSStartupError) -> (NFSv4SessionID, Int) {
+        let result = mutex.withLock { () -> Result<NFSv4CreateSessionResult, NFSStartupError> in
+            Result { () throws(NFSStartupError) in try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax)) }
+        }
+        let made = try result.get()
+        mutex.withLock { sessions.append(made.session) }
+        return (made.session, Int(min(made.fore.requestsMax, UInt32(slots))))
+    }
+
+    /// DESTROY_SESSION of every session, then DESTROY_CLIENTID: the server forgets the client now,
+    /// not a lease later. Errors are reported, not fatal: the lease ends it anyway.
+    func destroy() -> String? {
+        mutex.withLock { () -> String? in
+            var failures: [String] = []
+            for session in sessions {
+                do throws(NFSStartupError) { try control.destroySession(session) } catch { failures.append(error.description) }
+            }
+            sessions = []
+            do throws(NFSStartupError) { try control.destroy() } catch { failures.append(error.description) }
+            control.client.close()
+            return failures.isEmpty ? nil : failures.joined(separator: "; ")
+        }
+    }
+}
+
+extension NFSDevice {
+    /// The v4 start-up: the device state, the export's root handle, the transfer limits, the
+    /// handle of `.dpfs-hidden`.
+    static func startV4(_ url: NFSURL, timeoutMilliseconds: Int, instance: UInt64) throws(NFSStartupError)
+        -> (state: NFSv4DeviceState, root: [UInt8], read: Int, write: Int, hidden: [UInt8]) {
+        guard url.minorVersion == 1 else { throw NFSStartupError("NFSv4.0 is not served yet (version=4.1 is)") }
+        let client = try NFSv4ControlClient(url: url, timeoutMilliseconds: timeoutMilliseconds)
+        var hostBytes = [UInt8](repeating: 0, count: 256)
+        gethostname(&hostBytes, 255)
+        let hostName = String(decoding: hostBytes.prefix { $0 != 0 }, as: UTF8.self)
+        // The owner names this engine instance: two engines on one host are two clients.
+        let owner = Array("dpfs-engine/\(hostName)/\(String(instance, radix: 16))".utf8)
+        let control: NFSv4ControlSession
+        do throws(NFSStartupError) {
+            control = try NFSv4ControlSession(client: client, owner: owner, verifier: instance, slots: 1,
+                                              transferBytesMax: UInt32(FUSELimits.writeBytesMax))
+        } catch {
+            client.close()
+            throw error
+        }
+        let state = NFSv4DeviceState(control: control)
+        let root = try exportRootV4(control, path: url.exportPath)
+        let limits = root.attributes
+        let read = Int(min(limits.maxread == 0 ? 1 << 20 : limits.maxread, 1 << 20))
+        let write = Int(min(limits.maxwrite == 0 ? 1 << 20 : limits.maxwrite, 1 << 20))
+        let hidden = try hiddenDirectoryV4(control, root: root.handle)
+        return (state, root.handle, read, write, hidden)
+    }
+
+    static func exportRootV4(_ control: NFSv4ControlSession, path: String) throws(NFSStartupError) -> (handle: [UInt8], attributes: NFSv4Attributes) {
+        let components = path.split(separator: "/").map { Array($0.utf8) }
+        guard components.count <= CompoundWriter.operationsMax - 4 else { throw NFSStartupError("the export path \(path) has too many components") }
+        var mask = NFSv4Bitmap([.type, .maxread, .maxwrite])
+        mask.insert(NFSv4Attribute.fileid.rawValue)
+        let found: (handle: [UInt8], attributes: NFSv4Attributes)? = try control.call("PUTROOTFH+LOOKUP+GETFH+GETATTR", operations: components.count + 3) { writer in
+            writer.putrootfh()
+            for component in components { component.withUnsafeBytes { writer.lookup($0) } }
+            writer.getfh()
+            writer.getattr(mask)
+        } read: { reader, _ throws(XDRError) in
+            guard try reader.next(.putrootfh) == .ok else { return nil }
+            for _ in components { guard try reader.next(.lookup) == .ok else { return nil } }
+            guard try reader.next(.getfh) == .ok else { return nil }
+            let handle = Array(try reader.handle())
+            guard try reader.next(.getattr) == .ok else { return nil }
+            return (handle, try reader.attributes())
+        }
+        guard let found else { throw NFSStartupError("the export \(path) is not in the server's pseudo file system") }
+        guard found.handle.count >= 1, found.handle.count <= nfsFileHandleBytesMax else {
+            throw NFSStartupError("the server sent a \(found.handle.count)-byte handle for the export (at most \(nfsFileHandleBytesMax))")
+        }
+        guard found.attributes.type == 2 else { throw NFSStartupError("the export \(path) is not a directory") }
+        return found
+    }
+
+    /// `.dpfs-hidden` in the export's root, made (mode 1777) when missing; EXIST from a MKDIR that
+    /// raced another engine's means use it.
+    static func hiddenDirectoryV4(_ control: NFSv4ControlSession, root: [UInt8]) throws(NFSStartupError) -> [UInt8] {
+        let name = Array(HiddenName.directory.utf8)
+        for _ in 0..<2 {
+            let looked: (NFSv4Status, [UInt8], UInt32) = try control.call("LOOKUP \(HiddenName.directory)", operations: 4) { writer in
+                root.withUnsafeBytes { writer.putfh($0) }
+                name.withUnsafeBytes { writer.lookup($0) }
+                writer.getfh()
+                writer.getattr(NFSv4Bitmap([.type]))
+            } read: { reader, _ throws(XDRError) in
+                guard try reader.next(.putfh) == .ok else { return (.badhandle, [], 0) }
+                let status = try reader.next(.lookup)
+                guard status == .ok else { return (status, [], 0) }
+                guard try reader.next(.getfh) == .ok else { return (.serverfault, [], 0) }
+                let handle = Array(try reader.handle())
+                guard try reader.next(.getattr) == .ok else { return (.serverfault, [], 0) }
+                return (.ok, handle, try reader.attributes().type)
+            }
+            if looked.0 == .ok {
+                guard looked.2 == 2 else {
+                    throw NFSStartupError("\(HiddenName.directory) in the export is not a directory: remove it, the engine keeps unlinked open files there")
+                }
+                guard looked.1.count >= 1, looked.1.count <= nfsFileHandleBytesMax else {
+                    throw NFSStartupError("the server sent a \(looked.1.count)-byte handle for \(HiddenName.directory)")
+                }
+                return looked.1
+            }
+            guard looked.0 == .noent else { throw NFSStartupError("LOOKUP \(HiddenName.directory) in the export: nfsstat4 \(looked.0.rawValue)") }
+            let made: NFSv4Status = try control.call("CREATE \(HiddenName.directory)", operations: 2) { writer in
+                root.withUnsafeBytes { writer.putfh($0) }
+                name.withUnsafeBytes { writer.create(.directory, name: $0, attributes: NFSv4SetAttributes(mode: 0o1777)) }
+            } read: { reader, _ throws(XDRError) in
+                guard try reader.next(.putfh) == .ok else { return .badhandle }
+                return try reader.next(.create)
+            }
+            guard made == .ok || made == .exist else {
+                throw NFSStartupError("cannot make \(HiddenName.directory) in the export (nfsstat4 \(made.rawValue)): the export must be writable")
+            }
+        }
+        throw NFSStartupError("\(HiddenName.directory) was made but LOOKUP does not find it")
+    }
+}
+
+extension NFSv4ControlSession {
+    /// One more session of this client (for a queue), over the control connection.
+    func createSession(slots: UInt32, transferBytesMax: UInt32) throws(NFSStartupError) -> NFSv4CreateSessionResult {
+        let message = transferBytesMax + 8192
+        let fore = NFSv4ChannelAttributes(requestBytesMax: message, responseBytesMax: message, responseCachedBytesMax: 8192,
+                                          operationsMax: UInt32(CompoundWriter.operationsMax), requestsMax: slots)
+        let back = NFSv4ChannelAttributes(requestBytesMax: 4096, responseBytesMax: 4096, responseCachedBytesMax: 0,
+                                          operationsMax: 2, requestsMax: 1)
+        let clientID = self.clientID
+        let sequence = nextCreateSessionSequence()
+        let created = try Self.parse("CREATE_SESSION", client.compound("CREATE_SESSION", minorVersion: 1) { writer in
+            writer.createSession(clientID: clientID, sequenceID: sequence, fore: fore, back: back)
+        }, operations: 1) { reader throws(XDRError) in try reader.createSessionResult() }
+        guard created.fore.requestsMax >= 1 else { throw NFSStartupError("CREATE_SESSION: the server granted no slots") }
+        return created
+    }
+
+    func destroySession(_ session: NFSv4SessionID) throws(NFSStartupError) {
+        _ = try Self.parse("DESTROY_SESSION", client.compound("DESTROY_SESSION", minorVersion: 1) { writer in
+            writer.destroySession(session)
+        }, operations: 1) { _ throws(XDRError) in () }
+    }
+}
