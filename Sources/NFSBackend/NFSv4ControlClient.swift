@@ -18,6 +18,10 @@ public final class NFSv4ControlClient {
     var done = false
     var failure: String? = nil
     var reply: [UInt8] = []
+    /// False: a reply's bytes are not copied out, only its COMPOUND status kept (the allocation
+    /// gate's bare loop, which must allocate nothing of its own).
+    public var keepReply = true
+    public private(set) var replyStatus: UInt32 = 0
 
     /// Connects to the server's NFS port as AUTH_SYS `uid`/`gid`.
     public init(url: NFSURL, timeoutMilliseconds: Int, uid: UInt32 = 0, gid: UInt32 = 0) throws(NFSStartupError) {
@@ -62,7 +66,9 @@ public final class NFSv4ControlClient {
         // A connect's callback carries no data; a COMPOUND's carries the raw COMPOUND4res.
         guard let data else { return }
         let captured = data.assumingMemoryBound(to: CDPFS_nfs4_reply.self).pointee
-        client.reply = Array(UnsafeRawBufferPointer(start: captured.bytes, count: Int(captured.count)))
+        let bytes = UnsafeRawBufferPointer(start: captured.bytes, count: Int(captured.count))
+        client.replyStatus = bytes.count >= 4 ? UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)) : UInt32.max
+        if client.keepReply { client.reply = Array(bytes) }
     }
 
     /// Sends one COMPOUND, written by `body` into the room libnfs gives plus `roomBytes`, and
@@ -169,6 +175,20 @@ public final class NFSv4ControlSession {
             slotSequence &+= 1
             return try read(&reader, reader.status)
         }
+    }
+
+    /// SEQUENCE on slot 0 and `body`'s operations, the reply not copied: true when the whole
+    /// COMPOUND succeeded (the allocation gate's bare loop).
+    public func sendUnread(_ what: String, roomBytes: Int = 0, _ body: (inout CompoundWriter) -> Void) throws(NFSStartupError) -> Bool {
+        client.keepReply = false
+        defer { client.keepReply = true }
+        _ = try client.compound(what, minorVersion: 1, roomBytes: roomBytes) { writer in
+            withUnsafeBytes(of: session.bytes) { writer.sequence(session: $0, sequenceID: slotSequence, slot: 0, highestSlot: 0, cacheThis: false) }
+            body(&writer)
+        }
+        guard client.replyStatus == 0 else { return false }
+        slotSequence &+= 1
+        return true
     }
 
     /// Reads a reply whose first result must be OK; a lie or a failed first operation is an error

@@ -75,9 +75,9 @@ public struct NFSv4Attributes: Equatable, Sendable {
         let values = try xdr.opaque(limit: valuesBytesMax)
         var inner = XDRReader(buffer: UnsafeRawBufferPointer(rebasing: xdr.buffer[..<(start + values.count)]), position: start)
         // In ascending attribute number: the order they travel in.
-        for attribute in NFSv4Attribute.allCases.sorted(by: { $0.rawValue < $1.rawValue })
-        where attributes.present.contains(attribute.rawValue) {
-            try attributes.readValue(attribute, &inner)
+        // (By bit number, not over a sorted list of cases: that would allocate on every reply.)
+        for bit in 0..<64 where attributes.present.contains(bit) {
+            try attributes.readValue(NFSv4Attribute(rawValue: bit)!, &inner)
         }
         guard inner.remaining == 0 else { throw .tooLong(at: inner.position, length: inner.remaining, limit: 0) }
         return attributes

@@ -7,6 +7,7 @@ import Glibc
 import LoopbackTransport
 import MallocInterposerSwift
 import NFSBackend
+import NFSv4Wire
 
 // The allocation gate's NFS part: the NFS backend against a real nfs-ganesha, GETATTR, LOOKUP (+
 // FORGET), READ 4 KiB and WRITE 4 KiB, laid out as in PassthroughGate. libnfs allocates for every
@@ -85,7 +86,9 @@ final class NFSGate {
         let readRequest = PassthroughGate.request(.read, node: node, args: PassthroughGate.bytes(read))
         let writeRequest = PassthroughGate.request(.write, node: node, args: PassthroughGate.bytes(write) + [UInt8](repeating: 0x5A, count: 4096))
 
-        let raw = try RawCalls(url: url, root: Array(device.nodes.handle(FileHandleTable.rootIndex)), name: fileName)
+        let root = Array(device.nodes.handle(FileHandleTable.rootIndex))
+        let raw: any RawLibnfsCalls = url.version == 4 ? try RawCalls4(url: url, root: root, name: fileName)
+                                                       : try RawCalls(url: url, root: root, name: fileName)
         defer { raw.close() }
 
         var results: [ClassResult] = []
@@ -127,9 +130,90 @@ final class NFSGate {
     }
 }
 
+/// A bare loop of the calls the engine makes for one kind of request, counting libnfs's mallocs.
+protocol RawLibnfsCalls {
+    func mallocsPerCall(_ kind: RawCalls.Kind, calls: Int, warmup: Int) throws -> Double
+    func close()
+}
+
+/// The same NFSv4.1 COMPOUNDs the engine sends, from a session of this process's own: our XDR
+/// through the shim, replies not copied, so what is counted is libnfs's (its PDU, its encode
+/// buffer, its receive buffer).
+final class RawCalls4: RawLibnfsCalls {
+    let client: NFSv4ControlClient
+    let session: NFSv4ControlSession
+    let root: [UInt8]
+    let file: [UInt8]
+    let name: [UInt8]
+    let data = [UInt8](repeating: 0x5A, count: 4096)
+
+    init(url: NFSURL, root: [UInt8], name fileName: String) throws {
+        client = try NFSv4ControlClient(url: url, timeoutMilliseconds: 10_000)
+        session = try NFSv4ControlSession(client: client, owner: Array("dpfs-gate-raw/\(getpid())".utf8),
+                                          verifier: UInt64.random(in: 1...UInt64.max), slots: 1, transferBytesMax: 1 << 20)
+        self.root = root
+        name = Array(fileName.utf8)
+        let name = self.name
+        file = try session.call("LOOKUP \(fileName)", operations: 3) { writer in
+            root.withUnsafeBytes { writer.putfh($0) }
+            name.withUnsafeBytes { writer.lookup($0) }
+            writer.getfh()
+        } read: { reader, _ throws(XDRError) -> [UInt8] in
+            guard try reader.next(.putfh) == .ok, try reader.next(.lookup) == .ok, try reader.next(.getfh) == .ok else { return [] }
+            return Array(try reader.handle())
+        }
+        guard !file.isEmpty else { throw ValidationError("NFSv4: LOOKUP \(fileName) failed") }
+    }
+
+    func close() {
+        try? session.destroy()
+        client.close()
+    }
+
+    func one(_ kind: RawCalls.Kind) throws -> Bool {
+        try root.withUnsafeBytes { root in
+            try file.withUnsafeBytes { file in
+                try name.withUnsafeBytes { name in
+                    try data.withUnsafeBytes { data in
+                        try session.sendUnread("gate", roomBytes: kind == .write ? 4096 + 512 : 0) { writer in
+                            switch kind {
+                            case .getattr:
+                                writer.putfh(file)
+                                writer.getattr(.standard)
+                            case .lookup:
+                                writer.putfh(root)
+                                writer.lookup(name)
+                                writer.getfh()
+                                writer.getattr(.standard)
+                            case .read:
+                                writer.putfh(file)
+                                writer.read(.anonymous, offset: 0, count: 4096)
+                            case .write:
+                                writer.putfh(file)
+                                writer.write(.anonymous, offset: 0, stability: .unstable, byteCount: 4096)?.copyMemory(from: data)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func mallocsPerCall(_ kind: RawCalls.Kind, calls: Int, warmup: Int) throws -> Double {
+        for _ in 0..<warmup where try !one(kind) { throw ValidationError("NFSv4: a \(kind) COMPOUND failed") }
+        MallocInterposerSwift.reset()
+        MallocInterposerSwift.hook()
+        var failures = 0
+        for _ in 0..<calls where (try? one(kind)) != true { failures += 1 }
+        MallocInterposerSwift.unhook()
+        guard failures == 0 else { throw ValidationError("NFSv4: \(failures) \(kind) COMPOUNDs failed") }
+        return Double(MallocInterposerSwift.getStatistics().mallocCount) / Double(calls)
+    }
+}
+
 /// The same NFSv3 calls from a bare libnfs context, one at a time, counting only libnfs's mallocs
 /// (this loop allocates nothing of its own: fixed arguments, a static callback, one pollfd).
-final class RawCalls {
+final class RawCalls: RawLibnfsCalls {
     enum Kind: CaseIterable { case getattr, lookup, read, write }
 
     let rpc: OpaquePointer
