@@ -95,8 +95,11 @@ step "redis-server killed, restarted and stalled under load: fsync'ed data kept,
 step "guests store files through the key-value backend (6.1, redis-server crash between boots, reboot, 6.12 multi-queue)" \
   tools/guest/test-passthrough.sh --kv
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
+step "guests store files through the NFS backend over NFSv4.1 (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs4
 step "two engines on one NFSv3 export: started at once both serve, files cross both ways, a change seen within the cache time, hidden files kept; control: a .dpfs-hidden that is a file stops the start" \
   tools/host/test-nfs-engines.sh --rounds 6
+step "two engines on one export over NFSv4.1 (two clients, a session per queue each): the same checks" \
+  tools/host/test-nfs-engines.sh --rounds 6 --version 4.1
 step "NFSv4.1 client layer (our XDR over libnfs's transport) against nfs-ganesha: session, a file's whole life three times, the kept file on disk; controls: a changed byte, a version not spoken" \
   tools/host/test-nfs4-session.sh
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh

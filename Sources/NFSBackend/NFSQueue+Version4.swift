@@ -261,12 +261,26 @@ extension NFSQueue {
         if v4!.namesOnly[slot] { names = .namesOnly }
         // A v4 entry carries its attributes: a listing's worth of them is several times FUSE's size.
         let replyBytes = plus ? 4 * capacity + 4096 : 2 * capacity + 2048
+        // NFSv4 lists no "." or "..": the engine adds them at offsets 0 and 1 (cookies 1 and 2 are
+        // reserved for them, RFC 7530 §16.24.4), with the inode numbers a GETATTR and a LOOKUPP
+        // in the same COMPOUND give.
+        let dots = request.offset < Self.firstServerCookie
+        let cookie = request.offset <= Self.firstServerCookie ? 0 : request.offset
         return compound4(slot, rpc, tag) { writer in
             writer.putfh(primary)
-            writer.readdir(cookie: request.offset, verifier: verifier, directoryBytes: UInt32(capacity),
+            if dots { writer.getattr(Self.fileidOnly) }
+            writer.readdir(cookie: cookie, verifier: verifier, directoryBytes: UInt32(capacity),
                            replyBytes: UInt32(replyBytes), names)
+            if dots {
+                writer.lookupp()
+                writer.getattr(Self.fileidOnly)
+            }
         }
     }
+
+    /// FUSE offsets 1 and 2 are "." and "..": the server's own cookies start above them.
+    static let firstServerCookie: UInt64 = 2
+    static let fileidOnly = NFSv4Bitmap([.fileid])
 
     /// SYMLINK, MKNOD (not of a regular file) and MKDIR: CREATE, then the new entry's handle and attributes.
     func sendMade4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, directory: UnsafeRawBufferPointer,

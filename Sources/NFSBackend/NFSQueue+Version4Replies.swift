@@ -277,6 +277,12 @@ extension NFSQueue {
     func answeredData4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
         let call = records[slot].plan.call
         var status = try putfh4(&reader)
+        let dots = (call == .readdir || call == .readdirplus) && records[slot].request.offset < Self.firstServerCookie
+        var directoryInode: UInt64 = 0
+        if dots && status == .ok {
+            status = try reader.next(.getattr)
+            if status == .ok { directoryInode = try reader.attributes().fileid }
+        }
         let operation: NFSv4Operation = switch call {
         case .read: .read
         case .write, .resendWrite: .write
@@ -310,7 +316,20 @@ extension NFSQueue {
                 let result = try reader.writeResult()
                 wrote4(slot, count: Int(result.count), unstable: result.committed == .unstable, verifier: result.verifier)
             case .fsstat: statistics4(slot, try reader.attributes())
-            default: try listed4(slot, &reader)
+            default:
+                guard dots else { return try listed4(slot, &reader, dots: nil) }
+                // The parent's inode follows the listing: read past it on a copy of the reader.
+                var ahead = reader
+                var parentInode = directoryInode
+                _ = try ahead.readdirVerifier()
+                var skipped = 0
+                while skipped < Self.entriesPerListingMax, try ahead.directoryEntry() != nil { skipped += 1 }
+                if skipped < Self.entriesPerListingMax, (try? ahead.readdirEnd()) != nil,
+                   (try? ahead.next(.lookupp)) == .ok, (try? ahead.next(.getattr)) == .ok,
+                   let parent = try? ahead.attributes() {
+                    parentInode = parent.fileid
+                }
+                try listed4(slot, &reader, dots: (directoryInode, parentInode))
             }
         }
     }
@@ -382,12 +401,26 @@ extension NFSQueue {
 
     /// READDIR and READDIRPLUS: each entry's cookie is its FUSE offset. For READDIRPLUS every
     /// entry with a handle becomes a node the kernel will FORGET (v4 lists no "." or "..").
-    func listed4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
-        let from = records[slot].request.offset
+    func listed4(_ slot: Int, _ reader: inout CompoundReader, dots: (UInt64, UInt64)?) throws(XDRError) {
+        let offset = records[slot].request.offset
+        let from = offset <= Self.firstServerCookie ? 0 : offset
         let reply = records[slot].reply
         let plus = records[slot].plan.call == .readdirplus
         var writer = DirectoryEntryWriter(destination: reply.body, capacity: min(Int(records[slot].request.size), reply.bodyCapacity))
         let verifier = try reader.readdirVerifier()
+        if let (directory, parent) = dots {
+            for index in Int(offset)..<2 {
+                let name = index == 0 ? Self.dotName : Self.dotDotName
+                var attributes = Self.unknownAttributes(inode: index == 0 ? directory : parent)
+                attributes.mode = FileType.directory
+                let appended = name.withUnsafeBytes { name in
+                    plus ? writer.appendPlus(nodeID: 0, generation: 0, entryValid: CacheValidity(seconds: 0), attrValid: CacheValidity(seconds: 0),
+                                             attributes: attributes, nextOffset: UInt64(index + 1), type: FileType.directory >> 12, name: name)
+                         : writer.append(inode: attributes.inode, nextOffset: UInt64(index + 1), type: FileType.directory >> 12, name: name)
+                }
+                guard appended else { break }
+            }
+        }
         var entriesMax = Self.entriesPerListingMax
         var failure: FUSEErrno? = nil
         while entriesMax > 0, let entry = try reader.directoryEntry() {
@@ -434,6 +467,9 @@ extension NFSQueue {
         reply.send(bodyBytes: writer.bytesWritten)
         complete(slot)
     }
+
+    static let dotName: [UInt8] = [UInt8(ascii: ".")]
+    static let dotDotName: [UInt8] = [UInt8(ascii: "."), UInt8(ascii: ".")]
 
     /// A server's entry name the guest can take: 1...255 bytes, no '/', no NUL.
     static func entryName4(_ name: UnsafeRawBufferPointer) -> Bool {

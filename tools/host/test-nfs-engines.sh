@@ -12,15 +12,19 @@
 #      B restarting does not take it, and A still reads it whole;
 # and, as controls that must fail: a .dpfs-hidden that is a regular file stops the start with a
 # message naming it, and a read through B of a file A never wrote does not match.
+# --version 4.1 runs it all over NFSv4.1 (the export's pseudo path): each engine is then a client
+# of its own, with a session per queue.
 # Needs root. Uses .build/release/dpfs-engine (built if missing). Exit status: failed checks.
-#   tools/host/test-nfs-engines.sh [--rounds N]
+#   tools/host/test-nfs-engines.sh [--rounds N] [--version 3|4.1]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 rounds=4
+version=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift ;;
+    --version) version=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -77,8 +81,13 @@ serving() {
 fresh_export() {
   share=$work/share-$1
   mkdir -p "$share"
-  if ! nfs_url=$(tools/nfs-server.sh start "$share" | grep "version=3"); then
+  if ! urls=$(tools/nfs-server.sh start "$share"); then
     echo "RESULT server-FAILED: nfs-ganesha did not start"; exit 1
+  fi
+  if [ "$version" = 3 ]; then
+    nfs_url=$(grep "version=3" <<<"$urls")
+  else
+    nfs_url=$(grep "version=4" <<<"$urls" | sed "s/version=4&/version=$version\&/")
   fi
 }
 
