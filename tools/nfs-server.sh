@@ -66,6 +66,11 @@ start_rpcbind() {
 
 write_config() {
   local export_dir=$1
+  # DPFS_NFS_GRACE=S: a grace period of S seconds after each (re)start, as a production server
+  # has (default: Graceless, no grace period); DPFS_NFS_LEASE=S: the NFSv4 lease (ganesha's 60 s).
+  local v4_timing="Graceless = true;"
+  [ -n "${DPFS_NFS_GRACE:-}" ] && v4_timing="Graceless = false; Grace_Period = $DPFS_NFS_GRACE;"
+  [ -n "${DPFS_NFS_LEASE:-}" ] && v4_timing="$v4_timing Lease_Lifetime = $DPFS_NFS_LEASE;"
   mkdir -p -m 0700 "$state/recovery"
   mkdir -p "$export_dir"
   cat >"$state/ganesha.conf" <<EOF
@@ -74,7 +79,7 @@ NFS_CORE_PARAM {
   Enable_NLM = false; Enable_UDP = false; Enable_RQUOTA = false;
   Plugins_Dir = "/usr/lib/x86_64-linux-gnu/ganesha";
 }
-NFSv4 { Graceless = true; Minor_Versions = 0, 1, 2; RecoveryRoot = "$state/recovery"; Only_Numeric_Owners = true; }
+NFSv4 { $v4_timing Minor_Versions = 0, 1, 2; RecoveryRoot = "$state/recovery"; Only_Numeric_Owners = true; }
 EXPORT {
   Export_Id = 1; Path = "$export_dir"; Pseudo = "/export"; Access_Type = RW;
   Squash = No_Root_Squash; SecType = sys; Protocols = 3, 4; Transports = TCP;

@@ -103,6 +103,12 @@ step "two engines on one export over NFSv4.1 (two clients, a session per queue e
 step "NFSv4.1 client layer (our XDR over libnfs's transport) against nfs-ganesha: session, a file's whole life three times, the kept file on disk; controls: a changed byte, a version not spoken" \
   tools/host/test-nfs4-session.sh
 step "NFS server killed and restarted under load" tools/host/test-nfs-faults.sh
+step "NFSv4.1: server killed, restarted and stalled under load (the engine makes its client and sessions again): fsync'ed data kept, EIO within the timeout" \
+  tools/host/test-nfs-faults.sh --version 4.1
+step "NFSv4.1 with a 15 s grace period and a 10 s lease: the same faults; requests refused for GRACE go again within their timeout" \
+  env DPFS_NFS_GRACE=15 DPFS_NFS_LEASE=10 tools/host/test-nfs-faults.sh --version 4.1
+step "NFSv4.1 lease: an open file reads after 30 s idle (10 s lease, idle queues renew), 64 open/close loops with no SEQUENCE refused; control: without renewals the client expires" \
+  tools/host/test-nfs4-lease.sh
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \
   tools/host/test-nfs-crash.sh
 step "control: the same crash without the write journal loses data (the check must fail)" \

@@ -200,6 +200,8 @@ final class NFSQueue: @unchecked Sendable {
     /// Counters for reports and tests.
     var reconnects = 0
     var timeouts = 0
+    /// NFSv4.1 lease renewals sent by this idle queue.
+    var renewals = 0
     /// The slot `begin` is issuing: an answer written before it returns is `.done`, not a completion.
     var startingSlot = -1
     var startAnsweredInline = false
@@ -228,14 +230,15 @@ final class NFSQueue: @unchecked Sendable {
         }
         stagedHandleOffset = MemoryLayout<NFSRequestState>.offset(of: \NFSRequestState.stagedHandleBytes)!
         hiddenNameOffset = MemoryLayout<NFSRequestState>.offset(of: \NFSRequestState.hiddenNameBytes)!
-        tags = .allocate(capacity: slotCount + connectionCount)
+        // One tag per slot, per connection, and NFSv4.1's lease renewal.
+        tags = .allocate(capacity: slotCount + connectionCount + 1)
         let journalBytes = device.configuration.journalBytesPerQueue
         journal = WriteJournal(capacityBytes: journalBytes, entryCapacity: max(64, journalBytes / 1024))
         queueNumber = device.queueNumbers.add(1, ordering: .relaxed).oldValue
         v4 = device.v4 == nil ? nil : NFSv4QueueSession(engineSlots: slotCount, queueNumber: queueNumber)
         gather = .allocate(byteCount: FUSELimits.writeBytesMax, alignment: 4096)
         let me = Unmanaged.passUnretained(self).toOpaque()
-        for slot in 0..<slotCount + connectionCount { (tags + slot).initialize(to: NFSCallTag(queue: me, slot: UInt32(slot))) }
+        for slot in 0...slotCount + connectionCount { (tags + slot).initialize(to: NFSCallTag(queue: me, slot: UInt32(slot))) }
     }
 
     deinit {
@@ -248,6 +251,8 @@ final class NFSQueue: @unchecked Sendable {
     }
 
     func connectTag(_ connection: Int) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(tags + slotCount + connection) }
+    /// The tag of NFSv4.1's SEQUENCE-only lease renewal (no slot of the engine's).
+    var renewalTag: Int { slotCount + connections.count }
 }
 
 public struct NFSBackend: FileSystem {

@@ -33,12 +33,17 @@ public final class NFSDevice: @unchecked Sendable {
     let timeoutCount = Atomic<Int>(0)
     let resentWriteCount = Atomic<Int>(0)
     let unjournaledWriteCount = Atomic<Int>(0)
+    /// NFSv4.1: SEQUENCE-only renewals sent by idle queues.
+    let renewalCount = Atomic<Int>(0)
+    /// NFSv4.1: SEQUENCEs the server refused (a session or slot out of step, an expired client).
+    let sequenceFailureCount = Atomic<Int>(0)
 
     /// What went wrong with the server and what the backend did about it, for the engine's log.
     public var faultReport: String {
         "NFS server faults: \(reconnectCount.load(ordering: .relaxed)) reconnect(s), \(timeoutCount.load(ordering: .relaxed)) request(s) failed EIO by the timeout, "
             + "\(resentWriteCount.load(ordering: .relaxed)) uncommitted write(s) resent after a server restart, "
             + "\(unjournaledWriteCount.load(ordering: .relaxed)) write(s) not journaled for want of room (their opens' fsync fails EIO after a restart)"
+            + (v4.map { "; NFSv4.1: \(renewalCount.load(ordering: .relaxed)) lease renewal(s) by idle queues, \(sequenceFailureCount.load(ordering: .relaxed)) SEQUENCE(s) refused, client made again \($0.reestablished) time(s)" } ?? "")
     }
 
     /// The fault counters, for `/metrics`.

@@ -85,7 +85,7 @@ extension NFSQueue {
         link.backoffNanoseconds = UInt64(device.configuration.reconnectBackoffMillisecondsMin) * 1_000_000
         // Everything that waited for a connection goes now (the server orders nothing across requests).
         guard waiting > 0 else { return }
-        for slot in 0..<slotCount where records[slot].state == .waiting {
+        for slot in 0..<slotCount where records[slot].state == .waiting && (v4 == nil || v4!.retryAtNanoseconds[slot] == 0) {
             records[slot].state = .free
             waiting -= 1
             issue(slot)
@@ -161,6 +161,15 @@ extension NFSQueue {
             }
             if link.teardownWanted { dropConnection(link, now: now == 0 ? monotonicNanoseconds() : now) }
         }
+        if let session = v4 {
+            if pendingCount == 0 {
+                if now == 0 { now = monotonicNanoseconds() }
+                renewLease4(session, now: now)
+            } else if session.delayedCount > 0 {
+                if now == 0 { now = monotonicNanoseconds() }
+                retryDelayed4(session, now: now)
+            }
+        }
         if pendingCount > 0 {
             let clock = now == 0 ? monotonicNanoseconds() : now
             if clock >= nextDeadlineScanNanoseconds {
@@ -187,6 +196,10 @@ extension NFSQueue {
         var stalled: UInt64 = 0
         for slot in 0..<slotCount where records[slot].state != .free && records[slot].deadline <= now {
             if records[slot].state == .waiting {
+                if let session = v4, session.retryAtNanoseconds[slot] != 0 {
+                    session.retryAtNanoseconds[slot] = 0
+                    session.delayedCount -= 1
+                }
                 records[slot].state = .free
                 waiting -= 1
                 timeouts += 1

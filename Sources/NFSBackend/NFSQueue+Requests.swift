@@ -121,7 +121,9 @@ extension NFSQueue {
             createSequence &+= 1
             records[slot].createVerifier = createSequence ^ (UInt64(truncatingIfNeeded: request.unique) << 20)
         }
-        records[slot].deadline = monotonicNanoseconds() &+ timeoutNanoseconds
+        let now = monotonicNanoseconds()
+        records[slot].deadline = now &+ timeoutNanoseconds
+        v4?.lastActiveNanoseconds = now
         pendingCount += 1
         startingSlot = slot
         startAnsweredInline = false

@@ -30,18 +30,27 @@ final class NFSv4QueueSession {
     /// Per engine slot: its listing asks for names only (the directory cannot be searched).
     let namesOnly: UnsafeMutablePointer<Bool>
     let owner: [UInt8]
+    /// Per engine slot: when a stage the server asked to wait for (GRACE, DELAY) goes again (0: none).
+    let retryAtNanoseconds: UnsafeMutablePointer<UInt64>
+    var delayedCount = 0
+    /// When the queue last sent a request, and whether a renewal is in flight.
+    var lastActiveNanoseconds: UInt64 = 0
+    var renewing = false
 
     init(engineSlots: Int, queueNumber: Int32) {
         sequences = .allocate(capacity: Self.slotsMax)
         sequences.initialize(repeating: 0, count: Self.slotsMax)
         freeSlots = .allocate(capacity: Self.slotsMax)
         freeSlots.initialize(repeating: 0, count: Self.slotsMax)
-        held = .allocate(capacity: engineSlots)
-        held.initialize(repeating: -1, count: engineSlots)
-        operationsSent = .allocate(capacity: engineSlots)
-        operationsSent.initialize(repeating: 0, count: engineSlots)
+        // One more than the engine's slots: the lease renewal's.
+        held = .allocate(capacity: engineSlots + 1)
+        held.initialize(repeating: -1, count: engineSlots + 1)
+        operationsSent = .allocate(capacity: engineSlots + 1)
+        operationsSent.initialize(repeating: 0, count: engineSlots + 1)
         namesOnly = .allocate(capacity: engineSlots)
         namesOnly.initialize(repeating: false, count: engineSlots)
+        retryAtNanoseconds = .allocate(capacity: engineSlots)
+        retryAtNanoseconds.initialize(repeating: 0, count: engineSlots)
         owner = Array("dpfs-queue-\(queueNumber)".utf8)
     }
 
@@ -51,6 +60,7 @@ final class NFSv4QueueSession {
         held.deallocate()
         operationsSent.deallocate()
         namesOnly.deallocate()
+        retryAtNanoseconds.deallocate()
     }
 
     /// A new session: every slot free, every sequence at 1.
@@ -103,6 +113,104 @@ extension NFSQueue {
             return true
         } catch {
             return false
+        }
+    }
+
+    /// How long a stage the server asked to wait (GRACE after its restart, DELAY) waits before it
+    /// goes again; its request's deadline still holds.
+    static let retryDelayNanoseconds: UInt64 = 200_000_000
+
+    /// The stage failed with GRACE or DELAY: it goes again later, if its deadline allows.
+    func delay4(_ slot: Int, now: UInt64) -> Bool {
+        let retryAt = now &+ Self.retryDelayNanoseconds
+        guard retryAt < records[slot].deadline else { return false }
+        v4!.retryAtNanoseconds[slot] = retryAt
+        v4!.delayedCount += 1
+        records[slot].state = .waiting
+        waiting += 1
+        return true
+    }
+
+    /// Sends again the delayed stages whose time came (from the poller's step).
+    func retryDelayed4(_ session: NFSv4QueueSession, now: UInt64) {
+        guard session.delayedCount > 0 else { return }
+        for slot in 0..<slotCount where session.retryAtNanoseconds[slot] != 0 && session.retryAtNanoseconds[slot] <= now {
+            session.retryAtNanoseconds[slot] = 0
+            session.delayedCount -= 1
+            guard records[slot].state == .waiting else { continue }
+            records[slot].state = .free
+            waiting -= 1
+            issue(slot)
+        }
+    }
+
+    /// The lease test's control (tools/host/test-nfs4-lease.sh): with DPFS_TEST_NFS4_NO_RENEWAL set
+    /// an idle client must expire, or the test could not tell renewals from a lenient server.
+    static let renewalDisabledForTest = getenv("DPFS_TEST_NFS4_NO_RENEWAL") != nil
+
+    /// An idle queue keeps its client's lease: a SEQUENCE alone every third of the lease (any
+    /// SEQUENCE renews it, RFC 8881 §8.3). Without it an idle device's client would expire and its
+    /// next request would find its session gone.
+    func renewLease4(_ session: NFSv4QueueSession, now: UInt64) {
+        guard !session.renewing, !Self.renewalDisabledForTest, upCount > 0, let lease = device.v4?.leaseNanoseconds,
+              now &- session.lastActiveNanoseconds >= lease / 3, let link = pickConnection(), let rpc = link.rpc,
+              let sessionSlot = session.acquire() else { return }
+        let tag = renewalTag
+        session.held[tag - connections.count] = sessionSlot
+        session.lastActiveNanoseconds = now
+        var area: UnsafeMutablePointer<UInt8>? = nil
+        var areaBytes = 0
+        var layoutWrong: Int32 = 0
+        guard let pdu = CDPFS_nfs4_begin(rpc, Self.completed4, UnsafeMutableRawPointer(tags + tag), 0, &area, &areaBytes, &layoutWrong) else {
+            session.release(sessionSlot, advanced: false)
+            return
+        }
+        var writer = CompoundWriter(buffer: UnsafeMutableRawBufferPointer(start: area, count: areaBytes), minorVersion: 1)
+        withUnsafeBytes(of: session.id.bytes) {
+            writer.sequence(session: $0, sequenceID: session.sequences[Int(sessionSlot)], slot: UInt32(sessionSlot),
+                            highestSlot: UInt32(session.granted - 1), cacheThis: false)
+        }
+        guard let written = writer.finish(), CDPFS_nfs4_send(rpc, pdu, written) == 0 else {
+            session.release(sessionSlot, advanced: false)
+            return
+        }
+        session.renewing = true
+        renewals += 1
+        device.renewalCount.add(1, ordering: .relaxed)
+        link.inFlight += 1
+        inFlight += 1
+    }
+
+    /// The renewal's answer (or its connection's end).
+    func renewed4(status: Int32, data: UnsafeMutableRawPointer?) {
+        let session = v4!
+        let link = connections[0]
+        link.inFlight -= 1
+        inFlight -= 1
+        session.renewing = false
+        let index = renewalTag - connections.count
+        let sessionSlot = session.held[index]
+        session.held[index] = -1
+        guard status == RPC_STATUS_SUCCESS, let data else {
+            session.release(sessionSlot, advanced: false)
+            link.teardownWanted = true
+            return
+        }
+        let captured = data.assumingMemoryBound(to: CDPFS_nfs4_reply.self).pointee
+        let bytes = UnsafeRawBufferPointer(start: captured.bytes, count: Int(captured.count))
+        do throws(XDRError) {
+            var reader = try CompoundReader(buffer: bytes, operationsSent: 1)
+            guard try reader.next(.sequence) == .ok else {
+                device.sequenceFailureCount.add(1, ordering: .relaxed)
+                session.release(sessionSlot, advanced: false)
+                link.teardownWanted = true
+                return
+            }
+            _ = try reader.sequenceResult(session: session.id)
+            session.release(sessionSlot, advanced: true)
+        } catch {
+            session.release(sessionSlot, advanced: true)
+            link.teardownWanted = true
         }
     }
 

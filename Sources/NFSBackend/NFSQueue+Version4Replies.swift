@@ -1,5 +1,6 @@
 import CDPFS
 import DPFSCore
+import DPFSPosix
 import FUSEWire
 import Glibc
 import NFSv4Wire
@@ -16,7 +17,8 @@ extension NFSQueue {
         let raw = status.rawValue
         if raw < 10009 { return raw }
         switch raw {
-        case 10013, 10018: return 10008        // GRACE, RESOURCE: try again (JUKEBOX)
+        case 10018: return 10008               // RESOURCE: try again (JUKEBOX)
+        case 10013: return 5                   // GRACE past the request's deadline (retried until then) → IO
         case 10012: return 70                  // FHEXPIRED → STALE
         case 10029: return 20                  // SYMLINK where a directory was needed → NOTDIR
         case 10040, 10041: return 22           // BADCHAR, BADNAME → INVAL
@@ -26,6 +28,7 @@ extension NFSQueue {
     }
 
     func finished4(_ slot: Int, status: Int32, data: UnsafeMutableRawPointer?) {
+        if slot == renewalTag { return renewed4(status: status, data: data) }
         precondition(records[slot].state == .inFlight, "an answer for a slot with nothing in flight")
         records[slot].state = .free
         inFlight -= 1
@@ -55,6 +58,8 @@ extension NFSQueue {
             session.release(sessionSlot, advanced: true)
             released = true
             reissueWaiting4()
+            // The server is in its grace period, or busy: nothing of the stage ran; it goes again.
+            if reader.status == .grace || reader.status == .delay, delay4(slot, now: monotonicNanoseconds()) { return }
             try answered4(slot, &reader)
         } catch {
             if !released { session.release(sessionSlot, advanced: true) }
@@ -65,19 +70,21 @@ extension NFSQueue {
     /// SEQUENCE itself failed: the session is gone (server restart, expiry) or the slot is out of
     /// step. The connection is made again, and with it the session; what is safe to repeat waits.
     func sequenceFailed4(_ slot: Int, _ status: NFSv4Status, link: NFSConnection) {
+        device.sequenceFailureCount.add(1, ordering: .relaxed)
         if status == .delay {
             records[slot].state = .waiting
             waiting += 1
             return
         }
         link.teardownWanted = true
-        perform(slot, .connectionLost(sent: records[slot].sent))
+        // Nothing after a failed SEQUENCE ran: the request is safe to send again.
+        perform(slot, .connectionLost(sent: false))
     }
 
     /// A session slot came free: one request waiting for one goes.
     func reissueWaiting4() {
         guard waiting > 0, upCount > 0 else { return }
-        for candidate in 0..<slotCount where records[candidate].state == .waiting {
+        for candidate in 0..<slotCount where records[candidate].state == .waiting && v4!.retryAtNanoseconds[candidate] == 0 {
             records[candidate].state = .free
             waiting -= 1
             issue(candidate)

@@ -13,7 +13,7 @@ import NFSv4Wire
 /// One blocking NFSv4 connection: a COMPOUND written by the caller, its reply's bytes returned.
 public final class NFSv4ControlClient {
     public let url: NFSURL
-    let rpc: OpaquePointer
+    var rpc: OpaquePointer
     let timeoutNanoseconds: UInt64
     var done = false
     var failure: String? = nil
@@ -30,23 +30,36 @@ public final class NFSv4ControlClient {
         guard let context = rpc_init_context() else { throw NFSStartupError("NFSv4: cannot make an RPC context") }
         rpc = context
         timeoutNanoseconds = UInt64(timeoutMilliseconds) * 1_000_000
+        self.uid = uid
+        self.gid = gid
+        try connect()
+    }
+
+    let uid: UInt32
+    let gid: UInt32
+
+    /// A new connection in place of one the server dropped (its restart).
+    public func reconnect() throws(NFSStartupError) {
+        rpc_destroy_context(rpc)
+        guard let context = rpc_init_context() else { throw NFSStartupError("NFSv4: cannot make an RPC context") }
+        rpc = context
+        try connect()
+    }
+
+    func connect() throws(NFSStartupError) {
         rpc_set_autoreconnect(rpc, 0)
         rpc_set_uid(rpc, Int32(bitPattern: uid))
         rpc_set_gid(rpc, Int32(bitPattern: gid))
         done = false
+        failure = nil
         let started = url.host.withCString { host in
             rpc_connect_port_async(rpc, host, Int32(url.nfsPort), Int32(NFS4_PROGRAM), Int32(NFS_V4), Self.callback, tag)
         }
         guard started == 0 else {
-            defer { rpc_destroy_context(rpc) }
             throw NFSStartupError("NFSv4 service at \(url.host):\(url.nfsPort): \(String(cString: rpc_get_error(rpc)))")
         }
-        do { try pump("connect") } catch {
-            rpc_destroy_context(rpc)
-            throw error
-        }
+        try pump("connect")
         if let failure {
-            rpc_destroy_context(rpc)
             throw NFSStartupError("cannot connect to the NFSv4 service at \(url.host):\(url.nfsPort): \(failure)")
         }
     }
@@ -137,24 +150,39 @@ public final class NFSv4ControlSession {
                 transferBytesMax: UInt32) throws(NFSStartupError) {
         precondition(slots >= 1 && client.url.minorVersion == 1)
         self.client = client
+        self.owner = owner
+        self.verifier = verifier
+        self.slots = slots
+        self.transferBytesMax = transferBytesMax
+        try establish()
+    }
+
+    let owner: [UInt8]
+    let verifier: UInt64
+    let slots: UInt32
+    let transferBytesMax: UInt32
+
+    /// The client again after the server forgot it (a restart, an expired lease): a new
+    /// connection, EXCHANGE_ID with the same owner and verifier, a new control session,
+    /// RECLAIM_COMPLETE (this client holds no state a grace period would let it reclaim: its
+    /// opens last one COMPOUND, its I/O uses the anonymous stateid).
+    public func reestablish() throws(NFSStartupError) {
+        try client.reconnect()
+        try establish()
+    }
+
+    func establish() throws(NFSStartupError) {
+        let owner = self.owner, verifier = self.verifier
         let exchanged = try Self.parse("EXCHANGE_ID", client.compound("EXCHANGE_ID", minorVersion: 1) { writer in
             owner.withUnsafeBytes { writer.exchangeID(verifier: verifier, owner: $0, flags: NFSv4ExchangeFlags.useNonPNFS) }
         }, operations: 1) { reader throws(XDRError) in try reader.exchangeIDResult() }
         exchange = exchanged
         clientID = exchanged.clientID
-        // Room for the largest READ or WRITE plus its COMPOUND's other operations.
-        let message = transferBytesMax + 8192
-        let asked = NFSv4ChannelAttributes(requestBytesMax: message, responseBytesMax: message, responseCachedBytesMax: 8192,
-                                           operationsMax: UInt32(CompoundWriter.operationsMax), requestsMax: slots)
-        let back = NFSv4ChannelAttributes(requestBytesMax: 4096, responseBytesMax: 4096, responseCachedBytesMax: 0,
-                                          operationsMax: 2, requestsMax: 1)
-        createSessionSequence = exchanged.sequenceID &+ 1
-        let created = try Self.parse("CREATE_SESSION", client.compound("CREATE_SESSION", minorVersion: 1) { writer in
-            writer.createSession(clientID: exchanged.clientID, sequenceID: exchanged.sequenceID, fore: asked, back: back)
-        }, operations: 1) { reader throws(XDRError) in try reader.createSessionResult() }
-        guard created.fore.requestsMax >= 1 else { throw NFSStartupError("CREATE_SESSION: the server granted no slots") }
+        createSessionSequence = exchanged.sequenceID
+        let created = try createSession(slots: slots, transferBytesMax: transferBytesMax)
         session = created.session
         fore = created.fore
+        slotSequence = 1
         established = true
         _ = try call("RECLAIM_COMPLETE", operations: 1) { writer in writer.reclaimComplete(oneFileSystem: false) } read: { _, _ in () }
     }

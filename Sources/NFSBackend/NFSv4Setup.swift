@@ -19,16 +19,34 @@ public final class NFSv4DeviceState: @unchecked Sendable {
     let mutex = HostMutex()
     /// Sessions made for queues (destroyed at stop).
     var sessions: [NFSv4SessionID] = []
+    /// Times the client was made again (a server restart, an expired lease).
+    public private(set) var reestablished = 0
     public var clientID: UInt64 { control.clientID }
 
-    init(control: NFSv4ControlSession) {
+    /// The server's lease (a third of it between renewals of an idle queue).
+    public let leaseNanoseconds: UInt64
+
+    init(control: NFSv4ControlSession, leaseSeconds: UInt32) {
         self.control = control
+        // A server that names no lease gets the protocol's usual 90 s; one under 3 s, 3 s.
+        leaseNanoseconds = UInt64(leaseSeconds == 0 ? 90 : max(leaseSeconds, 3)) * 1_000_000_000
     }
 
     /// A session of up to `slots` fore-channel slots for one queue: its id and the slots granted.
     func makeSession(slots: Int, transferBytesMax: Int) throws(NFSStartupError) -> (NFSv4SessionID, Int) {
         let result = mutex.withLock { () -> Result<NFSv4CreateSessionResult, NFSStartupError> in
-            Result { () throws(NFSStartupError) in try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax)) }
+            Result { () throws(NFSStartupError) in
+                do throws(NFSStartupError) {
+                    return try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax))
+                } catch {
+                    // The server forgot the client (restarted, or the lease ran out) or dropped the
+                    // control connection: the client is made again once, then the session.
+                    try control.reestablish()
+                    reestablished += 1
+                    sessions = []
+                    return try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax))
+                }
+            }
         }
         let made = try result.get()
         mutex.withLock { sessions.append(made.session) }
@@ -71,8 +89,8 @@ extension NFSDevice {
             client.close()
             throw error
         }
-        let state = NFSv4DeviceState(control: control)
         let root = try exportRootV4(control, path: url.exportPath)
+        let state = NFSv4DeviceState(control: control, leaseSeconds: root.attributes.leaseSeconds)
         let limits = root.attributes
         let read = Int(min(limits.maxread == 0 ? 1 << 20 : limits.maxread, 1 << 20))
         let write = Int(min(limits.maxwrite == 0 ? 1 << 20 : limits.maxwrite, 1 << 20))
@@ -83,7 +101,7 @@ extension NFSDevice {
     static func exportRootV4(_ control: NFSv4ControlSession, path: String) throws(NFSStartupError) -> (handle: [UInt8], attributes: NFSv4Attributes) {
         let components = path.split(separator: "/").map { Array($0.utf8) }
         guard components.count <= CompoundWriter.operationsMax - 4 else { throw NFSStartupError("the export path \(path) has too many components") }
-        var mask = NFSv4Bitmap([.type, .maxread, .maxwrite])
+        var mask = NFSv4Bitmap([.type, .maxread, .maxwrite, .leaseTime])
         mask.insert(NFSv4Attribute.fileid.rawValue)
         let found: (handle: [UInt8], attributes: NFSv4Attributes)? = try control.call("PUTROOTFH+LOOKUP+GETFH+GETATTR", operations: components.count + 3) { writer in
             writer.putrootfh()

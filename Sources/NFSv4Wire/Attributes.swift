@@ -45,6 +45,8 @@ public struct NFSv4Attributes: Equatable, Sendable {
     public var maxwrite: UInt64 = 0
     /// READDIR's per-entry `rdattr_error` (0: the entry's attributes came).
     public var rdattrError: UInt32 = 0
+    /// `lease_time`: seconds a client's state lives without a renewal.
+    public var leaseSeconds: UInt32 = 0
 
     public init() {}
 
@@ -54,7 +56,7 @@ public struct NFSv4Attributes: Equatable, Sendable {
             && a.ownerGroup == b.ownerGroup && a.rawdev == b.rawdev && a.spaceUsed == b.spaceUsed
             && a.accessTime == b.accessTime && a.metadataTime == b.metadataTime && a.modifyTime == b.modifyTime
             && a.handleOffset == b.handleOffset && a.handleLength == b.handleLength && a.files == b.files && a.space == b.space
-            && a.maxread == b.maxread && a.maxwrite == b.maxwrite && a.rdattrError == b.rdattrError
+            && a.maxread == b.maxread && a.maxwrite == b.maxwrite && a.rdattrError == b.rdattrError && a.leaseSeconds == b.leaseSeconds
     }
 
     /// Reads a `fattr4` at the reader's position.
@@ -100,6 +102,7 @@ public struct NFSv4Attributes: Equatable, Sendable {
         case .timeMetadata: metadataTime = try Self.time(&xdr)
         case .timeModify: modifyTime = try Self.time(&xdr)
         case .rdattrError: rdattrError = try xdr.u32()
+        case .leaseTime: leaseSeconds = try xdr.u32()
         case .filehandle:
             let handle = try xdr.opaque(limit: CompoundWriter.handleBytesMax)
             handleOffset = handle.baseAddress.map { $0 - xdr.buffer.baseAddress! } ?? xdr.position

@@ -59,7 +59,7 @@ public enum NFSv4Attribute: Int, Sendable, CaseIterable {
     case owner = 36, ownerGroup = 37, rawdev = 41, spaceUsed = 45, timeAccess = 47
     case timeMetadata = 52, timeModify = 53
     // Asked for by READDIR (the handle), STATFS (space, files) and at start-up (transfer limits).
-    case rdattrError = 11, filehandle = 19, filesAvailable = 21, filesFree = 22, filesTotal = 23, maxread = 30, maxwrite = 31
+    case leaseTime = 10, rdattrError = 11, filehandle = 19, filesAvailable = 21, filesFree = 22, filesTotal = 23, maxread = 30, maxwrite = 31
     case spaceAvailable = 42, spaceFree = 43, spaceTotal = 44
 }
 
