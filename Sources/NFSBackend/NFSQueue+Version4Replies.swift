@@ -11,21 +11,8 @@ import NFSv4Wire
 // fails EIO, nothing is read past the reply.
 
 extension NFSQueue {
-    /// An NFSv4 status as the NFSv3 one the plan and the errno table know. Below 10009 the two
-    /// protocols number alike (RFC 7530 §13.1, RFC 1813 §2.6); the rest are v4's own.
-    static func v3Equivalent(_ status: NFSv4Status) -> UInt32 {
-        let raw = status.rawValue
-        if raw < 10009 { return raw }
-        switch raw {
-        case 10018: return 10008               // RESOURCE: try again (JUKEBOX)
-        case 10013: return 5                   // GRACE past the request's deadline (retried until then) → IO
-        case 10012: return 70                  // FHEXPIRED → STALE
-        case 10029: return 20                  // SYMLINK where a directory was needed → NOTDIR
-        case 10040, 10041: return 22           // BADCHAR, BADNAME → INVAL
-        case 10038: return 13                  // OPENMODE → ACCES
-        default: return 5                      // session, state and protocol errors → IO
-        }
-    }
+    /// An NFSv4 status as the NFSv3 one the plan and the errno table know (Specs/nfs-errno.md).
+    static func v3Equivalent(_ status: NFSv4Status) -> UInt32 { NFSStatus.v3Equivalent(v4: status.rawValue) }
 
     func finished4(_ slot: Int, status: Int32, data: UnsafeMutableRawPointer?) {
         if slot == renewalTag { return renewed4(status: status, data: data) }

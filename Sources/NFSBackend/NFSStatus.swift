@@ -16,6 +16,27 @@ public enum NFSStatus {
         10001, 10002, 10003, 10004, 10005, 10006, 10007, 10008,
     ]
 
+    /// An NFSv4 status as the NFSv3 one of the nearest meaning: the stage plan and the table
+    /// above take NFSv3's. Below 10009 the two protocols number alike (RFC 7530 §13.1, RFC 1813
+    /// §2.6); v4's own are the rows of Specs/nfs-errno.md's second table; the rest are EIO.
+    @inlinable
+    public static func v3Equivalent(v4 status: UInt32) -> UInt32 {
+        if status < 10009 { return status }
+        switch status {
+        case 10010, 10012, 10018: return 10008    // DENIED, LOCKED, RESOURCE → try again (EAGAIN)
+        case 10014: return 70                     // FHEXPIRED → STALE (ESTALE)
+        case 10015, 10038: return 13              // SHARE_DENIED, OPENMODE → ACCES (EACCES)
+        case 10016: return 1                      // WRONGSEC → PERM (EPERM)
+        case 10029: return 20                     // SYMLINK where a directory was needed → NOTDIR
+        case 10039, 10040, 10041: return 22       // BADOWNER, BADCHAR, BADNAME → INVAL (EINVAL)
+        default: return 5                         // GRACE past its deadline, state and session errors → IO
+        }
+    }
+
+    /// The errno for a failed NFSv4 status.
+    @inlinable
+    public static func errno(v4 status: UInt32) -> FUSEErrno { errno(v3: v3Equivalent(v4: status)) }
+
     /// The errno for a failed NFSv3 status (never called with NFS3_OK). Unknown statuses are EIO.
     @inlinable
     public static func errno(v3 status: UInt32) -> FUSEErrno {
