@@ -113,6 +113,10 @@ step "NFS server crashed for real (ext4 shut down unflushed): every fsync succee
   tools/host/test-nfs-crash.sh
 step "control: the same crash without the write journal loses data (the check must fail)" \
   bash -c 'tools/host/test-nfs-crash.sh --journal-mb 0; [ $? = 1 ]'
+step "NFSv4.1: the server crashed for real: the client made again, 128 writes resent from the journal, every fsync succeeds, nothing lost" \
+  tools/host/test-nfs-crash.sh --version 4.1
+step "control: the same NFSv4.1 crash without the write journal loses data (the check must fail)" \
+  bash -c 'tools/host/test-nfs-crash.sh --version 4.1 --journal-mb 0; [ $? = 1 ]'
 step "NFS crash through FUSE-over-io_uring (a queue per CPU): no byte lost behind a successful fsync" \
   tools/host/test-nfs-crash.sh --transport uring --no-silent-loss
 step "NFS server that lies (bad handles, names, counts, targets, endless listing)" tools/host/test-nfs-hostile.sh

@@ -19,6 +19,8 @@
 #       FUSE-over-io_uring has a queue per CPU, and the journal cannot repair an open written
 #       through several queues: such fsyncs fail EIO. The claim checked is then the weaker one:
 #       no byte is lost behind an fsync that succeeded.
+#   tools/host/test-nfs-crash.sh --version 4.1     the same over NFSv4.1 (the client is made again
+#                                                   after the restart; the journal repairs as over v3)
 # Exit status: 0 the check holds; 1 it does not (data lost, an fsync failed, or nothing resent);
 # 2 a setup error. Needs root, loop devices and /dev/fuse.
 set -uo pipefail
@@ -26,6 +28,7 @@ cd "$(dirname "$0")/../.."
 
 journal_mb=16
 weaker=0
+version=3
 transport="--fuse-transport classic"
 files=16
 size=262144
@@ -36,6 +39,7 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift ;;
     --transport) transport="--fuse-transport $2"; shift ;;
     --no-silent-loss) weaker=1 ;;
+    --version) version=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -64,7 +68,11 @@ mkfs.ext4 -q -F "$work/export.img" || setup_error "mkfs.ext4 failed"
 mount -o loop "$work/export.img" "$work/fs" || setup_error "cannot loop-mount the image"
 mkdir -m 755 "$work/fs/export"
 tools/nfs-server.sh start "$work/fs/export" >"$work/nfs.out" 2>&1 || { cat "$work/nfs.out"; setup_error "nfs-ganesha did not start"; }
-url=$(grep -m1 '^nfs://.*version=3' "$work/nfs.out")
+if [ "$version" = 3 ]; then
+  url=$(grep -m1 '^nfs://.*version=3' "$work/nfs.out")
+else
+  url=$(grep -m1 '^nfs://.*version=4' "$work/nfs.out" | sed "s/version=4&/version=$version\&/")
+fi
 
 $engine --fuse-mount "$work/mnt" --backend nfs --nfs-url "$url" --cache never --nfs-timeout-ms 30000 $transport \
   --nfs-journal-mb "$journal_mb" >"$work/engine.log" 2>&1 &
