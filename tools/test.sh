@@ -120,6 +120,8 @@ step "control: the same NFSv4.1 crash without the write journal loses data (the 
 step "NFS crash through FUSE-over-io_uring (a queue per CPU): no byte lost behind a successful fsync" \
   tools/host/test-nfs-crash.sh --transport uring --no-silent-loss
 step "NFS server that lies (bad handles, names, counts, targets, endless listing)" tools/host/test-nfs-hostile.sh
+step "NFSv4.1 server that lies (the same lies, an attribute not asked for, a result for another operation, SEQUENCE of another session)" \
+  tools/host/test-nfs-hostile.sh --version 4.1
 step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
 step "dpfs-bench vhost-user smoke run (in-process engine)" .build/release/dpfs-bench vhost-user --in-process-engine \
   --requests 20000 --warmup 2000 --operations getattr statfs read write --depths 1 16

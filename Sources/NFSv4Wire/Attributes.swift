@@ -59,8 +59,26 @@ public struct NFSv4Attributes: Equatable, Sendable {
             && a.maxread == b.maxread && a.maxwrite == b.maxwrite && a.rdattrError == b.rdattrError && a.leaseSeconds == b.leaseSeconds
     }
 
-    /// Reads a `fattr4` at the reader's position.
-    static func read(_ xdr: inout XDRReader) throws(XDRError) -> NFSv4Attributes {
+    /// Reads a `fattr4` at the reader's position. `lenient`: values that lie (a time past a second,
+    /// an attribute not asked for, a length inside that runs over) leave the attributes empty
+    /// instead of failing the reply, as long as the fattr4's own frame holds: READDIR then keeps
+    /// the other entries, and this one is listed by name alone.
+    static func read(_ xdr: inout XDRReader, lenient: Bool = false) throws(XDRError) -> NFSv4Attributes {
+        guard lenient else { return try readStrict(&xdr) }
+        let start = xdr.position
+        do throws(XDRError) {
+            return try readStrict(&xdr)
+        } catch {
+            // The frame: the bitmap's words, then the values' opaque. Skip both or fail.
+            xdr = XDRReader(buffer: xdr.buffer, position: start)
+            let words = try xdr.count(limit: 8)
+            try xdr.skip(words * 4)
+            _ = try xdr.opaque(limit: valuesBytesMax)
+            return NFSv4Attributes()
+        }
+    }
+
+    static func readStrict(_ xdr: inout XDRReader) throws(XDRError) -> NFSv4Attributes {
         var attributes = NFSv4Attributes()
         let words = try xdr.count(limit: 8)
         for word in 0..<words {

@@ -280,7 +280,7 @@ extension CompoundReader {
         guard try xdr.bool() else { return nil }
         let cookie = try xdr.u64()
         let name = try xdr.opaque(limit: CompoundWriter.nameBytesMax)
-        return NFSv4DirectoryEntry(cookie: cookie, name: name, attributes: try attributes())
+        return NFSv4DirectoryEntry(cookie: cookie, name: name, attributes: try NFSv4Attributes.read(&xdr, lenient: true))
     }
 
     public mutating func readdirEnd() throws(XDRError) -> Bool { try xdr.bool() }
@@ -289,7 +289,11 @@ extension CompoundReader {
         (try changeInfo().after, try changeInfo().after)
     }
 
+    /// READLINK's target: any length the reply holds (the caller refuses one over PATH_MAX with
+    /// ENAMETOOLONG, as over NFSv3, rather than as a malformed reply).
     public mutating func readlinkResult() throws(XDRError) -> UnsafeRawBufferPointer {
-        try xdr.opaque(limit: CompoundWriter.linkBytesMax)
+        try xdr.opaque(limit: Self.readlinkBytesMax)
     }
+
+    public static let readlinkBytesMax = 1 << 20
 }

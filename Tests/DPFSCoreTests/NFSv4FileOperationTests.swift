@@ -235,6 +235,37 @@ import Testing
         }
     }
 
+    @Test("a READDIR entry whose attributes lie is kept by name alone; the entry after it still reads")
+    func lyingEntryKeepsTheListing() throws {
+        let arena = Arena()
+        let mask = NFSv4Bitmap.standard
+        var lying = NFSv4WireTests.fileAttributeValues()
+        lying.replaceSubrange((lying.count - 4)..., with: [0x77, 0x35, 0x94, 0x00])   // 2e9 nanoseconds
+        var second = entry4(cookie: 20, name: arena.string(Array("honest".utf8)), attrs: arena.fattr(mask, NFSv4WireTests.fileAttributeValues()), nextentry: nil)
+        try withUnsafeMutablePointer(to: &second) { secondPointer in
+            var first = entry4(cookie: 10, name: arena.string(Array("liar".utf8)), attrs: arena.fattr(mask, lying), nextentry: secondPointer)
+            try withUnsafeMutablePointer(to: &first) { firstPointer in
+                var results = [nfs_resop4](repeating: nfs_resop4(), count: 1)
+                results[0].resop = OP_READDIR
+                results[0].nfs_resop4_u.opreaddir.READDIR4res_u.resok4 = READDIR4resok(cookieverf: (0, 0, 0, 0, 0, 0, 0, 0),
+                                                                                      reply: dirlist4(entries: firstPointer, eof: 1))
+                let reply = Self.encodeReply(&results, status: NFS4_OK)
+                try reply.withUnsafeBytes { raw in
+                    var reader = try CompoundReader(buffer: raw, operationsSent: 1)
+                    #expect(try reader.next(.readdir) == .ok)
+                    _ = try reader.readdirVerifier()
+                    let liar = try #require(try reader.directoryEntry())
+                    #expect(Array(liar.name) == Array("liar".utf8) && liar.attributes.present == NFSv4Bitmap())
+                    let honest = try #require(try reader.directoryEntry())
+                    #expect(Array(honest.name) == Array("honest".utf8) && honest.attributes.size == 5000)
+                    #expect(try reader.directoryEntry() == nil)
+                    #expect(try reader.readdirEnd())
+                    try reader.finish()
+                }
+            }
+        }
+    }
+
     @Test("EXCHANGE_ID, CREATE_SESSION, RECLAIM_COMPLETE, DESTROY_*, OPEN by handle EXCLUSIVE4_1, as RFC 8881 lays them out")
     func sessionLayouts() {
         let be32 = Self.be32, be64 = Self.be64

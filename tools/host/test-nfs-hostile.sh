@@ -5,8 +5,13 @@
 # listing that never ends). Through a host mount: each lie is an error for its own system call
 # (EIO, ENAMETOOLONG, ELOOP) or is left out, never a crash, never a hang past the timeout, and
 # the honest file still reads afterwards. Needs root and /dev/fuse.
+# --version 4.1: the same lies told over NFSv4.1 (tools/host/hostile_nfs4_server.py), and three of
+# v4's own: an attribute not asked for, a result labelled with another operation, and SEQUENCE
+# echoing another session: each fails its own call EIO.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+version=3
+[ "${1:-}" = --version ] && version=$2
 engine=.build/release/dpfs-engine
 [ -x $engine ] || swift build -c release --product dpfs-engine || exit 1
 port=${DPFS_HOSTILE_PORT:-0}   # 0: the server binds a free port and says which
@@ -20,20 +25,25 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-python3 tools/host/hostile_nfs_server.py --port "$port" --ready "$work/ready" &
+server=tools/host/hostile_nfs_server.py
+[ "$version" = 3 ] || server=tools/host/hostile_nfs4_server.py
+python3 $server --port "$port" --ready "$work/ready" &
 server_pid=$!
 for _ in $(seq 50); do [ -s "$work/ready" ] && break; sleep 0.1; done
 port=$(cat "$work/ready" 2>/dev/null)
 [ -n "$port" ] && kill -0 "$server_pid" 2>/dev/null || { echo "test-nfs-hostile: the test server did not start"; exit 1; }
+url="nfs://127.0.0.1/hostile?version=3&nfsport=$port&mountport=$port"
+[ "$version" = 3 ] || url="nfs://127.0.0.1/hostile?version=$version&nfsport=$port"
 $engine --fuse-mount "$work/mnt" --backend nfs --cache never --nfs-timeout-ms 2000 \
-  --nfs-url "nfs://127.0.0.1/hostile?version=3&nfsport=$port&mountport=$port" >"$work/engine.log" 2>&1 &
+  --nfs-url "$url" >"$work/engine.log" 2>&1 &
 engine_pid=$!
 for _ in $(seq 100); do grep -q "INIT agreed" "$work/engine.log" 2>/dev/null && break; kill -0 $engine_pid 2>/dev/null || break; sleep 0.1; done
 grep -q "INIT agreed" "$work/engine.log" || { echo "test-nfs-hostile: the engine did not mount"; cat "$work/engine.log"; exit 1; }
 status=0
-python3 - "$work/mnt" <<'PY' || status=1
+python3 - "$work/mnt" "$version" <<'PY' || status=1
 import errno, os, sys, time
 mnt = sys.argv[1]
+v4 = sys.argv[2] != "3"
 bad = []
 def expect(what, function, want):
     started = time.monotonic()
@@ -56,12 +66,21 @@ expect("a READ answering more than asked", lambda: read("long-read"), "EIO")
 expect("a READ claiming more than it sends", lambda: read("short-data"), "EIO")
 expect("a 5000-byte symlink target", lambda: os.readlink(os.path.join(mnt, "long-link")), "ENAMETOOLONG")
 expect("an empty symlink target", lambda: os.readlink(os.path.join(mnt, "empty-link")), "EIO")
-expect("nanoseconds past a second are clamped", lambda: os.stat(os.path.join(mnt, "odd-times")).st_mtime_ns % 1_000_000_000,
-       999_999_999)
-expect("a 65-byte handle", lambda: os.stat(os.path.join(mnt, "badhandle")), "EIO")
+if v4:
+    # NFSv4's reader refuses the reply whole (an nfstime4 past a second is no time at all).
+    expect("nanoseconds past a second", lambda: os.stat(os.path.join(mnt, "odd-times")), "EIO")
+    expect("a 129-byte handle", lambda: os.stat(os.path.join(mnt, "badhandle")), "EIO")
+    expect("an attribute not asked for", lambda: os.stat(os.path.join(mnt, "unasked")), "EIO")
+    expect("a result labelled with another operation", lambda: os.stat(os.path.join(mnt, "wrong-op")), "EIO")
+    expect("SEQUENCE echoing another session", lambda: os.stat(os.path.join(mnt, "wrong-session")), "EIO")
+else:
+    expect("nanoseconds past a second are clamped", lambda: os.stat(os.path.join(mnt, "odd-times")).st_mtime_ns % 1_000_000_000,
+           999_999_999)
+    expect("a 65-byte handle", lambda: os.stat(os.path.join(mnt, "badhandle")), "EIO")
 # Listed last: READDIRPLUS hands the kernel entries it may then use instead of a LOOKUP.
 expect("the listing leaves out the name with '/'", lambda: sorted(os.listdir(mnt)),
-       sorted(["good", "long-read", "short-data", "long-link", "empty-link", "odd-times", "badhandle", "many"]))
+       sorted(["good", "long-read", "short-data", "long-link", "empty-link", "odd-times", "badhandle", "many"]
+              + (["unasked", "wrong-op", "wrong-session"] if v4 else [])))
 expect("a listing that never ends", lambda: len(os.listdir(os.path.join(mnt, "many"))), "ELOOP")
 expect("the honest file still reads", lambda: read("good"), b"hello world")
 print(f"test-nfs-hostile: {'all hold' if not bad else f'{len(bad)} failed: {bad}'}")
