@@ -158,11 +158,16 @@ public enum CacheMode: String, Sendable, CaseIterable {
         }
     }
 
+    /// FOPEN flags of every open. All modes allow parallel direct writes: without the flag the
+    /// kernel (6.2 and later) takes the inode's lock for each O_DIRECT (or direct-I/O) write that
+    /// does not extend the file, so a queue-depth-16 writer to one file writes one at a time. Every
+    /// backend serves concurrent writes to one file (each WRITE stands alone: pwrite, one NFS WRITE,
+    /// one atomic store function), and the kernel still serialises writes that extend it.
     public var openFlags: UInt32 {
         switch self {
-        case .never, .metadata: return OpenReplyFlags.directIO
-        case .auto: return 0
-        case .always: return OpenReplyFlags.keepCache
+        case .never, .metadata: return OpenReplyFlags.directIO | OpenReplyFlags.parallelDirectWrites
+        case .auto: return OpenReplyFlags.parallelDirectWrites
+        case .always: return OpenReplyFlags.keepCache | OpenReplyFlags.parallelDirectWrites
         }
     }
 }
