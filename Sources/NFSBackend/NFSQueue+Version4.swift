@@ -283,26 +283,10 @@ extension NFSQueue {
             return sendMade4(slot, rpc, tag, directory: primary, request)
         case .create:
             return sendCreate4(slot, rpc, tag, directory: primary, request)
-        case .remove, .rmdir:
-            let hidden = records[slot].plan.progress.contains(.removingHidden)
-            let directory = hidden ? device.nodes.handle(device.hiddenDirectory) : primary
-            let name = hidden ? hiddenName4(slot) : request.name
-            return compound4(slot, rpc, tag, cacheThis: true) { writer in
-                writer.putfh(directory)
-                writer.remove(name)
-            }
+        case .remove, .rmdir, .link:
+            return sendRemoveOrLink4(slot, rpc, tag, primary, request)
         case .rename:
             return sendRename4(slot, rpc, tag, primary, request)
-        case .link:
-            let file = device.nodes.handle(records[slot].secondaryNode)
-            return compound4(slot, rpc, tag, cacheThis: true) { writer in
-                writer.putfh(file)
-                writer.savefh()
-                writer.putfh(primary)
-                writer.link(request.name)
-                writer.restorefh()
-                writer.getattr(.standard)
-            }
         case .access:
             let bits = accessWanted(slot)
             return compound4(slot, rpc, tag) { writer in
@@ -452,6 +436,29 @@ extension NFSQueue {
             writer.getfh()
             writer.getattr(.standard)
             writer.close(.current)
+        }
+    }
+
+    /// REMOVE (a name, or the slot's hidden name) and LINK.
+    func sendRemoveOrLink4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, _ primary: UnsafeRawBufferPointer,
+                           _ request: NFSRequestArguments) -> Int32 {
+        guard records[slot].plan.call == .link else {
+            let hidden = records[slot].plan.progress.contains(.removingHidden)
+            let directory = hidden ? device.nodes.handle(device.hiddenDirectory) : primary
+            let name = hidden ? hiddenName4(slot) : request.name
+            return compound4(slot, rpc, tag, cacheThis: true) { writer in
+                writer.putfh(directory)
+                writer.remove(name)
+            }
+        }
+        let file = device.nodes.handle(records[slot].secondaryNode)
+        return compound4(slot, rpc, tag, cacheThis: true) { writer in
+            writer.putfh(file)
+            writer.savefh()
+            writer.putfh(primary)
+            writer.link(request.name)
+            writer.restorefh()
+            writer.getattr(.standard)
         }
     }
 

@@ -56,7 +56,13 @@ final class NFSGate {
         defer { reply.deallocate() }
         let fileName = "nfs-gate.dat"
         let name = Array(fileName.utf8) + [0]
-        // The file: CREATE (size 0, O_TRUNC), filled by WRITEs, released (COMMIT).
+        let (node, handle) = try makeFile(name: name, reply: reply)
+        return try measureClasses(requests: requests, warmup: warmup, name: name, node: node, handle: handle, reply: reply)
+    }
+
+    /// The file: CREATE (size 0, O_TRUNC), filled by WRITEs; its node and FUSE file handle.
+    func makeFile(name: [UInt8], reply: UnsafeMutableRawBufferPointer) throws -> (UInt64, UInt64) {
+        let fileName = String(decoding: name.dropLast(), as: UTF8.self)
         var create = fuse_create_in()
         create.flags = UInt32(O_RDWR | O_CREAT | O_TRUNC)
         create.mode = 0o100644
@@ -74,6 +80,15 @@ final class NFSGate {
             (error, _) = bytes.withUnsafeBytes { roundTrip($0, writable: 16 + 8, reply: reply) }
             guard error == 0 else { throw SystemCallError(call: "WRITE \(fileName)", errno: -error) }
         }
+        return (node, handle)
+    }
+
+    func measureClasses(requests: Int, warmup: Int, name: [UInt8], node: UInt64, handle: UInt64,
+                        reply: UnsafeMutableRawBufferPointer) throws -> [ClassResult] {
+        let fileName = String(decoding: name.dropLast(), as: UTF8.self)
+        var write = fuse_write_in()
+        write.fh = handle
+        write.size = 4096
         write.offset = 0
         var read = fuse_read_in()
         read.fh = handle
