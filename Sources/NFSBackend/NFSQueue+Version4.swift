@@ -108,7 +108,9 @@ extension NFSQueue {
     func establishSession4() -> Bool {
         guard let session = v4, let state = device.v4 else { return true }
         do throws(NFSStartupError) {
-            let made = try state.makeSession(slots: min(slotCount, NFSv4QueueSession.slotsMax), transferBytesMax: device.transferBytesMax)
+            let previous = session.granted > 0 ? session.id : nil
+            let made = try state.makeSession(slots: min(slotCount, NFSv4QueueSession.slotsMax), transferBytesMax: device.transferBytesMax,
+                                             replacing: previous)
             session.reset(made.0, granted: made.1)
             return true
         } catch {
@@ -119,6 +121,18 @@ extension NFSQueue {
     /// How long a stage the server asked to wait (GRACE after its restart, DELAY) waits before it
     /// goes again; its request's deadline still holds.
     static let retryDelayNanoseconds: UInt64 = 200_000_000
+
+    /// Results (SEQUENCE counted) up to and including the stage's first operation that changes
+    /// the server's state; nil for a stage that changes nothing. A GRACE or DELAY after it means
+    /// the change happened: sending the stage again would be a second change.
+    func changingResult4(_ slot: Int) -> Int? {
+        switch records[slot].plan.call {
+        case .setattr: return 4                      // SEQUENCE, PUTFH, GETATTR, SETATTR
+        case .create, .symlink, .mknod, .mkdir, .remove, .rmdir: return 3
+        case .rename, .link: return 5                // SEQUENCE, PUTFH, SAVEFH, PUTFH, RENAME / LINK
+        default: return nil
+        }
+    }
 
     /// The stage failed with GRACE or DELAY: it goes again later, if its deadline allows.
     func delay4(_ slot: Int, now: UInt64) -> Bool {
@@ -208,6 +222,7 @@ extension NFSQueue {
             }
             _ = try reader.sequenceResult(session: session.id)
             session.release(sessionSlot, advanced: true)
+            reissueWaiting4()
         } catch {
             session.release(sessionSlot, advanced: true)
             link.teardownWanted = true
@@ -344,9 +359,10 @@ extension NFSQueue {
     func sendReaddir4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, _ primary: UnsafeRawBufferPointer,
                       _ request: NFSRequestArguments) -> Int32 {
         let capacity = min(Int(request.size), records[slot].reply.bodyCapacity)
-        let verifier = request.offset == 0 ? 0 : device.files.cookieVerifiers[records[slot].openFile]
+        // Cookie 0 goes with verifier 0 (RFC 8881 §18.23.3), also at FUSE offsets 1 and 2.
+        let verifier = request.offset <= Self.firstServerCookie ? 0 : device.files.cookieVerifiers[records[slot].openFile]
         let plus = records[slot].plan.call == .readdirplus
-        var names = NFSv4Bitmap([.type, .fileid])
+        var names = Self.listingNames
         if plus { names = .listing }
         // A directory the caller may read but not search lists its names only (the server
         // refuses any attribute of its entries then, as a local file system refuses their stat).
@@ -373,6 +389,8 @@ extension NFSQueue {
     /// FUSE offsets 1 and 2 are "." and "..": the server's own cookies start above them.
     static let firstServerCookie: UInt64 = 2
     static let fileidOnly = NFSv4Bitmap([.fileid])
+    /// READDIR's (not PLUS): what a dirent carries. A static: a bitmap built per request allocates.
+    static let listingNames = NFSv4Bitmap([.type, .fileid])
 
     /// SYMLINK, MKNOD (not of a regular file) and MKDIR: CREATE, then the new entry's handle and attributes.
     func sendMade4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, directory: UnsafeRawBufferPointer,
@@ -434,8 +452,9 @@ extension NFSQueue {
                             claim: .name(request.name))
             }
             writer.getfh()
-            writer.getattr(.standard)
+            // CLOSE before GETATTR: an open must not outlive a COMPOUND that stops early.
             writer.close(.current)
+            writer.getattr(.standard)
         }
     }
 

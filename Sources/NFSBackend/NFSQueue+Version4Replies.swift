@@ -39,6 +39,7 @@ extension NFSQueue {
             let sequenceStatus = try reader.next(.sequence)
             guard sequenceStatus == .ok else {
                 session.release(sessionSlot, advanced: false)
+                reissueWaiting4()
                 return sequenceFailed4(slot, sequenceStatus, link: link)
             }
             _ = try reader.sequenceResult(session: session.id)
@@ -46,10 +47,14 @@ extension NFSQueue {
             released = true
             reissueWaiting4()
             // The server is in its grace period, or busy: nothing of the stage ran; it goes again.
-            if reader.status == .grace || reader.status == .delay, delay4(slot, now: monotonicNanoseconds()) { return }
+            if reader.status == .grace || reader.status == .delay, reader.results <= (changingResult4(slot) ?? Int.max),
+               delay4(slot, now: monotonicNanoseconds()) { return }
             try answered4(slot, &reader)
         } catch {
-            if !released { session.release(sessionSlot, advanced: true) }
+            if !released {
+                session.release(sessionSlot, advanced: true)
+                reissueWaiting4()
+            }
             perform(slot, .malformed)
         }
     }
@@ -58,11 +63,8 @@ extension NFSQueue {
     /// step. The connection is made again, and with it the session; what is safe to repeat waits.
     func sequenceFailed4(_ slot: Int, _ status: NFSv4Status, link: NFSConnection) {
         device.sequenceFailureCount.add(1, ordering: .relaxed)
-        if status == .delay {
-            records[slot].state = .waiting
-            waiting += 1
-            return
-        }
+        // DELAY: the server is busy, the session fine: the request goes again shortly.
+        if status == .delay, delay4(slot, now: monotonicNanoseconds()) { return }
         link.teardownWanted = true
         // Nothing after a failed SEQUENCE ran: the request is safe to send again.
         perform(slot, .connectionLost(sent: false))
@@ -141,9 +143,12 @@ extension NFSQueue {
     }
 
     /// GETFH and GETATTR of a new or found entry, staged for the plan.
-    func stagedEntry4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+    func stagedEntry4(_ slot: Int, _ reader: inout CompoundReader, closeFirst: Bool = false) throws(XDRError) {
         guard try reader.next(.getfh) == .ok else { return perform(slot, .malformed) }
         guard stage4(slot, handle: try reader.handle()) else { return perform(slot, .malformed) }
+        // CREATE's OPEN is closed before its GETATTR (a CLOSE that failed leaves the open to the
+        // lease; the file is made either way).
+        if closeFirst, try reader.next(.close) == .ok { _ = try reader.stateidResult() }
         var came = false
         if try reader.next(.getattr) == .ok {
             records[slot].stagedAttributes = Self.attributes4(try reader.attributes())
@@ -230,7 +235,7 @@ extension NFSQueue {
         } else {
             _ = try reader.createResult()
         }
-        try stagedEntry4(slot, &reader)
+        try stagedEntry4(slot, &reader, closeFirst: operation == .open)
     }
 
     func answeredRename4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
@@ -421,6 +426,9 @@ extension NFSQueue {
             entriesMax -= 1
             // A server handing out the cookie it was asked to continue from would list forever.
             if from != 0 && entry.cookie == from { failure = Self.ELOOP; break }
+            // Cookies 0, 1 and 2 are not the server's to give (RFC 7530 §16.24.4); here they are
+            // the offsets of the start, "." and "..": taking one would list the directory again.
+            if entry.cookie <= Self.firstServerCookie { failure = .io; break }
             guard Self.entryName4(entry.name), !HiddenName.isReserved(entry.name) else { continue }
             let attributes = Self.attributes4(entry.attributes)
             let namesOnly = !entry.attributes.present.contains(NFSv4Attribute.fileid.rawValue)

@@ -33,9 +33,15 @@ public final class NFSv4DeviceState: @unchecked Sendable {
     }
 
     /// A session of up to `slots` fore-channel slots for one queue: its id and the slots granted.
-    func makeSession(slots: Int, transferBytesMax: Int) throws(NFSStartupError) -> (NFSv4SessionID, Int) {
+    func makeSession(slots: Int, transferBytesMax: Int, replacing previous: NFSv4SessionID?) throws(NFSStartupError) -> (NFSv4SessionID, Int) {
         let result = mutex.withLock { () -> Result<NFSv4CreateSessionResult, NFSStartupError> in
             Result { () throws(NFSStartupError) in
+                // The queue's last session goes first (the server would keep it, and its reply
+                // cache, as long as the client lives); it may be gone already.
+                if let previous, let index = sessions.firstIndex(of: previous) {
+                    sessions.remove(at: index)
+                    do throws(NFSStartupError) { try control.destroySession(previous) } catch {}
+                }
                 do throws(NFSStartupError) {
                     return try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax))
                 } catch {
@@ -92,8 +98,14 @@ extension NFSDevice {
         let root = try exportRootV4(control, path: url.exportPath)
         let state = NFSv4DeviceState(control: control, leaseSeconds: root.attributes.leaseSeconds)
         let limits = root.attributes
-        let read = Int(min(limits.maxread == 0 ? 1 << 20 : limits.maxread, 1 << 20))
-        let write = Int(min(limits.maxwrite == 0 ? 1 << 20 : limits.maxwrite, 1 << 20))
+        // The server's maxread/maxwrite, at most 1 MiB, and what its sessions carry (the control
+        // session asked for FUSE's largest; 8 KiB of each message is the COMPOUND around the data).
+        let carried = UInt64(min(control.fore.requestBytesMax, control.fore.responseBytesMax)) &- 8192
+        let read = Int(min(limits.maxread == 0 ? 1 << 20 : limits.maxread, 1 << 20, carried))
+        let write = Int(min(limits.maxwrite == 0 ? 1 << 20 : limits.maxwrite, 1 << 20, carried))
+        guard read >= 4096, write >= 4096 else {
+            throw NFSStartupError("the server's sessions carry \(carried) bytes of data per call: fewer than 4 KiB")
+        }
         let hidden = try hiddenDirectoryV4(control, root: root.handle)
         return (state, root.handle, read, write, hidden)
     }

@@ -249,9 +249,9 @@ extension CompoundReader {
             _ = try xdr.u64()   // acetype, aceflag
             _ = try xdr.u32()   // acemask
             _ = try xdr.opaque(limit: Self.serverOwnerBytesMax)
-        case 3:             // OPEN_DELEGATE_NONE_EXT: why, and for two reasons a flag
+        case 3:             // OPEN_DELEGATE_NONE_EXT: why, and for CONTENTION (1) and RESOURCE (2) a flag
             let why = try xdr.u32()
-            if why == 7 || why == 8 { _ = try xdr.bool() }
+            if why == 1 || why == 2 { _ = try xdr.bool() }
         default: throw .invalid(at: at, value: type)
         }
         return type
