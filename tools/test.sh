@@ -84,7 +84,7 @@ step "NFS backend host mount against nfs-ganesha (POSIX, integrity, stress, SIGK
   --integrity-steps 10000
 step "NFS backend over NFSv4.1 (our XDR, a session per queue) host mount against nfs-ganesha (POSIX, integrity, stress, SIGKILL)" \
   tools/host/test-host-mount.sh --modes nfs4 --integrity-steps 10000
-step "backend conformance suite against the NFS backend and a real nfs-ganesha" tools/test-conformance-nfs.sh
+step "backend conformance suite against the NFS backend and a real nfs-ganesha (NFSv3 and NFSv4.1)" tools/test-conformance-nfs.sh
 step "the key-value backend's wire (RESP) and its Redis functions (atomic changes, the consistency check and its negative control) against a real redis-server" tools/test-kv-redis.sh
 step "key-value backend host mount against redis-server (POSIX, integrity, stress with a second engine, SIGKILL, store check)" \
   tools/host/test-host-mount.sh --modes kv --integrity-steps 10000

@@ -66,6 +66,10 @@ public final class NFSDevice: @unchecked Sendable {
         let timeout = configuration.requestTimeoutMilliseconds
         let root: [UInt8], hidden: [UInt8]
         if url.version == 4 {
+            // The configuration check refuses this too; a device made another way must not start.
+            guard configuration.connectionsPerQueue == 1 else {
+                throw NFSStartupError("NFSv4.1 takes one connection per queue (its session binds it): nfs_connections must be 1")
+            }
             let started = try Self.startV4(url, timeoutMilliseconds: timeout, instance: instance)
             v4 = started.state
             (root, hidden) = (started.root, started.hidden)

@@ -124,13 +124,11 @@ extension NFSQueue {
         let result = data.assumingMemoryBound(to: GETATTR3res.self).pointee
         let status = result.status.rawValue
         guard status == 0 else { return perform(slot, .entry(status: status, handle: .absent, attributes: false)) }
-        var attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
+        let attributes = Self.attributes(result.GETATTR3res_u.resok.obj_attributes)
         if records[slot].plan.progress.contains(.stagedTarget) { records[slot].stagedAttributes = attributes }
         let action = records[slot].plan.answer(.entry(status: 0, handle: .absent, attributes: true))
         guard action == .reply else { return perform(slot, action: action) }
-        if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
-        records[slot].reply.attributes(attributes, valid: validity)
-        complete(slot)
+        replyAttributes(slot, attributes)
     }
 
     /// SETATTR: the attributes after it (or a GETATTR for them); refused set-ID drops go again as the engine.
@@ -144,7 +142,12 @@ extension NFSQueue {
         let came = records[slot].plan.progress.contains(.stagedTarget) ? stage(slot, attributes: after) : after.attributes_follow != 0
         let action = records[slot].plan.answer(.setattr(status: 0, setIDDropRefused: false, attributes: came))
         guard action == .reply else { return perform(slot, action: action) }
-        var attributes = Self.attributes(after.post_op_attr_u.attributes)
+        replyAttributes(slot, Self.attributes(after.post_op_attr_u.attributes))
+    }
+
+    /// GETATTR's and SETATTR's answer (NFSv3 and NFSv4.1): a hidden file has no link left.
+    func replyAttributes(_ slot: Int, _ attributes: FileAttributes) {
+        var attributes = attributes
         if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
         records[slot].reply.attributes(attributes, valid: validity)
         complete(slot)
@@ -227,10 +230,15 @@ extension NFSQueue {
         let result = data.assumingMemoryBound(to: WRITE3res.self).pointee
         guard replyWanted(slot, status: result.status.rawValue) else { return }
         let ok = result.WRITE3res_u.resok
+        wrote(slot, count: Int(ok.count), unstable: ok.committed == UNSTABLE, verifier: Self.verifier(ok.verf))
+    }
+
+    /// A WRITE's answer (NFSv3 and NFSv4.1): no more than was sent; an UNSTABLE one's verifier
+    /// goes to the journal and the open.
+    func wrote(_ slot: Int, count: Int, unstable: Bool, verifier: UInt64) {
         let asked = min(records[slot].request.payloadLength, device.writeBytesMax)
-        guard Int(ok.count) <= asked else { return finish(slot, .io) }
-        if ok.committed == UNSTABLE {
-            let verifier = Self.verifier(ok.verf)
+        guard count <= asked else { return finish(slot, .io) }
+        if unstable {
             if records[slot].journalEntry >= 0 {
                 // The journal keeps the bytes until a COMMIT with this verifier covers them.
                 journal.acknowledge(records[slot].journalEntry, verifier: verifier)
@@ -238,7 +246,7 @@ extension NFSQueue {
             }
             device.files.wrote(records[slot].openFile, verifier: verifier)
         }
-        records[slot].reply.written(bytes: ok.count)
+        records[slot].reply.written(bytes: UInt32(count))
         complete(slot)
     }
 
@@ -248,7 +256,11 @@ extension NFSQueue {
         let result = data.assumingMemoryBound(to: COMMIT3res.self).pointee
         let status = result.status.rawValue
         guard status == 0 else { return perform(slot, .committed(status: status, repairable: false, mismatch: false)) }
-        let verifier = Self.verifier(result.COMMIT3res_u.resok.verf)
+        committed(slot, verifier: Self.verifier(result.COMMIT3res_u.resok.verf))
+    }
+
+    /// A successful COMMIT's verifier (NFSv3 and NFSv4.1).
+    func committed(_ slot: Int, verifier: UInt64) {
         records[slot].commitVerifier = verifier
         let repairable = repairable(records[slot].openFile)
         var mismatch = false
@@ -290,10 +302,15 @@ extension NFSQueue {
         let result = data.assumingMemoryBound(to: FSSTAT3res.self).pointee
         guard replyWanted(slot, status: result.status.rawValue) else { return }
         let ok = result.FSSTAT3res_u.resok
+        statistics(slot, total: ok.tbytes, free: ok.fbytes, available: ok.abytes, files: ok.tfiles, filesFree: ok.afiles)
+    }
+
+    /// STATFS's answer in 4 KiB blocks (NFSv3 and NFSv4.1).
+    func statistics(_ slot: Int, total: UInt64, free: UInt64, available: UInt64, files: UInt64, filesFree: UInt64) {
         let blockBytes: UInt64 = 4096
         records[slot].reply.statistics(FileSystemStatistics(
-            blocks: ok.tbytes / blockBytes, blocksFree: ok.fbytes / blockBytes, blocksAvailable: ok.abytes / blockBytes,
-            files: ok.tfiles, filesFree: ok.afiles, blockSizeBytes: UInt32(blockBytes),
+            blocks: total / blockBytes, blocksFree: free / blockBytes, blocksAvailable: available / blockBytes,
+            files: files, filesFree: filesFree, blockSizeBytes: UInt32(blockBytes),
             nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: UInt32(blockBytes)))
         complete(slot)
     }
@@ -304,11 +321,15 @@ extension NFSQueue {
         let status = result.status.rawValue
         guard status == 0 else { return perform(slot, .resent(status: status, more: false)) }
         let ok = result.WRITE3res_u.resok
+        resentWrite(slot, count: Int(ok.count), unstable: ok.committed == UNSTABLE, verifier: Self.verifier(ok.verf))
+    }
+
+    /// A successful resend of a journal entry (NFSv3 and NFSv4.1): the next entry to resend, if any.
+    func resentWrite(_ slot: Int, count: Int, unstable: Bool, verifier: UInt64) {
         let entry = records[slot].resendEntry
-        guard Int(ok.count) == journal.entry(entry).pointee.length else { return perform(slot, .malformed) }
-        let verifier = Self.verifier(ok.verf)
+        guard count == journal.entry(entry).pointee.length else { return perform(slot, .malformed) }
         device.resentWriteCount.add(1, ordering: .relaxed)
-        if ok.committed == UNSTABLE {
+        if unstable {
             journal.rewritten(entry, verifier: verifier)
         } else {
             journal.rewritten(entry, verifier: records[slot].resendVerifier)
@@ -316,7 +337,7 @@ extension NFSQueue {
         }
         // A verifier that changed once more: the server restarted again, and what was resent
         // before is to be resent against the new one.
-        if ok.committed == UNSTABLE && verifier != records[slot].resendVerifier { records[slot].resendVerifier = verifier }
+        if unstable && verifier != records[slot].resendVerifier { records[slot].resendVerifier = verifier }
         let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
                                     verifier: records[slot].resendVerifier, from: 0)
         records[slot].resendEntry = next ?? -1
@@ -361,8 +382,14 @@ extension NFSQueue {
         guard ok.obj_attributes.attributes_follow != 0, length >= 1, length <= nfsFileHandleBytesMax,
               let bytes = ok.object.data.data_val else { return false }
         let attributes = ok.obj_attributes.post_op_attr_u.attributes
-        guard attributes.type == NF3REG, attributes.nlink == 1,
-              let node = device.nodes.findPinned(handle: UnsafeRawBufferPointer(start: bytes, count: length)) else { return false }
+        return stageOpenTarget(slot, handle: UnsafeRawBufferPointer(start: bytes, count: length),
+                               regularWithOneLink: attributes.type == NF3REG && attributes.nlink == 1)
+    }
+
+    /// The check itself (NFSv3 and NFSv4.1), once the server's answer is read.
+    func stageOpenTarget(_ slot: Int, handle: UnsafeRawBufferPointer, regularWithOneLink: Bool) -> Bool {
+        guard regularWithOneLink, handle.count >= 1, handle.count <= nfsFileHandleBytesMax,
+              let node = device.nodes.findPinned(handle: handle) else { return false }
         guard device.nodes.openCount(node) > 0, !device.nodes.isHidden(node) else {
             device.nodes.unpin(node)
             return false

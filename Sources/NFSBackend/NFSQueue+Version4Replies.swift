@@ -135,7 +135,8 @@ extension NFSQueue {
             let handle = try reader.handle()
             guard try reader.next(.getattr) == .ok else { return perform(slot, .target(status: 5, openByGuest: false)) }
             let attributes = try reader.attributes()
-            perform(slot, .target(status: 0, openByGuest: stageOpenTarget4(slot, handle: handle, attributes)))
+            perform(slot, .target(status: 0, openByGuest: stageOpenTarget(slot, handle: handle,
+                                                                            regularWithOneLink: attributes.type == 1 && attributes.numlinks == 1)))
         case .entry:
             guard status == .ok else { return perform(slot, .entry(status: v3, handle: .absent, attributes: false)) }
             try stagedEntry4(slot, &reader)
@@ -158,13 +159,11 @@ extension NFSQueue {
     }
 
     func answeredAttributes4(_ slot: Int, _ received: NFSv4Attributes) {
-        var attributes = Self.attributes4(received)
+        let attributes = Self.attributes4(received)
         if records[slot].plan.progress.contains(.stagedTarget) { records[slot].stagedAttributes = attributes }
         let action = records[slot].plan.answer(.entry(status: 0, handle: .absent, attributes: true))
         guard action == .reply else { return perform(slot, action: action) }
-        if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
-        records[slot].reply.attributes(attributes, valid: validity)
-        complete(slot)
+        replyAttributes(slot, attributes)
     }
 
     /// SETATTR between two GETATTRs: the one before tells a refused set-ID drop (NFSv3 has it in
@@ -177,12 +176,10 @@ extension NFSQueue {
         let before = try reader.attributes()
         if newAttributes4(slot).mask == NFSv4Bitmap() {
             let action = records[slot].plan.answer(.setattr(status: 0, setIDDropRefused: false, attributes: true))
-            var attributes = Self.attributes4(before)
+            let attributes = Self.attributes4(before)
             if records[slot].plan.progress.contains(.stagedTarget) { records[slot].stagedAttributes = attributes }
             guard action == .reply else { return perform(slot, action: action) }
-            if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
-            records[slot].reply.attributes(attributes, valid: validity)
-            return complete(slot)
+            return replyAttributes(slot, attributes)
         }
         let setStatus = try reader.next(.setattr)
         _ = try reader.setattrResult()
@@ -202,9 +199,7 @@ extension NFSQueue {
         if records[slot].plan.progress.contains(.stagedTarget) && came { records[slot].stagedAttributes = attributes }
         let action = records[slot].plan.answer(.setattr(status: 0, setIDDropRefused: false, attributes: came))
         guard action == .reply else { return perform(slot, action: action) }
-        if device.nodes.isHidden(records[slot].primaryNode) { attributes.linkCount = 0 }
-        records[slot].reply.attributes(attributes, valid: validity)
-        complete(slot)
+        replyAttributes(slot, attributes)
     }
 
     func answeredReadlink4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
@@ -299,11 +294,11 @@ extension NFSQueue {
         switch call {
         case .commit:
             guard status == .ok else { return perform(slot, .committed(status: v3, repairable: false, mismatch: false)) }
-            committed4(slot, verifier: try reader.commitVerifier())
+            committed(slot, verifier: try reader.commitVerifier())
         case .resendWrite:
             guard status == .ok else { return perform(slot, .resent(status: v3, more: false)) }
             let result = try reader.writeResult()
-            resentWrite4(slot, count: Int(result.count), unstable: result.committed == .unstable, verifier: result.verifier)
+            resentWrite(slot, count: Int(result.count), unstable: result.committed == .unstable, verifier: result.verifier)
         default:
             guard replyWanted(slot, status: v3) else { return }
             switch call {
@@ -313,8 +308,11 @@ extension NFSQueue {
                 read4(slot, data)
             case .write:
                 let result = try reader.writeResult()
-                wrote4(slot, count: Int(result.count), unstable: result.committed == .unstable, verifier: result.verifier)
-            case .fsstat: statistics4(slot, try reader.attributes())
+                wrote(slot, count: Int(result.count), unstable: result.committed == .unstable, verifier: result.verifier)
+            case .fsstat:
+                let a = try reader.attributes()
+                statistics(slot, total: a.space.total, free: a.space.free, available: a.space.available,
+                           files: a.files.total, filesFree: a.files.available)
             default:
                 guard dots else { return try listed4(slot, &reader, dots: nil) }
                 // The parent's inode follows the listing: read past it on a copy of the reader.
@@ -341,60 +339,6 @@ extension NFSQueue {
             precondition(written == data.count)
         }
         reply.sendInPlace(dataBytes: data.count)
-        complete(slot)
-    }
-
-    func wrote4(_ slot: Int, count: Int, unstable: Bool, verifier: UInt64) {
-        let asked = min(records[slot].request.payloadLength, device.writeBytesMax)
-        guard count <= asked else { return finish(slot, .io) }
-        if unstable {
-            if records[slot].journalEntry >= 0 {
-                // The journal keeps the bytes until a COMMIT with this verifier covers them.
-                journal.acknowledge(records[slot].journalEntry, verifier: verifier)
-                records[slot].journalEntry = -1
-            }
-            device.files.wrote(records[slot].openFile, verifier: verifier)
-        }
-        records[slot].reply.written(bytes: UInt32(count))
-        complete(slot)
-    }
-
-    func committed4(_ slot: Int, verifier: UInt64) {
-        records[slot].commitVerifier = verifier
-        let repairable = repairable(records[slot].openFile)
-        var mismatch = false
-        if repairable, let entry = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
-                                                    verifier: verifier, from: 0) {
-            mismatch = true
-            records[slot].resendVerifier = verifier
-            records[slot].resendEntry = entry
-        }
-        perform(slot, .committed(status: 0, repairable: repairable, mismatch: mismatch))
-    }
-
-    func resentWrite4(_ slot: Int, count: Int, unstable: Bool, verifier: UInt64) {
-        let entry = records[slot].resendEntry
-        guard count == journal.entry(entry).pointee.length else { return perform(slot, .malformed) }
-        device.resentWriteCount.add(1, ordering: .relaxed)
-        if unstable {
-            journal.rewritten(entry, verifier: verifier)
-        } else {
-            journal.rewritten(entry, verifier: records[slot].resendVerifier)
-            journal.release(entry)
-        }
-        if unstable && verifier != records[slot].resendVerifier { records[slot].resendVerifier = verifier }
-        let next = journal.mismatch(fileHandle: openHandle(slot), coveredBy: records[slot].journalSnapshot,
-                                    verifier: records[slot].resendVerifier, from: 0)
-        records[slot].resendEntry = next ?? -1
-        perform(slot, .resent(status: 0, more: next != nil))
-    }
-
-    func statistics4(_ slot: Int, _ a: NFSv4Attributes) {
-        let blockBytes: UInt64 = 4096
-        records[slot].reply.statistics(FileSystemStatistics(
-            blocks: a.space.total / blockBytes, blocksFree: a.space.free / blockBytes, blocksAvailable: a.space.available / blockBytes,
-            files: a.files.total, filesFree: a.files.available, blockSizeBytes: UInt32(blockBytes),
-            nameBytesMax: UInt32(FUSELimits.nameBytesMax), fragmentSizeBytes: UInt32(blockBytes)))
         complete(slot)
     }
 
@@ -483,20 +427,6 @@ extension NFSQueue {
         guard handle.count >= 1, handle.count <= nfsFileHandleBytesMax else { return false }
         stagedHandle(bytesOf: slot).copyMemory(from: handle.baseAddress!, byteCount: handle.count)
         records[slot].stagedHandleLength = handle.count
-        return true
-    }
-
-    /// UNLINK's or RENAME's target as LOOKUP found it: true when it is a regular file with one
-    /// link that the guest has open and that is not hidden yet (see `stageOpenTarget`).
-    func stageOpenTarget4(_ slot: Int, handle: UnsafeRawBufferPointer, _ attributes: NFSv4Attributes) -> Bool {
-        guard attributes.type == 1, attributes.numlinks == 1, handle.count >= 1, handle.count <= nfsFileHandleBytesMax,
-              let node = device.nodes.findPinned(handle: handle) else { return false }
-        guard device.nodes.openCount(node) > 0, !device.nodes.isHidden(node) else {
-            device.nodes.unpin(node)
-            return false
-        }
-        records[slot].stagedNode = node
-        writeHiddenName(slot)
         return true
     }
 
