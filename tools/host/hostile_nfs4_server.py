@@ -14,15 +14,12 @@ server of every other test is nfs-ganesha).
 
   hostile_nfs4_server.py --port N [--ready FILE]     (--port 0: a free port, written to FILE)
 """
-import argparse
 import os
-import socket
 import struct
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hostile_nfs_server import Reader, opaque, u32, u64  # noqa: E402
+from hostile_nfs_server import Reader, main, opaque, u32, u64  # noqa: E402
 
 PSEUDO = b"\x00" * 8
 ROOT = b"\x01" * 8
@@ -237,51 +234,9 @@ def compound(args):
     return u32(last) + opaque(b"") + u32(len(reply)) + b"".join(reply)
 
 
-def serve(connection):
-    buffer = b""
-    try:
-        while True:
-            while len(buffer) < 4:
-                chunk = connection.recv(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-            length = struct.unpack(">I", buffer[:4])[0] & 0x7FFFFFFF
-            while len(buffer) < 4 + length:
-                chunk = connection.recv(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-            message, buffer = buffer[4:4 + length], buffer[4 + length:]
-            r = Reader(message)
-            xid, _kind, _rpcvers, _program, _version, proc = (r.u32() for _ in range(6))
-            r.u32(), r.opaque()
-            r.u32(), r.opaque()
-            body = b"" if proc == 0 else compound(message[r.at:]) if proc == 1 else None
-            reply = u32(xid) + u32(1) + u32(0) + u32(0) + u32(0)
-            reply += (u32(0) + body) if body is not None else u32(3)
-            connection.sendall(u32(0x80000000 | len(reply)) + reply)
-    except (ConnectionError, OSError, struct.error, KeyError):
-        return
-    finally:
-        connection.close()
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--ready", help="write this file once listening")
-    args = parser.parse_args()
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", args.port))
-    listener.listen(16)
-    if args.ready:
-        open(args.ready, "w").write(f"{listener.getsockname()[1]}\n")
-    while True:
-        connection, _ = listener.accept()
-        threading.Thread(target=serve, args=(connection,), daemon=True).start()
+def answer_v4(_program, proc, args):
+    return b"" if proc == 0 else compound(args) if proc == 1 else None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(answer_v4, __doc__))

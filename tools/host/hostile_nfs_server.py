@@ -178,7 +178,13 @@ def mount(proc, args):
     return None
 
 
-def serve(connection):
+def answer_v3(program, proc, args):
+    return (mount if program == 100005 else nfs)(proc, args)
+
+
+def serve(connection, answer=answer_v3):
+    """Reads record-marked RPC calls and writes each answer: `answer(program, proc, args)` gives the
+    result body, or None for "no such procedure"."""
     buffer = b""
     try:
         while True:
@@ -200,18 +206,18 @@ def serve(connection):
             r.u32(), r.opaque()  # credential
             r.u32(), r.opaque()  # verifier
             args = message[r.at:]
-            body = (mount if program == 100005 else nfs)(proc, args)
+            body = answer(program, proc, args)
             reply = u32(xid) + u32(1) + u32(0) + u32(0) + u32(0)
             reply += (u32(0) + body) if body is not None else u32(3)  # SUCCESS / PROC_UNAVAIL
             connection.sendall(u32(0x80000000 | len(reply)) + reply)
-    except (ConnectionError, OSError):
+    except (ConnectionError, OSError, struct.error, KeyError):
         return
     finally:
         connection.close()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(answer=answer_v3, description=__doc__):
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ready", help="write this file once listening")
     args = parser.parse_args()
@@ -224,7 +230,7 @@ def main():
         open(args.ready, "w").write(f"{listener.getsockname()[1]}\n")
     while True:
         connection, _ = listener.accept()
-        threading.Thread(target=serve, args=(connection,), daemon=True).start()
+        threading.Thread(target=serve, args=(connection, answer), daemon=True).start()
 
 
 if __name__ == "__main__":
