@@ -110,6 +110,11 @@ extension KVBackend {
         return reply.ok()
     }
 
+    /// An orphan goes when the kernel has forgotten it too (KVOpenTable says why).
+    public mutating func forget(nodeID: UInt64, lookups: UInt64) {
+        if device.opens.forget(nodeID) { queue?.reclaim(nodeID) }
+    }
+
     public mutating func opendir(_ operation: Operation<OpenArguments>, reply: OpenedReply) -> BackendAnswer {
         guard Self.known(operation.nodeID) else { return reply.fail(.noEntry) }
         return reply.open(fileHandle: operation.nodeID, openFlags: 0)

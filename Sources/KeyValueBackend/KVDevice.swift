@@ -7,7 +7,8 @@ import RESP
 import Synchronization
 
 // One key-value file system served as one device: the store's settings, the files the guest has
-// open (so a file unlinked while open lives until its last RELEASE), and the start-up exchange
+// open or may still open (a file that lost its last name lives until its last RELEASE and its
+// FORGET), and the start-up exchange
 // with the server, done once on the control plane with a blocking pump of a throw-away connection
 // (the queues' own connections are made by their pollers).
 
@@ -71,18 +72,28 @@ public struct KVStartupError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// The regular files the guest has open, by inode: how many opens each has, and whether it lost
-/// its last name while open (its last RELEASE then reclaims it). Open addressing with backward-
-/// shift deletion, under one mutex: taken by OPEN, CREATE, RELEASE and an UNLINK or RENAME that
-/// took a last name, never by READ or WRITE.
+/// The regular files the kernel may still reach without a name, by inode: how many opens each
+/// has, whether it lost its last name, and whether the kernel has forgotten it (FORGET). An
+/// inode that lost its last name is reclaimed only when both its opens and the kernel's hold on
+/// it are gone: an OPEN can reach the engine after the UNLINK that took the file's last name was
+/// answered (the opener's path walk found the inode before, and open(2) does not wait for
+/// unlink(2)), and the file must still read as it was, as on a local file system.
+/// Open addressing with backward-shift deletion, under one mutex: taken by OPEN, CREATE, RELEASE,
+/// an UNLINK or RENAME that took a last name, and a FORGET while an orphan awaits one; never by
+/// READ or WRITE.
 public final class KVOpenTable: @unchecked Sendable {
     public let capacity: Int
     let slotCount: Int
     let inodes: UnsafeMutablePointer<UInt64>
     let opens: UnsafeMutablePointer<UInt32>
     let orphaned: UnsafeMutablePointer<Bool>
+    let forgotten: UnsafeMutablePointer<Bool>
     let mutex = HostMutex()
     public private(set) var count = 0
+    /// Orphans whose FORGET has not come: while none does, a FORGET takes no lock.
+    let awaitingForget = Atomic<Int>(0)
+    /// Orphans reclaimed at once because the table had no room to keep them until their FORGET.
+    public let reclaimedWithoutRoom = Atomic<Int>(0)
 
     public init(capacity: Int) {
         precondition(capacity >= 1 && capacity <= 1 << 24)
@@ -96,12 +107,15 @@ public final class KVOpenTable: @unchecked Sendable {
         opens.initialize(repeating: 0, count: slots)
         orphaned = .allocate(capacity: slots)
         orphaned.initialize(repeating: false, count: slots)
+        forgotten = .allocate(capacity: slots)
+        forgotten.initialize(repeating: false, count: slots)
     }
 
     deinit {
         inodes.deallocate()
         opens.deallocate()
         orphaned.deallocate()
+        forgotten.deallocate()
     }
 
     func home(_ inode: UInt64) -> Int { Int(truncatingIfNeeded: (inode &* 0x9E37_79B9_7F4A_7C15) >> 20) & (slotCount - 1) }
@@ -113,6 +127,16 @@ public final class KVOpenTable: @unchecked Sendable {
         return slot
     }
 
+    /// A new entry for `inode` in the empty slot `slot` (the caller checked the room).
+    func insert(_ inode: UInt64, at slot: Int) {
+        precondition(inodes[slot] == 0 && count < capacity)
+        inodes[slot] = inode
+        opens[slot] = 0
+        orphaned[slot] = false
+        forgotten[slot] = false
+        count += 1
+    }
+
     /// One open more of `inode`; false when the table is full (the open fails ENFILE).
     public func open(_ inode: UInt64) -> Bool {
         precondition(inode != 0)
@@ -120,50 +144,77 @@ public final class KVOpenTable: @unchecked Sendable {
             let slot = probe(inode)
             if inodes[slot] == 0 {
                 guard count < capacity else { return false }
-                inodes[slot] = inode
-                opens[slot] = 0
-                orphaned[slot] = false
-                count += 1
+                insert(inode, at: slot)
             }
             opens[slot] += 1
             return true
         }
     }
 
-    /// One open less; true when it was the last one of a file that has no name left (the caller
-    /// reclaims it). An inode not open (a guest's made-up handle) is ignored.
+    /// One open less; true when it was the last one of a file that has no name left and that the
+    /// kernel has forgotten (the caller reclaims it). An inode not open (a guest's made-up handle)
+    /// is ignored.
     public func release(_ inode: UInt64) -> Bool {
         mutex.withLock {
             let slot = probe(inode)
-            guard inode != 0, inodes[slot] == inode else { return false }
+            guard inode != 0, inodes[slot] == inode, opens[slot] > 0 else { return false }
             opens[slot] -= 1
             guard opens[slot] == 0 else { return false }
+            // An orphan the kernel still holds waits for its FORGET.
+            if orphaned[slot] && !forgotten[slot] { return false }
             let reclaim = orphaned[slot]
             remove(at: slot)
             return reclaim
         }
     }
 
-    /// `inode` lost its last name: true when nobody has it open (the caller reclaims it now), else
-    /// its last RELEASE will.
+    /// `inode` lost its last name: it stays until its last RELEASE and its FORGET have both come.
+    /// True only when the table has no room to remember it: the caller reclaims it now (counted).
     public func lostLastName(_ inode: UInt64) -> Bool {
-        mutex.withLock {
+        precondition(inode != 0)
+        return mutex.withLock {
             let slot = probe(inode)
-            guard inodes[slot] == inode else { return true }
+            if inodes[slot] != inode {
+                // Half the table at most waits for FORGETs, so opens always find room: a FORGET
+                // may never come for an inode this kernel did not know (another engine changed
+                // the name under it).
+                guard count < capacity, awaitingForget.load(ordering: .relaxed) < max(1, capacity / 2) else {
+                    reclaimedWithoutRoom.add(1, ordering: .relaxed)
+                    return true
+                }
+                insert(inode, at: slot)
+            }
+            guard !orphaned[slot] else { return false }
             orphaned[slot] = true
+            awaitingForget.add(1, ordering: .relaxed)
             return false
         }
     }
 
-    public func isOpen(_ inode: UInt64) -> Bool { mutex.withLock { inodes[probe(inode)] == inode } }
+    /// The kernel forgot `inode` (FORGET: its lookup count is zero, so no new OPEN can come); true
+    /// when it was an orphan nobody has open (the caller reclaims it).
+    public func forget(_ inode: UInt64) -> Bool {
+        guard inode != 0, awaitingForget.load(ordering: .relaxed) > 0 else { return false }
+        return mutex.withLock {
+            let slot = probe(inode)
+            guard inodes[slot] == inode, orphaned[slot], !forgotten[slot] else { return false }
+            forgotten[slot] = true
+            awaitingForget.subtract(1, ordering: .relaxed)
+            guard opens[slot] == 0 else { return false }
+            remove(at: slot)
+            return true
+        }
+    }
 
-    /// A new session: the kernel forgot every open of the old one.
+    /// A new session: the kernel forgot every open and every inode of the old one.
     public func reset() {
         mutex.withLock {
             inodes.update(repeating: 0, count: slotCount)
             opens.update(repeating: 0, count: slotCount)
             orphaned.update(repeating: false, count: slotCount)
+            forgotten.update(repeating: false, count: slotCount)
             count = 0
+            awaitingForget.store(0, ordering: .relaxed)
         }
     }
 
@@ -180,6 +231,7 @@ public final class KVOpenTable: @unchecked Sendable {
                 inodes[hole] = inodes[next]
                 opens[hole] = opens[next]
                 orphaned[hole] = orphaned[next]
+                forgotten[hole] = forgotten[next]
                 hole = next
             }
             next = (next + 1) & (slotCount - 1)
@@ -187,6 +239,7 @@ public final class KVOpenTable: @unchecked Sendable {
         inodes[hole] = 0
         opens[hole] = 0
         orphaned[hole] = false
+        forgotten[hole] = false
         count -= 1
     }
 }
@@ -211,7 +264,8 @@ public final class KVDevice: @unchecked Sendable {
             + "\(timeoutCount.load(ordering: .relaxed)) request(s) failed EIO by the timeout, "
             + "\(lostChangeCount.load(ordering: .relaxed)) change(s) in flight when a connection ended failed EIO, "
             + "\(badReplyCount.load(ordering: .relaxed)) reply(ies) refused as malformed, "
-            + "\(sessionReclaimFailures.load(ordering: .relaxed)) new session(s) whose old orphans wait for the next start"
+            + "\(sessionReclaimFailures.load(ordering: .relaxed)) new session(s) whose old orphans wait for the next start, "
+            + "\(opens.reclaimedWithoutRoom.load(ordering: .relaxed)) orphan(s) reclaimed before their FORGET (no room to wait)"
     }
 
     /// The fault counters, for `/metrics`.

@@ -7,7 +7,7 @@ import Testing
 
 /// The key-value backend's open files against a real redis-server (tools/test-kv-redis.sh starts
 /// one): a file unlinked while open stays readable through its handle and goes with its last
-/// RELEASE; a new session (the kernel forgot every open) reclaims what the old one left.
+/// RELEASE and its FORGET; a new session (the kernel forgot every open) reclaims what the old one left.
 @Suite(.enabled(if: ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"] != nil, "needs the server tools/test-kv-redis.sh starts"))
 struct KVBackendTests {
     let socket = ProcessInfo.processInfo.environment["DPFS_REDIS_SOCKET"]!
@@ -31,7 +31,14 @@ struct KVBackendTests {
         return (exists == 1, orphans)
     }
 
-    @Test("a file unlinked while open is read through its handle and goes with its last RELEASE")
+    /// Waits for the reclaim, which goes out without a request waiting for it.
+    func reclaimed(_ fs: FUSEClient<KVBackend>, _ inode: UInt64) throws -> Bool {
+        var gone = false
+        for _ in 0..<200 where !gone { _ = try? fs.getattr(1); gone = try store(inode) == (false, 0) }
+        return gone
+    }
+
+    @Test("a file unlinked while open is read through its handle and goes with its last RELEASE and its FORGET")
     func unlinkedWhileOpen() throws {
         let fs = try client()
         let (entry, handle) = try fs.create(1, "held")
@@ -44,10 +51,35 @@ struct KVBackendTests {
         try fs.release(entry.nodeID, handle)
         #expect(try store(entry.nodeID) == (true, 1), "one open left")
         try fs.release(entry.nodeID, second)
-        // The reclaim goes out without a request waiting for it: give it a moment.
-        var gone = false
-        for _ in 0..<200 where !gone { _ = try? fs.getattr(1); gone = try store(entry.nodeID) == (false, 0) }
-        #expect(gone, "reclaimed by the last RELEASE")
+        _ = try fs.getattr(1)
+        #expect(try store(entry.nodeID) == (true, 1), "the kernel has not forgotten it yet")
+        fs.forget(entry.nodeID)
+        #expect(try reclaimed(fs, entry.nodeID), "reclaimed by the FORGET after the last RELEASE")
+    }
+
+    @Test("an OPEN that comes after the UNLINK took the last name still reads the file (open(2) does not wait for unlink(2))")
+    func openAfterUnlink() throws {
+        let fs = try client()
+        let (entry, handle) = try fs.create(1, "raced")
+        #expect(try fs.write(entry.nodeID, handle, offset: 0, Array("still here".utf8)) == 10)
+        try fs.release(entry.nodeID, handle)
+        try fs.unlink(1, "raced")
+        // The opener's path walk found the inode before the unlink: its OPEN comes now.
+        let late = try fs.open(entry.nodeID, flags: O_RDONLY)
+        #expect(try fs.read(entry.nodeID, late, offset: 0, size: 64) == Array("still here".utf8))
+        #expect(try fs.getattr(entry.nodeID).size == 10)
+        // FORGET before the last RELEASE: the RELEASE reclaims.
+        fs.forget(entry.nodeID)
+        #expect(try store(entry.nodeID) == (true, 1), "still open")
+        try fs.release(entry.nodeID, late)
+        #expect(try reclaimed(fs, entry.nodeID), "reclaimed by the last RELEASE after the FORGET")
+        // A file nobody opened goes with its FORGET alone.
+        let (plain, plainHandle) = try fs.create(1, "plain")
+        try fs.release(plain.nodeID, plainHandle)
+        try fs.unlink(1, "plain")
+        #expect(try store(plain.nodeID) == (true, 1))
+        fs.forget(plain.nodeID)
+        #expect(try reclaimed(fs, plain.nodeID))
     }
 
     @Test("a new session reclaims the orphans of the old one, and its opens are forgotten")
@@ -60,9 +92,7 @@ struct KVBackendTests {
         for index in 0..<15 { _ = try fs.create(1, "old-\(index)") }
         #expect(throws: FUSEFailure(errno: ENFILE)) { _ = try fs.create(1, "one-too-many") }
         fs.rig.establishSession()
-        var gone = false
-        for _ in 0..<200 where !gone { _ = try? fs.getattr(1); gone = try store(entry.nodeID) == (false, 0) }
-        #expect(gone, "the old session's orphan reclaimed")
+        #expect(try reclaimed(fs, entry.nodeID), "the old session's orphan reclaimed")
         // The open table starts empty: 16 files fit again, and the 17th does not.
         for index in 0..<16 { _ = try fs.create(1, "new-\(index)") }
         #expect(throws: FUSEFailure(errno: ENFILE)) { _ = try fs.create(1, "new-16") }

@@ -26,8 +26,9 @@
 # Mode `kv` runs 1-3, 5 and 6 with the key-value backend against a real redis-server
 # (tools/redis-server.sh, started and stopped here): posix_check with --semantics kv
 # (Specs/kv-semantics.md), integrity unchanged, stress with a second engine on the same store as the
-# "backing" view (two clients of one store must agree), and the store's own consistency check
-# (dpfs_check) after the SIGKILL.
+# "backing" view (two clients of one store must agree), orphans (none left after the stress, one
+# while a file unlinked while open is held, none once it is closed), and the store's own
+# consistency check (dpfs_check) after the SIGKILL.
 # Needs root (mount(2), setuid children) and /dev/fuse. Uses .build/release/dpfs-engine (built if
 # missing). Exit status: number of failed checks.
 #   tools/host/test-host-mount.sh [--quick] [--modes "classic uring passthrough nfs nfs4 kv"] [--integrity-steps N]
@@ -211,6 +212,29 @@ for mode in $modes; do
     bad "$mode-stress" "$(tail -8 "$work/stress-$mode.out")"
   fi
   if [ -n "$view_pid" ]; then kill -TERM "$view_pid"; wait "$view_pid" 2>/dev/null; view_pid=; fi
+  if [ $mode = kv ]; then
+    # An orphan lives while open and goes once the kernel lets go of it (last RELEASE and FORGET):
+    # nothing the stress unlinked is left, and a file unlinked while open reads until it is closed.
+    orphans() { redis-cli -s "${kv_url#unix://}" SCARD host-test:orphans; }
+    settled() { for _ in $(seq 1 50); do [ "$(orphans)" = "$1" ] && return 0; sleep 0.1; done; return 1; }
+    if settled 0 && python3 - "$mnt" "${kv_url#unix://}" <<'PY'
+import os, subprocess, sys, time
+mnt, socket = sys.argv[1:]
+count = lambda: subprocess.run(["redis-cli", "-s", socket, "SCARD", "host-test:orphans"], capture_output=True, text=True).stdout.strip()
+path = os.path.join(mnt, "orphan-held")
+with open(path, "wb") as f: f.write(b"held" * 1000)
+fd = os.open(path, os.O_RDONLY)
+os.unlink(path)
+assert count() == "1", f"unlinked while open: {count()} orphans listed, not 1"
+assert os.pread(fd, 8, 3996) == b"held", "not readable through its descriptor"
+os.close(fd)
+PY
+    then
+      if settled 0; then ok "$mode-orphans-reclaimed"; else bad "$mode-orphans-reclaimed" "$(orphans) orphan(s) 5 s after the last close"; fi
+    else
+      bad "$mode-orphans-reclaimed" "orphans before: $(orphans) (the stress left them), or the held file failed (above)"
+    fi
+  fi
   # 4. Kernel passthrough: data the host writes is what an open passthrough file reads, both ways.
   #    A second engine mounts the same share without passthrough, so the file is open both ways at once.
   if [ $mode = passthrough ]; then
