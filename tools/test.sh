@@ -96,6 +96,8 @@ step "guests store files through the key-value backend (6.1, redis-server crash 
   tools/guest/test-passthrough.sh --kv
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "guests store files through the NFS backend over NFSv4.1 (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs4
+step "one guest, the same fio jobs through the engine's NFSv4.1 backend and through the guest's own kernel NFSv4.1 client (guest CPU per I/O reported, not gated; every job's I/O reached the server both ways)" \
+  tools/guest/bench-nfs-client.sh --ios 512
 step "two engines on one NFSv3 export: started at once both serve, files cross both ways, a change seen within the cache time, hidden files kept; control: a .dpfs-hidden that is a file stops the start" \
   tools/host/test-nfs-engines.sh --rounds 6
 step "two engines on one export over NFSv4.1 (two clients, a session per queue each): the same checks" \

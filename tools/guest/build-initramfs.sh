@@ -59,6 +59,24 @@ for m in $modules; do
 done
 echo "$release" >"$stage/etc/dpfs-kernel-release"
 
+# A workload that says `# dpfs-guest-needs: nfs-client` also gets the guest's own NFS client (the
+# NIC and NFS modules, listed in /etc/dpfs-nfs-modules for the workload to load), a static
+# nfs-mount (busybox cannot mount NFSv4), and fio with every library it links.
+if grep -q '^# dpfs-guest-needs: nfs-client' "$workload"; then
+  : >"$stage/etc/dpfs-nfs-modules"
+  for m in $(field nfs_modules); do
+    cp "$modules_dir/$m" "$stage/lib/modules/$m"
+    echo "$m" >>"$stage/etc/dpfs-nfs-modules"
+  done
+  cc -static -Os -o "$stage/bin/nfs-mount" "$here/nfs-mount.c"
+  fio=$(command -v fio) || { echo "build-initramfs: no fio on the host; apt-get install -y fio" >&2; exit 1; }
+  cp "$fio" "$stage/bin/fio"
+  for library in $(ldd "$fio" | grep -oE '/[^ ]+'); do
+    mkdir -p "$stage$(dirname "$library")"
+    cp -L "$library" "$stage$library"
+  done
+fi
+
 install -m 755 "$here/init" "$stage/init"
 install -m 755 "$workload" "$stage/workload.sh"
 

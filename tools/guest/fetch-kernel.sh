@@ -19,6 +19,9 @@
 #   vmlinuz=/abs/path/vmlinuz
 #   modules_dir=/abs/path/modules  decompressed .ko files needed for virtio-fs (may be empty)
 #   modules=a.ko b.ko ...          load order (dependencies first); empty if virtio-fs is built in
+#   nfs_modules=c.ko d.ko ...      the guest's own NFS client and NIC (virtio_net, nfsv3, nfsv4 and
+#                                  their dependencies not already above), loaded only by workloads
+#                                  that ask for them (tools/guest/bench-nfs-client.sh)
 # Progress goes to stderr.
 set -euo pipefail
 
@@ -40,7 +43,9 @@ mkdir -p "$cache/debs" "$cache/kernel"
 # A finished extraction leaves a 'result' file (the key=value output above). 'current-$kernel'
 # points at the last one resolved, so repeated runs need neither apt nor the network.
 current="$cache/current-$kernel"
-if [[ $refresh == 0 && -f "$current/result" ]]; then
+# A result from before nfs_modules existed is extracted again.
+complete() { [[ -f $1/result ]] && grep -q '^nfs_modules=' "$1/result"; }
+if [[ $refresh == 0 ]] && complete "$current"; then
   cat "$current/result"
   exit 0
 fi
@@ -82,7 +87,7 @@ esac
 log "kernel $kernel is $pkg"
 
 dest="$cache/kernel/$pkg"
-if [[ -f "$dest/result" ]]; then
+if complete "$dest"; then
   ln -sfn "kernel/$pkg" "$current"
   cat "$dest/result"
   exit 0
@@ -154,6 +159,16 @@ visit() { # depth-first: dependencies are appended before the module itself
 }
 for m in "${want[@]}"; do visit "$m"; done
 if [[ ${#order[@]} == 0 ]]; then log "virtio-fs is built into $release: no modules needed"; fi
+virtiofs_count=${#order[@]}
+for pair in VIRTIO_NET:virtio_net NFS_FS:nfs NFS_V3:nfsv3 NFS_V4:nfsv4; do
+  case "$(config_of "${pair%%:*}")" in
+    y) ;;
+    m) visit "${pair#*:}" ;;
+    *) log "CONFIG_${pair%%:*} is neither y nor m in $release: the guest has no NFS client"; exit 1 ;;
+  esac
+done
+nfs_order=("${order[@]:virtiofs_count}")
+order=("${order[@]:0:virtiofs_count}")
 
 rm -rf "$tmp/root" # ~200 MB of modules we do not need; the .deb stays cached
 {
@@ -162,8 +177,9 @@ rm -rf "$tmp/root" # ~200 MB of modules we do not need; the .deb stays cached
   echo "vmlinuz=$dest/vmlinuz"
   echo "modules_dir=$dest/modules"
   echo "modules=${order[*]}"
+  echo "nfs_modules=${nfs_order[*]}"
 } >"$tmp/result"
-if [[ -f "$dest/result" ]]; then
+if complete "$dest"; then
   rm -rf "$tmp" # a concurrent run finished first; its result is identical
 else
   rm -rf "$dest"

@@ -95,7 +95,7 @@ initrd_for() { # workload -> cached initramfs path (built if missing)
   local wl=$1 key out
   key=$({
     echo "$kinfo"
-    sha256sum "$wl" "$here/init" "$here/build-initramfs.sh" /bin/busybox | cut -d' ' -f1
+    sha256sum "$wl" "$here/init" "$here/build-initramfs.sh" "$here/nfs-mount.c" /bin/busybox | cut -d' ' -f1
   } | sha256sum | cut -c1-16)
   out="$cache/initramfs/$kernel-$key.cpio.gz"
   if [[ ! -f $out ]]; then "$here/build-initramfs.sh" "$kernel" "$wl" "$out"; fi
