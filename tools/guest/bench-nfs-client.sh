@@ -58,7 +58,7 @@ engine_before=$(engine_cpu)
 
 status=0
 tools/guest/run-guest.sh --socket "$sock" --kernel "$kernel" --workload tools/guest/workloads/nfs-client-cpu.sh \
-  --memory 1024 --smp "$smp" --timeout 1800 \
+  --memory 1024 --smp "$smp" --timeout 900 \
   --append "dpfs.nfsvers=$version dpfs.nfsport=$nfs_port dpfs.mountport=$mount_port dpfs.export=$export_dir dpfs.ios=$ios" \
   --qemu-arg -netdev --qemu-arg user,id=net0 --qemu-arg -device --qemu-arg virtio-net-pci,netdev=net0 \
   >"$work/guest.out" 2>&1 || status=$?
