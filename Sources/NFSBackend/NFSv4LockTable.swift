@@ -1,0 +1,172 @@
+import DPFSPosix
+import NFSv4Wire
+
+// NFSv4 lock state of one device (not yet reached by any request: the LOCK/LOCKT/LOCKU stages
+// that use it come next; Specs/nfs-semantics.md, "NFSv4.1 locks", has the design).
+//
+// POSIX locks belong to a (process, file) pair, which FUSE names (lock owner, node). NFSv4 needs,
+// for each such pair, an open of the file by an open-owner and a lock stateid the first LOCK makes
+// from it (RFC 8881 §9.1.4). The table keeps both per (node, owner), bounded: a LOCK that finds no
+// room fails ENOLCK. Stateids are kept with sequence 0, which a 4.1 server reads as "the latest"
+// (RFC 8881 §8.2.2), so concurrent LOCKs of one owner need not agree on a sequence number. One
+// request at a time makes or ends an entry's state (`busy`); another of the same pair waits and
+// asks again. One mutex: LOCK, LOCKU and FLUSH are rare next to READ and WRITE, which never take it.
+
+/// What a LOCK of (node, owner) sends, as the table decides it.
+enum NFSv4LockStep: Equatable {
+    /// No state yet: OPEN the file by handle for this owner, then LOCK as a new lock-owner.
+    case openThenLock(entry: Int)
+    /// Opened, never locked (the first LOCK was refused): LOCK as a new lock-owner from the open.
+    case lockFromOpen(entry: Int, open: NFSv4Stateid)
+    /// Locked before: LOCK (or LOCKU) through the owner's lock stateid.
+    case lockKnown(entry: Int, lock: NFSv4Stateid)
+    /// Another request of this owner on this file is making or ending its state: ask again shortly.
+    case wait
+    /// No room for another (node, owner): ENOLCK.
+    case full
+}
+
+/// What FLUSH (the owner closed a descriptor of the file: POSIX drops all its locks there) undoes.
+struct NFSv4LockTeardown: Equatable {
+    let entry: Int
+    /// LOCKU of everything, then FREE_STATEID (nil: the owner never got a lock).
+    let lock: NFSv4Stateid?
+    /// CLOSE (nil: the open was never made).
+    let open: NFSv4Stateid?
+}
+
+/// What a FLUSH of (node, owner) does.
+enum NFSv4TeardownStep: Equatable {
+    /// The pair holds no state: nothing to send.
+    case nothing
+    /// A request of the pair is making its state: ask again shortly.
+    case wait
+    case undo(NFSv4LockTeardown)
+}
+
+final class NFSv4LockTable: @unchecked Sendable {
+    let capacity: Int
+    let nodes: UnsafeMutablePointer<UInt32>
+    let owners: UnsafeMutablePointer<UInt64>
+    let opens: UnsafeMutablePointer<NFSv4Stateid>
+    let locks: UnsafeMutablePointer<NFSv4Stateid>
+    /// Bit 0: in use; bit 1: opened; bit 2: locked; bit 3: busy.
+    let flags: UnsafeMutablePointer<UInt8>
+    let mutex = HostMutex()
+    private(set) var count = 0
+
+    static let inUse: UInt8 = 1, opened: UInt8 = 2, locked: UInt8 = 4, busy: UInt8 = 8
+
+    init(capacity: Int) {
+        precondition(capacity >= 1 && capacity <= 1 << 20)
+        self.capacity = capacity
+        nodes = .allocate(capacity: capacity)
+        nodes.initialize(repeating: 0, count: capacity)
+        owners = .allocate(capacity: capacity)
+        owners.initialize(repeating: 0, count: capacity)
+        opens = .allocate(capacity: capacity)
+        opens.initialize(repeating: NFSv4Stateid(), count: capacity)
+        locks = .allocate(capacity: capacity)
+        locks.initialize(repeating: NFSv4Stateid(), count: capacity)
+        flags = .allocate(capacity: capacity)
+        flags.initialize(repeating: 0, count: capacity)
+    }
+
+    deinit {
+        nodes.deallocate()
+        owners.deallocate()
+        opens.deallocate()
+        locks.deallocate()
+        flags.deallocate()
+    }
+
+    /// The entry of (node, owner), if any (the caller holds the mutex). A linear scan: the table
+    /// holds the pairs that hold or held a lock since their last close, a handful in practice.
+    func find(node: UInt32, owner: UInt64) -> Int? {
+        for entry in 0..<capacity where flags[entry] & Self.inUse != 0 && nodes[entry] == node && owners[entry] == owner {
+            return entry
+        }
+        return nil
+    }
+
+    /// A LOCK (or LOCKU) of (node, owner) begins: what it sends. Every step but `wait` and `full`
+    /// leaves the entry busy until `finished`.
+    func begin(node: UInt32, owner: UInt64) -> NFSv4LockStep {
+        mutex.withLock {
+            if let entry = find(node: node, owner: owner) {
+                guard flags[entry] & Self.busy == 0 else { return .wait }
+                flags[entry] |= Self.busy
+                if flags[entry] & Self.locked != 0 { return .lockKnown(entry: entry, lock: locks[entry]) }
+                if flags[entry] & Self.opened != 0 { return .lockFromOpen(entry: entry, open: opens[entry]) }
+                return .openThenLock(entry: entry)
+            }
+            guard count < capacity, let entry = (0..<capacity).first(where: { flags[$0] & Self.inUse == 0 }) else { return .full }
+            nodes[entry] = node
+            owners[entry] = owner
+            flags[entry] = Self.inUse | Self.busy
+            count += 1
+            return .openThenLock(entry: entry)
+        }
+    }
+
+    /// The entry's OPEN succeeded: its stateid (kept with sequence 0).
+    func opened(_ entry: Int, _ stateid: NFSv4Stateid) {
+        mutex.withLock {
+            precondition(flags[entry] & Self.busy != 0)
+            opens[entry] = NFSv4Stateid(sequence: 0, other: stateid.other)
+            flags[entry] |= Self.opened
+        }
+    }
+
+    /// The entry's first LOCK was granted: the lock stateid.
+    func locked(_ entry: Int, _ stateid: NFSv4Stateid) {
+        mutex.withLock {
+            precondition(flags[entry] & Self.busy != 0 && flags[entry] & Self.opened != 0)
+            locks[entry] = NFSv4Stateid(sequence: 0, other: stateid.other)
+            flags[entry] |= Self.locked
+        }
+    }
+
+    /// The request that began on the entry is answered. An entry that never got its open (the
+    /// OPEN failed) is dropped: nothing on the server belongs to it.
+    func finished(_ entry: Int) {
+        mutex.withLock {
+            precondition(flags[entry] & Self.busy != 0)
+            flags[entry] &= ~Self.busy
+            if flags[entry] & Self.opened == 0 { remove(entry) }
+        }
+    }
+
+    /// FLUSH of (node, owner): what to undo on the server, with the entry busy until `ended`.
+    func teardown(node: UInt32, owner: UInt64) -> NFSv4TeardownStep {
+        mutex.withLock {
+            guard let entry = find(node: node, owner: owner) else { return .nothing }
+            guard flags[entry] & Self.busy == 0 else { return .wait }
+            flags[entry] |= Self.busy
+            let lock = flags[entry] & Self.locked != 0 ? locks[entry] : nil
+            let open = flags[entry] & Self.opened != 0 ? opens[entry] : nil
+            return .undo(NFSv4LockTeardown(entry: entry, lock: lock, open: open))
+        }
+    }
+
+    /// The teardown is done (whatever the server said: a lease that ends frees what is left).
+    func ended(_ entry: Int) {
+        mutex.withLock {
+            precondition(flags[entry] & Self.busy != 0)
+            remove(entry)
+        }
+    }
+
+    /// A new client (the server forgot the old one, and with it every open and lock): empty.
+    func reset() {
+        mutex.withLock {
+            flags.update(repeating: 0, count: capacity)
+            count = 0
+        }
+    }
+
+    func remove(_ entry: Int) {
+        flags[entry] = 0
+        count -= 1
+    }
+}

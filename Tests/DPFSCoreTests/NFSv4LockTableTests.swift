@@ -1,0 +1,58 @@
+@testable import NFSBackend
+import NFSv4Wire
+import Testing
+
+/// The NFSv4 lock state per (node, lock owner): the first LOCK opens then locks, later ones go
+/// through the lock stateid; one request at a time makes or ends a pair's state; FLUSH undoes what
+/// exists; a full table says so; a failed OPEN leaves nothing behind.
+@Suite struct NFSv4LockTableTests {
+    static let open = NFSv4Stateid(sequence: 1, other: (0xA, 1))
+    static let lock = NFSv4Stateid(sequence: 1, other: (0xB, 2))
+
+    @Test("first LOCK: OPEN then LOCK; later: the lock stateid, with sequence 0 (the latest)")
+    func lifecycle() {
+        let table = NFSv4LockTable(capacity: 4)
+        guard case .openThenLock(let entry) = table.begin(node: 7, owner: 99) else { Issue.record("no open first"); return }
+        #expect(table.begin(node: 7, owner: 99) == .wait, "one request at a time per pair")
+        #expect(table.teardown(node: 7, owner: 99) == .wait, "FLUSH waits for the LOCK that makes the state")
+        table.opened(entry, Self.open)
+        table.locked(entry, Self.lock)
+        table.finished(entry)
+        #expect(table.begin(node: 7, owner: 99) == .lockKnown(entry: entry, lock: NFSv4Stateid(sequence: 0, other: (0xB, 2))))
+        table.finished(entry)
+        #expect(table.begin(node: 7, owner: 100) != .wait, "another owner of the same file is another pair")
+        guard case .undo(let teardown) = table.teardown(node: 7, owner: 99) else { Issue.record("nothing to undo"); return }
+        #expect(teardown.lock == NFSv4Stateid(sequence: 0, other: (0xB, 2)) && teardown.open == NFSv4Stateid(sequence: 0, other: (0xA, 1)))
+        #expect(table.begin(node: 7, owner: 99) == .wait, "busy while FLUSH undoes it")
+        table.ended(teardown.entry)
+        #expect(table.count == 1)
+    }
+
+    @Test("a refused first LOCK keeps the open for the next try; a failed OPEN leaves nothing")
+    func refusals() {
+        let table = NFSv4LockTable(capacity: 4)
+        guard case .openThenLock(let entry) = table.begin(node: 1, owner: 1) else { Issue.record("no open first"); return }
+        table.opened(entry, Self.open)
+        table.finished(entry)   // LOCK DENIED
+        #expect(table.begin(node: 1, owner: 1) == .lockFromOpen(entry: entry, open: NFSv4Stateid(sequence: 0, other: (0xA, 1))))
+        table.finished(entry)
+        guard case .undo(let teardown) = table.teardown(node: 1, owner: 1) else { Issue.record("nothing to undo"); return }
+        #expect(teardown.lock == nil && teardown.open != nil, "CLOSE only")
+        table.ended(teardown.entry)
+        guard case .openThenLock(let second) = table.begin(node: 2, owner: 1) else { Issue.record("no open first"); return }
+        table.finished(second)  // OPEN refused
+        #expect(table.count == 0)
+        #expect(table.teardown(node: 2, owner: 1) == .nothing, "nothing to undo")
+    }
+
+    @Test("a full table answers full (ENOLCK); a new client empties it")
+    func bounded() {
+        let table = NFSv4LockTable(capacity: 2)
+        #expect(table.begin(node: 1, owner: 1) != .full)
+        #expect(table.begin(node: 2, owner: 1) != .full)
+        #expect(table.begin(node: 3, owner: 1) == .full)
+        table.reset()
+        #expect(table.count == 0)
+        #expect(table.begin(node: 3, owner: 1) != .full)
+    }
+}
