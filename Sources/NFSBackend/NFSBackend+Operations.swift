@@ -202,7 +202,13 @@ extension NFSBackend {
     }
 
     public mutating func flush(_ operation: Operation<FlushArguments>, reply: StatusReply) -> BackendAnswer {
-        closeOrSync(.flush, operation, handle: operation.arguments.handle, reply)
+        guard device.v4 != nil else { return closeOrSync(.flush, operation, handle: operation.arguments.handle, reply) }
+        // NFSv4.1: the owner's locks on the file go first (POSIX drops them at any close), then the COMMIT.
+        guard let index = device.files.index(operation.arguments.handle) else { return reply.fail(.badFileDescriptor) }
+        var request = NFSRequestArguments(.flush, operation)
+        request.fh = operation.arguments.handle
+        request.lockOwner = operation.arguments.lockOwner
+        return start(request, reply.wire, operation.token, call: .lockBegin, openFile: index)
     }
 
     public mutating func fsync(_ operation: Operation<FsyncArguments>, reply: StatusReply) -> BackendAnswer {
@@ -222,8 +228,12 @@ extension NFSBackend {
     /// Every WRITE is committed on FSYNC and on the last RELEASE; nothing is held here.
     public mutating func syncfs(_ operation: Operation<NoArguments>, reply: StatusReply) -> BackendAnswer { reply.ok() }
 
-    /// Nothing of ours waits for the guest; the kernel ignores this answer.
-    public mutating func interrupt(_ operation: Operation<InterruptArguments>, reply: StatusReply) -> BackendAnswer { reply.ok() }
+    /// A SETLKW waiting for its lock ends EINTR; nothing else of ours waits for the guest. The
+    /// kernel ignores this answer.
+    public mutating func interrupt(_ operation: Operation<InterruptArguments>, reply: StatusReply) -> BackendAnswer {
+        queue!.interruptLock4(unique: operation.arguments.target)
+        return reply.ok()
+    }
 
     // MARK: - What NFSv3 does not have
 
@@ -233,10 +243,39 @@ extension NFSBackend {
     public mutating func setxattr(_ operation: Operation<SetxattrArguments>, reply: StatusReply) -> BackendAnswer { reply.fail(.notSupported) }
     public mutating func removexattr(_ operation: Operation<NameArguments>, reply: StatusReply) -> BackendAnswer { reply.fail(.notSupported) }
 
-    // Byte-range locks over v3 need the NLM side protocol, which this backend does not speak; the
-    // guest's kernel keeps them locally when the session has no POSIX locks.
-    public mutating func getlk(_ operation: Operation<LockArguments>, reply: LockReply) -> BackendAnswer { reply.fail(.notSupported) }
-    public mutating func setlk(_ operation: Operation<LockArguments>, wait: Bool, reply: StatusReply) -> BackendAnswer { reply.fail(.notSupported) }
+    // Byte-range locks: over NFSv4.1 LOCK, LOCKT and LOCKU (NFSQueue+Locks4.swift). Over v3 they
+    // need the NLM side protocol, which this backend does not speak; the session offers no POSIX
+    // locks then, and the guest's kernel keeps them locally.
+    public mutating func getlk(_ operation: Operation<LockArguments>, reply: LockReply) -> BackendAnswer {
+        guard device.v4 != nil else { return reply.fail(.notSupported) }
+        guard let (request, index) = lockRequest(.getlk, operation, wait: false) else { return reply.fail(.invalid) }
+        guard index != nil else { return reply.fail(.badFileDescriptor) }
+        return start(request, reply.wire, operation.token, call: .lockTest, openFile: index!)
+    }
+
+    public mutating func setlk(_ operation: Operation<LockArguments>, wait: Bool, reply: StatusReply) -> BackendAnswer {
+        guard device.v4 != nil else { return reply.fail(.notSupported) }
+        guard let (request, index) = lockRequest(wait ? .setlkw : .setlk, operation, wait: wait) else { return reply.fail(.invalid) }
+        guard index != nil else { return reply.fail(.badFileDescriptor) }
+        return start(request, reply.wire, operation.token, call: .lockBegin, openFile: index!)
+    }
+
+    /// A lock's request and its open (nil: not open), or nil for a lock the kernel would not make
+    /// (flock, an unknown type, an end before the start).
+    func lockRequest(_ opcode: FUSEOpcode, _ operation: Operation<LockArguments>, wait: Bool) -> (NFSRequestArguments, Int?)? {
+        let arguments = operation.arguments
+        let type = arguments.type
+        guard !arguments.isFlock, type == UInt32(F_RDLCK) || type == UInt32(F_WRLCK) || type == UInt32(F_UNLCK), arguments.end >= arguments.start,
+              arguments.start <= UInt64(Int64.max) else { return nil }
+        var request = NFSRequestArguments(opcode, operation)
+        request.fh = arguments.handle
+        request.offset = arguments.start
+        request.lockEnd = min(arguments.end, UInt64(Int64.max))
+        request.lockType = arguments.type
+        request.lockOwner = arguments.owner
+        request.lockWaits = wait
+        return (request, device.files.index(arguments.handle))
+    }
 
     // FALLOCATE, LSEEK, COPY_FILE_RANGE, TMPFILE and STATX: the contract's default, ENOSYS.
 }

@@ -33,6 +33,14 @@ enum NFSCall: UInt8 {
     case access, read, write, commit, fsstat, readdir, readdirplus
     /// A journal entry written again after a COMMIT's verifier showed the server restarted.
     case resendWrite
+    // NFSv4.1 only (NFSQueue+Locks4.swift): byte-range locks.
+    /// The lock table decides what a SETLK, SETLKW or FLUSH sends (it may wait or answer at once).
+    case lockBegin
+    /// OPEN of the file for a (node, lock owner) pair's first lock; LOCK, LOCKU, LOCKT; FLUSH's
+    /// LOCKU of everything, FREE_STATEID and CLOSE.
+    case lockOpen, lock, unlock, lockTest, unlockAll
+
+    var isLock: Bool { rawValue >= NFSCall.lockBegin.rawValue }
 }
 
 /// Where an unlinked-but-open file goes (Specs/nfs-semantics.md): the export's top directory
@@ -97,6 +105,13 @@ struct NFSRequestArguments {
     /// WRITE's data, in place.
     var payload: SegmentCursor? = nil
     var setattr = fuse_setattr_in()
+    /// SETLK, SETLKW, GETLK, FLUSH: the lock owner; the lock's last byte (inclusive), type
+    /// (F_RDLCK, F_WRLCK, F_UNLCK) and whether it waits; its entry in the lock table (-1: none yet).
+    var lockOwner: UInt64 = 0
+    var lockEnd: UInt64 = 0
+    var lockType: UInt32 = 0
+    var lockWaits = false
+    var lockEntry = -1
 
     init<Arguments>(_ opcode: FUSEOpcode, _ operation: Operation<Arguments>) {
         opcodeRaw = opcode.rawValue
@@ -202,6 +217,8 @@ final class NFSQueue: @unchecked Sendable {
     var timeouts = 0
     /// NFSv4.1 lease renewals sent by this idle queue.
     var renewals = 0
+    /// SETLKW refusals this queue asked again (NFSv4.1 locks).
+    var lockRetries = 0
     /// The slot `begin` is issuing: an answer written before it returns is `.done`, not a completion.
     var startingSlot = -1
     var startAnsweredInline = false
@@ -268,6 +285,9 @@ public struct NFSBackend: FileSystem {
         var policy = InitPolicy()
         policy.flagsWanted &= ~InitFlags.atomicOpenTruncate
         policy.writeBytesMax = UInt32(device.transferBytesMax)
+        // NFSv4.1 speaks locks (LOCK, LOCKT, LOCKU); NFSv3 without NLM cannot, so there the
+        // guest's kernel keeps them.
+        if device.v4 != nil { policy.flagsWanted |= InitFlags.posixLocks }
         return policy
     }
 

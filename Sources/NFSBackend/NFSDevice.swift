@@ -103,7 +103,7 @@ public final class NFSDevice: @unchecked Sendable {
             + "\(configuration.openFilesMax) open files; per queue \(configuration.connectionsPerQueue) connection(s), "
             + "\(configuration.journalBytesPerQueue >> 20) MiB write journal; timeout \(configuration.requestTimeoutMilliseconds) ms); "
             + (v4 == nil ? "POSIX locks stay in the guest's kernel: NFSv3 without NLM cannot show them to other clients of the export"
-                         : "NFSv4.1 client \(String(v4!.clientID, radix: 16)), a session per queue; POSIX locks stay in the guest's kernel (v4 LOCK not yet sent)")
+                         : "NFSv4.1 client \(String(v4!.clientID, radix: 16)), a session per queue; POSIX locks through LOCK, LOCKT and LOCKU, seen by every client of the export")
     }
 
     /// At stop: the v4 sessions and client are destroyed (the server forgets them now, not a lease later).

@@ -58,6 +58,7 @@ extension NFSQueue {
         case .resendWrite: answeredResendWrite(slot, data)
         case .readdir: answeredReaddir(slot, data)
         case .readdirplus: answeredReaddirplus(slot, data)
+        case .lockBegin, .lockOpen, .lock, .unlock, .lockTest, .unlockAll: preconditionFailure("NFSv3 sends no lock call")
         }
     }
 

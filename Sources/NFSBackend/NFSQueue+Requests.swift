@@ -137,6 +137,8 @@ extension NFSQueue {
     /// Sends the slot's current stage, or parks it until the connection is up.
     func issue(_ slot: Int) {
         precondition(records[slot].state == .free)
+        // A lock request asks the lock table first, which may make it wait or answer it.
+        if records[slot].plan.call == .lockBegin, !decideLock4(slot) { return }
         guard let link = pickConnection(), let rpc = link.rpc else {
             records[slot].state = .waiting
             waiting += 1
@@ -199,6 +201,7 @@ extension NFSQueue {
         case .commit: return sendCommit(slot, rpc, tag)
         case .fsstat: return sendFsstat(slot, rpc, tag)
         case .readdir, .readdirplus: return sendReaddir(slot, rpc, tag)
+        case .lockBegin, .lockOpen, .lock, .unlock, .lockTest, .unlockAll: preconditionFailure("NFSv3 sends no lock call")
         }
     }
 

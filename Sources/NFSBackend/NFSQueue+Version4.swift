@@ -308,6 +308,8 @@ extension NFSQueue {
                 writer.putfh(primary)
                 writer.access(bits)
             }
+        case .lockBegin: preconditionFailure("the lock table decides before a lock call is sent")
+        case .lockOpen, .lock, .unlock, .lockTest, .unlockAll: return sendLock4(slot, rpc, tag, primary, request)
         default:
             return sendData4(slot, rpc, tag, primary, request)
         }

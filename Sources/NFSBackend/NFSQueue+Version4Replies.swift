@@ -111,6 +111,8 @@ extension NFSQueue {
                 if status == .ok { granted = try reader.accessResult().granted }
             }
             perform(slot, .access(status: Self.v3Equivalent(status), allowed: status == .ok && accessAllowed(slot, granted: granted)))
+        case .lockBegin: preconditionFailure("the lock table decides before a lock call is sent")
+        case .lockOpen, .lock, .unlock, .lockTest, .unlockAll: try answeredLock4(slot, &reader)
         default: try answeredData4(slot, &reader)
         }
     }

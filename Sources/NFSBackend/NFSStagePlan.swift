@@ -44,6 +44,8 @@ struct NFSProgress: OptionSet, Equatable {
     /// Sent again with the engine's own ids (AUTH_SYS uid 0): a SETATTR that only drops set-ID bits,
     /// which the server refused the writer who asked for it.
     static let asEngine = NFSProgress(rawValue: 4096)
+    /// NFSv4.1 lock: the caller may not write the file, so its lock's OPEN asks for reading only.
+    static let readOnlyLockOpen = NFSProgress(rawValue: 8192)
 }
 
 /// The FUSE request a plan serves, as far as its stages differ.
@@ -167,6 +169,9 @@ struct NFSStagePlan: Equatable {
             return !progress.contains(.guarded)
         case .none, .symlink, .mknod, .mkdir, .remove, .rmdir, .rename, .link:
             return false
+        // The same lock, unlock or open by the same owner twice is the same state once.
+        case .lockBegin, .lockOpen, .lock, .unlock, .lockTest, .unlockAll:
+            return true
         }
     }
 

@@ -1,8 +1,8 @@
 import DPFSPosix
 import NFSv4Wire
 
-// NFSv4 lock state of one device (not yet reached by any request: the LOCK/LOCKT/LOCKU stages
-// that use it come next; Specs/nfs-semantics.md, "NFSv4.1 locks", has the design).
+// NFSv4 lock state of one device (Specs/nfs-semantics.md, "NFSv4.1 locks"; the stages that use
+// it: NFSQueue+Locks4.swift).
 //
 // POSIX locks belong to a (process, file) pair, which FUSE names (lock owner, node). NFSv4 needs,
 // for each such pair, an open of the file by an open-owner and a lock stateid the first LOCK makes
@@ -112,7 +112,8 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// The entry's OPEN succeeded: its stateid (kept with sequence 0).
     func opened(_ entry: Int, _ stateid: NFSv4Stateid) {
         mutex.withLock {
-            precondition(flags[entry] & Self.busy != 0)
+            // Not busy: a new client emptied the table meanwhile (the open is the old client's).
+            guard flags[entry] & Self.busy != 0 else { return }
             opens[entry] = NFSv4Stateid(sequence: 0, other: stateid.other)
             flags[entry] |= Self.opened
         }
@@ -121,7 +122,7 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// The entry's first LOCK was granted: the lock stateid.
     func locked(_ entry: Int, _ stateid: NFSv4Stateid) {
         mutex.withLock {
-            precondition(flags[entry] & Self.busy != 0 && flags[entry] & Self.opened != 0)
+            guard flags[entry] & Self.busy != 0 && flags[entry] & Self.opened != 0 else { return }
             locks[entry] = NFSv4Stateid(sequence: 0, other: stateid.other)
             flags[entry] |= Self.locked
         }
@@ -131,7 +132,7 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// OPEN failed) is dropped: nothing on the server belongs to it.
     func finished(_ entry: Int) {
         mutex.withLock {
-            precondition(flags[entry] & Self.busy != 0)
+            guard flags[entry] & Self.busy != 0 else { return }
             flags[entry] &= ~Self.busy
             if flags[entry] & Self.opened == 0 { remove(entry) }
         }
@@ -152,12 +153,19 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// The teardown is done (whatever the server said: a lease that ends frees what is left).
     func ended(_ entry: Int) {
         mutex.withLock {
-            precondition(flags[entry] & Self.busy != 0)
+            guard flags[entry] & Self.busy != 0 else { return }
             remove(entry)
         }
     }
 
-    /// A new client (the server forgot the old one, and with it every open and lock): empty.
+    /// Whether the entry's owner has a lock stateid (its next LOCK names it, not the open).
+    func isLocked(_ entry: Int) -> Bool { mutex.withLock { flags[entry] & Self.locked != 0 } }
+
+    /// The entry's stateids (its request holds it busy, so they do not change under it).
+    func stateids(_ entry: Int) -> (open: NFSv4Stateid, lock: NFSv4Stateid) { mutex.withLock { (opens[entry], locks[entry]) } }
+
+    /// A new client (the server forgot the old one, and with it every open and lock): empty. A
+    /// request still working on an entry finds it gone and leaves it so.
     func reset() {
         mutex.withLock {
             flags.update(repeating: 0, count: capacity)

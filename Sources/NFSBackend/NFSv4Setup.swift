@@ -25,6 +25,10 @@ public final class NFSv4DeviceState: @unchecked Sendable {
 
     /// The server's lease (a third of it between renewals of an idle queue).
     public let leaseNanoseconds: UInt64
+    /// The open and lock stateids of every (node, lock owner) pair holding POSIX locks.
+    let locks = NFSv4LockTable(capacity: NFSv4DeviceState.lockPairsMax)
+    /// Pairs of (file, process) holding locks at once, across the device (more: ENOLCK).
+    static let lockPairsMax = 1024
 
     init(control: NFSv4ControlSession, leaseSeconds: UInt32) {
         self.control = control
@@ -49,6 +53,8 @@ public final class NFSv4DeviceState: @unchecked Sendable {
                     // control connection: the client is made again once, then the session.
                     try control.reestablish()
                     reestablished += 1
+                    // The server forgot the old client's opens and locks with it.
+                    locks.reset()
                     sessions = []
                     return try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax))
                 }
