@@ -58,6 +58,9 @@ extension NFSQueue {
         let unlocking = request.lockType == UInt32(F_UNLCK)
         switch locks.begin(node: node, owner: request.lockOwner) {
         case .wait: return waitForLockState4(slot)
+        case .lost:
+            finish(slot, .io)
+            return false
         case .full:
             // No room means no state of this pair: nothing of it to unlock.
             if unlocking { succeed(slot) } else { finish(slot, FUSEErrno(ENOLCK)) }

@@ -24,6 +24,9 @@ enum NFSv4LockStep: Equatable {
     case wait
     /// No room for another (node, owner): ENOLCK.
     case full
+    /// The pair held locks the server forgot (it restarted, or the lease ran out): EIO until the
+    /// owner closes the file (FLUSH ends the pair), as the guest cannot be told which it lost.
+    case lost
 }
 
 /// What FLUSH (the owner closed a descriptor of the file: POSIX drops all its locks there) undoes.
@@ -50,12 +53,12 @@ final class NFSv4LockTable: @unchecked Sendable {
     let owners: UnsafeMutablePointer<UInt64>
     let opens: UnsafeMutablePointer<NFSv4Stateid>
     let locks: UnsafeMutablePointer<NFSv4Stateid>
-    /// Bit 0: in use; bit 1: opened; bit 2: locked; bit 3: busy.
+    /// Bit 0: in use; bit 1: opened; bit 2: locked; bit 3: busy; bit 4: lost with an old client.
     let flags: UnsafeMutablePointer<UInt8>
     let mutex = HostMutex()
     private(set) var count = 0
 
-    static let inUse: UInt8 = 1, opened: UInt8 = 2, locked: UInt8 = 4, busy: UInt8 = 8
+    static let inUse: UInt8 = 1, opened: UInt8 = 2, locked: UInt8 = 4, busy: UInt8 = 8, lostState: UInt8 = 16
 
     init(capacity: Int) {
         precondition(capacity >= 1 && capacity <= 1 << 20)
@@ -94,6 +97,7 @@ final class NFSv4LockTable: @unchecked Sendable {
     func begin(node: UInt32, owner: UInt64) -> NFSv4LockStep {
         mutex.withLock {
             if let entry = find(node: node, owner: owner) {
+                if flags[entry] & Self.lostState != 0 { return .lost }
                 guard flags[entry] & Self.busy == 0 else { return .wait }
                 flags[entry] |= Self.busy
                 if flags[entry] & Self.locked != 0 { return .lockKnown(entry: entry, lock: locks[entry]) }
@@ -141,7 +145,12 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// FLUSH of (node, owner): what to undo on the server, with the entry busy until `ended`.
     func teardown(node: UInt32, owner: UInt64) -> NFSv4TeardownStep {
         mutex.withLock {
-            guard let entry = find(node: node, owner: owner) else { return .nothing }
+            guard count > 0, let entry = find(node: node, owner: owner) else { return .nothing }
+            // A pair whose locks the server forgot has nothing left there to undo.
+            if flags[entry] & Self.lostState != 0 {
+                remove(entry)
+                return .nothing
+            }
             guard flags[entry] & Self.busy == 0 else { return .wait }
             flags[entry] |= Self.busy
             let lock = flags[entry] & Self.locked != 0 ? locks[entry] : nil
@@ -164,14 +173,23 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// The entry's stateids (its request holds it busy, so they do not change under it).
     func stateids(_ entry: Int) -> (open: NFSv4Stateid, lock: NFSv4Stateid) { mutex.withLock { (opens[entry], locks[entry]) } }
 
-    /// A new client (the server forgot the old one, and with it every open and lock): empty. A
-    /// request still working on an entry finds it gone and leaves it so.
+    /// A new client (the server forgot the old one, and with it every open and lock): pairs that
+    /// held locks are lost (their LOCKs fail EIO until the owner closes the file); the others go.
+    /// A request still working on an entry finds it no longer busy and leaves it so.
     func reset() {
         mutex.withLock {
-            flags.update(repeating: 0, count: capacity)
-            count = 0
+            for entry in 0..<capacity where flags[entry] & Self.inUse != 0 {
+                if flags[entry] & Self.locked != 0 {
+                    flags[entry] = Self.inUse | Self.lostState
+                } else {
+                    remove(entry)
+                }
+            }
         }
     }
+
+    /// Pairs whose locks the server forgot, not yet closed by their owners.
+    func lostCount() -> Int { mutex.withLock { (0..<capacity).reduce(0) { $0 + (flags[$1] & Self.lostState != 0 ? 1 : 0) } } }
 
     func remove(_ entry: Int) {
         flags[entry] = 0

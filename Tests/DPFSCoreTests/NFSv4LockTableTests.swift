@@ -45,7 +45,7 @@ import Testing
         #expect(table.teardown(node: 2, owner: 1) == .nothing, "nothing to undo")
     }
 
-    @Test("a full table answers full (ENOLCK); a new client empties it")
+    @Test("a full table answers full (ENOLCK); a new client drops the pairs that held no lock")
     func bounded() {
         let table = NFSv4LockTable(capacity: 2)
         #expect(table.begin(node: 1, owner: 1) != .full)
@@ -54,5 +54,23 @@ import Testing
         table.reset()
         #expect(table.count == 0)
         #expect(table.begin(node: 3, owner: 1) != .full)
+    }
+
+    @Test("a new client makes the pairs that held locks lost: their LOCKs fail until FLUSH ends them")
+    func lostWithTheClient() {
+        let table = NFSv4LockTable(capacity: 4)
+        guard case .openThenLock(let entry) = table.begin(node: 5, owner: 9) else { Issue.record("no open first"); return }
+        table.opened(entry, Self.open)
+        table.locked(entry, Self.lock)
+        table.finished(entry)
+        guard case .openThenLock(let other) = table.begin(node: 6, owner: 9) else { Issue.record("no open first"); return }
+        table.reset()   // a request in flight on `other` when the client was made again
+        table.opened(other, Self.open)
+        table.finished(other)
+        #expect(table.lostCount() == 1 && table.count == 1, "only the pair that held a lock is lost")
+        #expect(table.begin(node: 5, owner: 9) == .lost)
+        #expect(table.teardown(node: 5, owner: 9) == .nothing, "nothing to undo on the server")
+        #expect(table.count == 0)
+        if case .openThenLock = table.begin(node: 5, owner: 9) {} else { Issue.record("a fresh start after the close") }
     }
 }

@@ -11,6 +11,8 @@ same one): the NFSv4.1 backend sends LOCK/LOCKT/LOCKU, so the server arbitrates.
   6. B's SETLKW against A's lock ends when a signal interrupts it; after A unlocks, B's SETLK works
      at once (the interrupted wait left nothing behind).
   7. After A closes, B's GETLK of everything reports no lock.
+With --restart-command: A holds a lock, the server restarts (and forgets it); A's next lock on
+that file fails EIO until A closes it, B gets the range meanwhile, and A after reopening sees B's.
 A's and B's processes are this script (B runs it with --worker, driven over a pipe).
 Exit status: the number of failed checks. `--expect-no-locks` inverts check 1 (the control: a
 mount whose locks stay in its own kernel lets B take the lock).
@@ -78,12 +80,62 @@ class Worker:
         return self.answer(timeout)
 
 
+def after_restart(args, check):
+    """A holds a lock; the server restarts and forgets it. A's next lock on that file fails EIO
+    (the guest cannot be told which locks it lost) until A closes it; B meanwhile gets the range."""
+    name = f"restart-{os.getpid()}"
+    path_a, path_b = os.path.join(args.mount_a, name), os.path.join(args.mount_b, name)
+    probe = os.path.join(args.mount_a, f"probe-{os.getpid()}")
+    for path in (path_a, probe):
+        with open(path, "wb") as f:
+            f.write(b"x" * 4096)
+    fd = os.open(path_a, os.O_RDWR)
+    lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 10)
+    subprocess.run(args.restart_command, shell=True, check=True, stdout=subprocess.DEVNULL)
+    # The engine makes its client again once a request needs the server: until a lock on another
+    # file works, failures are the reconnect's.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with open(probe, "r+b") as p:
+                lock(p.fileno(), fcntl.F_SETLK, fcntl.F_WRLCK, 0, 1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    try:
+        lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 20, 10)
+        check("lost-lock-eio", False, "A's lock after the restart succeeded")
+    except OSError as e:
+        check("lost-lock-eio", e.errno == errno.EIO, f"A's lock after the restart: {errno.errorcode.get(e.errno)}")
+    b = Worker(path_b)
+    got = b.call(op="setlk", type=fcntl.F_WRLCK, start=0, len=10)
+    check("lost-lock-gone-on-server", got is not None and got["ok"], f"B's SETLK of A's old range: {got}")
+    os.close(fd)
+    fd = os.open(path_a, os.O_RDWR)
+    try:
+        lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 10)
+        check("reopened-sees-conflict", False, "A locked B's range")
+    except OSError as e:
+        check("reopened-sees-conflict", e.errno in (errno.EAGAIN, errno.EACCES), f"A after reopening: {errno.errorcode.get(e.errno)}")
+    b.call(op="close")
+    try:
+        lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 10)
+        check("reopened-locks", True)
+    except OSError as e:
+        check("reopened-locks", False, f"A after B closed: {errno.errorcode.get(e.errno)}")
+    os.close(fd)
+    b.process.kill()
+    for path in (path_a, probe):
+        os.unlink(path)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
     parser.add_argument("--mount-a")
     parser.add_argument("--mount-b")
     parser.add_argument("--expect-no-locks", action="store_true")
+    parser.add_argument("--restart-command", help="restart the server, then check the lost-lock rules instead")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker)
@@ -93,6 +145,10 @@ def main():
         nonlocal failures
         print(f"RESULT locks-{name}-{'ok' if good else 'FAILED'}{': ' + detail if detail and not good else ''}", flush=True)
         failures += 0 if good else 1
+
+    if args.restart_command:
+        after_restart(args, check)
+        return failures
 
     name = f"locks-{os.getpid()}"
     path_a, path_b = os.path.join(args.mount_a, name), os.path.join(args.mount_b, name)

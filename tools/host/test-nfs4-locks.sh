@@ -4,6 +4,8 @@
 # SETLKW woken by an unlock and by a close, and an interrupted SETLKW, between two processes
 #   1. on two mounts served by two engines (two NFSv4.1 clients of one export: the server decides);
 #   2. on one mount (both processes' locks still go to the server);
+#   3. across a server restart, which forgets them: the holder's next lock on the file fails EIO
+#      until it closes the file, and the other engine's process gets the range meanwhile;
 # and the control, which must fail: the same checks over NFSv3, where the guest's kernel keeps
 # locks (no NLM), so a lock through one engine is not seen through the other.
 # Needs root. Uses .build/release/dpfs-engine (built if missing). Exit status: failed checks.
@@ -54,6 +56,12 @@ engines() {
 if engines 4.1; then
   if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-b"; then ok two-engines; else bad two-engines "see above"; fi
   if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-a"; then ok one-engine; else bad one-engine "see above"; fi
+  # The server restarts (Graceless: it forgets every lock at once): a lock held through it is lost.
+  if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-b" --restart-command "tools/nfs-server.sh restart"; then
+    ok lost-on-restart
+  else
+    bad lost-on-restart "see above"
+  fi
 fi
 stop_engines
 grep -h "NFS server faults\|lock" "$work"/engine-a-4.1.log | tail -2 | sed 's/^/    /'
