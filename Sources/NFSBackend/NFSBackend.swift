@@ -219,6 +219,8 @@ final class NFSQueue: @unchecked Sendable {
     var renewals = 0
     /// SETLKW refusals this queue asked again (NFSv4.1 locks).
     var lockRetries = 0
+    /// The device stops or resets: no SETLKW waits any more.
+    var stopping = false
     /// The slot `begin` is issuing: an answer written before it returns is `.done`, not a completion.
     var startingSlot = -1
     var startAnsweredInline = false
@@ -312,6 +314,11 @@ public struct NFSBackend: FileSystem {
         queue?.journal.reset()
     }
 
+    /// A new session (after a reset the device quiesced for): its SETLKWs wait again.
+    public mutating func sessionStarted(_ session: NegotiatedSession) {
+        queue?.stopping = false
+    }
+
     public mutating func deviceSessionBegins(_ session: NegotiatedSession) {
         device.resetSession()
     }
@@ -351,6 +358,8 @@ public struct NFSBackend: FileSystem {
     }
 
     public mutating func quiesce() {
-        // Nothing to cancel: NFS calls cannot be recalled. In-flight ones finish or time out.
+        // NFS calls cannot be recalled: in-flight ones finish or time out. A SETLKW waiting for a
+        // lock has no deadline, so it ends here (EINTR) rather than hold the stop forever.
+        queue?.cancelLockWaits4()
     }
 }

@@ -56,6 +56,10 @@ extension NFSQueue {
             }
         }
         let unlocking = request.lockType == UInt32(F_UNLCK)
+        if request.lockWaits && records[slot].deadline == .max && (stopping || device.v4!.takeInterrupt(request.unique)) {
+            finish(slot, stopping ? .io : FUSEErrno(EINTR))
+            return false
+        }
         switch locks.begin(node: node, owner: request.lockOwner) {
         case .wait: return waitForLockState4(slot)
         case .lost:
@@ -78,14 +82,23 @@ extension NFSQueue {
 
     /// A pair that holds no lock yet: an unlock has nothing to undo; a lock goes with `call`.
     func lockStage4(_ slot: Int, entry: Int, unlocking: Bool, call: NFSCall) -> Bool {
+        records[slot].request.lockEntry = entry
         guard !unlocking else {
-            device.v4!.locks.finished(entry)
             succeed(slot)
             return false
         }
-        records[slot].request.lockEntry = entry
         records[slot].plan.call = call
         return true
+    }
+
+    /// The slot's hold on its lock-table entry ends (its answer, a timeout, a lost connection, a
+    /// malformed reply: every way a request ends comes through `complete`, which calls this). FLUSH's
+    /// teardown ends the pair; anything else leaves it for the next request.
+    func releaseLockEntry4(_ slot: Int) {
+        let entry = records[slot].request.lockEntry
+        guard entry >= 0, let state = device.v4 else { return }
+        records[slot].request.lockEntry = -1
+        if records[slot].request.opcodeRaw == FUSEOpcode.flush.rawValue { state.locks.ended(entry) } else { state.locks.finished(entry) }
     }
 
     /// Another request of the pair is at work: this one asks again shortly (within its deadline).
@@ -120,7 +133,8 @@ extension NFSQueue {
         let call = records[slot].plan.call
         let ids = entry >= 0 ? locks.stateids(entry) : (open: NFSv4Stateid(), lock: NFSv4Stateid())
         let known = entry >= 0 && locks.isLocked(entry)
-        let access = records[slot].plan.progress.contains(.readOnlyLockOpen) ? NFSv4ShareAccess.read : NFSv4ShareAccess.both
+        let lockAccess = request.lockType == UInt32(F_WRLCK) ? NFSv4ShareAccess.write : NFSv4ShareAccess.read
+        let access = records[slot].plan.progress.contains(.readOnlyLockOpen) ? lockAccess : NFSv4ShareAccess.both
         return withUnsafeBytes(of: owner) { ownerBytes in
             compound4(slot, rpc, tag, cacheThis: call != .lockTest) { writer in
                 writer.putfh(primary)
@@ -169,7 +183,6 @@ extension NFSQueue {
                 status = try reader.next(.locku)
                 if status == .ok { _ = try reader.lockuResult() }
             }
-            device.v4!.locks.finished(records[slot].request.lockEntry)
             if status == .ok { succeed(slot) } else { finish(slot, Self.lockErrno(status)) }
         case .lockTest:
             var holder: NFSv4LockDenied? = nil
@@ -189,20 +202,18 @@ extension NFSQueue {
         let locks = device.v4!.locks
         let entry = records[slot].request.lockEntry
         guard status == .ok else {
-            let readLock = records[slot].request.lockType == UInt32(F_RDLCK)
-            if (status == .access || status == .perm) && readLock && !records[slot].plan.progress.contains(.readOnlyLockOpen) {
+            // Read and write access refused (a read-only file or export, a write-only file): the
+            // access the lock's type needs is enough.
+            let refused = status == .access || status == .perm || status == .rofs
+            if refused && !records[slot].plan.progress.contains(.readOnlyLockOpen) {
                 records[slot].plan.progress.insert(.readOnlyLockOpen)
                 return issue(slot)
             }
-            locks.finished(entry)
             return finish(slot, Self.lockErrno(status))
         }
         let opened = try reader.openResult()
         // 4.1 needs no OPEN_CONFIRM; a server asking for one is not speaking 4.1.
-        guard !opened.needsConfirm else {
-            locks.finished(entry)
-            return perform(slot, .malformed)
-        }
+        guard !opened.needsConfirm else { return perform(slot, .malformed) }
         locks.opened(entry, opened.stateid)
         records[slot].plan.call = .lock
         issue(slot)
@@ -215,14 +226,21 @@ extension NFSQueue {
         let entry = records[slot].request.lockEntry
         if let granted {
             if !locks.isLocked(entry) { locks.locked(entry, granted) }
-            locks.finished(entry)
             return succeed(slot)
         }
-        locks.finished(entry)
         guard status == .denied, records[slot].request.lockWaits else { return finish(slot, Self.lockErrno(status)) }
+        waitForLock4(slot)
+    }
+
+    /// A refused SETLKW: the pair is free for others meanwhile, and the LOCK goes again in 200 ms
+    /// unless the guest interrupted it (on any queue of the device).
+    func waitForLock4(_ slot: Int) {
+        releaseLockEntry4(slot)
+        // The device stops: EIO (EINTR, with no signal pending, would reach the caller as ERESTARTSYS).
+        if stopping { return finish(slot, .io) }
+        if device.v4!.takeInterrupt(records[slot].request.unique) { return finish(slot, FUSEErrno(EINTR)) }
         lockRetries += 1
         records[slot].deadline = .max
-        records[slot].request.lockEntry = -1
         records[slot].plan.call = .lockBegin
         if !delay4(slot, now: monotonicNanoseconds()) { finish(slot, .io) }
     }
@@ -235,31 +253,38 @@ extension NFSQueue {
             return complete(slot)
         }
         guard let holder else { return finish(slot, Self.lockErrno(status)) }
-        let last = holder.length == 0 || holder.length > UInt64(Int64.max) - holder.offset
-            ? UInt64(Int64.max) : holder.offset + holder.length - 1
-        reply.lock(start: holder.offset, end: last, type: UInt32(holder.type.isWrite ? F_WRLCK : F_RDLCK), pid: 0)
+        // Another client's lock may lie past OFFSET_MAX, which no guest can name: clamp both ends.
+        let offsetMax = UInt64(Int64.max)
+        let start = min(holder.offset, offsetMax)
+        let (sum, overflow) = holder.offset.addingReportingOverflow(holder.length == 0 ? 0 : holder.length - 1)
+        let last = overflow || sum > offsetMax ? offsetMax : sum
+        reply.lock(start: start, end: max(last, start), type: UInt32(holder.type.isWrite ? F_WRLCK : F_RDLCK), pid: 0)
         complete(slot)
     }
 
     /// FLUSH's LOCKU, FREE_STATEID and CLOSE: whatever the server says, the pair's state is over
     /// here (a lease that ends frees what the server kept); then the COMMIT FLUSH makes anyway.
     func answeredUnlockAll4(_ slot: Int, _ putfh: NFSv4Status, _ reader: inout CompoundReader) throws(XDRError) {
-        let locks = device.v4!.locks
-        let entry = records[slot].request.lockEntry
         var status = putfh
-        if status == .ok && reader.resultsRead < reader.results && locks.isLocked(entry) {
+        // What was sent: LOCKU and FREE_STATEID when there were five operations (SEQUENCE, PUTFH,
+        // LOCKU, FREE_STATEID, CLOSE), CLOSE alone when three.
+        if status == .ok && v4!.operationsSent[slot] == 5 && reader.resultsRead < reader.results {
             status = try reader.next(.locku)
             if status == .ok { _ = try reader.lockuResult() }
             if status == .ok { status = try reader.next(.freeStateid) }
         }
         if status == .ok, reader.resultsRead < reader.results, try reader.next(.close) == .ok { _ = try reader.stateidResult() }
-        locks.ended(entry)
+        releaseLockEntry4(slot)
         if afterTeardown4(slot) { issue(slot) }
     }
 
-    /// INTERRUPT of a SETLKW waiting for its lock: it ends EINTR (the guest's process got a signal).
+    /// INTERRUPT of a SETLKW waiting for its lock: it ends EINTR (the guest's process got a
+    /// signal). The INTERRUPT may come on any queue (FUSE-over-io_uring reads it from whichever
+    /// wakes first), and the SETLKW may have its LOCK in flight: the device remembers it, and the
+    /// SETLKW's queue looks before each wait. This queue's own waiting SETLKW ends at once.
     func interruptLock4(unique: UInt64) {
         guard let session = v4 else { return }
+        device.v4!.noteInterrupt(unique)
         for slot in 0..<slotCount where records[slot].state == .waiting && records[slot].plan.call == .lockBegin
             && records[slot].request.unique == unique && records[slot].request.lockWaits {
             if session.retryAtNanoseconds[slot] != 0 {
@@ -268,8 +293,27 @@ extension NFSQueue {
             }
             records[slot].state = .free
             waiting -= 1
+            _ = device.v4!.takeInterrupt(unique)
             finish(slot, FUSEErrno(EINTR))
             return
+        }
+    }
+
+    /// The device stops or resets: a SETLKW waiting for its lock ends EIO (nothing else of this
+    /// backend waits without a deadline).
+    func cancelLockWaits4() {
+        guard let session = v4 else { return }
+        // One whose LOCK is in flight now ends when its answer comes (`waitForLock4`).
+        stopping = true
+        for slot in 0..<slotCount where records[slot].state == .waiting && records[slot].plan.call == .lockBegin
+            && records[slot].request.lockWaits && records[slot].deadline == .max {
+            if session.retryAtNanoseconds[slot] != 0 {
+                session.retryAtNanoseconds[slot] = 0
+                session.delayedCount -= 1
+            }
+            records[slot].state = .free
+            waiting -= 1
+            finish(slot, .io)
         }
     }
 }

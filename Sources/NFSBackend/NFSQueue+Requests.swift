@@ -636,6 +636,7 @@ extension NFSQueue {
 
     /// Ends a request whose reply is written: unpins, frees the slot, completes the token.
     func complete(_ slot: Int) {
+        if records[slot].request.lockEntry >= 0 { releaseLockEntry4(slot) }
         if records[slot].plan.progress.contains(.countedOpen) {
             // The OPEN failed: its count goes. Should that leave a file hidden meanwhile with no open,
             // its hidden name stays on the server (as after a crash): a failed OPEN racing an UNLINK.

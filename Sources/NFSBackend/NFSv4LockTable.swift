@@ -55,6 +55,10 @@ final class NFSv4LockTable: @unchecked Sendable {
     let locks: UnsafeMutablePointer<NFSv4Stateid>
     /// Bit 0: in use; bit 1: opened; bit 2: locked; bit 3: busy; bit 4: lost with an old client.
     let flags: UnsafeMutablePointer<UInt8>
+    /// Bumped whenever an index changes hands or loses its state: a request names its entry as
+    /// index | generation << 32, so one that outlived its pair (a new client, a removal) touches
+    /// nothing of the pair that has the index now.
+    let generations: UnsafeMutablePointer<UInt32>
     let mutex = HostMutex()
     private(set) var count = 0
 
@@ -73,6 +77,8 @@ final class NFSv4LockTable: @unchecked Sendable {
         locks.initialize(repeating: NFSv4Stateid(), count: capacity)
         flags = .allocate(capacity: capacity)
         flags.initialize(repeating: 0, count: capacity)
+        generations = .allocate(capacity: capacity)
+        generations.initialize(repeating: 1, count: capacity)
     }
 
     deinit {
@@ -81,6 +87,17 @@ final class NFSv4LockTable: @unchecked Sendable {
         opens.deallocate()
         locks.deallocate()
         flags.deallocate()
+        generations.deallocate()
+    }
+
+    /// The handle a request keeps for `index` (the caller holds the mutex).
+    func handle(_ index: Int) -> Int { index | Int(generations[index]) << 32 }
+
+    /// The index `entry` names while its generation holds, else nil (the caller holds the mutex).
+    func index(_ entry: Int) -> Int? {
+        let index = entry & 0xFFFF_FFFF
+        guard entry >= 0, index < capacity, generations[index] == UInt32(truncatingIfNeeded: entry >> 32) else { return nil }
+        return index
     }
 
     /// The entry of (node, owner), if any (the caller holds the mutex). A linear scan: the table
@@ -96,39 +113,40 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// leaves the entry busy until `finished`.
     func begin(node: UInt32, owner: UInt64) -> NFSv4LockStep {
         mutex.withLock {
-            if let entry = find(node: node, owner: owner) {
-                if flags[entry] & Self.lostState != 0 { return .lost }
-                guard flags[entry] & Self.busy == 0 else { return .wait }
-                flags[entry] |= Self.busy
-                if flags[entry] & Self.locked != 0 { return .lockKnown(entry: entry, lock: locks[entry]) }
-                if flags[entry] & Self.opened != 0 { return .lockFromOpen(entry: entry, open: opens[entry]) }
+            if let index = find(node: node, owner: owner) {
+                if flags[index] & Self.lostState != 0 { return .lost }
+                guard flags[index] & Self.busy == 0 else { return .wait }
+                flags[index] |= Self.busy
+                let entry = handle(index)
+                if flags[index] & Self.locked != 0 { return .lockKnown(entry: entry, lock: locks[index]) }
+                if flags[index] & Self.opened != 0 { return .lockFromOpen(entry: entry, open: opens[index]) }
                 return .openThenLock(entry: entry)
             }
-            guard count < capacity, let entry = (0..<capacity).first(where: { flags[$0] & Self.inUse == 0 }) else { return .full }
-            nodes[entry] = node
-            owners[entry] = owner
-            flags[entry] = Self.inUse | Self.busy
+            guard count < capacity, let index = (0..<capacity).first(where: { flags[$0] & Self.inUse == 0 }) else { return .full }
+            nodes[index] = node
+            owners[index] = owner
+            flags[index] = Self.inUse | Self.busy
             count += 1
-            return .openThenLock(entry: entry)
+            return .openThenLock(entry: handle(index))
         }
     }
 
-    /// The entry's OPEN succeeded: its stateid (kept with sequence 0).
+    /// The entry's OPEN succeeded: its stateid (kept with sequence 0). An entry whose generation
+    /// passed (a new client, a removal) is left alone, here and below.
     func opened(_ entry: Int, _ stateid: NFSv4Stateid) {
         mutex.withLock {
-            // Not busy: a new client emptied the table meanwhile (the open is the old client's).
-            guard flags[entry] & Self.busy != 0 else { return }
-            opens[entry] = NFSv4Stateid(sequence: 0, other: stateid.other)
-            flags[entry] |= Self.opened
+            guard let index = index(entry), flags[index] & Self.busy != 0 else { return }
+            opens[index] = NFSv4Stateid(sequence: 0, other: stateid.other)
+            flags[index] |= Self.opened
         }
     }
 
     /// The entry's first LOCK was granted: the lock stateid.
     func locked(_ entry: Int, _ stateid: NFSv4Stateid) {
         mutex.withLock {
-            guard flags[entry] & Self.busy != 0 && flags[entry] & Self.opened != 0 else { return }
-            locks[entry] = NFSv4Stateid(sequence: 0, other: stateid.other)
-            flags[entry] |= Self.locked
+            guard let index = index(entry), flags[index] & Self.busy != 0, flags[index] & Self.opened != 0 else { return }
+            locks[index] = NFSv4Stateid(sequence: 0, other: stateid.other)
+            flags[index] |= Self.locked
         }
     }
 
@@ -136,42 +154,44 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// OPEN failed) is dropped: nothing on the server belongs to it.
     func finished(_ entry: Int) {
         mutex.withLock {
-            guard flags[entry] & Self.busy != 0 else { return }
-            flags[entry] &= ~Self.busy
-            if flags[entry] & Self.opened == 0 { remove(entry) }
+            guard let index = index(entry), flags[index] & Self.busy != 0 else { return }
+            flags[index] &= ~Self.busy
+            if flags[index] & Self.opened == 0 { remove(index) }
         }
     }
 
     /// FLUSH of (node, owner): what to undo on the server, with the entry busy until `ended`.
     func teardown(node: UInt32, owner: UInt64) -> NFSv4TeardownStep {
         mutex.withLock {
-            guard count > 0, let entry = find(node: node, owner: owner) else { return .nothing }
+            guard count > 0, let index = find(node: node, owner: owner) else { return .nothing }
             // A pair whose locks the server forgot has nothing left there to undo.
-            if flags[entry] & Self.lostState != 0 {
-                remove(entry)
+            if flags[index] & Self.lostState != 0 {
+                remove(index)
                 return .nothing
             }
-            guard flags[entry] & Self.busy == 0 else { return .wait }
-            flags[entry] |= Self.busy
-            let lock = flags[entry] & Self.locked != 0 ? locks[entry] : nil
-            let open = flags[entry] & Self.opened != 0 ? opens[entry] : nil
-            return .undo(NFSv4LockTeardown(entry: entry, lock: lock, open: open))
+            guard flags[index] & Self.busy == 0 else { return .wait }
+            flags[index] |= Self.busy
+            let lock = flags[index] & Self.locked != 0 ? locks[index] : nil
+            let open = flags[index] & Self.opened != 0 ? opens[index] : nil
+            return .undo(NFSv4LockTeardown(entry: handle(index), lock: lock, open: open))
         }
     }
 
     /// The teardown is done (whatever the server said: a lease that ends frees what is left).
     func ended(_ entry: Int) {
         mutex.withLock {
-            guard flags[entry] & Self.busy != 0 else { return }
-            remove(entry)
+            guard let index = index(entry), flags[index] & Self.busy != 0 else { return }
+            remove(index)
         }
     }
 
     /// Whether the entry's owner has a lock stateid (its next LOCK names it, not the open).
-    func isLocked(_ entry: Int) -> Bool { mutex.withLock { flags[entry] & Self.locked != 0 } }
+    func isLocked(_ entry: Int) -> Bool { mutex.withLock { index(entry).map { flags[$0] & Self.locked != 0 } ?? false } }
 
     /// The entry's stateids (its request holds it busy, so they do not change under it).
-    func stateids(_ entry: Int) -> (open: NFSv4Stateid, lock: NFSv4Stateid) { mutex.withLock { (opens[entry], locks[entry]) } }
+    func stateids(_ entry: Int) -> (open: NFSv4Stateid, lock: NFSv4Stateid) {
+        mutex.withLock { index(entry).map { (opens[$0], locks[$0]) } ?? (NFSv4Stateid(), NFSv4Stateid()) }
+    }
 
     /// A new client (the server forgot the old one, and with it every open and lock): pairs that
     /// held locks are lost (their LOCKs fail EIO until the owner closes the file); the others go.
@@ -181,6 +201,7 @@ final class NFSv4LockTable: @unchecked Sendable {
             for entry in 0..<capacity where flags[entry] & Self.inUse != 0 {
                 if flags[entry] & Self.locked != 0 {
                     flags[entry] = Self.inUse | Self.lostState
+                    generations[entry] &+= 1
                 } else {
                     remove(entry)
                 }
@@ -191,8 +212,9 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// Pairs whose locks the server forgot, not yet closed by their owners.
     func lostCount() -> Int { mutex.withLock { (0..<capacity).reduce(0) { $0 + (flags[$1] & Self.lostState != 0 ? 1 : 0) } } }
 
-    func remove(_ entry: Int) {
-        flags[entry] = 0
+    func remove(_ index: Int) {
+        flags[index] = 0
+        generations[index] &+= 1
         count -= 1
     }
 }

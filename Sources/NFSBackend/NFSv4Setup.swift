@@ -29,12 +29,35 @@ public final class NFSv4DeviceState: @unchecked Sendable {
     let locks = NFSv4LockTable(capacity: NFSv4DeviceState.lockPairsMax)
     /// Pairs of (file, process) holding locks at once, across the device (more: ENOLCK).
     static let lockPairsMax = 1024
+    /// INTERRUPTs of SETLKWs, by request unique, for whichever queue holds the SETLKW (a ring: an
+    /// interrupt for a request already answered is overwritten in time; uniques never repeat).
+    let interrupts = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: NFSv4DeviceState.interruptsMax)
+    static let interruptsMax = 64
+    let interruptNext = Atomic<Int>(0)
+
+    func noteInterrupt(_ unique: UInt64) {
+        guard unique != 0 else { return }
+        let at = interruptNext.add(1, ordering: .relaxed).oldValue & (Self.interruptsMax - 1)
+        interrupts[at].store(unique, ordering: .releasing)
+    }
+
+    /// Whether `unique` was interrupted (then forgotten: one EINTR per INTERRUPT).
+    func takeInterrupt(_ unique: UInt64) -> Bool {
+        guard unique != 0 else { return false }
+        for at in 0..<Self.interruptsMax where interrupts[at].load(ordering: .acquiring) == unique {
+            return interrupts[at].compareExchange(expected: unique, desired: 0, ordering: .acquiringAndReleasing).exchanged
+        }
+        return false
+    }
 
     init(control: NFSv4ControlSession, leaseSeconds: UInt32) {
         self.control = control
         // A server that names no lease gets the protocol's usual 90 s; one under 3 s, 3 s.
         leaseNanoseconds = UInt64(leaseSeconds == 0 ? 90 : max(leaseSeconds, 3)) * 1_000_000_000
+        for at in 0..<Self.interruptsMax { (interrupts + at).initialize(to: Atomic(0)) }
     }
+
+    deinit { interrupts.deallocate() }
 
     /// A session of up to `slots` fore-channel slots for one queue: its id and the slots granted.
     func makeSession(slots: Int, transferBytesMax: Int, replacing previous: NFSv4SessionID?) throws(NFSStartupError) -> (NFSv4SessionID, Int) {

@@ -4,7 +4,8 @@
 # SETLKW woken by an unlock and by a close, and an interrupted SETLKW, between two processes
 #   1. on two mounts served by two engines (two NFSv4.1 clients of one export: the server decides);
 #   2. on one mount (both processes' locks still go to the server);
-#   3. across a server restart, which forgets them: the holder's next lock on the file fails EIO
+#   3. an engine told to stop while a SETLKW waits on it stops (the wait ends EINTR);
+#   4. across a server restart, which forgets them: the holder's next lock on the file fails EIO
 #      until it closes the file, and the other engine's process gets the range meanwhile;
 # and the control, which must fail: the same checks over NFSv3, where the guest's kernel keeps
 # locks (no NLM), so a lock through one engine is not seen through the other.
@@ -56,6 +57,28 @@ engines() {
 if engines 4.1; then
   if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-b"; then ok two-engines; else bad two-engines "see above"; fi
   if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-a"; then ok one-engine; else bad one-engine "see above"; fi
+  # An engine told to stop while a SETLKW waits on it ends the wait rather than hang its stop.
+  touch "$work/mnt-a/held"
+  python3 -c 'import fcntl, sys, time; f = open(sys.argv[1], "r+"); fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(60)' "$work/mnt-a/held" &
+  holder=$!
+  sleep 1
+  python3 -c 'import fcntl, sys; f = open(sys.argv[1], "r+"); fcntl.lockf(f, fcntl.LOCK_EX)' "$work/mnt-b/held" >/dev/null 2>&1 &
+  waiter=$!
+  sleep 1
+  if kill -0 $waiter 2>/dev/null; then
+    started=$SECONDS
+    kill -TERM "${pids[1]}"
+    for _ in $(seq 1 100); do kill -0 "${pids[1]}" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "${pids[1]}" 2>/dev/null; then bad stop-ends-setlkw "engine b still runs 10 s after SIGTERM with a SETLKW waiting"; else ok stop-ends-setlkw; fi
+    wait "${pids[1]}" 2>/dev/null
+    $engine --fuse-mount "$work/mnt-b" --backend nfs --nfs-url "$(grep "version=4" <<<"$urls" | sed "s/version=4&/version=4.1\&/")" --cache never --fuse-transport uring \
+      >"$work/engine-b2.log" 2>&1 &
+    pids[1]=$!
+    for _ in $(seq 1 150); do grep -q "INIT agreed" "$work/engine-b2.log" 2>/dev/null && break; sleep 0.1; done
+  else
+    bad stop-ends-setlkw "the SETLKW did not wait (the holder's lock was not seen)"
+  fi
+  kill $holder $waiter 2>/dev/null; wait $holder $waiter 2>/dev/null
   # The server restarts (Graceless: it forgets every lock at once): a lock held through it is lost.
   if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-b" --restart-command "tools/nfs-server.sh restart"; then
     ok lost-on-restart
