@@ -31,6 +31,11 @@ extension NFSQueue {
         return write ? .write : .read
     }
 
+    /// The server no longer knows the stateid named: the pair's locks are gone there.
+    static func stateGone(_ status: NFSv4Status) -> Bool {
+        status == .badStateid || status == .staleStateid || status == .expired || status.rawValue == 10047   // ADMIN_REVOKED
+    }
+
     static func lockErrno(_ status: NFSv4Status) -> FUSEErrno {
         switch status {
         case .denied: return .tryAgain
@@ -183,6 +188,7 @@ extension NFSQueue {
                 status = try reader.next(.locku)
                 if status == .ok { _ = try reader.lockuResult() }
             }
+            if Self.stateGone(status) { device.v4!.locks.lose(records[slot].request.lockEntry) }
             if status == .ok { succeed(slot) } else { finish(slot, Self.lockErrno(status)) }
         case .lockTest:
             var holder: NFSv4LockDenied? = nil
@@ -228,6 +234,7 @@ extension NFSQueue {
             if !locks.isLocked(entry) { locks.locked(entry, granted) }
             return succeed(slot)
         }
+        if Self.stateGone(status) { locks.lose(entry) }
         guard status == .denied, records[slot].request.lockWaits else { return finish(slot, Self.lockErrno(status)) }
         waitForLock4(slot)
     }

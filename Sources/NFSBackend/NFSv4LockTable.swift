@@ -185,6 +185,16 @@ final class NFSv4LockTable: @unchecked Sendable {
         }
     }
 
+    /// The server no longer knows the pair's lock stateid (BAD_STATEID, EXPIRED, ADMIN_REVOKED):
+    /// its locks are gone there, so it is lost like a pair of an old client.
+    func lose(_ entry: Int) {
+        mutex.withLock {
+            guard let index = index(entry), flags[index] & Self.locked != 0 else { return }
+            flags[index] = Self.inUse | Self.lostState
+            generations[index] &+= 1
+        }
+    }
+
     /// Whether the entry's owner has a lock stateid (its next LOCK names it, not the open).
     func isLocked(_ entry: Int) -> Bool { mutex.withLock { index(entry).map { flags[$0] & Self.locked != 0 } ?? false } }
 

@@ -73,4 +73,23 @@ import Testing
         #expect(table.count == 0)
         if case .openThenLock = table.begin(node: 5, owner: 9) {} else { Issue.record("a fresh start after the close") }
     }
+
+    @Test("a request that outlived its pair touches nothing of the pair that has its index now; a stateid the server lost makes the pair lost")
+    func generations() {
+        let table = NFSv4LockTable(capacity: 1)
+        guard case .openThenLock(let old) = table.begin(node: 1, owner: 1) else { Issue.record("no open first"); return }
+        table.finished(old)   // OPEN refused: the pair goes, its index is free
+        guard case .openThenLock(let new) = table.begin(node: 2, owner: 2) else { Issue.record("no open first"); return }
+        #expect(new & 0xFFFF_FFFF == old & 0xFFFF_FFFF && new != old, "the same index, a new generation")
+        table.opened(old, Self.open)
+        table.finished(old)
+        #expect(table.begin(node: 2, owner: 2) == .wait, "the new pair is still busy: the old request's finish did nothing")
+        table.opened(new, Self.open)
+        table.locked(new, Self.lock)
+        table.finished(new)
+        guard case .lockKnown(let again, _) = table.begin(node: 2, owner: 2) else { Issue.record("not locked"); return }
+        table.lose(again)   // BAD_STATEID on the LOCK
+        table.finished(again)
+        #expect(table.begin(node: 2, owner: 2) == .lost)
+    }
 }
