@@ -37,13 +37,17 @@ public final class NFSDevice: @unchecked Sendable {
     let renewalCount = Atomic<Int>(0)
     /// NFSv4.1: SEQUENCEs the server refused (a session or slot out of step, an expired client).
     let sequenceFailureCount = Atomic<Int>(0)
+    /// NFSv4.1 lock owners whose state a guest session left, released when the next began (or not:
+    /// left to the lease).
+    public let locksReleasedAtSessionEnd = Atomic<Int>(0)
+    let locksLeftToLease = Atomic<Int>(0)
 
     /// What went wrong with the server and what the backend did about it, for the engine's log.
     public var faultReport: String {
         "NFS server faults: \(reconnectCount.load(ordering: .relaxed)) reconnect(s), \(timeoutCount.load(ordering: .relaxed)) request(s) failed EIO by the timeout, "
             + "\(resentWriteCount.load(ordering: .relaxed)) uncommitted write(s) resent after a server restart, "
             + "\(unjournaledWriteCount.load(ordering: .relaxed)) write(s) not journaled for want of room (their opens' fsync fails EIO after a restart)"
-            + (v4.map { "; NFSv4.1: \(renewalCount.load(ordering: .relaxed)) lease renewal(s) by idle queues, \(sequenceFailureCount.load(ordering: .relaxed)) SEQUENCE(s) refused, client made again \($0.reestablished) time(s)" } ?? "")
+            + (v4.map { "; NFSv4.1: \(renewalCount.load(ordering: .relaxed)) lease renewal(s) by idle queues, \(sequenceFailureCount.load(ordering: .relaxed)) SEQUENCE(s) refused, client made again \($0.reestablished) time(s), \(locksReleasedAtSessionEnd.load(ordering: .relaxed)) lock owner(s) of ended sessions released (\(locksLeftToLease.load(ordering: .relaxed)) left to the lease)" } ?? "")
     }
 
     /// The fault counters, for `/metrics`.
@@ -114,6 +118,12 @@ public final class NFSDevice: @unchecked Sendable {
 
     /// The kernel of a new session knows none of the old inodes or opens.
     public func resetSession() {
+        // NFSv4.1: the old session's locks go first, while the node table still names their files.
+        if let v4 {
+            let outcome = v4.releaseLocks { index in Array(nodes.handle(index)) }
+            locksReleasedAtSessionEnd.add(outcome.released, ordering: .relaxed)
+            locksLeftToLease.add(outcome.failed, ordering: .relaxed)
+        }
         // Opens first: each holds a pin of its node. A hidden file of the old session stays on the
         // server under its hidden name (as an NFS client's .nfsXXXX after a crash).
         files.closeAll { node in

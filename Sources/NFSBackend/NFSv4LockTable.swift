@@ -219,6 +219,29 @@ final class NFSv4LockTable: @unchecked Sendable {
         }
     }
 
+    /// A held pair, as the end of a guest session hands it over to be undone on the server.
+    struct HeldPair {
+        let node: UInt32
+        let open: NFSv4Stateid
+        let lock: NFSv4Stateid?
+    }
+
+    /// Every pair with an open on the server, the table emptied (a guest session ended: none of its
+    /// processes exists any more). Control path only: the array is made here.
+    func drain() -> [HeldPair] {
+        mutex.withLock {
+            var held: [HeldPair] = []
+            for index in 0..<capacity where flags[index] & Self.inUse != 0 {
+                if flags[index] & Self.opened != 0 && flags[index] & Self.lostState == 0 {
+                    held.append(HeldPair(node: nodes[index], open: opens[index],
+                                         lock: flags[index] & Self.locked != 0 ? locks[index] : nil))
+                }
+                remove(index)
+            }
+            return held
+        }
+    }
+
     /// Pairs whose locks the server forgot, not yet closed by their owners.
     func lostCount() -> Int { mutex.withLock { (0..<capacity).reduce(0) { $0 + (flags[$1] & Self.lostState != 0 ? 1 : 0) } } }
 

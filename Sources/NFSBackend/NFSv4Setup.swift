@@ -35,6 +35,34 @@ public final class NFSv4DeviceState: @unchecked Sendable {
     static let interruptsMax = 64
     let interruptNext = Atomic<Int>(0)
 
+    /// A guest session ended: every lock and open its processes held on the server is undone
+    /// (LOCKU of everything, FREE_STATEID, CLOSE per pair, on the control session), or other clients
+    /// would wait on them until the engine stops. `handle` names a pair's file (the node table still
+    /// holds it). Returns the pairs released, and the failures (left to the lease).
+    func releaseLocks(_ handle: (UInt32) -> [UInt8]) -> (released: Int, failed: Int) {
+        let held = locks.drain()
+        guard !held.isEmpty else { return (0, 0) }
+        var released = 0
+        mutex.withLock {
+            for pair in held {
+                let file = handle(pair.node)
+                let operations = pair.lock == nil ? 2 : 4
+                do throws(NFSStartupError) {
+                    _ = try control.call("release a lock owner's state", operations: operations) { writer in
+                        file.withUnsafeBytes { writer.putfh($0) }
+                        if let lock = pair.lock {
+                            writer.locku(.write, lockStateid: lock, offset: 0, length: .max)
+                            writer.freeStateid(lock)
+                        }
+                        writer.close(pair.open)
+                    } read: { _, status in status }
+                    released += 1
+                } catch {}
+            }
+        }
+        return (released, held.count - released)
+    }
+
     func noteInterrupt(_ unique: UInt64) {
         guard unique != 0 else { return }
         let at = interruptNext.add(1, ordering: .relaxed).oldValue & (Self.interruptsMax - 1)

@@ -32,6 +32,33 @@ import Testing
         let url = try NFSURL.parse(ProcessInfo.processInfo.environment["DPFS_CONFORMANCE_NFS_URL"]!)
         let device = try NFSDevice(configuration: NFSConfiguration(url: url, validity: CacheValidity(seconds: 0)))
         #expect(Conformance.run(FUSEClient(backend: NFSBackend(device: device)), [.storesFiles]) == [])
+        if url.version == 4 { try locksOfAnEndedSession(url) }
+    }
+
+    /// NFSv4.1 (the script's second pass): a lock held by a process of a guest session that ended
+    /// (a reboot) is released on the server when the next session begins; before, another client
+    /// is refused the range.
+    func locksOfAnEndedSession(_ url: NFSURL) throws {
+        let configuration = NFSConfiguration(url: url, validity: CacheValidity(seconds: 0))
+        let a = FUSEClient(backend: NFSBackend(device: try NFSDevice(configuration: configuration)))
+        let deviceB = try NFSDevice(configuration: configuration)
+        let b = FUSEClient(backend: NFSBackend(device: deviceB))
+        let name = "locked-\(getpid())"
+        let (entry, handle) = try a.create(1, name)
+        try a.setlk(entry.nodeID, handle, owner: 7, type: Int32(F_WRLCK), start: 0, end: 99)
+        let other = try b.lookup(1, name)
+        let otherHandle = try b.open(other.nodeID)
+        #expect(throws: FUSEFailure(errno: EAGAIN), "the range is held by the other client") {
+            try b.setlk(other.nodeID, otherHandle, owner: 8, type: Int32(F_WRLCK), start: 10, end: 20)
+        }
+        a.rig.establishSession()
+        // The new session's INIT released the old one's locks before any request of it ran.
+        try b.setlk(other.nodeID, otherHandle, owner: 8, type: Int32(F_WRLCK), start: 10, end: 20)
+        try b.setlk(other.nodeID, otherHandle, owner: 8, type: Int32(F_UNLCK), start: 10, end: 20)
+        try b.flush(other.nodeID, otherHandle, owner: 8)
+        try b.release(other.nodeID, otherHandle)
+        try b.unlink(1, name)
+        _ = deviceB
     }
 
     @Test("the key-value backend conforms, against a real redis-server",
