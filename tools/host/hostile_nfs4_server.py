@@ -9,6 +9,9 @@ NFSv3 liar) with the same lies told the v4 way, and three of its own:
   unasked       GETATTR answers an attribute it was not asked for (fh_expire_type)
   wrong-op      the GETATTR result is labelled GETFH
   wrong-session SEQUENCE echoes another session id for a COMPOUND naming this file
+  far-lock      LOCKT: held by another client from 2^63 + 5 (past any offset a guest can name)
+  bad-lock      LOCKT: held, with a lock type outside 1-4
+  (any other file: LOCKT says another client holds a read lock of everything)
 It validates nothing of the client's sequence ids (a test double for error paths only; the real
 server of every other test is nfs-ganesha).
 
@@ -37,6 +40,8 @@ FILES = {
     "unasked": (b"\x18" * 8, 1, 0o644, 1, 1),
     "wrong-op": (b"\x19" * 8, 1, 0o644, 1, 1),
     "wrong-session": (b"\x1a" * 8, 1, 0o644, 1, 1),
+    "far-lock": (b"\x1b" * 8, 1, 0o644, 1, 1),
+    "bad-lock": (b"\x1c" * 8, 1, 0o644, 1, 1),
 }
 BY_HANDLE = {h: (n, t, m, s, l) for n, (h, t, m, s, l) in FILES.items()}
 BY_HANDLE[PSEUDO] = ("/", 2, 0o755, 4096, 3)
@@ -179,6 +184,12 @@ class Compound:
             r.at += 8
             r.u32(), r.u32()
             return self.readdir(cookie, read_bitmap(r))
+        if op == 13:  # LOCKT: the file is always locked by someone else, and the answer may lie
+            r.u32(), r.u64(), r.u64(), r.u64(), r.opaque()
+            name = BY_HANDLE[self.current][0]
+            offset, kind = ((1 << 63) + 5, 2) if name == "far-lock" else (0, 9 if name == "bad-lock" else 1)
+            self.results.append(u32(op) + u32(10010) + u64(offset) + u64((1 << 64) - 1) + u32(kind) + u64(7) + opaque(b"holder"))
+            return False
         return self.result(op, 10004)  # NOTSUPP
 
     def lookup(self, name):

@@ -73,6 +73,14 @@ if v4:
     expect("an attribute not asked for", lambda: os.stat(os.path.join(mnt, "unasked")), "EIO")
     expect("a result labelled with another operation", lambda: os.stat(os.path.join(mnt, "wrong-op")), "EIO")
     expect("SEQUENCE echoing another session", lambda: os.stat(os.path.join(mnt, "wrong-session")), "EIO")
+    import fcntl, struct
+    def getlk(name):
+        with open(os.path.join(mnt, name), "rb") as f:
+            kind, _, start, length, _ = struct.unpack("hhqqi", fcntl.fcntl(f, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 0, 0, 0)))
+            return (kind, start, length)
+    expect("GETLK: another client's read lock of everything", lambda: getlk("good"), (fcntl.F_RDLCK, 0, 0))
+    expect("GETLK: a lock past any offset is clamped to OFFSET_MAX", lambda: getlk("far-lock"), (fcntl.F_WRLCK, (1 << 63) - 1, 0))
+    expect("GETLK: a lock type outside 1-4", lambda: getlk("bad-lock"), "EIO")
 else:
     expect("nanoseconds past a second are clamped", lambda: os.stat(os.path.join(mnt, "odd-times")).st_mtime_ns % 1_000_000_000,
            999_999_999)
@@ -80,7 +88,7 @@ else:
 # Listed last: READDIRPLUS hands the kernel entries it may then use instead of a LOOKUP.
 expect("the listing leaves out the name with '/'", lambda: sorted(os.listdir(mnt)),
        sorted(["good", "long-read", "short-data", "long-link", "empty-link", "odd-times", "badhandle", "many"]
-              + (["unasked", "wrong-op", "wrong-session"] if v4 else [])))
+              + (["unasked", "wrong-op", "wrong-session", "far-lock", "bad-lock"] if v4 else [])))
 expect("a listing that never ends", lambda: len(os.listdir(os.path.join(mnt, "many"))), "ELOOP")
 expect("the honest file still reads", lambda: read("good"), b"hello world")
 print(f"test-nfs-hostile: {'all hold' if not bad else f'{len(bad)} failed: {bad}'}")
