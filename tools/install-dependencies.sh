@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(
   liburing-dev libnuma-dev libnfs-dev libibverbs-dev   # the engine's C libraries (Sources/CDPFS)
-  spin gcc                                             # model checking Specs/slot-ring.pml; gcc also builds the guest's static nfs-mount
+  spin gcc libc6-dev                                   # model checking Specs/slot-ring.pml; gcc and libc.a build the guest's static nfs-mount
   python3 fio                                          # host-mount checks (tools/host) and benchmarks
   redis-server                                         # the key-value backend's server (tools/redis-server.sh)
   prometheus                                           # promtool checks the engine's /metrics (tools/host/test-metrics.sh)

@@ -139,7 +139,7 @@ extension NFSQueue {
         let ids = entry >= 0 ? locks.stateids(entry) : (open: NFSv4Stateid(), lock: NFSv4Stateid())
         let known = entry >= 0 && locks.isLocked(entry)
         let lockAccess = request.lockType == UInt32(F_WRLCK) ? NFSv4ShareAccess.write : NFSv4ShareAccess.read
-        let access = records[slot].plan.progress.contains(.readOnlyLockOpen) ? lockAccess : NFSv4ShareAccess.both
+        let access = records[slot].plan.progress.contains(.lockTypeAccessOnly) ? lockAccess : NFSv4ShareAccess.both
         return withUnsafeBytes(of: owner) { ownerBytes in
             compound4(slot, rpc, tag, cacheThis: call != .lockTest) { writer in
                 writer.putfh(primary)
@@ -211,8 +211,8 @@ extension NFSQueue {
             // Read and write access refused (a read-only file or export, a write-only file): the
             // access the lock's type needs is enough.
             let refused = status == .access || status == .perm || status == .rofs
-            if refused && !records[slot].plan.progress.contains(.readOnlyLockOpen) {
-                records[slot].plan.progress.insert(.readOnlyLockOpen)
+            if refused && !records[slot].plan.progress.contains(.lockTypeAccessOnly) {
+                records[slot].plan.progress.insert(.lockTypeAccessOnly)
                 return issue(slot)
             }
             return finish(slot, Self.lockErrno(status))

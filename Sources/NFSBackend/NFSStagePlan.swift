@@ -44,8 +44,9 @@ struct NFSProgress: OptionSet, Equatable {
     /// Sent again with the engine's own ids (AUTH_SYS uid 0): a SETATTR that only drops set-ID bits,
     /// which the server refused the writer who asked for it.
     static let asEngine = NFSProgress(rawValue: 4096)
-    /// NFSv4.1 lock: the caller may not write the file, so its lock's OPEN asks for reading only.
-    static let readOnlyLockOpen = NFSProgress(rawValue: 8192)
+    /// NFSv4.1 lock: read and write access was refused (a read-only file or export, a write-only
+    /// file), so the lock's OPEN asks only for the access its type needs.
+    static let lockTypeAccessOnly = NFSProgress(rawValue: 8192)
 }
 
 /// The FUSE request a plan serves, as far as its stages differ.
