@@ -202,7 +202,7 @@ extension NFSBackend {
     }
 
     public mutating func flush(_ operation: Operation<FlushArguments>, reply: StatusReply) -> BackendAnswer {
-        guard device.v4 != nil else { return closeOrSync(.flush, operation, handle: operation.arguments.handle, reply) }
+        guard device.locksOnServer else { return closeOrSync(.flush, operation, handle: operation.arguments.handle, reply) }
         // NFSv4.1: the owner's locks on the file go first (POSIX drops them at any close), then the COMMIT.
         guard let index = device.files.index(operation.arguments.handle) else { return reply.fail(.badFileDescriptor) }
         var request = NFSRequestArguments(.flush, operation)
@@ -244,17 +244,18 @@ extension NFSBackend {
     public mutating func removexattr(_ operation: Operation<NameArguments>, reply: StatusReply) -> BackendAnswer { reply.fail(.notSupported) }
 
     // Byte-range locks: over NFSv4.1 LOCK, LOCKT and LOCKU (NFSQueue+Locks4.swift). Over v3 they
-    // need the NLM side protocol, which this backend does not speak; the session offers no POSIX
-    // locks then, and the guest's kernel keeps them locally.
+    // need the NLM side protocol, which this backend does not speak; over 4.0 they need opens by
+    // (directory, name) and per-owner seqids, not built yet. The session offers no POSIX locks
+    // then, and the guest's kernel keeps them locally.
     public mutating func getlk(_ operation: Operation<LockArguments>, reply: LockReply) -> BackendAnswer {
-        guard device.v4 != nil else { return reply.fail(.notSupported) }
+        guard device.locksOnServer else { return reply.fail(.notSupported) }
         guard let (request, index) = lockRequest(.getlk, operation, wait: false) else { return reply.fail(.invalid) }
         guard index != nil else { return reply.fail(.badFileDescriptor) }
         return start(request, reply.wire, operation.token, call: .lockTest, openFile: index!)
     }
 
     public mutating func setlk(_ operation: Operation<LockArguments>, wait: Bool, reply: StatusReply) -> BackendAnswer {
-        guard device.v4 != nil else { return reply.fail(.notSupported) }
+        guard device.locksOnServer else { return reply.fail(.notSupported) }
         guard let (request, index) = lockRequest(wait ? .setlkw : .setlk, operation, wait: wait) else { return reply.fail(.invalid) }
         guard index != nil else { return reply.fail(.badFileDescriptor) }
         return start(request, reply.wire, operation.token, call: .lockBegin, openFile: index!)

@@ -254,7 +254,8 @@ final class NFSQueue: @unchecked Sendable {
         let journalBytes = device.configuration.journalBytesPerQueue
         journal = WriteJournal(capacityBytes: journalBytes, entryCapacity: max(64, journalBytes / 1024))
         queueNumber = device.queueNumbers.add(1, ordering: .relaxed).oldValue
-        v4 = device.v4 == nil ? nil : NFSv4QueueSession(engineSlots: slotCount, queueNumber: queueNumber)
+        let slots = slotCount, number = queueNumber
+        v4 = device.v4.map { NFSv4QueueSession(engineSlots: slots, queueNumber: number, minorVersion: $0.control.minorVersion) }
         gather = .allocate(byteCount: FUSELimits.writeBytesMax, alignment: 4096)
         let me = Unmanaged.passUnretained(self).toOpaque()
         for slot in 0...slotCount + connectionCount { (tags + slot).initialize(to: NFSCallTag(queue: me, slot: UInt32(slot))) }
@@ -287,9 +288,9 @@ public struct NFSBackend: FileSystem {
         var policy = InitPolicy()
         policy.flagsWanted &= ~InitFlags.atomicOpenTruncate
         policy.writeBytesMax = UInt32(device.transferBytesMax)
-        // NFSv4.1 speaks locks (LOCK, LOCKT, LOCKU); NFSv3 without NLM cannot, so there the
-        // guest's kernel keeps them.
-        if device.v4 != nil { policy.flagsWanted |= InitFlags.posixLocks }
+        // NFSv4.1 speaks locks (LOCK, LOCKT, LOCKU); NFSv3 without NLM cannot, nor (yet) this
+        // backend's NFSv4.0, so there the guest's kernel keeps them.
+        if device.locksOnServer { policy.flagsWanted |= InitFlags.posixLocks }
         return policy
     }
 

@@ -24,11 +24,8 @@ public struct NFSBackendFactory: BackendFactory {
         check: { settings, _ throws(ConfigurationError) in
             do throws(NFSURL.ParseError) {
                 let url = try NFSURL.parse(settings.string("nfs_url"))
-                guard url.version == 3 || url.minorVersion == 1 else {
-                    throw NFSURL.ParseError(description: "NFS version \(url.versionText) is not served yet (version=3 and 4.1 are)")
-                }
                 guard url.version == 3 || settings.integer("nfs_connections") == 1 else {
-                    throw NFSURL.ParseError(description: "NFSv4.1 takes one connection per queue (its session binds it): nfs_connections must be 1")
+                    throw NFSURL.ParseError(description: "NFSv4 takes one connection per queue (a 4.1 session binds it): nfs_connections must be 1")
                 }
             } catch {
                 throw ConfigurationError(line: 0, "nfs_url: \(error.description)")

@@ -41,13 +41,18 @@ public final class NFSDevice: @unchecked Sendable {
     /// left to the lease).
     public let locksReleasedAtSessionEnd = Atomic<Int>(0)
     let locksLeftToLease = Atomic<Int>(0)
+    /// NFSv4.0: BAD_SEQID answers (the owner was replaced), and CREATE opens that could not be
+    /// closed (left to the lease).
+    let seqidRefusedCount = Atomic<Int>(0)
+    let opensLeftToLease = Atomic<Int>(0)
 
     /// What went wrong with the server and what the backend did about it, for the engine's log.
     public var faultReport: String {
         "NFS server faults: \(reconnectCount.load(ordering: .relaxed)) reconnect(s), \(timeoutCount.load(ordering: .relaxed)) request(s) failed EIO by the timeout, "
             + "\(resentWriteCount.load(ordering: .relaxed)) uncommitted write(s) resent after a server restart, "
             + "\(unjournaledWriteCount.load(ordering: .relaxed)) write(s) not journaled for want of room (their opens' fsync fails EIO after a restart)"
-            + (v4.map { "; NFSv4.1: \(renewalCount.load(ordering: .relaxed)) lease renewal(s) by idle queues, \(sequenceFailureCount.load(ordering: .relaxed)) SEQUENCE(s) refused, client made again \($0.reestablished) time(s), \(locksReleasedAtSessionEnd.load(ordering: .relaxed)) lock owner(s) of ended sessions released (\(locksLeftToLease.load(ordering: .relaxed)) left to the lease)" } ?? "")
+            + (v4.map { $0.control.minorVersion == 0 ? "; NFSv4.0: \(renewalCount.load(ordering: .relaxed)) RENEW(s), \(sequenceFailureCount.load(ordering: .relaxed)) call(s) refused STALE_CLIENTID or EXPIRED, client made again \($0.reestablished) time(s), \(seqidRefusedCount.load(ordering: .relaxed)) BAD_SEQID(s), \(opensLeftToLease.load(ordering: .relaxed)) create open(s) left to the lease" : "" } ?? "")
+            + (v4.flatMap { $0.control.minorVersion == 0 ? nil : $0 }.map { "; NFSv4.1: \(renewalCount.load(ordering: .relaxed)) lease renewal(s) by idle queues, \(sequenceFailureCount.load(ordering: .relaxed)) SEQUENCE(s) refused, client made again \($0.reestablished) time(s), \(locksReleasedAtSessionEnd.load(ordering: .relaxed)) lock owner(s) of ended sessions released (\(locksLeftToLease.load(ordering: .relaxed)) left to the lease)" } ?? "")
     }
 
     /// The fault counters, for `/metrics`.
@@ -72,7 +77,7 @@ public final class NFSDevice: @unchecked Sendable {
         if url.version == 4 {
             // The configuration check refuses this too; a device made another way must not start.
             guard configuration.connectionsPerQueue == 1 else {
-                throw NFSStartupError("NFSv4.1 takes one connection per queue (its session binds it): nfs_connections must be 1")
+                throw NFSStartupError("NFSv4 takes one connection per queue (a 4.1 session binds it): nfs_connections must be 1")
             }
             let started = try Self.startV4(url, timeoutMilliseconds: timeout, instance: instance)
             v4 = started.state
@@ -97,6 +102,9 @@ public final class NFSDevice: @unchecked Sendable {
 
     deinit { Glibc.free(hostName) }
 
+    /// POSIX locks go to the server (NFSv4.1); elsewhere the guest's kernel keeps them.
+    public var locksOnServer: Bool { v4?.control.minorVersion == 1 }
+
     /// The largest READ or WRITE the guest may send: both server limits and FUSE's own, in pages.
     public var transferBytesMax: Int {
         min(readBytesMax, writeBytesMax, FUSELimits.writeBytesMax) / 4096 * 4096
@@ -107,6 +115,7 @@ public final class NFSDevice: @unchecked Sendable {
             + "\(configuration.openFilesMax) open files; per queue \(configuration.connectionsPerQueue) connection(s), "
             + "\(configuration.journalBytesPerQueue >> 20) MiB write journal; timeout \(configuration.requestTimeoutMilliseconds) ms); "
             + (v4 == nil ? "POSIX locks stay in the guest's kernel: NFSv3 without NLM cannot show them to other clients of the export"
+                         : !locksOnServer ? "NFSv4.0 client \(String(v4!.clientID, radix: 16)), renewed by RENEW; POSIX locks stay in the guest's kernel: this backend does not send them over NFSv4.0 yet"
                          : "NFSv4.1 client \(String(v4!.clientID, radix: 16)), a session per queue; POSIX locks through LOCK, LOCKT and LOCKU, seen by every client of the export")
     }
 

@@ -162,10 +162,12 @@ extension NFSQueue {
             if link.teardownWanted { dropConnection(link, now: now == 0 ? monotonicNanoseconds() : now) }
         }
         if let session = v4 {
-            if pendingCount == 0 {
+            // NFSv4.1 renews from idle queues only (any SEQUENCE renews); 4.0 busy or idle.
+            if pendingCount == 0 || session.minorVersion == 0 {
                 if now == 0 { now = monotonicNanoseconds() }
                 renewLease4(session, now: now)
-            } else if session.delayedCount > 0 {
+            }
+            if pendingCount > 0 && session.delayedCount > 0 {
                 if now == 0 { now = monotonicNanoseconds() }
                 retryDelayed4(session, now: now)
             }

@@ -36,8 +36,38 @@ final class NFSv4QueueSession {
     /// When the queue last sent a request, and whether a renewal is in flight.
     var lastActiveNanoseconds: UInt64 = 0
     var renewing = false
+    /// 0 or 1. Over 4.0 there is no session: the slots above only pace the queue's own calls
+    /// (every engine slot gets one), and the fields below carry what 4.0 asks instead.
+    let minorVersion: UInt32
+    /// NFSv4.0: when this queue last sent RENEW (4.0 leases are kept by RENEW, not by traffic).
+    var lastRenewalNanoseconds: UInt64 = 0
+    /// NFSv4.0, per engine slot: its own open-owner (so one seqid-bearing call at most is in
+    /// flight per owner, RFC 7530 §9.1.7), named by the slot and a generation that changes when
+    /// the owner's seqid is in doubt, and the seqid its next OPEN, OPEN_CONFIRM or CLOSE carries.
+    let ownerSeqids: UnsafeMutablePointer<UInt32>
+    let ownerGenerations: UnsafeMutablePointer<UInt32>
+    let queueNumber: UInt32
+    /// NFSv4.0, per engine slot: the open a CREATE's OPEN made, closed by the stage after it
+    /// (4.0 has no current stateid to CLOSE it in the same COMPOUND); 0 none, 1 CLOSE it,
+    /// 2 OPEN_CONFIRM then CLOSE it (a new owner's first open).
+    let createdOpens: UnsafeMutablePointer<NFSv4Stateid>
+    let closingCreated: UnsafeMutablePointer<UInt8>
+    let createdAttributesCame: UnsafeMutablePointer<Bool>
 
-    init(engineSlots: Int, queueNumber: Int32) {
+    init(engineSlots: Int, queueNumber: Int32, minorVersion: UInt32) {
+        precondition(minorVersion <= 1)
+        self.minorVersion = minorVersion
+        self.queueNumber = UInt32(bitPattern: queueNumber)
+        ownerSeqids = .allocate(capacity: engineSlots)
+        ownerSeqids.initialize(repeating: 0, count: engineSlots)
+        ownerGenerations = .allocate(capacity: engineSlots)
+        ownerGenerations.initialize(repeating: 0, count: engineSlots)
+        createdOpens = .allocate(capacity: engineSlots)
+        createdOpens.initialize(repeating: NFSv4Stateid(), count: engineSlots)
+        closingCreated = .allocate(capacity: engineSlots)
+        closingCreated.initialize(repeating: 0, count: engineSlots)
+        createdAttributesCame = .allocate(capacity: engineSlots)
+        createdAttributesCame.initialize(repeating: false, count: engineSlots)
         sequences = .allocate(capacity: Self.slotsMax)
         sequences.initialize(repeating: 0, count: Self.slotsMax)
         freeSlots = .allocate(capacity: Self.slotsMax)
@@ -61,6 +91,11 @@ final class NFSv4QueueSession {
         operationsSent.deallocate()
         namesOnly.deallocate()
         retryAtNanoseconds.deallocate()
+        ownerSeqids.deallocate()
+        ownerGenerations.deallocate()
+        createdOpens.deallocate()
+        closingCreated.deallocate()
+        createdAttributesCame.deallocate()
     }
 
     /// A new session: every slot free, every sequence at 1.
@@ -109,8 +144,9 @@ extension NFSQueue {
         guard let session = v4, let state = device.v4 else { return true }
         do throws(NFSStartupError) {
             let previous = session.granted > 0 ? session.id : nil
-            let made = try state.makeSession(slots: min(slotCount, NFSv4QueueSession.slotsMax), transferBytesMax: device.transferBytesMax,
-                                             replacing: previous)
+            // Over 4.0 the "session" is the queue's own pacing: every engine slot and the renewal.
+            let slots = min(session.minorVersion == 0 ? slotCount + 1 : slotCount, NFSv4QueueSession.slotsMax)
+            let made = try state.makeSession(slots: slots, transferBytesMax: device.transferBytesMax, replacing: previous)
             session.reset(made.0, granted: made.1)
             return true
         } catch {
@@ -165,13 +201,18 @@ extension NFSQueue {
     /// An idle queue keeps its client's lease: a SEQUENCE alone every third of the lease (any
     /// SEQUENCE renews it, RFC 8881 §8.3). Without it an idle device's client would expire and its
     /// next request would find its session gone.
+    ///
+    /// NFSv4.0: RENEW every third of the lease, busy or idle. Only calls naming the client's state
+    /// renew a 4.0 lease (RFC 7530 §9.5), and the engine's I/O uses the anonymous stateid.
     func renewLease4(_ session: NFSv4QueueSession, now: UInt64) {
+        let since = session.minorVersion == 1 ? session.lastActiveNanoseconds : session.lastRenewalNanoseconds
         guard !session.renewing, !Self.renewalDisabledForTest, upCount > 0, let lease = device.v4?.leaseNanoseconds,
-              now &- session.lastActiveNanoseconds >= lease / 3, let link = pickConnection(), let rpc = link.rpc,
+              now &- since >= lease / 3, let link = pickConnection(), let rpc = link.rpc,
               let sessionSlot = session.acquire() else { return }
         let tag = renewalTag
         session.held[tag - connections.count] = sessionSlot
         session.lastActiveNanoseconds = now
+        session.lastRenewalNanoseconds = now
         var area: UnsafeMutablePointer<UInt8>? = nil
         var areaBytes = 0
         var layoutWrong: Int32 = 0
@@ -179,10 +220,14 @@ extension NFSQueue {
             session.release(sessionSlot, advanced: false)
             return
         }
-        var writer = CompoundWriter(buffer: UnsafeMutableRawBufferPointer(start: area, count: areaBytes), minorVersion: 1)
-        withUnsafeBytes(of: session.id.bytes) {
-            writer.sequence(session: $0, sequenceID: session.sequences[Int(sessionSlot)], slot: UInt32(sessionSlot),
-                            highestSlot: UInt32(session.granted - 1), cacheThis: false)
+        var writer = CompoundWriter(buffer: UnsafeMutableRawBufferPointer(start: area, count: areaBytes), minorVersion: session.minorVersion)
+        if session.minorVersion == 0 {
+            writer.renew(clientID: device.v4!.clientID)
+        } else {
+            withUnsafeBytes(of: session.id.bytes) {
+                writer.sequence(session: $0, sequenceID: session.sequences[Int(sessionSlot)], slot: UInt32(sessionSlot),
+                                highestSlot: UInt32(session.granted - 1), cacheThis: false)
+            }
         }
         guard let written = writer.finish(), CDPFS_nfs4_send(rpc, pdu, written) == 0 else {
             session.release(sessionSlot, advanced: false)
@@ -214,13 +259,15 @@ extension NFSQueue {
         let bytes = UnsafeRawBufferPointer(start: captured.bytes, count: Int(captured.count))
         do throws(XDRError) {
             var reader = try CompoundReader(buffer: bytes, operationsSent: 1)
-            guard try reader.next(.sequence) == .ok else {
+            // A refused RENEW or SEQUENCE: the server forgot the client (or the session); the
+            // next connection makes it again.
+            guard try reader.next(session.minorVersion == 0 ? .renew : .sequence) == .ok else {
                 device.sequenceFailureCount.add(1, ordering: .relaxed)
                 session.release(sessionSlot, advanced: false)
                 link.teardownWanted = true
                 return
             }
-            _ = try reader.sequenceResult(session: session.id)
+            if session.minorVersion == 1 { _ = try reader.sequenceResult(session: session.id) }
             session.release(sessionSlot, advanced: true)
             reissueWaiting4()
         } catch {
@@ -229,8 +276,8 @@ extension NFSQueue {
         }
     }
 
-    /// Writes the slot's stage as one COMPOUND after SEQUENCE and queues it: 0, -1 (libnfs could
-    /// not), -2 (it does not fit).
+    /// Writes the slot's stage as one COMPOUND (over 4.1 after SEQUENCE) and queues it: 0, -1
+    /// (libnfs could not), -2 (it does not fit).
     func compound4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, roomBytes: Int = 0, cacheThis: Bool = false,
                    _ body: (inout CompoundWriter) -> Void) -> Int32 {
         let session = v4!
@@ -240,10 +287,12 @@ extension NFSQueue {
         var areaBytes = 0
         var layoutWrong: Int32 = 0
         guard let pdu = CDPFS_nfs4_begin(rpc, Self.completed4, tag, roomBytes, &area, &areaBytes, &layoutWrong) else { return -1 }
-        var writer = CompoundWriter(buffer: UnsafeMutableRawBufferPointer(start: area, count: areaBytes), minorVersion: 1)
-        withUnsafeBytes(of: session.id.bytes) {
-            writer.sequence(session: $0, sequenceID: session.sequences[Int(sessionSlot)], slot: UInt32(sessionSlot),
-                            highestSlot: UInt32(session.granted - 1), cacheThis: cacheThis)
+        var writer = CompoundWriter(buffer: UnsafeMutableRawBufferPointer(start: area, count: areaBytes), minorVersion: session.minorVersion)
+        if session.minorVersion == 1 {
+            withUnsafeBytes(of: session.id.bytes) {
+                writer.sequence(session: $0, sequenceID: session.sequences[Int(sessionSlot)], slot: UInt32(sessionSlot),
+                                highestSlot: UInt32(session.granted - 1), cacheThis: cacheThis)
+            }
         }
         body(&writer)
         guard let written = writer.finish() else {
@@ -297,6 +346,7 @@ extension NFSQueue {
         case .symlink, .mknod, .mkdir:
             return sendMade4(slot, rpc, tag, directory: primary, request)
         case .create:
+            if v4!.minorVersion == 0 { return sendCreate40(slot, rpc, tag, directory: primary, request) }
             return sendCreate4(slot, rpc, tag, directory: primary, request)
         case .remove, .rmdir, .link:
             return sendRemoveOrLink4(slot, rpc, tag, primary, request)
@@ -423,11 +473,30 @@ extension NFSQueue {
     /// and CLOSE of the open just made: the guest's open is the engine's, as over NFSv3.
     func sendCreate4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, directory: UnsafeRawBufferPointer,
                      _ request: NFSRequestArguments) -> Int32 {
+        let (how, access) = createOpen4(slot, request)
+        let clientID = device.v4!.clientID
+        let owner = v4!.owner
+        return compound4(slot, rpc, tag, cacheThis: true) { writer in
+            writer.putfh(directory)
+            owner.withUnsafeBytes {
+                writer.open(clientID: clientID, owner: $0, access: access | NFSv4ShareAccess.wantNoDelegation, create: how,
+                            claim: .name(request.name))
+            }
+            writer.getfh()
+            // CLOSE before GETATTR: an open must not outlive a COMPOUND that stops early.
+            writer.close(.current)
+            writer.getattr(.standard)
+        }
+    }
+
+    /// How a CREATE's OPEN makes the file, and the access it opens it for.
+    func createOpen4(_ slot: Int, _ request: NFSRequestArguments) -> (NFSv4OpenCreate, UInt32) {
         let progress = records[slot].plan.progress
         let mode = request.mode & 0o7777
         let how: NFSv4OpenCreate
         if progress.contains(.exclusive) {
-            how = .exclusive(verifier: records[slot].createVerifier, NFSv4SetAttributes())
+            how = v4!.minorVersion == 0 ? .exclusive40(verifier: records[slot].createVerifier)
+                                        : .exclusive(verifier: records[slot].createVerifier, NFSv4SetAttributes())
         } else if progress.contains(.guarded) {
             how = .guarded(NFSv4SetAttributes(mode: mode))
         } else {
@@ -445,19 +514,7 @@ extension NFSQueue {
         } else {
             access = NFSv4ShareAccess.write
         }
-        let clientID = device.v4!.clientID
-        let owner = v4!.owner
-        return compound4(slot, rpc, tag, cacheThis: true) { writer in
-            writer.putfh(directory)
-            owner.withUnsafeBytes {
-                writer.open(clientID: clientID, owner: $0, access: access | NFSv4ShareAccess.wantNoDelegation, create: how,
-                            claim: .name(request.name))
-            }
-            writer.getfh()
-            // CLOSE before GETATTR: an open must not outlive a COMPOUND that stops early.
-            writer.close(.current)
-            writer.getattr(.standard)
-        }
+        return (how, access)
     }
 
     /// REMOVE (a name, or the slot's hidden name) and LINK.

@@ -28,10 +28,16 @@ extension NFSQueue {
             // The session is made again with the next connection: this slot's sequence no longer matters.
             session.release(sessionSlot, advanced: false)
             link.teardownWanted = true
+            if session.minorVersion == 0 { return connectionLost40(slot) }
             return perform(slot, .connectionLost(sent: records[slot].sent))
         }
         let captured = data.assumingMemoryBound(to: CDPFS_nfs4_reply.self).pointee
         let bytes = UnsafeRawBufferPointer(start: captured.bytes, count: Int(captured.count))
+        if session.minorVersion == 0 {
+            session.release(sessionSlot, advanced: false)
+            reissueWaiting4()
+            return finished40(slot, bytes, link: link)
+        }
         // The server answered, so it saw this sequence id, whatever the answer says after it.
         var released = false
         do throws(XDRError) {
@@ -93,7 +99,9 @@ extension NFSQueue {
         case .setattr: try answeredSetattr4(slot, &reader)
         case .readlink: try answeredReadlink4(slot, &reader)
         case .symlink, .mknod, .mkdir: try answeredMade4(slot, &reader, .create)
-        case .create: try answeredMade4(slot, &reader, .open)
+        case .create:
+            if v4!.minorVersion == 0 { return try answeredCreate40(slot, &reader) }
+            try answeredMade4(slot, &reader, .open)
         case .remove, .rmdir:
             var status = try putfh4(&reader)
             if status == .ok {

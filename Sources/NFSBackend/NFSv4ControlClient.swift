@@ -124,7 +124,8 @@ public final class NFSv4ControlClient {
     }
 }
 
-/// An NFSv4.1 client id and session over a control connection, using slot 0 only.
+/// An NFSv4 client id over a control connection: over 4.1 with a session of its own (slot 0 only),
+/// over 4.0 made by SETCLIENTID and SETCLIENTID_CONFIRM, its COMPOUNDs carrying no SEQUENCE.
 public final class NFSv4ControlSession {
     public let client: NFSv4ControlClient
     public private(set) var clientID: UInt64 = 0
@@ -148,8 +149,9 @@ public final class NFSv4ControlSession {
     /// slots, then RECLAIM_COMPLETE (nothing to reclaim: a new client).
     public init(client: NFSv4ControlClient, owner: [UInt8], verifier: UInt64, slots: UInt32,
                 transferBytesMax: UInt32) throws(NFSStartupError) {
-        precondition(slots >= 1 && client.url.minorVersion == 1)
+        precondition(slots >= 1 && (client.url.minorVersion == 1 || client.url.minorVersion == 0))
         self.client = client
+        minorVersion = UInt32(client.url.minorVersion)
         self.owner = owner
         self.verifier = verifier
         self.slots = slots
@@ -159,6 +161,8 @@ public final class NFSv4ControlSession {
 
     let owner: [UInt8]
     let verifier: UInt64
+    /// 0 or 1: which NFSv4 this client speaks.
+    public let minorVersion: UInt32
     let slots: UInt32
     let transferBytesMax: UInt32
 
@@ -172,6 +176,7 @@ public final class NFSv4ControlSession {
     }
 
     func establish() throws(NFSStartupError) {
+        if minorVersion == 0 { return try establish40() }
         let owner = self.owner, verifier = self.verifier
         let exchanged = try Self.parse("EXCHANGE_ID", client.compound("EXCHANGE_ID", minorVersion: 1) { writer in
             owner.withUnsafeBytes { writer.exchangeID(verifier: verifier, owner: $0, flags: NFSv4ExchangeFlags.useNonPNFS) }
@@ -187,10 +192,49 @@ public final class NFSv4ControlSession {
         _ = try call("RECLAIM_COMPLETE", operations: 1) { writer in writer.reclaimComplete(oneFileSystem: false) } read: { _, _ in () }
     }
 
-    /// SEQUENCE on slot 0, then the operations `body` writes (`operations` of them); `read` gets
-    /// the reader after SEQUENCE's result and the last operation's status as sent by the server.
+    /// NFSv4.0: SETCLIENTID as the same owner (with this start's verifier), then its confirmation.
+    /// CLID_INUSE means another principal holds the owner: the engine always speaks as uid 0 here.
+    func establish40() throws(NFSStartupError) {
+        let owner = self.owner, verifier = self.verifier
+        let answer = try Self.parse("SETCLIENTID", client.compound("SETCLIENTID", minorVersion: 0) { writer in
+            owner.withUnsafeBytes { writer.setClientID(verifier: verifier, owner: $0) }
+        }, operations: 1, firstMayFail: true) { reader throws(XDRError) in try reader.setClientIDResult(try reader.next(.setclientid)) }
+        guard case .made(let made) = answer else {
+            if answer == .inUse {
+                throw NFSStartupError("SETCLIENTID: the server says another principal holds this engine's client name (CLID_INUSE)")
+            }
+            throw NFSStartupError("SETCLIENTID: the server answered \(answer)")
+        }
+        _ = try Self.parse("SETCLIENTID_CONFIRM", client.compound("SETCLIENTID_CONFIRM", minorVersion: 0) { writer in
+            writer.setClientIDConfirm(clientID: made.clientID, confirm: made.confirm)
+        }, operations: 1) { _ throws(XDRError) in () }
+        clientID = made.clientID
+        // What a 4.0 COMPOUND may carry is the server's maxread/maxwrite alone (no session's limits).
+        fore = NFSv4ChannelAttributes(requestBytesMax: transferBytesMax + 8192, responseBytesMax: transferBytesMax + 8192,
+                                      responseCachedBytesMax: 0, operationsMax: UInt32(CompoundWriter.operationsMax), requestsMax: slots)
+        established = true
+    }
+
+    /// NFSv4.0: RENEW on the control connection; the status (STALE_CLIENTID, EXPIRED: the server
+    /// forgot the client) or a thrown error (the connection is gone).
+    public func renew40() throws(NFSStartupError) -> NFSv4Status {
+        precondition(minorVersion == 0)
+        let clientID = self.clientID
+        return try Self.parse("RENEW", client.compound("RENEW", minorVersion: 0) { writer in writer.renew(clientID: clientID) },
+                              operations: 1, firstMayFail: true) { reader throws(XDRError) in try reader.next(.renew) }
+    }
+
+    /// SEQUENCE on slot 0 (over 4.0: nothing), then the operations `body` writes (`operations` of
+    /// them); `read` gets the reader after SEQUENCE's result and the last operation's status as
+    /// sent by the server.
     public func call<T>(_ what: String, operations: Int, roomBytes: Int = 0, _ body: (inout CompoundWriter) -> Void,
                         read: (inout CompoundReader, NFSv4Status) throws(XDRError) -> T) throws(NFSStartupError) -> T {
+        if minorVersion == 0 {
+            let bytes = try client.compound(what, minorVersion: 0, roomBytes: roomBytes, body)
+            return try Self.parse(what, bytes, operations: operations, firstMayFail: true) { reader throws(XDRError) in
+                try read(&reader, reader.status)
+            }
+        }
         let bytes = try client.compound(what, minorVersion: 1, roomBytes: roomBytes) { writer in
             self.session.withBytes { writer.sequence(session: $0, sequenceID: slotSequence, slot: 0, highestSlot: 0, cacheThis: false) }
             body(&writer)
@@ -210,24 +254,28 @@ public final class NFSv4ControlSession {
     public func sendUnread(_ what: String, roomBytes: Int = 0, _ body: (inout CompoundWriter) -> Void) throws(NFSStartupError) -> Bool {
         client.keepReply = false
         defer { client.keepReply = true }
-        _ = try client.compound(what, minorVersion: 1, roomBytes: roomBytes) { writer in
-            withUnsafeBytes(of: session.bytes) { writer.sequence(session: $0, sequenceID: slotSequence, slot: 0, highestSlot: 0, cacheThis: false) }
+        let sequenced = minorVersion == 1
+        _ = try client.compound(what, minorVersion: minorVersion, roomBytes: roomBytes) { writer in
+            if sequenced {
+                withUnsafeBytes(of: session.bytes) { writer.sequence(session: $0, sequenceID: slotSequence, slot: 0, highestSlot: 0, cacheThis: false) }
+            }
             body(&writer)
         }
         guard client.replyStatus == 0 else { return false }
-        slotSequence &+= 1
+        if sequenced { slotSequence &+= 1 }
         return true
     }
 
     /// Reads a reply whose first result must be OK; a lie or a failed first operation is an error
     /// naming the call.
-    static func parse<T>(_ what: String, _ bytes: [UInt8], operations: Int,
+    /// (`firstMayFail`: `read` looks at every status itself.)
+    static func parse<T>(_ what: String, _ bytes: [UInt8], operations: Int, firstMayFail: Bool = false,
                          _ read: (inout CompoundReader) throws(XDRError) -> T) throws(NFSStartupError) -> T {
         do throws(XDRError) {
             let result = bytes.withUnsafeBytes { raw in
                 Result { () throws(XDRError) -> T in
                     var reader = try CompoundReader(buffer: raw, operationsSent: operations)
-                    if operations == 1 {
+                    if operations == 1 && !firstMayFail {
                         let status = try reader.next(Self.only(what))
                         guard status == .ok else { throw XDRError.invalid(at: 0, value: status.rawValue) }
                     }
@@ -246,14 +294,17 @@ public final class NFSv4ControlSession {
         case "EXCHANGE_ID": return .exchangeID
         case "CREATE_SESSION": return .createSession
         case "DESTROY_SESSION": return .destroySession
+        case "SETCLIENTID_CONFIRM": return .setclientidConfirm
         default: return .destroyClientID
         }
     }
 
     /// DESTROY_SESSION then DESTROY_CLIENTID: the server forgets this client now, not at lease end.
+    /// (NFSv4.0 has neither: its client is left to the lease.)
     public func destroy() throws(NFSStartupError) {
         guard established else { return }
         established = false
+        guard minorVersion == 1 else { return }
         let session = self.session
         _ = try Self.parse("DESTROY_SESSION", client.compound("DESTROY_SESSION", minorVersion: 1) { writer in
             writer.destroySession(session)

@@ -89,6 +89,10 @@ public final class NFSv4DeviceState: @unchecked Sendable {
 
     /// A session of up to `slots` fore-channel slots for one queue: its id and the slots granted.
     func makeSession(slots: Int, transferBytesMax: Int, replacing previous: NFSv4SessionID?) throws(NFSStartupError) -> (NFSv4SessionID, Int) {
+        if control.minorVersion == 0 {
+            try checkClient40()
+            return (NFSv4SessionID(), slots)
+        }
         let result = mutex.withLock { () -> Result<NFSv4CreateSessionResult, NFSStartupError> in
             Result { () throws(NFSStartupError) in
                 // The queue's last session goes first (the server would keep it, and its reply
@@ -116,6 +120,25 @@ public final class NFSv4DeviceState: @unchecked Sendable {
         return (made.session, Int(min(made.fore.requestsMax, UInt32(slots))))
     }
 
+    /// NFSv4.0 has no sessions: a queue's new connection only checks, with a RENEW, that the server
+    /// still knows the client, and makes it again when it does not (a restart, an expired lease).
+    func checkClient40() throws(NFSStartupError) {
+        let result = mutex.withLock { () -> Result<Void, NFSStartupError> in
+            Result { () throws(NFSStartupError) in
+                let status: NFSv4Status
+                do throws(NFSStartupError) { status = try control.renew40() } catch { status = .staleClientid }
+                guard status != .ok else { return }
+                guard status == .staleClientid || status == .expired || status == .badsession else {
+                    throw NFSStartupError("RENEW: the server answered nfsstat4 \(status.rawValue)")
+                }
+                try control.reestablish()
+                reestablished += 1
+                locks.reset()
+            }
+        }
+        try result.get()
+    }
+
     /// DESTROY_SESSION of every session, then DESTROY_CLIENTID: the server forgets the client now,
     /// not a lease later. Errors are reported, not fatal: the lease ends it anyway.
     func destroy() -> String? {
@@ -137,7 +160,6 @@ extension NFSDevice {
     /// handle of `.dpfs-hidden`.
     static func startV4(_ url: NFSURL, timeoutMilliseconds: Int, instance: UInt64) throws(NFSStartupError)
         -> (state: NFSv4DeviceState, root: [UInt8], read: Int, write: Int, hidden: [UInt8]) {
-        guard url.minorVersion == 1 else { throw NFSStartupError("NFSv4.0 is not served yet (version=4.1 is)") }
         let client = try NFSv4ControlClient(url: url, timeoutMilliseconds: timeoutMilliseconds)
         var hostBytes = [UInt8](repeating: 0, count: 256)
         gethostname(&hostBytes, 255)

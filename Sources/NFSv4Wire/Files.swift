@@ -58,6 +58,8 @@ public enum NFSv4OpenCreate: Equatable, Sendable {
     case guarded(NFSv4SetAttributes)
     /// EXCLUSIVE4_1: created once for this verifier, safe to send again.
     case exclusive(verifier: UInt64, NFSv4SetAttributes)
+    /// NFSv4.0's EXCLUSIVE4: the verifier alone (the attributes are set after, by SETATTR).
+    case exclusive40(verifier: UInt64)
 }
 
 public enum NFSv4ShareAccess {
@@ -116,6 +118,7 @@ extension CompoundWriter {
         case .unchecked(let attributes): xdr.u32(1); xdr.u32(0); setAttributes(attributes)
         case .guarded(let attributes): xdr.u32(1); xdr.u32(1); setAttributes(attributes)
         case .exclusive(let verifier, let attributes): xdr.u32(1); xdr.u32(3); xdr.u64(verifier); setAttributes(attributes)
+        case .exclusive40(let verifier): xdr.u32(1); xdr.u32(2); xdr.u64(verifier)
         }
         switch claim {
         case .name(let name): precondition(name.count <= Self.nameBytesMax); xdr.u32(0); xdr.opaque(name)

@@ -19,7 +19,7 @@
 #   5. SIGKILL of the engine mid-workload: the workload ends (ENOTCONN, no process hangs), and the
 #      next engine start detaches the dead mount and serves again with no manual clean-up;
 #   6. an unmount from outside ends the engine by itself.
-# Mode `nfs` runs 1-3, 5 and 6 with the NFS backend (NFSv3; mode `nfs4`: NFSv4.1) against a real nfs-ganesha exporting the
+# Mode `nfs` runs 1-3, 5 and 6 with the NFS backend (NFSv3; mode `nfs4`: NFSv4.1; `nfs40`: NFSv4.0) against a real nfs-ganesha exporting the
 # share (tools/nfs-server.sh, started and stopped here): posix_check with --semantics nfs3 (the
 # documented differences, Specs/nfs-semantics.md, asserted as NFS behaves), and integrity and stress
 # unchanged, since the backend keeps unlinked open files alive as a local file system does.
@@ -31,7 +31,7 @@
 # consistency check (dpfs_check) after the SIGKILL.
 # Needs root (mount(2), setuid children) and /dev/fuse. Uses .build/release/dpfs-engine (built if
 # missing). Exit status: number of failed checks.
-#   tools/host/test-host-mount.sh [--quick] [--modes "classic uring passthrough nfs nfs4 kv"] [--integrity-steps N]
+#   tools/host/test-host-mount.sh [--quick] [--modes "classic uring passthrough nfs nfs4 nfs40 kv"] [--integrity-steps N]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -97,10 +97,10 @@ start_engine() {
     classic) args="--fuse-transport classic" ;;
     uring) args="--fuse-transport uring" ;;
     passthrough) args="--fuse-transport uring --fuse-passthrough" ;;
-    nfs|nfs4|kv) args="--fuse-transport uring" ;;
+    nfs|nfs4|nfs40|kv) args="--fuse-transport uring" ;;
   esac
   local backend="--backend passthrough --shared-dir $share"
-  case $mode in nfs|nfs4) backend="--backend nfs --nfs-url $nfs_url" ;; esac
+  case $mode in nfs|nfs4|nfs40) backend="--backend nfs --nfs-url $nfs_url" ;; esac
   [ $mode = kv ] && backend="--backend kv --kv-url $kv_url --kv-prefix host-test"
   # cache never: every operation reaches the engine (what these checks are about). allow_other:
   # the checks run as three uids, each with its own permissions (default_permissions is always on).
@@ -121,13 +121,14 @@ for mode in $modes; do
   chmod 755 "$share" "$reference"
   echo "=== $mode: share $share (on $(stat -f -c %T "$share")), mount $mnt"
   semantics= integrity_flags=
-  if [ $mode = nfs ] || [ $mode = nfs4 ]; then
+  if [ $mode = nfs ] || [ $mode = nfs4 ] || [ $mode = nfs40 ]; then
     integrity_flags=--no-fallocate   # no ALLOCATE is sent: the backend answers ENOSYS (Specs/nfs-semantics.md)
-    # ganesha exports the share itself; the engine reaches it over NFSv3 (mode nfs) or NFSv4.1
-    # (mode nfs4, the export's pseudo path) on loopback.
+    # ganesha exports the share itself; the engine reaches it over NFSv3 (mode nfs), NFSv4.1
+    # (mode nfs4, the export's pseudo path) or NFSv4.0 (mode nfs40) on loopback.
     if [ $mode = nfs ]; then pick=version=3; else pick=version=4; fi
     if ! nfs_url=$(tools/nfs-server.sh start "$share" | grep "$pick"); then bad "$mode-server" "nfs-ganesha did not start"; continue; fi
-    nfs_url=$(sed "s/version=4&/version=4.1\&/" <<<"$nfs_url")
+    if [ $mode = nfs40 ]; then minor=4.0; else minor=4.1; fi
+    nfs_url=$(sed "s/version=4&/version=$minor\&/" <<<"$nfs_url")
     nfs_started=1
     semantics="--semantics nfs3"
     echo "    server: $nfs_url"
@@ -194,7 +195,7 @@ for mode in $modes; do
   stress_mount=$mnt stress_share=$share stress_semantics=$semantics
   # The key-value store serves races as a local file system does: stress has no kv variants.
   [ $mode = kv ] && stress_semantics=
-  if [ $mode = nfs ] || [ $mode = nfs4 ]; then mkdir -p "$mnt/stress"; stress_mount=$mnt/stress stress_share=$share/stress; fi
+  if [ $mode = nfs ] || [ $mode = nfs4 ] || [ $mode = nfs40 ]; then mkdir -p "$mnt/stress"; stress_mount=$mnt/stress stress_share=$share/stress; fi
   if [ $mode = kv ]; then
     # The store has no directory of its own to compare with: a second engine serving the same
     # store shows what the first one wrote.
