@@ -84,7 +84,9 @@ step "NFS backend host mount against nfs-ganesha (POSIX, integrity, stress, SIGK
   --integrity-steps 10000
 step "NFS backend over NFSv4.1 (our XDR, a session per queue) host mount against nfs-ganesha (POSIX, integrity, stress, SIGKILL)" \
   tools/host/test-host-mount.sh --modes nfs4 --integrity-steps 10000
-step "backend conformance suite against the NFS backend and a real nfs-ganesha (NFSv3 and NFSv4.1)" tools/test-conformance-nfs.sh
+step "NFS backend over NFSv4.0 (SETCLIENTID, RENEW, an open-owner per slot with its seqids) host mount against nfs-ganesha (POSIX, integrity, stress, SIGKILL)" \
+  tools/host/test-host-mount.sh --modes nfs40 --integrity-steps 10000
+step "backend conformance suite against the NFS backend and a real nfs-ganesha (NFSv3, NFSv4.1 and NFSv4.0)" tools/test-conformance-nfs.sh
 step "the key-value backend's wire (RESP) and its Redis functions (atomic changes, the consistency check and its negative control) against a real redis-server" tools/test-kv-redis.sh
 step "key-value backend host mount against redis-server (POSIX, integrity, stress with a second engine, SIGKILL, store check)" \
   tools/host/test-host-mount.sh --modes kv --integrity-steps 10000
@@ -96,12 +98,15 @@ step "guests store files through the key-value backend (6.1, redis-server crash 
   tools/guest/test-passthrough.sh --kv
 step "guests store files through the NFS backend (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs
 step "guests store files through the NFS backend over NFSv4.1 (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs4
+step "guests store files through the NFS backend over NFSv4.0 (6.1, reboot, 6.12 multi-queue)" tools/guest/test-passthrough.sh --nfs40
 step "one guest, the same fio jobs through the engine's NFSv4.1 backend and through the guest's own kernel NFSv4.1 client (guest CPU per I/O reported, not gated; every job's I/O reached the server both ways)" \
   tools/guest/bench-nfs-client.sh --ios 512
 step "two engines on one NFSv3 export: started at once both serve, files cross both ways, a change seen within the cache time, hidden files kept; control: a .dpfs-hidden that is a file stops the start" \
   tools/host/test-nfs-engines.sh --rounds 6
 step "two engines on one export over NFSv4.1 (two clients, a session per queue each): the same checks" \
   tools/host/test-nfs-engines.sh --rounds 6 --version 4.1
+step "two engines on one export over NFSv4.0 (two clients by SETCLIENTID): the same checks" \
+  tools/host/test-nfs-engines.sh --rounds 6 --version 4.0
 step "POSIX locks over NFSv4.1 (LOCK, LOCKT, LOCKU): conflicts, GETLK's holder, SETLKW woken by unlock and by close, an interrupted SETLKW, across two engines and within one; control: over NFSv3 the same checks fail" \
   tools/host/test-nfs4-locks.sh
 step "NFSv4.1 client layer (our XDR over libnfs's transport) against nfs-ganesha: session, a file's whole life three times, the kept file on disk; controls: a changed byte, a version not spoken" \
@@ -111,8 +116,14 @@ step "NFSv4.1: server killed, restarted and stalled under load (the engine makes
   tools/host/test-nfs-faults.sh --version 4.1
 step "NFSv4.1 with a 15 s grace period and a 10 s lease: the same faults; requests refused for GRACE go again within their timeout" \
   env DPFS_NFS_GRACE=15 DPFS_NFS_LEASE=10 tools/host/test-nfs-faults.sh --version 4.1
+step "NFSv4.0: server killed, restarted and stalled under load (STALE_CLIENTID: the client made again by SETCLIENTID): fsync'ed data kept, EIO within the timeout" \
+  tools/host/test-nfs-faults.sh --version 4.0
+step "NFSv4.0 with a 15 s grace period and a 10 s lease (a 4.0 client holds grace for all of it): the same faults" \
+  env DPFS_NFS_GRACE=15 DPFS_NFS_LEASE=10 tools/host/test-nfs-faults.sh --version 4.0
 step "NFSv4.1 lease: an open file reads after 30 s idle (10 s lease, idle queues renew), 64 open/close loops with no SEQUENCE refused; control: without renewals the client expires" \
   tools/host/test-nfs4-lease.sh
+step "NFSv4.0 lease: a file made after 30 s idle (RENEW kept the client), 64 loops each making and removing files with no BAD_SEQID; control: without RENEW the client expires" \
+  tools/host/test-nfs4-lease.sh --version 4.0
 step "NFS server crashed for real (ext4 shut down unflushed): every fsync succeeds, nothing lost, writes resent" \
   tools/host/test-nfs-crash.sh
 step "control: the same crash without the write journal loses data (the check must fail)" \
@@ -121,11 +132,15 @@ step "NFSv4.1: the server crashed for real: the client made again, 128 writes re
   tools/host/test-nfs-crash.sh --version 4.1
 step "control: the same NFSv4.1 crash without the write journal loses data (the check must fail)" \
   bash -c 'tools/host/test-nfs-crash.sh --version 4.1 --journal-mb 0; [ $? = 1 ]'
+step "NFSv4.0: the server crashed for real: the client made again, the journal's writes resent, every fsync succeeds, nothing lost" \
+  tools/host/test-nfs-crash.sh --version 4.0
 step "NFS crash through FUSE-over-io_uring (a queue per CPU): no byte lost behind a successful fsync" \
   tools/host/test-nfs-crash.sh --transport uring --no-silent-loss
 step "NFS server that lies (bad handles, names, counts, targets, endless listing)" tools/host/test-nfs-hostile.sh
 step "NFSv4.1 server that lies (the same lies, an attribute not asked for, a result for another operation, SEQUENCE of another session)" \
   tools/host/test-nfs-hostile.sh --version 4.1
+step "NFSv4.0 server that lies (the same lies; OPEN refusing a new owner's first seqid, OPEN_CONFIRM refused)" \
+  tools/host/test-nfs-hostile.sh --version 4.0
 step "dpfs-bench core smoke run" .build/release/dpfs-bench core --requests 20000 --warmup 2000 --batches 16 --depths 16
 step "dpfs-bench vhost-user smoke run (in-process engine)" .build/release/dpfs-bench vhost-user --in-process-engine \
   --requests 20000 --warmup 2000 --operations getattr statfs read write --depths 1 16

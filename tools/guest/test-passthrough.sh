@@ -24,7 +24,7 @@
 # independently of our engine. (c) then runs 6.12 with one queue (virtiofsd has only one), (e) uses
 # virtiofsd's cache=always, and (d) and the SIGTERM/connection checks are skipped (engine features).
 #
-# With --nfs the engine serves the guests through its NFS backend (NFSv3; --nfs4: NFSv4.1) from a real nfs-ganesha
+# With --nfs the engine serves the guests through its NFS backend (NFSv3; --nfs4: NFSv4.1; --nfs40: NFSv4.0) from a real nfs-ganesha
 # exporting each share (tools/nfs-server.sh): the same workload and host checks, (a), (b) and (c);
 # (d) and (e) are passthrough-backend features and are skipped.
 #
@@ -38,7 +38,7 @@
 # control of this harness. It ends with 'control: ...' and exits 0 only when the guest ran its
 # workload and the checks reported failures, as they must when nothing is stored.
 #
-# Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd | --nfs | --nfs4 | --kv | --null-control]
+# Usage: tools/guest/test-passthrough.sh [--quick] [--virtiofsd | --nfs | --nfs4 | --nfs40 | --kv | --null-control]
 # Ends with 'guest-passthrough: N passed, N failed'; exit status 0 only if none failed.
 # Logs (console, run-guest output, engine/virtiofsd logs): tools/.cache/guest/logs/passthrough-<time>/,
 # kept. The shares are in a mktemp directory, removed at the end unless something failed.
@@ -55,9 +55,10 @@ while [ $# -gt 0 ]; do
     --virtiofsd) mode=virtiofsd; shift ;;
     --nfs) mode=nfs; shift ;;
     --nfs4) mode=nfs; nfs_version=4.1; shift ;;
+    --nfs40) mode=nfs; nfs_version=4.0; shift ;;
     --kv) mode=kv; shift ;;
     --null-control) mode=null; shift ;;
-    *) echo "usage: $0 [--quick] [--virtiofsd | --nfs | --nfs4 | --kv | --null-control]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--virtiofsd | --nfs | --nfs4 | --nfs40 | --kv | --null-control]" >&2; exit 2 ;;
   esac
 done
 
@@ -156,7 +157,7 @@ start_engine() { # name share queues cache
   server_log="$logdir/engine-$name.log"
   local backend=(--backend passthrough --shared-dir "$share" --cache "$cache")
   if [ $mode = nfs ]; then
-    # ganesha exports the share; the engine is its NFSv3 (or, with --nfs4, NFSv4.1) client.
+    # ganesha exports the share; the engine is its NFSv3 (or, with --nfs4, NFSv4.1; --nfs40, NFSv4.0) client.
     local url
     url=$(tools/nfs-server.sh start "$share" | grep "version=${nfs_version%.*}") || { echo "nfs-ganesha did not start"; return 1; }
     [ "$nfs_version" = 3 ] || url=$(sed "s/version=4&/version=$nfs_version\&/" <<<"$url")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""hostile_nfs4_server.py — an NFSv4.1 server that lies, for the NFS backend's v4 error paths.
+"""hostile_nfs4_server.py — an NFSv4.1 and NFSv4.0 server that lies, for the NFS backend's v4 error paths.
 
-It answers EXCHANGE_ID, CREATE_SESSION, SEQUENCE, RECLAIM_COMPLETE, the pseudo root's /hostile and
+It answers EXCHANGE_ID, CREATE_SESSION, SEQUENCE, RECLAIM_COMPLETE (4.1), SETCLIENTID,
+SETCLIENTID_CONFIRM and RENEW (4.0), the pseudo root's /hostile and
 the engine's start-up honestly enough to mount, then serves the tree of hostile_nfs_server.py (the
 NFSv3 liar) with the same lies told the v4 way, and three of its own:
   good, long-read, short-data, long-link, empty-link, odd-times, badhandle (a 129-byte handle),
@@ -12,6 +13,9 @@ NFSv3 liar) with the same lies told the v4 way, and three of its own:
   far-lock      LOCKT: held by another client from 2^63 + 5 (past any offset a guest can name)
   bad-lock      LOCKT: held, with a lock type outside 1-4
   (any other file: LOCKT says another client holds a read lock of everything)
+and two of 4.0's, for a file made in /hostile (OPEN creating it by name):
+  seqid-liar    OPEN answers BAD_SEQID to an owner's first seqid (a new owner takes any)
+  confirm-fails OPEN makes it and asks for OPEN_CONFIRM, which then answers BAD_STATEID
 It validates nothing of the client's sequence ids (a test double for error paths only; the real
 server of every other test is nfs-ganesha).
 
@@ -135,7 +139,44 @@ class Compound:
         if op == 57:  # DESTROY_CLIENTID
             r.u64()
             return self.result(op, 0)
+        if op == 35:  # SETCLIENTID (4.0): verifier, id, callback program, netid, address, ident
+            r.at += 8
+            r.opaque(), r.u32(), r.opaque(), r.opaque(), r.u32()
+            return self.result(op, 0, u64(0x1234) + b"V" * 8)
+        if op == 36:  # SETCLIENTID_CONFIRM
+            r.u64()
+            r.at += 8
+            return self.result(op, 0)
+        if op == 30:  # RENEW
+            r.u64()
+            return self.result(op, 0)
+        if op == 18:  # OPEN (4.0 creates): the name decides the lie
+            return self.open(r)
+        if op == 20:  # OPEN_CONFIRM: the stateid is never good
+            r.at += 16
+            r.u32()
+            return self.result(op, 10025)
         return self.files(r, op)
+
+    def open(self, r):
+        r.u32(), r.u32(), r.u32(), r.u64(), r.opaque()
+        if r.u32() == 1:  # OPEN4_CREATE: createhow4
+            how = r.u32()
+            if how in (2, 3):
+                r.at += 8
+            if how != 2:
+                read_bitmap(r)
+                r.opaque()
+        if r.u32() != 0:  # only CLAIM_NULL
+            return self.result(18, 10004)
+        name = r.opaque().decode(errors="replace")
+        if self.current != ROOT or name not in ("seqid-liar", "confirm-fails"):
+            return self.result(18, 10004)
+        if name == "seqid-liar":
+            return self.result(18, 10026)
+        self.current = FILES["good"][0]
+        stateid = u32(1) + b"O" * 12
+        return self.result(18, 0, stateid + u32(1) + u64(1) + u64(2) + u32(2) + u32(0) + u32(0))
 
     def files(self, r, op):
         if op == 24:  # PUTROOTFH

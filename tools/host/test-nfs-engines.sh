@@ -15,7 +15,7 @@
 # --version 4.1 runs it all over NFSv4.1 (the export's pseudo path): each engine is then a client
 # of its own, with a session per queue.
 # Needs root. Uses .build/release/dpfs-engine (built if missing). Exit status: failed checks.
-#   tools/host/test-nfs-engines.sh [--rounds N] [--version 3|4.1]
+#   tools/host/test-nfs-engines.sh [--rounds N] [--version 3|4.1|4.0]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -7,7 +7,7 @@
 # tools/nfs-server.sh on loopback. Needs root and /dev/fuse. Exit status 0 when everything holds.
 # --version 4.1 runs it over NFSv4.1: a restart makes the server forget the client, which the
 # engine makes again (EXCHANGE_ID, sessions) before the waiting requests go.
-#   tools/host/test-nfs-faults.sh [--timeout-ms MS] [--version 3|4.1]
+#   tools/host/test-nfs-faults.sh [--timeout-ms MS] [--version 3|4.1|4.0]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 timeout_ms=4000

@@ -8,6 +8,9 @@
 # --version 4.1: the same lies told over NFSv4.1 (tools/host/hostile_nfs4_server.py), and three of
 # v4's own: an attribute not asked for, a result labelled with another operation, and SEQUENCE
 # echoing another session: each fails its own call EIO.
+# --version 4.0: the same over NFSv4.0 (no SEQUENCE, no locks on the server), and two of 4.0's own:
+# an OPEN refusing a new owner's first seqid (the create fails EIO, no retry loop) and an
+# OPEN_CONFIRM refused (the file is made; its open is left to the lease, and the engine says so).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 version=3
@@ -44,6 +47,7 @@ python3 - "$work/mnt" "$version" <<'PY' || status=1
 import errno, os, sys, time
 mnt = sys.argv[1]
 v4 = sys.argv[2] != "3"
+v40 = sys.argv[2] == "4.0"
 bad = []
 def expect(what, function, want):
     started = time.monotonic()
@@ -72,7 +76,15 @@ if v4:
     expect("a 129-byte handle", lambda: os.stat(os.path.join(mnt, "badhandle")), "EIO")
     expect("an attribute not asked for", lambda: os.stat(os.path.join(mnt, "unasked")), "EIO")
     expect("a result labelled with another operation", lambda: os.stat(os.path.join(mnt, "wrong-op")), "EIO")
+if v4 and not v40:
     expect("SEQUENCE echoing another session", lambda: os.stat(os.path.join(mnt, "wrong-session")), "EIO")
+if v40:
+    def make(name):
+        os.close(os.open(os.path.join(mnt, name), os.O_CREAT | os.O_WRONLY, 0o644))
+        return True
+    expect("OPEN refusing a new owner's first seqid", lambda: make("seqid-liar"), "EIO")
+    expect("OPEN_CONFIRM refused: the file is made all the same", lambda: make("confirm-fails"), True)
+if v4 and not v40:
     import fcntl, struct
     def getlk(name):
         with open(os.path.join(mnt, name), "rb") as f:
@@ -81,7 +93,7 @@ if v4:
     expect("GETLK: another client's read lock of everything", lambda: getlk("good"), (fcntl.F_RDLCK, 0, 0))
     expect("GETLK: a lock past any offset is clamped to OFFSET_MAX", lambda: getlk("far-lock"), (fcntl.F_WRLCK, (1 << 63) - 1, 0))
     expect("GETLK: a lock type outside 1-4", lambda: getlk("bad-lock"), "EIO")
-else:
+if not v4:
     expect("nanoseconds past a second are clamped", lambda: os.stat(os.path.join(mnt, "odd-times")).st_mtime_ns % 1_000_000_000,
            999_999_999)
     expect("a 65-byte handle", lambda: os.stat(os.path.join(mnt, "badhandle")), "EIO")
@@ -95,5 +107,13 @@ print(f"test-nfs-hostile: {'all hold' if not bad else f'{len(bad)} failed: {bad}
 sys.exit(1 if bad else 0)
 PY
 kill -0 $engine_pid 2>/dev/null || { echo "test-nfs-hostile: FAIL the engine died"; status=1; }
+if [ "$version" = 4.0 ]; then
+  kill -TERM $engine_pid 2>/dev/null; wait $engine_pid 2>/dev/null
+  if grep -q "1 BAD_SEQID(s), 1 create open(s) left to the lease" "$work/engine.log"; then
+    echo "test-nfs-hostile: ok the engine reports the refused seqid and the open left to the lease"
+  else
+    echo "test-nfs-hostile: FAIL the engine's 4.0 report: $(grep -o "NFSv4.0: .*" "$work/engine.log")"; status=1
+  fi
+fi
 [ $status = 0 ] || tail -20 "$work/engine.log"
 exit $status
