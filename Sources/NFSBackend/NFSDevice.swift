@@ -52,7 +52,7 @@ public final class NFSDevice: @unchecked Sendable {
             + "\(resentWriteCount.load(ordering: .relaxed)) uncommitted write(s) resent after a server restart, "
             + "\(unjournaledWriteCount.load(ordering: .relaxed)) write(s) not journaled for want of room (their opens' fsync fails EIO after a restart)"
             + (v4.map { $0.control.minorVersion == 0 ? "; NFSv4.0: \(renewalCount.load(ordering: .relaxed)) RENEW(s), \(sequenceFailureCount.load(ordering: .relaxed)) call(s) refused STALE_CLIENTID or EXPIRED, client made again \($0.reestablished) time(s), \(seqidRefusedCount.load(ordering: .relaxed)) BAD_SEQID(s), \(opensLeftToLease.load(ordering: .relaxed)) create open(s) left to the lease" : "" } ?? "")
-            + (v4.flatMap { $0.control.minorVersion == 0 ? nil : $0 }.map { "; NFSv4.1: \(renewalCount.load(ordering: .relaxed)) lease renewal(s) by idle queues, \(sequenceFailureCount.load(ordering: .relaxed)) SEQUENCE(s) refused, client made again \($0.reestablished) time(s), \(locksReleasedAtSessionEnd.load(ordering: .relaxed)) lock owner(s) of ended sessions released (\(locksLeftToLease.load(ordering: .relaxed)) left to the lease)" } ?? "")
+            + (v4.flatMap { $0.control.minorVersion == 0 ? nil : $0 }.map { "; NFSv4.1: \(renewalCount.load(ordering: .relaxed)) lease renewal(s) by idle queues, \(sequenceFailureCount.load(ordering: .relaxed)) SEQUENCE(s) refused, client made again \($0.reestablished) time(s), \($0.reclaimedPairs) lock owner(s) reclaimed after a restart (\($0.reclaimFailures) refused), \(locksReleasedAtSessionEnd.load(ordering: .relaxed)) lock owner(s) of ended sessions released (\(locksLeftToLease.load(ordering: .relaxed)) left to the lease)" } ?? "")
     }
 
     /// The fault counters, for `/metrics`.
@@ -97,6 +97,8 @@ public final class NFSDevice: @unchecked Sendable {
         let hiddenID = hidden.withUnsafeBytes { nodes.lookup(handle: $0, kind: FileType.directory) }!
         hiddenDirectory = nodes.pin(hiddenID)!
         self.nodes = nodes
+        // A pair's file stays in the table while the guest holds it open (and so its locks).
+        v4?.handleOfNode = { [unowned nodes] node in Array(nodes.handle(node)) }
         files = OpenFileTable(capacity: configuration.openFilesMax)
     }
 

@@ -138,8 +138,7 @@ extension NFSQueue {
         let call = records[slot].plan.call
         let ids = entry >= 0 ? locks.stateids(entry) : (open: NFSv4Stateid(), lock: NFSv4Stateid())
         let known = entry >= 0 && locks.isLocked(entry)
-        let lockAccess = request.lockType == UInt32(F_WRLCK) ? NFSv4ShareAccess.write : NFSv4ShareAccess.read
-        let access = records[slot].plan.progress.contains(.lockTypeAccessOnly) ? lockAccess : NFSv4ShareAccess.both
+        let access = lockOpenAccess4(slot)
         return withUnsafeBytes(of: owner) { ownerBytes in
             compound4(slot, rpc, tag, cacheThis: call != .lockTest) { writer in
                 writer.putfh(primary)
@@ -168,6 +167,12 @@ extension NFSQueue {
         }
     }
 
+    /// The share access the pair's OPEN asks: read and write, or what the lock's type needs.
+    func lockOpenAccess4(_ slot: Int) -> UInt32 {
+        let lockAccess = records[slot].request.lockType == UInt32(F_WRLCK) ? NFSv4ShareAccess.write : NFSv4ShareAccess.read
+        return records[slot].plan.progress.contains(.lockTypeAccessOnly) ? lockAccess : NFSv4ShareAccess.both
+    }
+
     // MARK: - Answers
 
     func answeredLock4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
@@ -189,7 +194,10 @@ extension NFSQueue {
                 if status == .ok { _ = try reader.lockuResult() }
             }
             if Self.stateGone(status) { device.v4!.locks.lose(records[slot].request.lockEntry) }
-            if status == .ok { succeed(slot) } else { finish(slot, Self.lockErrno(status)) }
+            guard status == .ok else { return finish(slot, Self.lockErrno(status)) }
+            let request = records[slot].request
+            device.v4!.locks.released(request.lockEntry, start: request.offset, end: request.lockEnd)
+            succeed(slot)
         case .lockTest:
             var holder: NFSv4LockDenied? = nil
             if status == .ok {
@@ -220,7 +228,7 @@ extension NFSQueue {
         let opened = try reader.openResult()
         // 4.1 needs no OPEN_CONFIRM; a server asking for one is not speaking 4.1.
         guard !opened.needsConfirm else { return perform(slot, .malformed) }
-        locks.opened(entry, opened.stateid)
+        locks.opened(entry, opened.stateid, access: lockOpenAccess4(slot))
         records[slot].plan.call = .lock
         issue(slot)
     }
@@ -232,6 +240,8 @@ extension NFSQueue {
         let entry = records[slot].request.lockEntry
         if let granted {
             if !locks.isLocked(entry) { locks.locked(entry, granted) }
+            let request = records[slot].request
+            locks.granted(entry, start: request.offset, end: request.lockEnd, write: request.lockType == UInt32(F_WRLCK))
             return succeed(slot)
         }
         if Self.stateGone(status) { locks.lose(entry) }

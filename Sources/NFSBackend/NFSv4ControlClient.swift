@@ -163,13 +163,15 @@ public final class NFSv4ControlSession {
     let verifier: UInt64
     /// 0 or 1: which NFSv4 this client speaks.
     public let minorVersion: UInt32
+    /// NFSv4.1: what `reestablish` reclaims between CREATE_SESSION and RECLAIM_COMPLETE.
+    var reclaim: (() -> Void)? = nil
     let slots: UInt32
     let transferBytesMax: UInt32
 
     /// The client again after the server forgot it (a restart, an expired lease): a new
-    /// connection, EXCHANGE_ID with the same owner and verifier, a new control session,
-    /// RECLAIM_COMPLETE (this client holds no state a grace period would let it reclaim: its
-    /// opens last one COMPOUND, its I/O uses the anonymous stateid).
+    /// connection, EXCHANGE_ID with the same owner and verifier, a new control session, the
+    /// reclaim of what the client held (`reclaim`: its locks; its other opens last one COMPOUND,
+    /// its I/O uses the anonymous stateid), RECLAIM_COMPLETE.
     public func reestablish() throws(NFSStartupError) {
         try client.reconnect()
         try establish()
@@ -189,6 +191,9 @@ public final class NFSv4ControlSession {
         fore = created.fore
         slotSequence = 1
         established = true
+        // A client made again after the server restarted reclaims what it held, in the grace
+        // period, before it says it is done.
+        reclaim?()
         _ = try call("RECLAIM_COMPLETE", operations: 1) { writer in writer.reclaimComplete(oneFileSystem: false) } read: { _, _ in () }
     }
 

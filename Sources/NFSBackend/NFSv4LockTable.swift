@@ -47,6 +47,23 @@ enum NFSv4TeardownStep: Equatable {
     case undo(NFSv4LockTeardown)
 }
 
+/// A byte range one (node, owner) holds locked on the server, FUSE's way (inclusive ends).
+struct NFSv4HeldRange: Equatable {
+    var start: UInt64
+    var end: UInt64
+    var write: Bool
+}
+
+/// A pair whose locks a new client may reclaim in the server's grace period (control path).
+struct NFSv4ReclaimPair: Equatable {
+    let entry: Int
+    let node: UInt32
+    let owner: UInt64
+    /// The share access its open had.
+    let access: UInt32
+    let ranges: [NFSv4HeldRange]
+}
+
 final class NFSv4LockTable: @unchecked Sendable {
     let capacity: Int
     let nodes: UnsafeMutablePointer<UInt32>
@@ -59,10 +76,20 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// index | generation << 32, so one that outlived its pair (a new client, a removal) touches
     /// nothing of the pair that has the index now.
     let generations: UnsafeMutablePointer<UInt32>
+    /// Per entry: the ranges it holds (up to `rangesMax`, FUSE's view of what the server granted,
+    /// kept so a new client can reclaim them), and the share access of its open.
+    let ranges: UnsafeMutablePointer<NFSv4HeldRange>
+    let rangeCounts: UnsafeMutablePointer<UInt8>
+    let accesses: UnsafeMutablePointer<UInt32>
     let mutex = HostMutex()
     private(set) var count = 0
 
     static let inUse: UInt8 = 1, opened: UInt8 = 2, locked: UInt8 = 4, busy: UInt8 = 8, lostState: UInt8 = 16
+    /// Bit 5: more ranges than are kept (not reclaimable); bit 6: reclaimed by the new client.
+    static let untracked: UInt8 = 32, reclaimedMark: UInt8 = 64
+    /// Ranges kept per pair: a process rarely holds more than a few on one file; one that does is
+    /// not reclaimed after a server restart (its locks are lost, as without a grace period).
+    static let rangesMax = 8
 
     init(capacity: Int) {
         precondition(capacity >= 1 && capacity <= 1 << 20)
@@ -79,6 +106,12 @@ final class NFSv4LockTable: @unchecked Sendable {
         flags.initialize(repeating: 0, count: capacity)
         generations = .allocate(capacity: capacity)
         generations.initialize(repeating: 1, count: capacity)
+        ranges = .allocate(capacity: capacity * Self.rangesMax)
+        ranges.initialize(repeating: NFSv4HeldRange(start: 0, end: 0, write: false), count: capacity * Self.rangesMax)
+        rangeCounts = .allocate(capacity: capacity)
+        rangeCounts.initialize(repeating: 0, count: capacity)
+        accesses = .allocate(capacity: capacity)
+        accesses.initialize(repeating: 0, count: capacity)
     }
 
     deinit {
@@ -88,6 +121,9 @@ final class NFSv4LockTable: @unchecked Sendable {
         locks.deallocate()
         flags.deallocate()
         generations.deallocate()
+        ranges.deallocate()
+        rangeCounts.deallocate()
+        accesses.deallocate()
     }
 
     /// The handle a request keeps for `index` (the caller holds the mutex).
@@ -133,11 +169,98 @@ final class NFSv4LockTable: @unchecked Sendable {
 
     /// The entry's OPEN succeeded: its stateid (kept with sequence 0). An entry whose generation
     /// passed (a new client, a removal) is left alone, here and below.
-    func opened(_ entry: Int, _ stateid: NFSv4Stateid) {
+    func opened(_ entry: Int, _ stateid: NFSv4Stateid, access: UInt32 = NFSv4ShareAccess.both) {
         mutex.withLock {
             guard let index = index(entry), flags[index] & Self.busy != 0 else { return }
             opens[index] = NFSv4Stateid(sequence: 0, other: stateid.other)
+            accesses[index] = access
             flags[index] |= Self.opened
+        }
+    }
+
+    /// The server granted the entry [start, end] of this type: as POSIX does, it replaces what the
+    /// owner held there.
+    func granted(_ entry: Int, start: UInt64, end: UInt64, write: Bool) {
+        precondition(start <= end)
+        mutex.withLock {
+            guard let index = index(entry), flags[index] & Self.untracked == 0 else { return }
+            guard carve(index, start: start, end: end), Int(rangeCounts[index]) < Self.rangesMax else {
+                flags[index] |= Self.untracked
+                return
+            }
+            ranges[index * Self.rangesMax + Int(rangeCounts[index])] = NFSv4HeldRange(start: start, end: end, write: write)
+            rangeCounts[index] += 1
+        }
+    }
+
+    /// The server unlocked the entry's [start, end].
+    func released(_ entry: Int, start: UInt64, end: UInt64) {
+        precondition(start <= end)
+        mutex.withLock {
+            guard let index = index(entry), flags[index] & Self.untracked == 0 else { return }
+            if !carve(index, start: start, end: end) { flags[index] |= Self.untracked }
+        }
+    }
+
+    /// Takes [start, end] out of the entry's ranges (the caller holds the mutex); false when a
+    /// range split in two finds no room for its second half.
+    func carve(_ index: Int, start: UInt64, end: UInt64) -> Bool {
+        let base = ranges + index * Self.rangesMax
+        var at = 0
+        while at < Int(rangeCounts[index]) {
+            let range = base[at]
+            if range.end < start || range.start > end {
+                at += 1
+            } else if range.start >= start && range.end <= end {
+                rangeCounts[index] -= 1
+                base[at] = base[Int(rangeCounts[index])]
+            } else if range.start < start && range.end > end {
+                guard Int(rangeCounts[index]) < Self.rangesMax else { return false }
+                base[at].end = start - 1
+                base[Int(rangeCounts[index])] = NFSv4HeldRange(start: end + 1, end: range.end, write: range.write)
+                rangeCounts[index] += 1
+                at += 1
+            } else if range.start < start {
+                base[at].end = start - 1
+                at += 1
+            } else {
+                base[at].start = end + 1
+                at += 1
+            }
+        }
+        return true
+    }
+
+    /// The ranges the entry holds (tests and the reclaim).
+    func heldRanges(_ entry: Int) -> [NFSv4HeldRange] {
+        mutex.withLock {
+            guard let index = index(entry) else { return [] }
+            return (0..<Int(rangeCounts[index])).map { ranges[index * Self.rangesMax + $0] }
+        }
+    }
+
+    /// The pairs a new client may reclaim (control path): locked, not busy, not lost, every range
+    /// kept. Each is left as it is until `reclaimed` or the `reset` after the reclaim.
+    func reclaimable() -> [NFSv4ReclaimPair] {
+        mutex.withLock {
+            var pairs: [NFSv4ReclaimPair] = []
+            for index in 0..<capacity where flags[index] & (Self.inUse | Self.locked) == Self.inUse | Self.locked
+                && flags[index] & (Self.busy | Self.lostState | Self.untracked) == 0 && rangeCounts[index] > 0 {
+                pairs.append(NFSv4ReclaimPair(entry: handle(index), node: nodes[index], owner: owners[index], access: accesses[index],
+                                              ranges: (0..<Int(rangeCounts[index])).map { ranges[index * Self.rangesMax + $0] }))
+            }
+            return pairs
+        }
+    }
+
+    /// The new client reclaimed the pair's open and every range: its new stateids; the `reset`
+    /// that follows keeps it.
+    func reclaimed(_ entry: Int, open: NFSv4Stateid, lock: NFSv4Stateid) {
+        mutex.withLock {
+            guard let index = index(entry), flags[index] & (Self.busy | Self.lostState) == 0 else { return }
+            opens[index] = NFSv4Stateid(sequence: 0, other: open.other)
+            locks[index] = NFSv4Stateid(sequence: 0, other: lock.other)
+            flags[index] |= Self.reclaimedMark
         }
     }
 
@@ -206,10 +329,13 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// A new client (the server forgot the old one, and with it every open and lock): pairs that
     /// held locks are lost (their LOCKs fail EIO until the owner closes the file); the others go.
     /// A request still working on an entry finds it no longer busy and leaves it so.
+    /// Pairs the new client reclaimed (`reclaimed`) stay, as they are on the server.
     func reset() {
         mutex.withLock {
             for entry in 0..<capacity where flags[entry] & Self.inUse != 0 {
-                if flags[entry] & Self.locked != 0 {
+                if flags[entry] & Self.reclaimedMark != 0 {
+                    flags[entry] &= ~Self.reclaimedMark
+                } else if flags[entry] & Self.locked != 0 {
                     flags[entry] = Self.inUse | Self.lostState
                     generations[entry] &+= 1
                 } else {
@@ -247,6 +373,7 @@ final class NFSv4LockTable: @unchecked Sendable {
 
     func remove(_ index: Int) {
         flags[index] = 0
+        rangeCounts[index] = 0
         generations[index] &+= 1
         count -= 1
     }

@@ -78,11 +78,89 @@ public final class NFSv4DeviceState: @unchecked Sendable {
         return false
     }
 
+    /// The node table's handles, for the reclaim (set by the device once its table exists).
+    var handleOfNode: ((UInt32) -> [UInt8])? = nil
+    /// Lock owners reclaimed after a server restart, and those that could not be (lost).
+    public private(set) var reclaimedPairs = 0
+    public private(set) var reclaimFailures = 0
+    /// The reclaim test's control (tools/host/test-nfs4-locks.sh): with DPFS_TEST_NFS4_NO_RECLAIM
+    /// set a restart in the grace period must lose the locks, or the test could not tell a
+    /// reclaim from a server that kept them.
+    static let reclaimDisabledForTest = getenv("DPFS_TEST_NFS4_NO_RECLAIM") != nil
+
     init(control: NFSv4ControlSession, leaseSeconds: UInt32) {
         self.control = control
         // A server that names no lease gets the protocol's usual 90 s; one under 3 s, 3 s.
         leaseNanoseconds = UInt64(leaseSeconds == 0 ? 90 : max(leaseSeconds, 3)) * 1_000_000_000
         for at in 0..<Self.interruptsMax { (interrupts + at).initialize(to: Atomic(0)) }
+        control.reclaim = { [unowned self] in self.reclaimLocks() }
+    }
+
+    /// The client was made again (the server restarted; in its grace period): each pair's open
+    /// (CLAIM_PREVIOUS) and every range it held (LOCK with reclaim set), with their new stateids.
+    /// A server past its grace (or Graceless) refuses: the pairs are then lost, as before. Runs
+    /// on the control session inside `makeSession`, the mutex held.
+    func reclaimLocks() {
+        guard !Self.reclaimDisabledForTest, let handleOf = handleOfNode else { return }
+        for pair in locks.reclaimable() {
+            do throws(NFSStartupError) {
+                let state = try reclaim(pair, file: handleOf(pair.node))
+                locks.reclaimed(pair.entry, open: state.open, lock: state.lock)
+                reclaimedPairs += 1
+            } catch {
+                reclaimFailures += 1
+            }
+        }
+    }
+
+    func reclaim(_ pair: NFSv4ReclaimPair, file: [UInt8]) throws(NFSStartupError) -> (open: NFSv4Stateid, lock: NFSv4Stateid) {
+        let owner = withUnsafeBytes(of: NFSQueue.lockOwnerBytes(pair.owner)) { Array($0) }
+        let clientID = control.clientID
+        let open: NFSv4Stateid? = try control.call("OPEN (reclaim)", operations: 2) { writer in
+            file.withUnsafeBytes { writer.putfh($0) }
+            owner.withUnsafeBytes {
+                writer.open(clientID: clientID, owner: $0, access: pair.access | NFSv4ShareAccess.wantNoDelegation, create: .none, claim: .previous)
+            }
+        } read: { reader, _ throws(XDRError) in
+            guard try reader.next(.putfh) == .ok, try reader.next(.open) == .ok else { return nil }
+            return try reader.openResult().stateid
+        }
+        guard let open else { throw NFSStartupError("the server refused the open's reclaim") }
+        var lock: NFSv4Stateid? = nil
+        for range in pair.ranges {
+            let length = range.end >= UInt64(Int64.max) ? UInt64.max : range.end - range.start + 1
+            let granted: NFSv4Stateid? = try control.call("LOCK (reclaim)", operations: 2) { writer in
+                file.withUnsafeBytes { writer.putfh($0) }
+                owner.withUnsafeBytes { ownerBytes in
+                    let locker: NFSv4Locker = lock.map { .knownOwner(lockStateid: NFSv4Stateid(sequence: 0, other: $0.other), lockSeqid: 0) }
+                        ?? .newOwner(openStateid: open, openSeqid: 0, clientID: clientID, owner: ownerBytes, lockSeqid: 0)
+                    writer.lock(range.write ? .write : .read, reclaim: true, offset: range.start, length: length, locker)
+                }
+            } read: { reader, _ throws(XDRError) in
+                guard try reader.next(.putfh) == .ok else { return nil }
+                return try reader.lockResult(try reader.next(.lock)).granted
+            }
+            guard let granted else {
+                // Part of the pair came back: undo it, or it would hold ranges nobody owns.
+                undoReclaim(file: file, open: open, lock: lock)
+                throw NFSStartupError("the server refused a lock's reclaim")
+            }
+            lock = granted
+        }
+        return (open, lock!)
+    }
+
+    func undoReclaim(file: [UInt8], open: NFSv4Stateid, lock: NFSv4Stateid?) {
+        do throws(NFSStartupError) {
+            _ = try control.call("undo a partial reclaim", operations: lock == nil ? 2 : 4) { writer in
+                file.withUnsafeBytes { writer.putfh($0) }
+                if let lock {
+                    writer.locku(.write, lockStateid: lock, offset: 0, length: .max)
+                    writer.freeStateid(lock)
+                }
+                writer.close(open)
+            } read: { _, status in status }
+        } catch {}
     }
 
     deinit { interrupts.deallocate() }

@@ -92,4 +92,56 @@ import Testing
         table.finished(again)
         #expect(table.begin(node: 2, owner: 2) == .lost)
     }
+
+    /// A locked pair, its entry not busy.
+    static func lockedPair(_ table: NFSv4LockTable, node: UInt32, owner: UInt64) -> Int {
+        guard case .openThenLock(let entry) = table.begin(node: node, owner: owner) else { preconditionFailure("no open first") }
+        table.opened(entry, Self.open, access: NFSv4ShareAccess.read)
+        table.locked(entry, Self.lock)
+        return entry
+    }
+
+    @Test("the ranges a pair holds follow POSIX: a lock replaces what it covers, an unlock splits what it cuts")
+    func rangesFollowPosix() {
+        let table = NFSv4LockTable(capacity: 2)
+        let entry = Self.lockedPair(table, node: 3, owner: 4)
+        table.granted(entry, start: 0, end: 99, write: true)
+        table.released(entry, start: 10, end: 19)
+        table.granted(entry, start: 50, end: 59, write: false)
+        let held = table.heldRanges(entry).sorted { $0.start < $1.start }
+        #expect(held == [NFSv4HeldRange(start: 0, end: 9, write: true), NFSv4HeldRange(start: 20, end: 49, write: true),
+                         NFSv4HeldRange(start: 50, end: 59, write: false), NFSv4HeldRange(start: 60, end: 99, write: true)])
+        table.granted(entry, start: 5, end: UInt64(Int64.max), write: false)
+        #expect(table.heldRanges(entry).sorted { $0.start < $1.start }
+                == [NFSv4HeldRange(start: 0, end: 4, write: true), NFSv4HeldRange(start: 5, end: UInt64(Int64.max), write: false)])
+        table.released(entry, start: 0, end: UInt64(Int64.max))
+        #expect(table.heldRanges(entry).isEmpty)
+    }
+
+    @Test("a reclaimed pair survives the new client with its new stateids; one not reclaimed, or with too many ranges, is lost")
+    func reclaim() {
+        let table = NFSv4LockTable(capacity: 4)
+        let kept = Self.lockedPair(table, node: 1, owner: 1)
+        table.granted(kept, start: 0, end: 9, write: true)
+        table.finished(kept)
+        let many = Self.lockedPair(table, node: 2, owner: 2)
+        for at in 0..<UInt64(NFSv4LockTable.rangesMax + 1) { table.granted(many, start: at * 10, end: at * 10 + 1, write: true) }
+        table.finished(many)
+        let refused = Self.lockedPair(table, node: 3, owner: 3)
+        table.granted(refused, start: 0, end: 0, write: false)
+        table.finished(refused)
+        let candidates = table.reclaimable()
+        #expect(candidates.map(\.node).sorted() == [1, 3], "more ranges than kept: not reclaimable")
+        #expect(candidates.first { $0.node == 1 } == NFSv4ReclaimPair(entry: kept, node: 1, owner: 1, access: NFSv4ShareAccess.read,
+                                                                      ranges: [NFSv4HeldRange(start: 0, end: 9, write: true)]))
+        let newLock = NFSv4Stateid(sequence: 1, other: (0xC, 3))
+        table.reclaimed(kept, open: NFSv4Stateid(sequence: 1, other: (0xD, 4)), lock: newLock)
+        table.reset()
+        #expect(table.begin(node: 1, owner: 1) == .lockKnown(entry: kept, lock: NFSv4Stateid(sequence: 0, other: (0xC, 3))))
+        #expect(table.begin(node: 2, owner: 2) == .lost)
+        #expect(table.begin(node: 3, owner: 3) == .lost)
+        table.finished(kept)
+        table.reset()
+        #expect(table.begin(node: 1, owner: 1) == .lost, "a second new client with no reclaim loses it")
+    }
 }

@@ -13,6 +13,10 @@ same one): the NFSv4.1 backend sends LOCK/LOCKT/LOCKU, so the server arbitrates.
   7. After A closes, B's GETLK of everything reports no lock.
 With --restart-command: A holds a lock, the server restarts (and forgets it); A's next lock on
 that file fails EIO until A closes it, B gets the range meanwhile, and A after reopening sees B's.
+With --restart-command and --grace (a server with a grace period): A holds a write lock and a read
+lock, the server restarts, A's engine reclaims both in the grace period: B is refused the write
+lock's range and a write lock of the read lock's, may share the read lock, A's next lock works,
+and once A unlocks B gets the range.
 A's and B's processes are this script (B runs it with --worker, driven over a pipe).
 Exit status: the number of failed checks (the control, tools/host/test-nfs4-locks.sh over NFSv3,
 expects failures: there each kernel keeps its own locks).
@@ -129,12 +133,57 @@ def after_restart(args, check):
         os.unlink(path)
 
 
+def after_restart_in_grace(args, check):
+    name = f"grace-{os.getpid()}"
+    path_a, path_b = os.path.join(args.mount_a, name), os.path.join(args.mount_b, name)
+    probe = os.path.join(args.mount_a, f"probe-{os.getpid()}")
+    for path in (path_a, probe):
+        with open(path, "wb") as f:
+            f.write(b"x" * 4096)
+    fd = os.open(path_a, os.O_RDWR)
+    lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 10)
+    lock(fd, fcntl.F_SETLK, fcntl.F_RDLCK, 100, 10)
+    subprocess.run(args.restart_command, shell=True, check=True, stdout=subprocess.DEVNULL)
+    # Until a lock on another file works, the engine is making its client again (and the server
+    # may answer GRACE to new locks until every client says its reclaim is complete).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with open(probe, "r+b") as p:
+                lock(p.fileno(), fcntl.F_SETLK, fcntl.F_WRLCK, 0, 1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    try:
+        lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 20, 10)
+        check("reclaimed-owner-locks-on", True)
+    except OSError as e:
+        check("reclaimed-owner-locks-on", False, f"A's lock after the restart: {errno.errorcode.get(e.errno)}")
+    b = Worker(path_b)
+    refused = lambda got: got is not None and not got["ok"] and got["errno"] in (errno.EAGAIN, errno.EACCES)
+    got = b.call(op="setlk", type=fcntl.F_WRLCK, start=0, len=10, timeout=40)
+    check("reclaimed-write-lock-held", refused(got), f"B's SETLK of A's write range: {got}")
+    got = b.call(op="setlk", type=fcntl.F_WRLCK, start=100, len=10, timeout=40)
+    check("reclaimed-read-lock-held", refused(got), f"B's write SETLK of A's read range: {got}")
+    got = b.call(op="setlk", type=fcntl.F_RDLCK, start=100, len=10, timeout=40)
+    check("reclaimed-read-lock-shared", got is not None and got["ok"], f"B's read SETLK of A's read range: {got}")
+    lock(fd, fcntl.F_SETLK, fcntl.F_UNLCK, 0, 10)
+    got = b.call(op="setlk", type=fcntl.F_WRLCK, start=0, len=10, timeout=40)
+    check("unlocked-after-reclaim", got is not None and got["ok"], f"B's SETLK after A unlocked: {got}")
+    b.call(op="close")
+    os.close(fd)
+    b.process.kill()
+    for path in (path_a, probe):
+        os.unlink(path)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
     parser.add_argument("--mount-a")
     parser.add_argument("--mount-b")
     parser.add_argument("--restart-command", help="restart the server, then check the lost-lock rules instead")
+    parser.add_argument("--grace", action="store_true", help="with --restart-command: the server has a grace period (check the reclaim)")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker)
@@ -146,7 +195,7 @@ def main():
         failures += 0 if good else 1
 
     if args.restart_command:
-        after_restart(args, check)
+        (after_restart_in_grace if args.grace else after_restart)(args, check)
         return failures
 
     name = f"locks-{os.getpid()}"

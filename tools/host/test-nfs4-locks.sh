@@ -7,8 +7,12 @@
 #   3. an engine told to stop while a SETLKW waits on it stops (the wait ends EINTR);
 #   4. across a server restart, which forgets them: the holder's next lock on the file fails EIO
 #      until it closes the file, and the other engine's process gets the range meanwhile;
-# and the control, which must fail: the same checks over NFSv3, where the guest's kernel keeps
-# locks (no NLM), so a lock through one engine is not seen through the other.
+#   5. across a restart of a server with a grace period (15 s, lease 10 s): the holder's engine
+#      reclaims its locks (OPEN CLAIM_PREVIOUS, LOCK with reclaim set) before RECLAIM_COMPLETE, so
+#      the other engine's process is still refused them, and the holder unlocks as usual;
+# and the controls, which must fail: step 5 with the reclaim turned off (DPFS_TEST_NFS4_NO_RECLAIM),
+# and the same checks over NFSv3, where the guest's kernel keeps locks (no NLM), so a lock through
+# one engine is not seen through the other.
 # Needs root. Uses .build/release/dpfs-engine (built if missing). Exit status: failed checks.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,7 +47,7 @@ engines() {
   local url
   if [ "$1" = 3 ]; then url=$(grep "version=3" <<<"$urls"); else url=$(grep "version=4" <<<"$urls" | sed "s/version=4&/version=$1\&/"); fi
   for name in a b; do
-    $engine --fuse-mount "$work/mnt-$name" --backend nfs --nfs-url "$url" --cache never --fuse-transport uring \
+    env ${engine_env:-} $engine --fuse-mount "$work/mnt-$name" --backend nfs --nfs-url "$url" --cache never --fuse-transport uring \
       >"$work/engine-$name-$1.log" 2>&1 &
     pids+=($!)
   done
@@ -88,6 +92,30 @@ if engines 4.1; then
 fi
 stop_engines
 grep -h "NFS server faults\|lock" "$work"/engine-a-4.1.log | tail -2 | sed 's/^/    /'
+# 5. The same export from a server with a grace period: a restart lets the engines reclaim.
+tools/nfs-server.sh stop
+urls=$(DPFS_NFS_GRACE=15 DPFS_NFS_LEASE=10 tools/nfs-server.sh start "$work/share") \
+  || { bad grace-server "nfs-ganesha did not start with a grace period"; urls=; }
+if [ -n "$urls" ] && engines 4.1; then
+  if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-b" --restart-command "tools/nfs-server.sh restart" --grace; then
+    ok reclaimed-in-grace
+  else
+    bad reclaimed-in-grace "see above"
+  fi
+  stop_engines
+  grep -o "[0-9]* lock owner(s) reclaimed after a restart ([0-9]* refused)" "$work/engine-a-4.1.log" | tail -1 | sed 's/^/    engine a: /'
+  # Control: the holder's engine does not reclaim; the other engine's process must get the ranges.
+  if engine_env=DPFS_TEST_NFS4_NO_RECLAIM=1 engines 4.1; then
+    if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-b" --restart-command "tools/nfs-server.sh restart" --grace \
+        >"$work/control-grace.out" 2>&1; then
+      bad control-no-reclaim-fails "the reclaim checks passed with the reclaim turned off"
+    else
+      ok control-no-reclaim-fails
+      grep -m1 FAILED "$work/control-grace.out" | sed 's/^/    /'
+    fi
+  fi
+  stop_engines
+fi
 # The control: over NFSv3 the same checks must fail (each engine's kernel keeps its own locks).
 if engines 3; then
   if python3 tools/host/nfs_locks.py --mount-a "$work/mnt-a" --mount-b "$work/mnt-b" >"$work/control.out" 2>&1; then
