@@ -28,6 +28,8 @@ public final class NFSDevice: @unchecked Sendable {
     public let instance: UInt64
     /// NFSv4.1: the client, its control session and the queues' sessions (nil over NFSv3).
     public let v4: NFSv4DeviceState?
+    /// NFSv4.0: where each node was last found (its OPENs go by directory and name).
+    let names: NFSv40NodeNames?
     /// Fault counters of all queues (rare events: a shared atomic each is cheap enough).
     let reconnectCount = Atomic<Int>(0)
     let timeoutCount = Atomic<Int>(0)
@@ -92,6 +94,7 @@ public final class NFSDevice: @unchecked Sendable {
             hidden = try Self.hiddenDirectory(url, root: root, timeoutMilliseconds: timeout)
         }
         hostName = strdup(url.host)!
+        names = url.version == 4 && url.minorVersion == 0 ? NFSv40NodeNames(capacity: configuration.nodesMax) : nil
         let nodes = root.withUnsafeBytes { FileHandleTable(capacity: configuration.nodesMax, rootHandle: $0, rootKind: FileType.directory) }
         // Its own pin keeps the record when a new session forgets every node.
         let hiddenID = hidden.withUnsafeBytes { nodes.lookup(handle: $0, kind: FileType.directory) }!
@@ -105,7 +108,7 @@ public final class NFSDevice: @unchecked Sendable {
     deinit { Glibc.free(hostName) }
 
     /// POSIX locks go to the server (NFSv4.1); elsewhere the guest's kernel keeps them.
-    public var locksOnServer: Bool { v4?.control.minorVersion == 1 }
+    public var locksOnServer: Bool { v4 != nil }
 
     /// The largest READ or WRITE the guest may send: both server limits and FUSE's own, in pages.
     public var transferBytesMax: Int {
@@ -117,7 +120,7 @@ public final class NFSDevice: @unchecked Sendable {
             + "\(configuration.openFilesMax) open files; per queue \(configuration.connectionsPerQueue) connection(s), "
             + "\(configuration.journalBytesPerQueue >> 20) MiB write journal; timeout \(configuration.requestTimeoutMilliseconds) ms); "
             + (v4 == nil ? "POSIX locks stay in the guest's kernel: NFSv3 without NLM cannot show them to other clients of the export"
-                         : !locksOnServer ? "NFSv4.0 client \(String(v4!.clientID, radix: 16)), renewed by RENEW; POSIX locks stay in the guest's kernel: this backend does not send them over NFSv4.0 yet"
+                         : v4!.control.minorVersion == 0 ? "NFSv4.0 client \(String(v4!.clientID, radix: 16)), renewed by RENEW; POSIX locks through LOCK, LOCKT and LOCKU (opens by the name each file was last found under), seen by every client of the export"
                          : "NFSv4.1 client \(String(v4!.clientID, radix: 16)), a session per queue; POSIX locks through LOCK, LOCKT and LOCKU, seen by every client of the export")
     }
 

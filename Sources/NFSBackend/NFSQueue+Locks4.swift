@@ -19,6 +19,14 @@ extension NFSQueue {
     /// (Owners of two engines never meet: each engine is its own NFSv4 client.)
     static func lockOwnerBytes(_ owner: UInt64) -> (UInt64, UInt64) { (0x6B63_6F6C_7366_7064, owner.bigEndian) }
 
+    /// NFSv4.0: a pair's own open-owner and lock-owner, named by its serial (and the lock-owner's
+    /// generation); a GETLK by an owner with no pair on the file names "dp4t" and the owner.
+    static func openOwner40(serial: UInt32) -> (UInt32, UInt32, UInt32, UInt32) { (0x6470_346F, serial.bigEndian, 0, 0) }
+    static func lockOwner40(serial: UInt32, generation: UInt32) -> (UInt32, UInt32, UInt32, UInt32) {
+        (0x6470_346C, serial.bigEndian, generation.bigEndian, 0)
+    }
+    static func testOwner40(_ owner: UInt64) -> (UInt64, UInt64) { (0x7434_7064, owner.bigEndian) }
+
     /// FUSE's inclusive [start, end] (end OFFSET_MAX: to the end of the file) as NFSv4's offset and length.
     static func lockRange(_ request: NFSRequestArguments) -> (offset: UInt64, length: UInt64) {
         let length = request.lockEnd >= UInt64(Int64.max) ? UInt64.max : request.lockEnd - request.offset + 1
@@ -75,6 +83,12 @@ extension NFSQueue {
             if unlocking { succeed(slot) } else { finish(slot, FUSEErrno(ENOLCK)) }
             return false
         case .openThenLock(let entry):
+            // NFSv4.0 opens by name: a node never found under one (nor by READDIRPLUS) has none.
+            if !unlocking, let names = device.names, names.location(node) == nil {
+                records[slot].request.lockEntry = entry
+                finish(slot, FUSEErrno(ENOLCK))
+                return false
+            }
             return lockStage4(slot, entry: entry, unlocking: unlocking, call: .lockOpen)
         case .lockFromOpen(let entry, _):
             return lockStage4(slot, entry: entry, unlocking: unlocking, call: .lock)
@@ -130,6 +144,7 @@ extension NFSQueue {
 
     func sendLock4(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, _ primary: UnsafeRawBufferPointer,
                    _ request: NFSRequestArguments) -> Int32 {
+        if v4!.minorVersion == 0 { return sendLock40(slot, rpc, tag, primary, request) }
         let locks = device.v4!.locks
         let clientID = device.v4!.clientID
         let owner = Self.lockOwnerBytes(request.lockOwner)
@@ -176,6 +191,7 @@ extension NFSQueue {
     // MARK: - Answers
 
     func answeredLock4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        if v4!.minorVersion == 0 { return try answeredLock40(slot, &reader) }
         var status = try putfh4(&reader)
         switch records[slot].plan.call {
         case .lockOpen:

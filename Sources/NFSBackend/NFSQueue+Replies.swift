@@ -82,6 +82,8 @@ extension NFSQueue {
         case .succeed: succeed(slot)
         case .fail(let errno): finish(slot, errno)
         case .markHidden:
+            device.names?.moved(records[slot].stagedNode, parent: device.hiddenDirectory,
+                                name: UnsafeRawBufferPointer(start: hiddenName(slot), count: 33))
             perform(slot, .hidden(removeNow: device.nodes.hid(records[slot].stagedNode)))
         case .dropStagedAndSend:
             device.nodes.unpin(records[slot].stagedNode)
@@ -424,6 +426,8 @@ extension NFSQueue {
         guard let nodeID = device.nodes.lookup(handle: staged, kind: attributes.mode & FileType.mask) else {
             return finish(slot, Self.ENFILE)
         }
+        device.names?.record(UInt32(truncatingIfNeeded: nodeID), parent: records[slot].primaryNode, name: records[slot].request.name,
+                             fileid: attributes.inode)
         let reply = records[slot].reply
         if records[slot].request.opcodeRaw == FUSEOpcode.create.rawValue {
             // The lookup just counted keeps the record alive, so the pin cannot fail.

@@ -261,7 +261,9 @@ extension NFSQueue {
             var reader = try CompoundReader(buffer: bytes, operationsSent: 1)
             // A refused RENEW or SEQUENCE: the server forgot the client (or the session); the
             // next connection makes it again.
-            guard try reader.next(session.minorVersion == 0 ? .renew : .sequence) == .ok else {
+            let renewed = try reader.next(session.minorVersion == 0 ? .renew : .sequence)
+            // CB_PATH_DOWN renews the lease all the same (RFC 7530 §16.29.5): no callback is offered.
+            guard renewed == .ok || (session.minorVersion == 0 && renewed == .cbPathDown) else {
                 device.sequenceFailureCount.add(1, ordering: .relaxed)
                 session.release(sessionSlot, advanced: false)
                 link.teardownWanted = true

@@ -78,6 +78,7 @@ extension NFSQueue {
         do throws(XDRError) {
             var reader = try CompoundReader(buffer: bytes, operationsSent: Int(session.operationsSent[slot]))
             if records[slot].plan.call == .create, !countSeqids40(slot, reader) { return }
+            if records[slot].plan.call.isLock { countLockSeqids40(slot, reader) }
             // The server forgot the client (a restart, an expired lease): nothing naming it ran.
             if reader.status == .staleClientid || reader.status == .expired {
                 device.sequenceFailureCount.add(1, ordering: .relaxed)

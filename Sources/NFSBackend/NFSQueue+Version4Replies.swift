@@ -411,6 +411,7 @@ extension NFSQueue {
                     break
                 }
                 nodeID = id
+                device.names?.record(UInt32(truncatingIfNeeded: id), parent: records[slot].primaryNode, name: entry.name, fileid: attributes.inode)
             }
             let valid = nodeID == 0 ? CacheValidity(seconds: 0) : validity
             let appended = writer.appendPlus(nodeID: nodeID, generation: 0, entryValid: valid, attrValid: valid, attributes: attributes,

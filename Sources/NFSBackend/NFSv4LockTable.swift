@@ -81,19 +81,41 @@ final class NFSv4LockTable: @unchecked Sendable {
     let ranges: UnsafeMutablePointer<NFSv4HeldRange>
     let rangeCounts: UnsafeMutablePointer<UInt8>
     let accesses: UnsafeMutablePointer<UInt32>
+    /// NFSv4.0 (`exactSequences`): stateids keep their sequence (4.0 has no "latest"), and each pair
+    /// has its own open-owner and lock-owner, named by the pair's serial (never reused, as a 4.0
+    /// server may remember a closed owner's seqid) and, for the lock-owner, a generation changed
+    /// when a refused first LOCK leaves it in doubt; with the seqid each carries next. One request
+    /// per pair at a time (`busy`) keeps one seqid-bearing call in flight per owner.
+    let exactSequences: Bool
+    let serials: UnsafeMutablePointer<UInt32>
+    let lockOwnerGenerations: UnsafeMutablePointer<UInt32>
+    let openSeqids: UnsafeMutablePointer<UInt32>
+    let lockSeqids: UnsafeMutablePointer<UInt32>
+    var nextSerial: UInt32 = 1
     let mutex = HostMutex()
     private(set) var count = 0
 
     static let inUse: UInt8 = 1, opened: UInt8 = 2, locked: UInt8 = 4, busy: UInt8 = 8, lostState: UInt8 = 16
     /// Bit 5: more ranges than are kept (not reclaimable); bit 6: reclaimed by the new client.
     static let untracked: UInt8 = 32, reclaimedMark: UInt8 = 64
+    /// Bit 7 (NFSv4.0): the pair's open awaits OPEN_CONFIRM.
+    static let unconfirmed: UInt8 = 128
     /// Ranges kept per pair: a process rarely holds more than a few on one file; one that does is
     /// not reclaimed after a server restart (its locks are lost, as without a grace period).
     static let rangesMax = 8
 
-    init(capacity: Int) {
+    init(capacity: Int, exactSequences: Bool = false) {
         precondition(capacity >= 1 && capacity <= 1 << 20)
         self.capacity = capacity
+        self.exactSequences = exactSequences
+        serials = .allocate(capacity: capacity)
+        serials.initialize(repeating: 0, count: capacity)
+        lockOwnerGenerations = .allocate(capacity: capacity)
+        lockOwnerGenerations.initialize(repeating: 0, count: capacity)
+        openSeqids = .allocate(capacity: capacity)
+        openSeqids.initialize(repeating: 0, count: capacity)
+        lockSeqids = .allocate(capacity: capacity)
+        lockSeqids.initialize(repeating: 0, count: capacity)
         nodes = .allocate(capacity: capacity)
         nodes.initialize(repeating: 0, count: capacity)
         owners = .allocate(capacity: capacity)
@@ -124,6 +146,74 @@ final class NFSv4LockTable: @unchecked Sendable {
         ranges.deallocate()
         rangeCounts.deallocate()
         accesses.deallocate()
+        serials.deallocate()
+        lockOwnerGenerations.deallocate()
+        openSeqids.deallocate()
+        lockSeqids.deallocate()
+    }
+
+    /// A stateid as this table keeps it: 4.1's sequence 0 ("the latest"), or 4.0's exact one.
+    func kept(_ stateid: NFSv4Stateid) -> NFSv4Stateid { exactSequences ? stateid : NFSv4Stateid(sequence: 0, other: stateid.other) }
+
+    /// NFSv4.0: what a pair's calls carry (its owners' names and their next seqids).
+    struct Owners40: Equatable {
+        var serial: UInt32
+        var lockGeneration: UInt32
+        var openSeqid: UInt32
+        var lockSeqid: UInt32
+        var unconfirmed: Bool
+    }
+
+    func owners40(_ entry: Int) -> Owners40? {
+        mutex.withLock {
+            index(entry).map { Owners40(serial: serials[$0], lockGeneration: lockOwnerGenerations[$0], openSeqid: openSeqids[$0],
+                                        lockSeqid: lockSeqids[$0], unconfirmed: flags[$0] & Self.unconfirmed != 0) }
+        }
+    }
+
+    /// NFSv4.0: the server moved the open-owner's (or lock-owner's) seqid on.
+    func advanceSeqid(_ entry: Int, lockOwner: Bool) {
+        mutex.withLock {
+            guard let index = index(entry) else { return }
+            if lockOwner { lockSeqids[index] &+= 1 } else { openSeqids[index] &+= 1 }
+        }
+    }
+
+    /// NFSv4.0: a first LOCK from the open made the lock-owner (its next seqid 1), or was refused
+    /// (whether the server kept the new lock-owner is not said: the next try names a new one).
+    func lockOwnerIntroduced(_ entry: Int, made: Bool) {
+        mutex.withLock {
+            guard let index = index(entry) else { return }
+            if made {
+                lockSeqids[index] = 1
+            } else {
+                lockOwnerGenerations[index] &+= 1
+                lockSeqids[index] = 0
+            }
+        }
+    }
+
+    /// NFSv4.0: OPEN_CONFIRM answered with the confirmed stateid.
+    func confirmed(_ entry: Int, _ stateid: NFSv4Stateid) {
+        mutex.withLock {
+            guard let index = index(entry), flags[index] & Self.busy != 0 else { return }
+            opens[index] = kept(stateid)
+            flags[index] &= ~Self.unconfirmed
+        }
+    }
+
+    /// NFSv4.0: a LOCK or LOCKU of a known owner returned the lock stateid's next sequence.
+    func lockStateidChanged(_ entry: Int, _ stateid: NFSv4Stateid) {
+        mutex.withLock {
+            guard let index = index(entry), flags[index] & Self.locked != 0 else { return }
+            locks[index] = kept(stateid)
+        }
+    }
+
+    /// The lock-owner serial of (node, owner)'s pair, if it has one (LOCKT names it: a GETLK must
+    /// not see the caller's own locks).
+    func pairSerial(node: UInt32, owner: UInt64) -> (serial: UInt32, generation: UInt32)? {
+        mutex.withLock { find(node: node, owner: owner).map { (serials[$0], lockOwnerGenerations[$0]) } }
     }
 
     /// The handle a request keeps for `index` (the caller holds the mutex).
@@ -162,6 +252,11 @@ final class NFSv4LockTable: @unchecked Sendable {
             nodes[index] = node
             owners[index] = owner
             flags[index] = Self.inUse | Self.busy
+            serials[index] = nextSerial
+            nextSerial &+= 1
+            lockOwnerGenerations[index] = 0
+            openSeqids[index] = 0
+            lockSeqids[index] = 0
             count += 1
             return .openThenLock(entry: handle(index))
         }
@@ -169,12 +264,13 @@ final class NFSv4LockTable: @unchecked Sendable {
 
     /// The entry's OPEN succeeded: its stateid (kept with sequence 0). An entry whose generation
     /// passed (a new client, a removal) is left alone, here and below.
-    func opened(_ entry: Int, _ stateid: NFSv4Stateid, access: UInt32 = NFSv4ShareAccess.both) {
+    func opened(_ entry: Int, _ stateid: NFSv4Stateid, access: UInt32 = NFSv4ShareAccess.both, needsConfirm: Bool = false) {
         mutex.withLock {
             guard let index = index(entry), flags[index] & Self.busy != 0 else { return }
-            opens[index] = NFSv4Stateid(sequence: 0, other: stateid.other)
+            opens[index] = kept(stateid)
             accesses[index] = access
             flags[index] |= Self.opened
+            if needsConfirm { flags[index] |= Self.unconfirmed }
         }
     }
 
@@ -268,7 +364,7 @@ final class NFSv4LockTable: @unchecked Sendable {
     func locked(_ entry: Int, _ stateid: NFSv4Stateid) {
         mutex.withLock {
             guard let index = index(entry), flags[index] & Self.busy != 0, flags[index] & Self.opened != 0 else { return }
-            locks[index] = NFSv4Stateid(sequence: 0, other: stateid.other)
+            locks[index] = kept(stateid)
             flags[index] |= Self.locked
         }
     }
@@ -350,6 +446,8 @@ final class NFSv4LockTable: @unchecked Sendable {
         let node: UInt32
         let open: NFSv4Stateid
         let lock: NFSv4Stateid?
+        /// NFSv4.0: the pair's owners and seqids.
+        var owners40: Owners40? = nil
     }
 
     /// Every pair with an open on the server, the table emptied (a guest session ended: none of its
@@ -360,7 +458,10 @@ final class NFSv4LockTable: @unchecked Sendable {
             for index in 0..<capacity where flags[index] & Self.inUse != 0 {
                 if flags[index] & Self.opened != 0 && flags[index] & Self.lostState == 0 {
                     held.append(HeldPair(node: nodes[index], open: opens[index],
-                                         lock: flags[index] & Self.locked != 0 ? locks[index] : nil))
+                                         lock: flags[index] & Self.locked != 0 ? locks[index] : nil,
+                                         owners40: exactSequences ? Owners40(serial: serials[index], lockGeneration: lockOwnerGenerations[index],
+                                                                             openSeqid: openSeqids[index], lockSeqid: lockSeqids[index],
+                                                                             unconfirmed: flags[index] & Self.unconfirmed != 0) : nil))
                 }
                 remove(index)
             }

@@ -26,7 +26,7 @@ public final class NFSv4DeviceState: @unchecked Sendable {
     /// The server's lease (a third of it between renewals of an idle queue).
     public let leaseNanoseconds: UInt64
     /// The open and lock stateids of every (node, lock owner) pair holding POSIX locks.
-    let locks = NFSv4LockTable(capacity: NFSv4DeviceState.lockPairsMax)
+    let locks: NFSv4LockTable
     /// Pairs of (file, process) holding locks at once, across the device (more: ENOLCK).
     static let lockPairsMax = 1024
     /// INTERRUPTs of SETLKWs, by request unique, for whichever queue holds the SETLKW (a ring: an
@@ -46,6 +46,10 @@ public final class NFSv4DeviceState: @unchecked Sendable {
         mutex.withLock {
             for pair in held {
                 let file = handle(pair.node)
+                if let owners = pair.owners40 {
+                    if releaseLocks40(pair, owners, file: file) { released += 1 }
+                    continue
+                }
                 let operations = pair.lock == nil ? 2 : 4
                 do throws(NFSStartupError) {
                     _ = try control.call("release a lock owner's state", operations: operations) { writer in
@@ -61,6 +65,24 @@ public final class NFSv4DeviceState: @unchecked Sendable {
             }
         }
         return (released, held.count - released)
+    }
+
+    /// NFSv4.0's undoing of a pair: LOCKU, then CLOSE (which ends the open's lock state), each
+    /// owner's call with its seqid. No RELEASE_LOCKOWNER: nfs-ganesha 4.3 corrupts its heap on it
+    /// ("malloc(): unaligned tcache chunk detected", then abort) once a restart has come between.
+    /// An open never confirmed has nothing to undo but the lease's.
+    func releaseLocks40(_ pair: NFSv4LockTable.HeldPair, _ owners: NFSv4LockTable.Owners40, file: [UInt8]) -> Bool {
+        guard !owners.unconfirmed else { return false }
+        do throws(NFSStartupError) {
+            _ = try control.call("release a lock owner's state", operations: pair.lock == nil ? 2 : 3) { writer in
+                file.withUnsafeBytes { writer.putfh($0) }
+                if let lock = pair.lock { writer.locku(.write, seqid: owners.lockSeqid, lockStateid: lock, offset: 0, length: .max) }
+                writer.close(pair.open, seqid: owners.openSeqid)
+            } read: { _, status in status }
+            return true
+        } catch {
+            return false
+        }
     }
 
     func noteInterrupt(_ unique: UInt64) {
@@ -90,6 +112,7 @@ public final class NFSv4DeviceState: @unchecked Sendable {
 
     init(control: NFSv4ControlSession, leaseSeconds: UInt32) {
         self.control = control
+        locks = NFSv4LockTable(capacity: Self.lockPairsMax, exactSequences: control.minorVersion == 0)
         // A server that names no lease gets the protocol's usual 90 s; one under 3 s, 3 s.
         leaseNanoseconds = UInt64(leaseSeconds == 0 ? 90 : max(leaseSeconds, 3)) * 1_000_000_000
         for at in 0..<Self.interruptsMax { (interrupts + at).initialize(to: Atomic(0)) }
@@ -205,7 +228,8 @@ public final class NFSv4DeviceState: @unchecked Sendable {
             Result { () throws(NFSStartupError) in
                 let status: NFSv4Status
                 do throws(NFSStartupError) { status = try control.renew40() } catch { status = .staleClientid }
-                guard status != .ok else { return }
+                // CB_PATH_DOWN: renewed; the engine offers no callback service (RFC 7530 §16.29.5).
+                guard status != .ok && status != .cbPathDown else { return }
                 guard status == .staleClientid || status == .expired || status == .badsession else {
                     throw NFSStartupError("RENEW: the server answered nfsstat4 \(status.rawValue)")
                 }

@@ -61,6 +61,15 @@ extension CompoundWriter {
         xdr.u64(clientID)
     }
 
+    /// VERIFY that the current object's fileid is `fileid` (NOT_SAME stops the COMPOUND): what
+    /// names a 4.0 OPEN by (directory, name) checks first, the name being the engine's memory.
+    public mutating func verifyFileid(_ fileid: UInt64) {
+        operation(.verify)
+        bitmap(NFSv4Bitmap([.fileid]))
+        xdr.u32(8)
+        xdr.u64(fileid)
+    }
+
     /// OPEN_CONFIRM of a new open-owner's first open (`seqid`: the OPEN's plus one).
     public mutating func openConfirm(_ openStateid: NFSv4Stateid, seqid: UInt32) {
         operation(.openConfirm)

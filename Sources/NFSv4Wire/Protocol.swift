@@ -8,7 +8,7 @@ public enum NFSv4Operation: UInt32, Sendable, CaseIterable {
     case lock = 12, lockt = 13, locku = 14, lookup = 15, lookupp = 16, open = 18, openConfirm = 20
     case putfh = 22, putrootfh = 24, read = 25, readdir = 26, readlink = 27, remove = 28, rename = 29
     case renew = 30, restorefh = 31, savefh = 32, setattr = 34, setclientid = 35, setclientidConfirm = 36
-    case write = 38, releaseLockowner = 39
+    case verify = 37, write = 38, releaseLockowner = 39
     // NFSv4.1
     case exchangeID = 42, createSession = 43, destroySession = 44, freeStateid = 45
     case sequence = 53, destroyClientID = 57, reclaimComplete = 58
@@ -51,6 +51,11 @@ public struct NFSv4Status: RawRepresentable, Equatable, Hashable, Sendable {
     public static let badsession = NFSv4Status(rawValue: 10052)
     public static let seqMisordered = NFSv4Status(rawValue: 10063)
     public static let deadsession = NFSv4Status(rawValue: 10078)
+    /// RENEW (4.0): the lease is renewed, but the server cannot call the client back (the engine
+    /// offers no callback service: ganesha says so once the client holds state).
+    public static let cbPathDown = NFSv4Status(rawValue: 10048)
+    /// VERIFY: the attributes differ.
+    public static let notSame = NFSv4Status(rawValue: 10027)
 }
 
 /// Attribute numbers (`fattr4` bits) the backend reads, in the order they travel.

@@ -32,12 +32,13 @@ import Testing
         let url = try NFSURL.parse(ProcessInfo.processInfo.environment["DPFS_CONFORMANCE_NFS_URL"]!)
         let device = try NFSDevice(configuration: NFSConfiguration(url: url, validity: CacheValidity(seconds: 0)))
         #expect(Conformance.run(FUSEClient(backend: NFSBackend(device: device)), [.storesFiles]) == [])
-        if url.version == 4 && url.minorVersion == 1 { try locksOfAnEndedSession(url) }
-        // NFSv4.0 (the third pass): locks are not sent to the server yet; INIT must not offer them.
-        if url.version == 4 && url.minorVersion == 0 { #expect(!device.locksOnServer && NFSBackend.initPolicy(device).flagsWanted & InitFlags.posixLocks == 0) }
+        if url.version == 4 {
+            #expect(device.locksOnServer && NFSBackend.initPolicy(device).flagsWanted & InitFlags.posixLocks != 0)
+            try locksOfAnEndedSession(url)
+        }
     }
 
-    /// NFSv4.1 (the script's second pass): a lock held by a process of a guest session that ended
+    /// NFSv4 (the script's second and third passes): a lock held by a process of a guest session that ended
     /// (a reboot) is released on the server when the next session begins; before, another client
     /// is refused the range.
     func locksOfAnEndedSession(_ url: NFSURL) throws {

@@ -2,7 +2,7 @@ import CDPFS
 import NFSv4Wire
 import Testing
 
-/// NFSv4.0's client operations (SETCLIENTID, SETCLIENTID_CONFIRM, RENEW) and OPEN_CONFIRM written
+/// NFSv4.0's client operations (SETCLIENTID, SETCLIENTID_CONFIRM, RENEW), VERIFY and OPEN_CONFIRM written
 /// by our XDR are byte for byte what libnfs's `zdr_COMPOUND4args` writes; their results, including
 /// a CLID_INUSE refusal's body, encoded by libnfs's `zdr_COMPOUND4res` read back.
 @Suite struct NFSv4Client40Tests {
@@ -13,7 +13,7 @@ import Testing
     static let stateid = NFSv4Stateid(sequence: 3, other: (0x1122_3344_5566_7788, 0x99AA_BBCC))
     static let theirStateid = stateid4(seqid: 3, other: (0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, -0x78, -0x67, -0x56, -0x45, -0x34))
 
-    @Test("SETCLIENTID, SETCLIENTID_CONFIRM, RENEW, OPEN_CONFIRM: libnfs's bytes")
+    @Test("SETCLIENTID, SETCLIENTID_CONFIRM, RENEW, VERIFY of a fileid, OPEN_CONFIRM: libnfs's bytes")
     func argumentsMatchLibnfs() {
         let arena = Wire.Arena()
         var set = nfs_argop4()
@@ -32,14 +32,18 @@ import Testing
         var renew = nfs_argop4()
         renew.argop = OP_RENEW
         renew.nfs_argop4_u.oprenew.clientid = 0xC1
+        var verify = nfs_argop4()
+        verify.argop = OP_VERIFY
+        verify.nfs_argop4_u.opverify.obj_attributes = arena.fattr(NFSv4Bitmap([.fileid]), Wire.be64(0xF11E_1D))
         var openConfirm = nfs_argop4()
         openConfirm.argop = OP_OPEN_CONFIRM
         openConfirm.nfs_argop4_u.opopen_confirm = OPEN_CONFIRM4args(open_stateid: Self.theirStateid, seqid: 6)
-        let expected = Wire.libnfs([set, confirm, renew, openConfirm])
+        let expected = Wire.libnfs([set, confirm, renew, verify, openConfirm])
         let written = Wire.ours { writer in
             Self.owner.withUnsafeBytes { writer.setClientID(verifier: Self.verifier, owner: $0, callbackIdent: 9) }
             writer.setClientIDConfirm(clientID: 0xC1, confirm: Self.verifier)
             writer.renew(clientID: 0xC1)
+            writer.verifyFileid(0xF11E_1D)
             writer.openConfirm(Self.stateid, seqid: 6)
         }
         #expect(written == expected)

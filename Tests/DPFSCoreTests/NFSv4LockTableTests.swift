@@ -144,4 +144,42 @@ import Testing
         table.reset()
         #expect(table.begin(node: 1, owner: 1) == .lost, "a second new client with no reclaim loses it")
     }
+
+    @Test("NFSv4.0: stateids keep their sequence, each pair has its own never-reused serial, seqids move per owner, a refused first LOCK names a new lock-owner")
+    func owners40() {
+        let table = NFSv4LockTable(capacity: 4, exactSequences: true)
+        guard case .openThenLock(let first) = table.begin(node: 5, owner: 6) else { Issue.record("no open first"); return }
+        table.opened(first, Self.open, access: NFSv4ShareAccess.both, needsConfirm: true)
+        #expect(table.owners40(first) == NFSv4LockTable.Owners40(serial: 1, lockGeneration: 0, openSeqid: 0, lockSeqid: 0, unconfirmed: true))
+        table.advanceSeqid(first, lockOwner: false)
+        table.confirmed(first, NFSv4Stateid(sequence: 2, other: (0xA, 1)))
+        table.advanceSeqid(first, lockOwner: false)
+        table.lockOwnerIntroduced(first, made: false)
+        #expect(table.owners40(first) == NFSv4LockTable.Owners40(serial: 1, lockGeneration: 1, openSeqid: 2, lockSeqid: 0, unconfirmed: false))
+        table.lockOwnerIntroduced(first, made: true)
+        table.locked(first, NFSv4Stateid(sequence: 1, other: (0xB, 2)))
+        table.lockStateidChanged(first, NFSv4Stateid(sequence: 2, other: (0xB, 2)))
+        #expect(table.stateids(first).open == NFSv4Stateid(sequence: 2, other: (0xA, 1)), "4.0 keeps the sequence")
+        #expect(table.stateids(first).lock == NFSv4Stateid(sequence: 2, other: (0xB, 2)))
+        #expect(table.owners40(first)?.lockSeqid == 1)
+        table.finished(first)
+        guard case .undo(let teardown) = table.teardown(node: 5, owner: 6) else { Issue.record("nothing to undo"); return }
+        table.ended(teardown.entry)
+        guard case .openThenLock(let again) = table.begin(node: 5, owner: 6) else { Issue.record("no open first"); return }
+        #expect(table.owners40(again)?.serial == 2, "a closed owner's name is never used again (the server may remember its seqid)")
+    }
+
+    @Test("NFSv4.0 node names: recorded, moved to a hidden name with their fileid, forgotten")
+    func nodeNames() {
+        let names = NFSv40NodeNames(capacity: 8)
+        #expect(names.location(3) == nil)
+        Array("file".utf8).withUnsafeBytes { names.record(3, parent: 1, name: $0, fileid: 77) }
+        #expect(names.location(3).map { ($0.parent, Array($0.name), $0.fileid) }! == (1, Array("file".utf8), 77))
+        Array("hidden-name".utf8).withUnsafeBytes { names.moved(3, parent: 2, name: $0) }
+        #expect(names.location(3).map { ($0.parent, Array($0.name), $0.fileid) }! == (2, Array("hidden-name".utf8), 77))
+        Array([UInt8](repeating: 65, count: 256)).withUnsafeBytes { names.record(4, parent: 1, name: $0, fileid: 1) }
+        #expect(names.location(4) == nil, "a name longer than 255 bytes is not kept")
+        names.forget(3)
+        #expect(names.location(3) == nil)
+    }
 }

@@ -84,7 +84,7 @@ if v40:
         return True
     expect("OPEN refusing a new owner's first seqid", lambda: make("seqid-liar"), "EIO")
     expect("OPEN_CONFIRM refused: the file is made all the same", lambda: make("confirm-fails"), True)
-if v4 and not v40:
+if v4:
     import fcntl, struct
     def getlk(name):
         with open(os.path.join(mnt, name), "rb") as f:

@@ -1,0 +1,192 @@
+import CDPFS
+import DPFSCore
+import FUSEWire
+import Glibc
+import NFSv4Wire
+
+// POSIX locks over NFSv4.0: the stages of NFSQueue+Locks4.swift, with what 4.0 asks instead.
+// - The pair's OPEN goes by (directory, name), where the node was last found (NFSv40NodeNames),
+//   after a LOOKUP and VERIFY of its fileid in the same COMPOUND: a name that no longer names the
+//   node fails the lock ENOLCK instead of opening another file.
+// - Each pair has its own open-owner and lock-owner (NFSv4LockTable's serial), and one request
+//   per pair at a time, so one seqid-bearing call at most is in flight per owner. Each owner's
+//   seqid moves on with every answer but the non-advancing errors (RFC 7530 §9.1.7), counted
+//   before anything else reads the answer (a GRACE that goes again carries the next seqid). A
+//   lost connection leaves the seqids as they were: the call goes again with the same seqid,
+//   which the server answers from its replay cache if it had run it.
+// - A new open-owner's first OPEN is confirmed (OPEN_CONFIRM) before its LOCK; stateids keep
+//   their sequence (4.0 has no "latest"); FLUSH's undoing is LOCKU, then CLOSE, which ends the
+//   open's lock state. No RELEASE_LOCKOWNER: nfs-ganesha 4.3 corrupts its heap on it once a restart
+//   has come between ("malloc(): unaligned tcache chunk detected", and the server aborts).
+
+extension NFSQueue {
+    func sendLock40(_ slot: Int, _ rpc: OpaquePointer, _ tag: UnsafeMutableRawPointer, _ primary: UnsafeRawBufferPointer,
+                    _ request: NFSRequestArguments) -> Int32 {
+        let locks = device.v4!.locks
+        let clientID = device.v4!.clientID
+        let entry = request.lockEntry
+        let call = records[slot].plan.call
+        let range = Self.lockRange(request)
+        if call == .lockTest {
+            let pair = locks.pairSerial(node: records[slot].primaryNode, owner: request.lockOwner)
+            let tester = pair.map { Self.lockOwner40(serial: $0.serial, generation: $0.generation) }
+            let other = Self.testOwner40(request.lockOwner)
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                if let tester {
+                    withUnsafeBytes(of: tester) { writer.lockt(Self.lockType4(request), offset: range.offset, length: range.length, clientID: clientID, owner: $0) }
+                } else {
+                    withUnsafeBytes(of: other) { writer.lockt(Self.lockType4(request), offset: range.offset, length: range.length, clientID: clientID, owner: $0) }
+                }
+            }
+        }
+        guard entry >= 0, let owners = locks.owners40(entry) else { return -1 }
+        let ids = locks.stateids(entry)
+        let known = locks.isLocked(entry)
+        let lockOwner = Self.lockOwner40(serial: owners.serial, generation: owners.lockGeneration)
+        switch call {
+        case .lockOpen:
+            if owners.unconfirmed {
+                return compound4(slot, rpc, tag) { writer in
+                    writer.putfh(primary)
+                    writer.openConfirm(ids.open, seqid: owners.openSeqid)
+                }
+            }
+            guard let location = device.names?.location(records[slot].primaryNode) else { return -1 }
+            let parent = device.nodes.handle(location.parent)
+            let openOwner = Self.openOwner40(serial: owners.serial)
+            let access = lockOpenAccess4(slot)
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(parent)
+                writer.lookup(location.name)
+                writer.verifyFileid(location.fileid)
+                writer.putfh(parent)
+                withUnsafeBytes(of: openOwner) {
+                    writer.open(clientID: clientID, owner: $0, access: access, create: .none, claim: .name(location.name), seqid: owners.openSeqid)
+                }
+                writer.getfh()
+            }
+        case .lock:
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                withUnsafeBytes(of: lockOwner) { ownerBytes in
+                    let locker: NFSv4Locker = known
+                        ? .knownOwner(lockStateid: ids.lock, lockSeqid: owners.lockSeqid)
+                        : .newOwner(openStateid: ids.open, openSeqid: owners.openSeqid, clientID: clientID, owner: ownerBytes, lockSeqid: 0)
+                    writer.lock(Self.lockType4(request), offset: range.offset, length: range.length, locker)
+                }
+            }
+        case .unlock:
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                writer.locku(.write, seqid: owners.lockSeqid, lockStateid: ids.lock, offset: range.offset, length: range.length)
+            }
+        default:
+            // FLUSH: every lock of the pair goes, then its open (two owners: each call carries its
+            // own owner's seqid).
+            return compound4(slot, rpc, tag) { writer in
+                writer.putfh(primary)
+                if known { writer.locku(.write, seqid: owners.lockSeqid, lockStateid: ids.lock, offset: 0, length: .max) }
+                writer.close(ids.open, seqid: owners.openSeqid)
+            }
+        }
+    }
+
+    /// Moves the pair's owners' seqids on by the seqid-bearing results the answer holds: which
+    /// position bears which owner's seqid follows from what was sent, and the pair (busy) has not
+    /// changed since.
+    func countLockSeqids40(_ slot: Int, _ reader: CompoundReader) {
+        let locks = device.v4!.locks
+        let entry = records[slot].request.lockEntry
+        guard entry >= 0, let owners = locks.owners40(entry) else { return }
+        let known = locks.isLocked(entry)
+        var openAt = 0, lockAt = 0, introducedAt = 0
+        switch records[slot].plan.call {
+        case .lockOpen: openAt = owners.unconfirmed ? 2 : 5
+        case .lock:
+            if known { lockAt = 2 } else { (openAt, introducedAt) = (2, 2) }
+        case .unlock: lockAt = 2
+        case .unlockAll: if known { (lockAt, openAt) = (2, 3) } else { openAt = 2 }
+        default: return
+        }
+        func status(_ at: Int) -> NFSv4Status? { at <= reader.results ? (at < reader.results ? .ok : reader.status) : nil }
+        for (at, lockOwner) in [(openAt, false), (lockAt, true)] where at > 0 {
+            guard let result = status(at) else { continue }
+            if result == .badSeqid { device.seqidRefusedCount.add(1, ordering: .relaxed) }
+            if Self.seqidAdvances40(result) { locks.advanceSeqid(entry, lockOwner: lockOwner) }
+        }
+        if introducedAt > 0, let result = status(introducedAt) { locks.lockOwnerIntroduced(entry, made: result == .ok) }
+    }
+
+    func answeredLock40(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+        let locks = device.v4!.locks
+        let entry = records[slot].request.lockEntry
+        var status = try putfh4(&reader)
+        switch records[slot].plan.call {
+        case .lockOpen:
+            if locks.owners40(entry)?.unconfirmed == true {
+                if status == .ok { status = try reader.next(.openConfirm) }
+                guard status == .ok else { return finish(slot, Self.lockErrno(status)) }
+                locks.confirmed(entry, try reader.openConfirmResult())
+                records[slot].plan.call = .lock
+                return issue(slot)
+            }
+            try answeredLockOpen40(slot, status, &reader)
+        case .lock:
+            let known = locks.isLocked(entry)
+            var result: (granted: NFSv4Stateid?, denied: NFSv4LockDenied?) = (nil, nil)
+            if status == .ok {
+                status = try reader.next(.lock)
+                result = try reader.lockResult(status)
+            }
+            if let granted = result.granted, known { locks.lockStateidChanged(entry, granted) }
+            answeredLockTaken4(slot, status, granted: result.granted)
+        case .unlock:
+            if status == .ok {
+                status = try reader.next(.locku)
+                if status == .ok { locks.lockStateidChanged(entry, try reader.lockuResult()) }
+            }
+            if Self.stateGone(status) { locks.lose(entry) }
+            guard status == .ok else { return finish(slot, Self.lockErrno(status)) }
+            let request = records[slot].request
+            locks.released(entry, start: request.offset, end: request.lockEnd)
+            succeed(slot)
+        case .lockTest:
+            var holder: NFSv4LockDenied? = nil
+            if status == .ok {
+                status = try reader.next(.lockt)
+                holder = try reader.locktResult(status)
+            }
+            answeredLockTest4(slot, status, holder)
+        default:
+            if status == .ok, locks.isLocked(entry), reader.resultsRead < reader.results {
+                status = try reader.next(.locku)
+                if status == .ok { _ = try reader.lockuResult() }
+            }
+            if status == .ok, reader.resultsRead < reader.results, try reader.next(.close) == .ok { _ = try reader.stateidResult() }
+            releaseLockEntry4(slot)
+            if afterTeardown4(slot) { issue(slot) }
+        }
+    }
+
+    /// The pair's OPEN by name, after the LOOKUP and VERIFY that the name is still the node's.
+    func answeredLockOpen40(_ slot: Int, _ putfh: NFSv4Status, _ reader: inout CompoundReader) throws(XDRError) {
+        var status = putfh
+        for operation in [NFSv4Operation.lookup, .verify, .putfh] where status == .ok { status = try reader.next(operation) }
+        // The name the engine remembers no longer names the node (renamed, removed, reused).
+        if status == .notSame || status == .noent { return finish(slot, FUSEErrno(ENOLCK)) }
+        if status == .ok { status = try reader.next(.open) }
+        guard status == .ok else {
+            let refused = status == .access || status == .perm || status == .rofs
+            if refused && !records[slot].plan.progress.contains(.lockTypeAccessOnly) {
+                records[slot].plan.progress.insert(.lockTypeAccessOnly)
+                return issue(slot)
+            }
+            return finish(slot, Self.lockErrno(status))
+        }
+        let opened = try reader.openResult()
+        device.v4!.locks.opened(records[slot].request.lockEntry, opened.stateid, access: lockOpenAccess4(slot), needsConfirm: opened.needsConfirm)
+        records[slot].plan.call = opened.needsConfirm ? .lockOpen : .lock
+        issue(slot)
+    }
+}
