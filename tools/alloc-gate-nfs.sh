@@ -2,8 +2,8 @@
 # The allocation gate's NFS part: nfs-ganesha on loopback (tools/nfs-server.sh) exports a fresh
 # directory, and `dpfs-bench alloc-gate --nfs-only` counts mallocs per GETATTR, LOOKUP, READ 4 KiB
 # and WRITE 4 KiB through the NFS backend beside libnfs's own per call; the engine's share must be 0.
-# Over NFSv3, then over NFSv4.1 (the same export through its pseudo path; libnfs's own count there
-# comes from a bare loop sending the very COMPOUNDs the engine sends).
+# Over NFSv3, then over NFSv4.1 and NFSv4.0 (the same export through its pseudo path; libnfs's own
+# count there comes from a bare loop sending the very COMPOUNDs the engine sends).
 #   tools/alloc-gate-nfs.sh [--requests N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +17,5 @@ echo "NFSv3:"
 .build/release/dpfs-bench alloc-gate --nfs-only --nfs-url "$(grep "version=3" <<<"$urls")" --requests "$requests"
 echo "NFSv4.1:"
 .build/release/dpfs-bench alloc-gate --nfs-only --nfs-url "$(grep "version=4" <<<"$urls" | sed 's/version=4&/version=4.1\&/')" --requests "$requests"
+echo "NFSv4.0:"
+.build/release/dpfs-bench alloc-gate --nfs-only --nfs-url "$(grep "version=4" <<<"$urls" | sed 's/version=4&/version=4.0\&/')" --requests "$requests"

@@ -46,7 +46,7 @@ step "install dependencies" tools/install-dependencies.sh guest
 step "release build" swift build -c release
 step "swift test" swift test
 step "allocation gate (release)" .build/release/dpfs-bench alloc-gate --requests 100000
-step "allocation gate, NFS data path over NFSv3 and NFSv4.1 (the engine's mallocs beside libnfs's own)" tools/alloc-gate-nfs.sh --requests 20000
+step "allocation gate, NFS data path over NFSv3, NFSv4.1 and NFSv4.0 (the engine's mallocs beside libnfs's own)" tools/alloc-gate-nfs.sh --requests 20000
 step "allocation gate, key-value data path (GETATTR, LOOKUP, READ, WRITE, OPEN+RELEASE, READDIRPLUS, CREATE+UNLINK: 0 each)" tools/alloc-gate-kv.sh --requests 20000
 step "ThreadSanitizer" tools/sanitizer-tests.sh thread .build-tsan \
   "concurrentProducers|ModelTests|asynchronousCompletion|PollerLoopTests|PassthroughSharedTableTests"

@@ -10,7 +10,7 @@ import FUSEWire
 // may leave a torn name, which the VERIFY refuses the same way.
 
 /// The last (directory, name, fileid) of each node, by node index. Allocated at start (the node
-/// table's capacity × 264 bytes), for NFSv4.0 devices only.
+/// table's capacity × 268 bytes), for NFSv4.0 devices only.
 final class NFSv40NodeNames: @unchecked Sendable {
     static let nameBytesMax = FUSELimits.nameBytesMax
     let capacity: Int
