@@ -109,7 +109,7 @@ step "two engines on one export over NFSv4.0 (two clients by SETCLIENTID): the s
   tools/host/test-nfs-engines.sh --rounds 6 --version 4.0
 step "POSIX locks over NFSv4.1 (LOCK, LOCKT, LOCKU): conflicts, GETLK's holder, SETLKW woken by unlock and by close, an interrupted SETLKW, across two engines and within one; lost across a Graceless restart, reclaimed across one with a grace period; controls: without the reclaim, and over NFSv3, the checks fail" \
   tools/host/test-nfs4-locks.sh
-step "POSIX locks over NFSv4.0 (opens by the name a file was last found under, after a VERIFY of its fileid; an open-owner and lock-owner per pair with their seqids): the same checks, lost across a restart; control: over NFSv3 the checks fail" \
+step "POSIX locks over NFSv4.0 (opens by the name a file was last found under, after a VERIFY of its fileid; an open-owner and lock-owner per pair with their seqids): the same checks, lost across a Graceless restart, reclaimed across one with a grace period; controls: without the reclaim, and over NFSv3, the checks fail" \
   tools/host/test-nfs4-locks.sh --version 4.0
 step "NFSv4.1 client layer (our XDR over libnfs's transport) against nfs-ganesha: session, a file's whole life three times, the kept file on disk; controls: a changed byte, a version not spoken" \
   tools/host/test-nfs4-session.sh

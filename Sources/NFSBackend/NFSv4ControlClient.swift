@@ -214,6 +214,9 @@ public final class NFSv4ControlSession {
             writer.setClientIDConfirm(clientID: made.clientID, confirm: made.confirm)
         }, operations: 1) { _ throws(XDRError) in () }
         clientID = made.clientID
+        // A client made again reclaims what it held while the server is in its grace period (4.0
+        // has no RECLAIM_COMPLETE: the grace period ends by itself).
+        if established { reclaim?() }
         // What a 4.0 COMPOUND may carry is the server's maxread/maxwrite alone (no session's limits).
         fore = NFSv4ChannelAttributes(requestBytesMax: transferBytesMax + 8192, responseBytesMax: transferBytesMax + 8192,
                                       responseCachedBytesMax: 0, operationsMax: UInt32(CompoundWriter.operationsMax), requestsMax: slots)

@@ -62,6 +62,9 @@ struct NFSv4ReclaimPair: Equatable {
     /// The share access its open had.
     let access: UInt32
     let ranges: [NFSv4HeldRange]
+    /// NFSv4.0: the pair's owner serial and lock-owner generation (its owners' names).
+    var serial: UInt32 = 0
+    var lockGeneration: UInt32 = 0
 }
 
 final class NFSv4LockTable: @unchecked Sendable {
@@ -343,7 +346,8 @@ final class NFSv4LockTable: @unchecked Sendable {
             for index in 0..<capacity where flags[index] & (Self.inUse | Self.locked) == Self.inUse | Self.locked
                 && flags[index] & (Self.busy | Self.lostState | Self.untracked) == 0 && rangeCounts[index] > 0 {
                 pairs.append(NFSv4ReclaimPair(entry: handle(index), node: nodes[index], owner: owners[index], access: accesses[index],
-                                              ranges: (0..<Int(rangeCounts[index])).map { ranges[index * Self.rangesMax + $0] }))
+                                              ranges: (0..<Int(rangeCounts[index])).map { ranges[index * Self.rangesMax + $0] },
+                                              serial: serials[index], lockGeneration: lockOwnerGenerations[index]))
             }
             return pairs
         }
@@ -351,11 +355,14 @@ final class NFSv4LockTable: @unchecked Sendable {
 
     /// The new client reclaimed the pair's open and every range: its new stateids; the `reset`
     /// that follows keeps it.
-    func reclaimed(_ entry: Int, open: NFSv4Stateid, lock: NFSv4Stateid) {
+    /// (NFSv4.0: with the seqids its owners carry next.)
+    func reclaimed(_ entry: Int, open: NFSv4Stateid, lock: NFSv4Stateid, seqids40: (open: UInt32, lock: UInt32)? = nil) {
         mutex.withLock {
             guard let index = index(entry), flags[index] & (Self.busy | Self.lostState) == 0 else { return }
-            opens[index] = NFSv4Stateid(sequence: 0, other: open.other)
-            locks[index] = NFSv4Stateid(sequence: 0, other: lock.other)
+            opens[index] = kept(open)
+            locks[index] = kept(lock)
+            if let seqids40 { (openSeqids[index], lockSeqids[index]) = seqids40 }
+            flags[index] &= ~Self.unconfirmed
             flags[index] |= Self.reclaimedMark
         }
     }

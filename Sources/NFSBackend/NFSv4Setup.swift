@@ -127,13 +127,87 @@ public final class NFSv4DeviceState: @unchecked Sendable {
         guard !Self.reclaimDisabledForTest, let handleOf = handleOfNode else { return }
         for pair in locks.reclaimable() {
             do throws(NFSStartupError) {
-                let state = try reclaim(pair, file: handleOf(pair.node))
-                locks.reclaimed(pair.entry, open: state.open, lock: state.lock)
+                if control.minorVersion == 0 {
+                    let state = try reclaim40(pair, file: handleOf(pair.node))
+                    locks.reclaimed(pair.entry, open: state.open, lock: state.lock, seqids40: (state.openSeqid, state.lockSeqid))
+                } else {
+                    let state = try reclaim(pair, file: handleOf(pair.node))
+                    locks.reclaimed(pair.entry, open: state.open, lock: state.lock)
+                }
                 reclaimedPairs += 1
             } catch {
                 reclaimFailures += 1
             }
         }
+    }
+
+    /// NFSv4.0's reclaim of a pair: the server knows none of its owners any more, so their seqids
+    /// start again at 0. OPEN CLAIM_PREVIOUS (the current handle is the file itself), OPEN_CONFIRM
+    /// when asked, then each range by LOCK with reclaim set: the first introduces the lock-owner
+    /// from the open, the others name its lock stateid. Returns the stateids and the next seqids.
+    func reclaim40(_ pair: NFSv4ReclaimPair, file: [UInt8]) throws(NFSStartupError)
+        -> (open: NFSv4Stateid, lock: NFSv4Stateid, openSeqid: UInt32, lockSeqid: UInt32) {
+        let openOwner = withUnsafeBytes(of: NFSQueue.openOwner40(serial: pair.serial)) { Array($0) }
+        let lockOwner = withUnsafeBytes(of: NFSQueue.lockOwner40(serial: pair.serial, generation: pair.lockGeneration)) { Array($0) }
+        let clientID = control.clientID
+        let opened: NFSv4OpenResult? = try control.call("OPEN (reclaim)", operations: 2) { writer in
+            file.withUnsafeBytes { writer.putfh($0) }
+            openOwner.withUnsafeBytes { writer.open(clientID: clientID, owner: $0, access: pair.access, create: .none, claim: .previous, seqid: 0) }
+        } read: { reader, _ throws(XDRError) in
+            guard try reader.next(.putfh) == .ok, try reader.next(.open) == .ok else { return nil }
+            return try reader.openResult()
+        }
+        guard let opened else { throw NFSStartupError("the server refused the open's reclaim") }
+        var open = opened.stateid
+        var openSeqid: UInt32 = 1
+        if opened.needsConfirm {
+            let confirmed: NFSv4Stateid? = try control.call("OPEN_CONFIRM (reclaim)", operations: 2) { writer in
+                file.withUnsafeBytes { writer.putfh($0) }
+                writer.openConfirm(open, seqid: openSeqid)
+            } read: { reader, _ throws(XDRError) in
+                guard try reader.next(.putfh) == .ok, try reader.next(.openConfirm) == .ok else { return nil }
+                return try reader.openConfirmResult()
+            }
+            openSeqid += 1
+            guard let confirmed else { throw NFSStartupError("the server refused the reclaimed open's confirmation") }
+            open = confirmed
+        }
+        var lock: NFSv4Stateid? = nil
+        var lockSeqid: UInt32 = 0
+        for range in pair.ranges {
+            let length = range.end >= UInt64(Int64.max) ? UInt64.max : range.end - range.start + 1
+            let known = lock
+            let granted: NFSv4Stateid? = try control.call("LOCK (reclaim)", operations: 2) { writer in
+                file.withUnsafeBytes { writer.putfh($0) }
+                lockOwner.withUnsafeBytes { ownerBytes in
+                    let locker: NFSv4Locker = known.map { .knownOwner(lockStateid: $0, lockSeqid: lockSeqid) }
+                        ?? .newOwner(openStateid: open, openSeqid: openSeqid, clientID: clientID, owner: ownerBytes, lockSeqid: 0)
+                    writer.lock(range.write ? .write : .read, reclaim: true, offset: range.start, length: length, locker)
+                }
+            } read: { reader, _ throws(XDRError) in
+                guard try reader.next(.putfh) == .ok else { return nil }
+                return try reader.lockResult(try reader.next(.lock)).granted
+            }
+            if known == nil { openSeqid += 1 }
+            lockSeqid += 1
+            guard let granted else {
+                undoReclaim40(file: file, open: open, openSeqid: openSeqid, lock: lock, lockSeqid: lockSeqid)
+                throw NFSStartupError("the server refused a lock's reclaim")
+            }
+            lock = granted
+        }
+        guard let lock else { throw NFSStartupError("a pair with no range to reclaim") }
+        return (open, lock, openSeqid, lockSeqid)
+    }
+
+    func undoReclaim40(file: [UInt8], open: NFSv4Stateid, openSeqid: UInt32, lock: NFSv4Stateid?, lockSeqid: UInt32) {
+        do throws(NFSStartupError) {
+            _ = try control.call("undo a partial reclaim", operations: lock == nil ? 2 : 3) { writer in
+                file.withUnsafeBytes { writer.putfh($0) }
+                if let lock { writer.locku(.write, seqid: lockSeqid, lockStateid: lock, offset: 0, length: .max) }
+                writer.close(open, seqid: openSeqid)
+            } read: { _, status in status }
+        } catch {}
     }
 
     func reclaim(_ pair: NFSv4ReclaimPair, file: [UInt8]) throws(NFSStartupError) -> (open: NFSv4Stateid, lock: NFSv4Stateid) {
@@ -170,7 +244,8 @@ public final class NFSv4DeviceState: @unchecked Sendable {
             }
             lock = granted
         }
-        return (open, lock!)
+        guard let lock else { throw NFSStartupError("a pair with no range to reclaim") }
+        return (open, lock)
     }
 
     func undoReclaim(file: [UInt8], open: NFSv4Stateid, lock: NFSv4Stateid?) {
