@@ -120,7 +120,8 @@ extension NFSQueue {
         for _ in 0..<count {
             let link = connections[nextConnection]
             nextConnection = nextConnection + 1 == count ? 0 : nextConnection + 1
-            if link.state == .up { return link }
+            // (Not one about to be dropped: a call sent there now would only be lost with it.)
+            if link.state == .up && !link.teardownWanted { return link }
         }
         return nil
     }

@@ -91,7 +91,9 @@ extension NFSQueue {
             }
             return lockStage4(slot, entry: entry, unlocking: unlocking, call: .lockOpen)
         case .lockFromOpen(let entry, _):
-            return lockStage4(slot, entry: entry, unlocking: unlocking, call: .lock)
+            // NFSv4.0: an open whose OPEN_CONFIRM did not come back is confirmed first.
+            let unconfirmed = v4!.minorVersion == 0 && locks.owners40(entry)?.unconfirmed == true
+            return lockStage4(slot, entry: entry, unlocking: unlocking, call: unconfirmed ? .lockOpen : .lock)
         case .lockKnown(let entry, _):
             records[slot].request.lockEntry = entry
             records[slot].plan.call = unlocking ? .unlock : .lock
@@ -338,8 +340,9 @@ extension NFSQueue {
         guard let session = v4 else { return }
         // One whose LOCK is in flight now ends when its answer comes (`waitForLock4`).
         stopping = true
-        for slot in 0..<slotCount where records[slot].state == .waiting && records[slot].plan.call == .lockBegin
-            && records[slot].request.lockWaits && records[slot].deadline == .max {
+        // (And an NFSv4.0 lock call parked for its connection with no deadline, NFSQueue+Version40.)
+        for slot in 0..<slotCount where records[slot].state == .waiting && records[slot].plan.call.isLock
+            && records[slot].deadline == .max {
             if session.retryAtNanoseconds[slot] != 0 {
                 session.retryAtNanoseconds[slot] = 0
                 session.delayedCount -= 1

@@ -56,15 +56,22 @@ extension NFSQueue {
             let parent = device.nodes.handle(location.parent)
             let openOwner = Self.openOwner40(serial: owners.serial)
             let access = lockOpenAccess4(slot)
-            return compound4(slot, rpc, tag) { writer in
-                writer.putfh(parent)
-                writer.lookup(location.name)
-                writer.verifyFileid(location.fileid)
-                writer.putfh(parent)
-                withUnsafeBytes(of: openOwner) {
-                    writer.open(clientID: clientID, owner: $0, access: access, create: .none, claim: .name(location.name), seqid: owners.openSeqid)
+            // The name is read once, into the stack: another queue may record the node under
+            // another name meanwhile, and LOOKUP, VERIFY and OPEN must all name the same one.
+            return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: NFSv40NodeNames.nameBytesMax) { copy in
+                let count = min(location.name.count, copy.count)
+                UnsafeMutableRawPointer(copy.baseAddress!).copyMemory(from: location.name.baseAddress!, byteCount: count)
+                let name = UnsafeRawBufferPointer(start: copy.baseAddress, count: count)
+                return compound4(slot, rpc, tag) { writer in
+                    writer.putfh(parent)
+                    writer.lookup(name)
+                    writer.verifyFileid(location.fileid)
+                    writer.putfh(parent)
+                    withUnsafeBytes(of: openOwner) {
+                        writer.open(clientID: clientID, owner: $0, access: access, create: .none, claim: .name(name), seqid: owners.openSeqid)
+                    }
+                    writer.getfh()
                 }
-                writer.getfh()
             }
         case .lock:
             return compound4(slot, rpc, tag) { writer in

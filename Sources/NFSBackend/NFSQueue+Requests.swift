@@ -659,6 +659,7 @@ extension NFSQueue {
         records[slot].openFile = 0
         records[slot].stagedHandleLength = 0
         v4?.namesOnly[slot] = false
+        v4?.closingCreated[slot] = 0
         pendingCount -= 1
         if slot == startingSlot {
             // Answered before `begin` returned: the poller sees `.done`, not a completion.

@@ -166,6 +166,7 @@ extension NFSQueue {
         case .setattr: return 4                      // SEQUENCE, PUTFH, GETATTR, SETATTR
         case .create, .symlink, .mknod, .mkdir, .remove, .rmdir: return 3
         case .rename, .link: return 5                // SEQUENCE, PUTFH, SAVEFH, PUTFH, RENAME / LINK
+        case .unlockAll: return 3                    // SEQUENCE, PUTFH, LOCKU (or CLOSE)
         default: return nil
         }
     }
@@ -204,7 +205,16 @@ extension NFSQueue {
     ///
     /// NFSv4.0: RENEW every third of the lease, busy or idle. Only calls naming the client's state
     /// renew a 4.0 lease (RFC 7530 §9.5), and the engine's I/O uses the anonymous stateid.
+    ///
+    /// A renewal unanswered for a third of the lease takes its connection down (its callback then
+    /// ends it): a server that drops it silently would otherwise stop every later renewal.
     func renewLease4(_ session: NFSv4QueueSession, now: UInt64) {
+        if session.renewing {
+            if let lease = device.v4?.leaseNanoseconds, now &- session.lastRenewalNanoseconds >= lease / 3 {
+                connections[0].teardownWanted = true
+            }
+            return
+        }
         let since = session.minorVersion == 1 ? session.lastActiveNanoseconds : session.lastRenewalNanoseconds
         guard !session.renewing, !Self.renewalDisabledForTest, upCount > 0, let lease = device.v4?.leaseNanoseconds,
               now &- since >= lease / 3, let link = pickConnection(), let rpc = link.rpc,

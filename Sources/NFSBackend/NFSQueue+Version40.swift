@@ -93,6 +93,8 @@ extension NFSQueue {
         } catch {
             if session.closingCreated[slot] != 0 { return createdLeftOpen40(slot) }
             abandonOwner40(slot)
+            // An answer that does not read leaves the pair's seqids in doubt: its locks are lost.
+            if records[slot].plan.call.isLock, records[slot].request.lockEntry >= 0 { device.v4!.locks.lose(records[slot].request.lockEntry) }
             perform(slot, .malformed)
         }
     }
@@ -167,9 +169,17 @@ extension NFSQueue {
     }
 
     /// The connection ended with the slot's call in flight: its owner's seqid is in doubt.
+    ///
+    /// A lock call that carries a seqid and was sent waits for the next connection with no
+    /// deadline: sent again with the same seqid, it gets its own answer back from the server's
+    /// replay cache if it ran. Ended by its deadline instead, the pair's next call would reuse the
+    /// seqid and could get that answer in place of its own (RFC 7530 §9.1.9). The device's stop
+    /// ends it.
     func connectionLost40(_ slot: Int) {
         abandonOwner40(slot)
         if v4!.closingCreated[slot] != 0 { return createdLeftOpen40(slot) }
+        let call = records[slot].plan.call
+        if records[slot].sent && call.isLock && call != .lockTest && call != .lockBegin { records[slot].deadline = .max }
         perform(slot, .connectionLost(sent: records[slot].sent))
     }
 }

@@ -7,7 +7,8 @@ import FUSEWire
 // VERIFYs before it opens the name: a name renamed away from the node since (by this engine between
 // two LOOKUPs, or by another client) fails the VERIFY, and the lock ENOLCK, never opening another
 // file. Written by any queue without a lock: two queues recording one node at once under two names
-// may leave a torn name, which the VERIFY refuses the same way.
+// may leave a torn name, which the VERIFY refuses the same way (the lock's COMPOUND copies the name
+// once, so its LOOKUP and its OPEN name the same bytes).
 
 /// The last (directory, name, fileid) of each node, by node index. Allocated at start (the node
 /// table's capacity × 268 bytes), for NFSv4.0 devices only.

@@ -192,8 +192,8 @@ public final class NFSv4ControlSession {
         slotSequence = 1
         established = true
         // A client made again after the server restarted reclaims what it held, in the grace
-        // period, before it says it is done.
-        reclaim?()
+        // period, before it says it is done (not one the server still knew: its state stands).
+        if !exchanged.confirmedBefore { reclaim?() }
         _ = try call("RECLAIM_COMPLETE", operations: 1) { writer in writer.reclaimComplete(oneFileSystem: false) } read: { _, _ in () }
     }
 

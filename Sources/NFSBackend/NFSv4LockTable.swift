@@ -339,12 +339,14 @@ final class NFSv4LockTable: @unchecked Sendable {
     }
 
     /// The pairs a new client may reclaim (control path): locked, not busy, not lost, every range
-    /// kept. Each is left as it is until `reclaimed` or the `reset` after the reclaim.
+    /// kept. Each is made busy (a request of the pair on another queue waits) until `reclaimed`
+    /// or `reclaimFailed`.
     func reclaimable() -> [NFSv4ReclaimPair] {
         mutex.withLock {
             var pairs: [NFSv4ReclaimPair] = []
             for index in 0..<capacity where flags[index] & (Self.inUse | Self.locked) == Self.inUse | Self.locked
                 && flags[index] & (Self.busy | Self.lostState | Self.untracked) == 0 && rangeCounts[index] > 0 {
+                flags[index] |= Self.busy
                 pairs.append(NFSv4ReclaimPair(entry: handle(index), node: nodes[index], owner: owners[index], access: accesses[index],
                                               ranges: (0..<Int(rangeCounts[index])).map { ranges[index * Self.rangesMax + $0] },
                                               serial: serials[index], lockGeneration: lockOwnerGenerations[index]))
@@ -358,7 +360,8 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// (NFSv4.0: with the seqids its owners carry next.)
     func reclaimed(_ entry: Int, open: NFSv4Stateid, lock: NFSv4Stateid, seqids40: (open: UInt32, lock: UInt32)? = nil) {
         mutex.withLock {
-            guard let index = index(entry), flags[index] & (Self.busy | Self.lostState) == 0 else { return }
+            guard let index = index(entry), flags[index] & Self.busy != 0, flags[index] & Self.lostState == 0 else { return }
+            flags[index] &= ~Self.busy
             opens[index] = kept(open)
             locks[index] = kept(lock)
             if let seqids40 { (openSeqids[index], lockSeqids[index]) = seqids40 }
@@ -432,13 +435,22 @@ final class NFSv4LockTable: @unchecked Sendable {
     /// A new client (the server forgot the old one, and with it every open and lock): pairs that
     /// held locks are lost (their LOCKs fail EIO until the owner closes the file); the others go.
     /// A request still working on an entry finds it no longer busy and leaves it so.
-    /// Pairs the new client reclaimed (`reclaimed`) stay, as they are on the server.
+    /// The pair's reclaim was refused: no longer busy (the `reset` that follows makes it lost).
+    func reclaimFailed(_ entry: Int) {
+        mutex.withLock {
+            guard let index = index(entry) else { return }
+            flags[index] &= ~Self.busy
+        }
+    }
+
+    /// Pairs the new client reclaimed (`reclaimed`) stay, as they are on the server; a pair that
+    /// held no range any more just goes.
     func reset() {
         mutex.withLock {
             for entry in 0..<capacity where flags[entry] & Self.inUse != 0 {
                 if flags[entry] & Self.reclaimedMark != 0 {
                     flags[entry] &= ~Self.reclaimedMark
-                } else if flags[entry] & Self.locked != 0 {
+                } else if flags[entry] & Self.locked != 0 && (rangeCounts[entry] > 0 || flags[entry] & Self.untracked != 0) {
                     flags[entry] = Self.inUse | Self.lostState
                     generations[entry] &+= 1
                 } else {

@@ -136,6 +136,7 @@ public final class NFSv4DeviceState: @unchecked Sendable {
                 }
                 reclaimedPairs += 1
             } catch {
+                locks.reclaimFailed(pair.entry)
                 reclaimFailures += 1
             }
         }
@@ -279,16 +280,22 @@ public final class NFSv4DeviceState: @unchecked Sendable {
                 }
                 do throws(NFSStartupError) {
                     return try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax))
-                } catch {
-                    // The server forgot the client (restarted, or the lease ran out) or dropped the
-                    // control connection: the client is made again once, then the session.
-                    try control.reestablish()
-                    reestablished += 1
-                    // The server forgot the old client's opens and locks with it.
-                    locks.reset()
-                    sessions = []
+                } catch {}
+                // A dropped control connection (idle too long, a blip) is not a forgotten client: a
+                // new connection and one more try first, or the engine would drop state the server
+                // still holds.
+                do throws(NFSStartupError) {
+                    try control.client.reconnect()
                     return try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax))
-                }
+                } catch {}
+                // The server forgot the client (restarted, or the lease ran out): the client is
+                // made again once (reclaiming its locks in a grace period), then the session.
+                try control.reestablish()
+                reestablished += 1
+                // A server that still knew the client (CONFIRMED_R) kept its opens and locks.
+                if !control.exchange.confirmedBefore { locks.reset() }
+                sessions = []
+                return try control.createSession(slots: UInt32(slots), transferBytesMax: UInt32(transferBytesMax))
             }
         }
         let made = try result.get()
@@ -301,8 +308,18 @@ public final class NFSv4DeviceState: @unchecked Sendable {
     func checkClient40() throws(NFSStartupError) {
         let result = mutex.withLock { () -> Result<Void, NFSStartupError> in
             Result { () throws(NFSStartupError) in
-                let status: NFSv4Status
-                do throws(NFSStartupError) { status = try control.renew40() } catch { status = .staleClientid }
+                var status: NFSv4Status
+                do throws(NFSStartupError) {
+                    status = try control.renew40()
+                } catch {
+                    // A dropped control connection is not a forgotten client: ask again on a new one.
+                    do throws(NFSStartupError) {
+                        try control.client.reconnect()
+                        status = try control.renew40()
+                    } catch {
+                        status = .staleClientid
+                    }
+                }
                 // CB_PATH_DOWN: renewed; the engine offers no callback service (RFC 7530 §16.29.5).
                 guard status != .ok && status != .cbPathDown else { return }
                 guard status == .staleClientid || status == .expired || status == .badsession else {
