@@ -11,6 +11,8 @@ same one): the NFSv4.1 backend sends LOCK/LOCKT/LOCKU, so the server arbitrates.
   6. B's SETLKW against A's lock ends when a signal interrupts it; after A unlocks, B's SETLK works
      at once (the interrupted wait left nothing behind).
   7. After A closes, B's GETLK of everything reports no lock.
+  8. (Two mounts) B renames A's open file away and makes a new one of its name: A's lock takes
+     the file it has open, or fails ENOLCK (NFSv4.0), never the new file.
 With --restart-command: A holds a lock, the server restarts (and forgets it); A's next lock on
 that file fails EIO until A closes it, B gets the range meanwhile, and A after reopening sees B's.
 With --restart-command and --grace (a server with a grace period): A holds a write lock and a read
@@ -243,7 +245,48 @@ def main():
     b.process.kill()
     b2.process.kill()
     os.unlink(path_a)
+    if args.mount_a != args.mount_b:
+        stale_name(args, check)
     return failures
+
+
+def stale_name(args, check):
+    """8. A holds a descriptor of a file that another client renames away and replaces by a new file
+    of the old name. A's lock takes the file A has open (over 4.1, opened by handle) or fails ENOLCK
+    (over 4.0, whose open goes by the name the engine last saw, checked by fileid): never the new
+    file, which B locks freely."""
+    old_a = os.path.join(args.mount_a, f"stale-{os.getpid()}")
+    old_b = os.path.join(args.mount_b, f"stale-{os.getpid()}")
+    moved_b = os.path.join(args.mount_b, f"moved-{os.getpid()}")
+    with open(old_a, "wb") as f:
+        f.write(b"x" * 4096)
+    fd = os.open(old_a, os.O_RDWR)
+    for _ in range(50):
+        if os.path.exists(old_b):
+            break
+        time.sleep(0.1)
+    os.rename(old_b, moved_b)
+    with open(old_b, "wb") as f:
+        f.write(b"y" * 4096)
+    fresh = Worker(old_b)
+    moved = Worker(moved_b)
+    try:
+        lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 10)
+        print("    A's lock after the rename: granted (the file A has open)", flush=True)
+        got = moved.call(op="setlk", type=fcntl.F_WRLCK, start=0, len=10)
+        check("stale-name-locks-the-open-file", got is not None and not got["ok"], f"A locked; B's SETLK of the renamed file: {got}")
+    except OSError as e:
+        print(f"    A's lock after the rename: {errno.errorcode.get(e.errno)}", flush=True)
+        check("stale-name-locks-the-open-file", e.errno == errno.ENOLCK, f"A's lock after the rename: {errno.errorcode.get(e.errno)}")
+    got = fresh.call(op="setlk", type=fcntl.F_WRLCK, start=0, len=10)
+    check("stale-name-never-the-new-file", got is not None and got["ok"], f"B's SETLK of the new file of the old name: {got}")
+    fresh.call(op="close")
+    moved.call(op="close")
+    os.close(fd)
+    fresh.process.kill()
+    moved.process.kill()
+    os.unlink(old_b)
+    os.unlink(moved_b)
 
 
 if __name__ == "__main__":
