@@ -193,28 +193,35 @@ extension NFSQueue {
     // MARK: - Answers
 
     func answeredLock4(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
-        if v4!.minorVersion == 0 { return try answeredLock40(slot, &reader) }
+        let locks = device.v4!.locks
+        let entry = records[slot].request.lockEntry
+        let version40 = v4!.minorVersion == 0
         var status = try putfh4(&reader)
         switch records[slot].plan.call {
         case .lockOpen:
+            if version40 { return try answeredLockOpenOrConfirm40(slot, status, &reader) }
             if status == .ok { status = try reader.next(.open) }
             try answeredLockOpen4(slot, status, &reader)
         case .lock:
+            let known = locks.isLocked(entry)
             var result: (granted: NFSv4Stateid?, denied: NFSv4LockDenied?) = (nil, nil)
             if status == .ok {
                 status = try reader.next(.lock)
                 result = try reader.lockResult(status)
             }
+            // A known owner's LOCK moves its lock stateid on (kept exact over 4.0; over 4.1 the
+            // table keeps sequence 0, "the latest", whatever comes back).
+            if let granted = result.granted, known { locks.lockStateidChanged(entry, granted) }
             answeredLockTaken4(slot, status, granted: result.granted)
         case .unlock:
             if status == .ok {
                 status = try reader.next(.locku)
-                if status == .ok { _ = try reader.lockuResult() }
+                if status == .ok { locks.lockStateidChanged(entry, try reader.lockuResult()) }
             }
-            if Self.stateGone(status) { device.v4!.locks.lose(records[slot].request.lockEntry) }
+            if Self.stateGone(status) { locks.lose(entry) }
             guard status == .ok else { return finish(slot, Self.lockErrno(status)) }
             let request = records[slot].request
-            device.v4!.locks.released(request.lockEntry, start: request.offset, end: request.lockEnd)
+            locks.released(entry, start: request.offset, end: request.lockEnd)
             succeed(slot)
         case .lockTest:
             var holder: NFSv4LockDenied? = nil
@@ -224,8 +231,20 @@ extension NFSQueue {
             }
             answeredLockTest4(slot, status, holder)
         default:
+            if version40 { return try answeredUnlockAll40(slot, status, &reader) }
             try answeredUnlockAll4(slot, status, &reader)
         }
+    }
+
+    /// The pair's OPEN was refused. Read and write access refused (a read-only file or export, a
+    /// write-only file): it goes again asking only the access the lock's type needs.
+    func lockOpenRefused4(_ slot: Int, _ status: NFSv4Status) {
+        let refused = status == .access || status == .perm || status == .rofs
+        if refused && !records[slot].plan.progress.contains(.lockTypeAccessOnly) {
+            records[slot].plan.progress.insert(.lockTypeAccessOnly)
+            return issue(slot)
+        }
+        finish(slot, Self.lockErrno(status))
     }
 
     /// The pair's OPEN: its stateid kept, then the LOCK. A caller who may not write the file
@@ -233,16 +252,7 @@ extension NFSQueue {
     func answeredLockOpen4(_ slot: Int, _ status: NFSv4Status, _ reader: inout CompoundReader) throws(XDRError) {
         let locks = device.v4!.locks
         let entry = records[slot].request.lockEntry
-        guard status == .ok else {
-            // Read and write access refused (a read-only file or export, a write-only file): the
-            // access the lock's type needs is enough.
-            let refused = status == .access || status == .perm || status == .rofs
-            if refused && !records[slot].plan.progress.contains(.lockTypeAccessOnly) {
-                records[slot].plan.progress.insert(.lockTypeAccessOnly)
-                return issue(slot)
-            }
-            return finish(slot, Self.lockErrno(status))
-        }
+        guard status == .ok else { return lockOpenRefused4(slot, status) }
         let opened = try reader.openResult()
         // 4.1 needs no OPEN_CONFIRM; a server asking for one is not speaking 4.1.
         guard !opened.needsConfirm else { return perform(slot, .malformed) }

@@ -116,81 +116,54 @@ extension NFSQueue {
         case .unlockAll: if known { (lockAt, openAt) = (2, 3) } else { openAt = 2 }
         default: return
         }
-        func status(_ at: Int) -> NFSv4Status? { at <= reader.results ? (at < reader.results ? .ok : reader.status) : nil }
-        for (at, lockOwner) in [(openAt, false), (lockAt, true)] where at > 0 {
-            guard let result = status(at) else { continue }
+        func status(_ at: Int) -> NFSv4Status? { at > 0 && at <= reader.results ? (at < reader.results ? .ok : reader.status) : nil }
+        // Each owner in turn (no array literal: it would allocate per request).
+        func count(_ at: Int, lockOwner: Bool) {
+            guard let result = status(at) else { return }
             if result == .badSeqid { device.seqidRefusedCount.add(1, ordering: .relaxed) }
             if Self.seqidAdvances40(result) { locks.advanceSeqid(entry, lockOwner: lockOwner) }
         }
+        count(openAt, lockOwner: false)
+        count(lockAt, lockOwner: true)
         if introducedAt > 0, let result = status(introducedAt) { locks.lockOwnerIntroduced(entry, made: result == .ok) }
     }
 
-    func answeredLock40(_ slot: Int, _ reader: inout CompoundReader) throws(XDRError) {
+    /// The pair's OPEN_CONFIRM (its open awaits it) or its OPEN by name.
+    func answeredLockOpenOrConfirm40(_ slot: Int, _ putfh: NFSv4Status, _ reader: inout CompoundReader) throws(XDRError) {
         let locks = device.v4!.locks
         let entry = records[slot].request.lockEntry
-        var status = try putfh4(&reader)
-        switch records[slot].plan.call {
-        case .lockOpen:
-            if locks.owners40(entry)?.unconfirmed == true {
-                if status == .ok { status = try reader.next(.openConfirm) }
-                guard status == .ok else { return finish(slot, Self.lockErrno(status)) }
-                locks.confirmed(entry, try reader.openConfirmResult())
-                records[slot].plan.call = .lock
-                return issue(slot)
-            }
-            try answeredLockOpen40(slot, status, &reader)
-        case .lock:
-            let known = locks.isLocked(entry)
-            var result: (granted: NFSv4Stateid?, denied: NFSv4LockDenied?) = (nil, nil)
-            if status == .ok {
-                status = try reader.next(.lock)
-                result = try reader.lockResult(status)
-            }
-            if let granted = result.granted, known { locks.lockStateidChanged(entry, granted) }
-            answeredLockTaken4(slot, status, granted: result.granted)
-        case .unlock:
-            if status == .ok {
-                status = try reader.next(.locku)
-                if status == .ok { locks.lockStateidChanged(entry, try reader.lockuResult()) }
-            }
-            if Self.stateGone(status) { locks.lose(entry) }
-            guard status == .ok else { return finish(slot, Self.lockErrno(status)) }
-            let request = records[slot].request
-            locks.released(entry, start: request.offset, end: request.lockEnd)
-            succeed(slot)
-        case .lockTest:
-            var holder: NFSv4LockDenied? = nil
-            if status == .ok {
-                status = try reader.next(.lockt)
-                holder = try reader.locktResult(status)
-            }
-            answeredLockTest4(slot, status, holder)
-        default:
-            if status == .ok, locks.isLocked(entry), reader.resultsRead < reader.results {
-                status = try reader.next(.locku)
-                if status == .ok { _ = try reader.lockuResult() }
-            }
-            if status == .ok, reader.resultsRead < reader.results, try reader.next(.close) == .ok { _ = try reader.stateidResult() }
-            releaseLockEntry4(slot)
-            if afterTeardown4(slot) { issue(slot) }
+        guard locks.owners40(entry)?.unconfirmed == true else { return try answeredLockOpen40(slot, putfh, &reader) }
+        var status = putfh
+        if status == .ok { status = try reader.next(.openConfirm) }
+        guard status == .ok else { return finish(slot, Self.lockErrno(status)) }
+        locks.confirmed(entry, try reader.openConfirmResult())
+        records[slot].plan.call = .lock
+        issue(slot)
+    }
+
+    /// FLUSH's LOCKU and CLOSE: whatever the server says, the pair's state is over here; then the
+    /// COMMIT FLUSH makes anyway.
+    func answeredUnlockAll40(_ slot: Int, _ putfh: NFSv4Status, _ reader: inout CompoundReader) throws(XDRError) {
+        var status = putfh
+        if status == .ok, device.v4!.locks.isLocked(records[slot].request.lockEntry), reader.resultsRead < reader.results {
+            status = try reader.next(.locku)
+            if status == .ok { _ = try reader.lockuResult() }
         }
+        if status == .ok, reader.resultsRead < reader.results, try reader.next(.close) == .ok { _ = try reader.stateidResult() }
+        releaseLockEntry4(slot)
+        if afterTeardown4(slot) { issue(slot) }
     }
 
     /// The pair's OPEN by name, after the LOOKUP and VERIFY that the name is still the node's.
     func answeredLockOpen40(_ slot: Int, _ putfh: NFSv4Status, _ reader: inout CompoundReader) throws(XDRError) {
         var status = putfh
-        for operation in [NFSv4Operation.lookup, .verify, .putfh] where status == .ok { status = try reader.next(operation) }
+        if status == .ok { status = try reader.next(.lookup) }
+        if status == .ok { status = try reader.next(.verify) }
+        if status == .ok { status = try reader.next(.putfh) }
         // The name the engine remembers no longer names the node (renamed, removed, reused).
         if status == .notSame || status == .noent { return finish(slot, FUSEErrno(ENOLCK)) }
         if status == .ok { status = try reader.next(.open) }
-        guard status == .ok else {
-            let refused = status == .access || status == .perm || status == .rofs
-            if refused && !records[slot].plan.progress.contains(.lockTypeAccessOnly) {
-                records[slot].plan.progress.insert(.lockTypeAccessOnly)
-                return issue(slot)
-            }
-            return finish(slot, Self.lockErrno(status))
-        }
+        guard status == .ok else { return lockOpenRefused4(slot, status) }
         let opened = try reader.openResult()
         device.v4!.locks.opened(records[slot].request.lockEntry, opened.stateid, access: lockOpenAccess4(slot), needsConfirm: opened.needsConfirm)
         records[slot].plan.call = opened.needsConfirm ? .lockOpen : .lock

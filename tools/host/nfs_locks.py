@@ -86,6 +86,21 @@ class Worker:
         return self.answer(timeout)
 
 
+def restart_and_wait(args, probe):
+    """Restarts the server, then waits (60 s at most) until a lock on `probe` works: until then the
+    engine is making its client again, and a server in its grace period may answer GRACE to new
+    locks until every client says its reclaim is complete."""
+    subprocess.run(args.restart_command, shell=True, check=True, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with open(probe, "r+b") as p:
+                lock(p.fileno(), fcntl.F_SETLK, fcntl.F_WRLCK, 0, 1)
+            return
+        except OSError:
+            time.sleep(0.5)
+
+
 def after_restart(args, check):
     """A holds a lock; the server restarts and forgets it. A's next lock on that file fails EIO
     (the guest cannot be told which locks it lost) until A closes it; B meanwhile gets the range."""
@@ -97,17 +112,7 @@ def after_restart(args, check):
             f.write(b"x" * 4096)
     fd = os.open(path_a, os.O_RDWR)
     lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 10)
-    subprocess.run(args.restart_command, shell=True, check=True, stdout=subprocess.DEVNULL)
-    # The engine makes its client again once a request needs the server: until a lock on another
-    # file works, failures are the reconnect's.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with open(probe, "r+b") as p:
-                lock(p.fileno(), fcntl.F_SETLK, fcntl.F_WRLCK, 0, 1)
-            break
-        except OSError:
-            time.sleep(0.5)
+    restart_and_wait(args, probe)
     try:
         lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 20, 10)
         check("lost-lock-eio", False, "A's lock after the restart succeeded")
@@ -145,17 +150,7 @@ def after_restart_in_grace(args, check):
     fd = os.open(path_a, os.O_RDWR)
     lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 0, 10)
     lock(fd, fcntl.F_SETLK, fcntl.F_RDLCK, 100, 10)
-    subprocess.run(args.restart_command, shell=True, check=True, stdout=subprocess.DEVNULL)
-    # Until a lock on another file works, the engine is making its client again (and the server
-    # may answer GRACE to new locks until every client says its reclaim is complete).
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with open(probe, "r+b") as p:
-                lock(p.fileno(), fcntl.F_SETLK, fcntl.F_WRLCK, 0, 1)
-            break
-        except OSError:
-            time.sleep(0.5)
+    restart_and_wait(args, probe)
     try:
         lock(fd, fcntl.F_SETLK, fcntl.F_WRLCK, 20, 10)
         check("reclaimed-owner-locks-on", True)
